@@ -1,0 +1,169 @@
+//! Every file name amirun uses on disk, in one place.
+//!
+//! No other module builds a path under the state directory by hand: they ask
+//! [`Paths`] for it. The layout (also in ARCHITECTURE.md):
+//!
+//! ```text
+//! $AMIRUN_HOME            default $XDG_DATA_HOME/amirun (~/.local/share/amirun)
+//!   state.db              the database
+//!   catalog.d/*.json      extra catalog files (locally built images land here)
+//!   blobs/sha256/<hex>    downloaded or imported base images, immutable
+//!   blobs/tmp/            downloads in flight (never mistaken for a blob)
+//!   blobs/locks/          one lock file per source being fetched
+//!   snapshots/<snap-id>.qcow2
+//!   volumes/<vol-id>.qcow2
+//!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.iso vars.qcow2 events.jsonl
+//! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
+//!   <i-id>/               instance-store root overlay and ephemeral disks
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Resolved locations of amirun's state.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    home: PathBuf,
+    runtime: PathBuf,
+}
+
+impl Paths {
+    /// Locations from the environment (`AMIRUN_HOME`, `AMIRUN_RUNTIME_DIR`,
+    /// XDG variables), falling back to the documented defaults.
+    pub fn from_env() -> Self {
+        let home = std::env::var_os("AMIRUN_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("amirun")))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/amirun"))
+            })
+            .unwrap_or_else(|| PathBuf::from(".amirun"));
+        let runtime = std::env::var_os("AMIRUN_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("amirun"))
+            })
+            .unwrap_or_else(|| {
+                PathBuf::from(format!("/dev/shm/amirun-{}", nix::unistd::getuid()))
+            });
+        Self::new(home, runtime)
+    }
+
+    /// Locations rooted at explicit directories (tests use this).
+    pub fn new(home: impl Into<PathBuf>, runtime: impl Into<PathBuf>) -> Self {
+        Self {
+            home: home.into(),
+            runtime: runtime.into(),
+        }
+    }
+
+    /// `$AMIRUN_HOME`.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// `$AMIRUN_RUNTIME_DIR`, on tmpfs.
+    pub fn runtime(&self) -> &Path {
+        &self.runtime
+    }
+
+    /// The SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.home.join("state.db")
+    }
+
+    /// Directory of extra catalog files picked up automatically.
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.home.join("catalog.d")
+    }
+
+    /// Directory of finished, verified blobs.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.home.join("blobs/sha256")
+    }
+
+    /// A finished blob, named by the sha256 of its content.
+    pub fn blob(&self, sha256: &str) -> PathBuf {
+        self.blob_dir().join(sha256)
+    }
+
+    /// Where downloads in flight are written before they are verified.
+    pub fn blob_tmp_dir(&self) -> PathBuf {
+        self.home.join("blobs/tmp")
+    }
+
+    /// Lock file serialising fetches of one source (keyed by a hash of it).
+    pub fn blob_lock(&self, key: &str) -> PathBuf {
+        self.home.join("blobs/locks").join(format!("{key}.lock"))
+    }
+
+    /// Directory of snapshot files.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.home.join("snapshots")
+    }
+
+    /// One snapshot's qcow2 layer.
+    pub fn snapshot(&self, snapshot_id: &str) -> PathBuf {
+        self.snapshot_dir().join(format!("{snapshot_id}.qcow2"))
+    }
+
+    /// One EBS volume's qcow2 overlay.
+    pub fn volume(&self, volume_id: &str) -> PathBuf {
+        self.home.join("volumes").join(format!("{volume_id}.qcow2"))
+    }
+
+    /// Directory of one instance's persistent files.
+    pub fn instance_dir(&self, instance_id: &str) -> PathBuf {
+        self.home.join("instances").join(instance_id)
+    }
+
+    /// Directory of one instance's instance-store disks (on tmpfs).
+    pub fn instance_runtime_dir(&self, instance_id: &str) -> PathBuf {
+        self.runtime.join(instance_id)
+    }
+
+    /// Instance-store root overlay.
+    pub fn instance_store_root(&self, instance_id: &str) -> PathBuf {
+        self.instance_runtime_dir(instance_id).join("root.qcow2")
+    }
+
+    /// Instance-store `ephemeralN` disk.
+    pub fn ephemeral_disk(&self, instance_id: &str, n: u32) -> PathBuf {
+        self.instance_runtime_dir(instance_id)
+            .join(format!("ephemeral{n}.qcow2"))
+    }
+
+    /// Supervisor pid file.
+    pub fn supervisor_pid(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("supervisor.pid")
+    }
+
+    /// QEMU's QMP socket.
+    pub fn qmp_socket(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("qmp.sock")
+    }
+
+    /// Serial console log.
+    pub fn serial_log(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("serial.log")
+    }
+
+    /// NoCloud seed image.
+    pub fn seed_image(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("seed.iso")
+    }
+
+    /// Per-instance UEFI variable store.
+    pub fn uefi_vars(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("vars.fd")
+    }
+
+    /// Supervisor's event log (one JSON object a line).
+    pub fn events(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("events.jsonl")
+    }
+
+    /// Supervisor's own stderr log.
+    pub fn supervisor_log(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("supervisor.log")
+    }
+}
