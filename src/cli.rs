@@ -1,2 +1,0 @@
-//! stub
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }

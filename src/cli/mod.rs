@@ -1,0 +1,493 @@
+//! The command line: `aws ec2`'s verbs, options and JSON shapes.
+//!
+//! This module only translates: it parses options (including the aws CLI's
+//! shorthand and JSON forms, see [`shorthand`]) into service inputs, calls
+//! [`crate::service::Service`], and renders the result with [`output`].
+//! Errors print EC2's code, a one-line message and the cause chain, and exit
+//! non-zero (254 for service errors, 252 for unparsable options, as the aws
+//! CLI does).
+
+pub mod output;
+pub mod shorthand;
+
+use crate::paths::Paths;
+use crate::service::shapes::*;
+use crate::service::{Caller, Error, Service, ServiceOptions};
+use clap::{Args, Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for errors the service reported.
+pub const EXIT_SERVICE_ERROR: u8 = 254;
+/// Exit code for options that could not be parsed.
+pub const EXIT_PARAM_ERROR: u8 = 252;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "amirun",
+    version,
+    about = "A local EC2 for AMIs: run, bake and boot-test real images with aws ec2's verbs",
+    after_help = "State lives in $AMIRUN_HOME (default ~/.local/share/amirun)."
+)]
+struct Cli {
+    /// Region to work in.
+    #[arg(
+        long,
+        global = true,
+        env = "AMIRUN_REGION",
+        default_value = "us-east-1"
+    )]
+    region: String,
+    /// 12-digit account id of the caller.
+    #[arg(
+        long,
+        global = true,
+        env = "AMIRUN_ACCOUNT",
+        default_value = "000000000000"
+    )]
+    account: String,
+    /// Output format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "AMIRUN_OUTPUT",
+        default_value = "json"
+    )]
+    output: output::Format,
+    /// JMESPath query applied to the result.
+    #[arg(long, global = true)]
+    query: Option<String>,
+    /// Extra catalog file (repeatable).
+    #[arg(long, global = true)]
+    catalog: Vec<PathBuf>,
+    /// Log what amirun does on stderr.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Describe the AMIs the account can see.
+    DescribeImages(DescribeImagesArgs),
+    /// Import a disk image (raw, vmdk, vhd, vhdx, qcow2) as a new private AMI.
+    ImportImage(ImportImageArgs),
+    /// Register an AMI from an image location or from snapshots.
+    RegisterImage(RegisterImageArgs),
+    /// Deregister an AMI (its snapshots are kept unless asked).
+    DeregisterImage(DeregisterImageArgs),
+    /// Copy an AMI from another region into this one.
+    CopyImage(CopyImageArgs),
+    /// Change an AMI's launch permissions or description.
+    ModifyImageAttribute(ModifyImageAttributeArgs),
+    /// Show one attribute of an AMI.
+    DescribeImageAttribute(ImageAttributeArgs),
+    /// Reset an AMI's launch permissions to private.
+    ResetImageAttribute(ImageAttributeArgs),
+    /// Describe EBS snapshots.
+    DescribeSnapshots(DescribeSnapshotsArgs),
+    /// Delete an EBS snapshot.
+    DeleteSnapshot(DeleteSnapshotArgs),
+    /// Add or overwrite tags on resources.
+    CreateTags(TagsArgs),
+    /// Delete tags from resources.
+    DeleteTags(DeleteTagsArgs),
+    /// Describe tags.
+    DescribeTags(FiltersArgs),
+    /// Download and verify an AMI's disks now instead of at first launch (amirun's own verb).
+    FetchImage(FetchImageArgs),
+}
+
+#[derive(Args, Debug)]
+struct DescribeImagesArgs {
+    #[arg(long, num_args = 1..)]
+    image_ids: Vec<String>,
+    /// self, amazon (or another alias), or account ids.
+    #[arg(long, num_args = 1..)]
+    owners: Vec<String>,
+    /// self, all, or account ids.
+    #[arg(long, num_args = 1..)]
+    executable_users: Vec<String>,
+    /// Name=…,Values=… (shorthand or JSON); repeatable.
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ImportImageArgs {
+    /// Url=file:///…,Format=raw (shorthand or JSON).
+    #[arg(long, num_args = 1.., required = true)]
+    disk_containers: Vec<String>,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    architecture: Option<String>,
+    #[arg(long)]
+    boot_mode: Option<String>,
+    #[arg(long)]
+    platform: Option<String>,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct RegisterImageArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    architecture: Option<String>,
+    /// URL of a disk image (file://, http://, https://): an instance-store AMI.
+    #[arg(long)]
+    image_location: Option<String>,
+    #[arg(long)]
+    root_device_name: Option<String>,
+    /// DeviceName=…,Ebs={SnapshotId=…} (shorthand or JSON); repeatable.
+    #[arg(long, num_args = 1..)]
+    block_device_mappings: Vec<String>,
+    #[arg(long)]
+    boot_mode: Option<String>,
+    #[arg(long)]
+    virtualization_type: Option<String>,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DeregisterImageArgs {
+    #[arg(long)]
+    image_id: String,
+    #[arg(long)]
+    delete_associated_snapshots: bool,
+}
+
+#[derive(Args, Debug)]
+struct CopyImageArgs {
+    #[arg(long)]
+    source_region: String,
+    #[arg(long)]
+    source_image_id: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    copy_image_tags: bool,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ModifyImageAttributeArgs {
+    #[arg(long)]
+    image_id: String,
+    /// launchPermission or description.
+    #[arg(long)]
+    attribute: Option<String>,
+    /// add or remove (with --user-ids / --user-groups).
+    #[arg(long)]
+    operation_type: Option<String>,
+    #[arg(long, num_args = 1..)]
+    user_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    user_groups: Vec<String>,
+    /// Add=[{UserId=…},{Group=all}],Remove=[…] (shorthand or JSON).
+    #[arg(long)]
+    launch_permission: Option<String>,
+    /// Value=… or plain text.
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    value: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ImageAttributeArgs {
+    #[arg(long)]
+    image_id: String,
+    #[arg(long)]
+    attribute: String,
+}
+
+#[derive(Args, Debug)]
+struct DescribeSnapshotsArgs {
+    #[arg(long, num_args = 1..)]
+    snapshot_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    owner_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    restorable_by_user_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DeleteSnapshotArgs {
+    #[arg(long)]
+    snapshot_id: String,
+}
+
+#[derive(Args, Debug)]
+struct TagsArgs {
+    #[arg(long, num_args = 1.., required = true)]
+    resources: Vec<String>,
+    /// Key=…,Value=… (shorthand or JSON); repeatable.
+    #[arg(long, num_args = 1.., required = true)]
+    tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DeleteTagsArgs {
+    #[arg(long, num_args = 1.., required = true)]
+    resources: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct FiltersArgs {
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct FetchImageArgs {
+    #[arg(long)]
+    image_id: String,
+}
+
+/// A failure before or after the service was called.
+enum Failure {
+    /// An option could not be parsed.
+    Param(String, String),
+    /// The service refused or failed.
+    Service(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Service(e)
+    }
+}
+
+fn param<T: DeserializeOwned>(option: &str, items: &[String]) -> Result<Vec<T>, Failure> {
+    let values =
+        shorthand::parse_list(items).map_err(|e| Failure::Param(option.into(), e.to_string()))?;
+    values
+        .into_iter()
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| Failure::Param(option.into(), e.to_string()))
+        })
+        .collect()
+}
+
+fn param_one<T: DeserializeOwned>(option: &str, item: &str) -> Result<T, Failure> {
+    let v = shorthand::parse(item).map_err(|e| Failure::Param(option.into(), e.to_string()))?;
+    serde_json::from_value(v).map_err(|e| Failure::Param(option.into(), e.to_string()))
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug {
+        "amirun=debug"
+    } else {
+        "amirun=warn"
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AMIRUN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let (title, result) = run(&cli);
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(value)) => match output::apply_query(value, cli.query.as_deref()) {
+            Ok(v) => {
+                let mut out = std::io::stdout().lock();
+                if let Err(e) = output::render(&mut out, &v, cli.output, &title) {
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        eprintln!("Cannot write output: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(m) => {
+                eprintln!("{m}");
+                ExitCode::from(EXIT_PARAM_ERROR)
+            }
+        },
+        Err(Failure::Param(option, message)) => {
+            eprintln!("Error parsing parameter '--{option}': {message}");
+            ExitCode::from(EXIT_PARAM_ERROR)
+        }
+        Err(Failure::Service(e)) => {
+            print_error_chain(&e);
+            ExitCode::from(EXIT_SERVICE_ERROR)
+        }
+    }
+}
+
+/// Print `CODE: message`, then each cause on its own line.
+pub fn print_error_chain(e: &Error) {
+    eprintln!("{}: {}", e.code(), e.message());
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+}
+
+fn run(cli: &Cli) -> (String, Result<Option<Value>, Failure>) {
+    let title = format!("{:?}", cli.command)
+        .split('(')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (title, dispatch(cli))
+}
+
+fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
+    let caller = Caller::new(cli.account.clone(), cli.region.clone())?;
+    let open = || {
+        Service::open(
+            Paths::from_env(),
+            ServiceOptions {
+                extra_catalogs: cli.catalog.clone(),
+                progress: std::io::stderr().is_terminal(),
+            },
+        )
+    };
+    let to_value = |v: Value| Ok(Some(v));
+    match &cli.command {
+        Command::DescribeImages(a) => {
+            let input = DescribeImagesInput {
+                image_ids: a.image_ids.clone(),
+                owners: a.owners.clone(),
+                executable_users: a.executable_users.clone(),
+                filters: param("filters", &a.filters)?,
+            };
+            let images = open()?.describe_images(&caller, &input)?;
+            to_value(json!({ "Images": images }))
+        }
+        Command::ImportImage(a) => {
+            let input = ImportImageInput {
+                disk_containers: param("disk-containers", &a.disk_containers)?,
+                description: a.description.clone(),
+                architecture: a.architecture.clone(),
+                boot_mode: a.boot_mode.clone(),
+                platform: a.platform.clone(),
+                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+            };
+            let out = open()?.import_image(&caller, &input)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
+        }
+        Command::RegisterImage(a) => {
+            let input = RegisterImageInput {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                architecture: a.architecture.clone(),
+                image_location: a.image_location.clone(),
+                root_device_name: a.root_device_name.clone(),
+                block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
+                boot_mode: a.boot_mode.clone(),
+                virtualization_type: a.virtualization_type.clone(),
+                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+            };
+            let id = open()?.register_image(&caller, &input)?;
+            to_value(json!({ "ImageId": id }))
+        }
+        Command::DeregisterImage(a) => {
+            let out =
+                open()?.deregister_image(&caller, &a.image_id, a.delete_associated_snapshots)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
+        }
+        Command::CopyImage(a) => {
+            let input = CopyImageInput {
+                source_region: a.source_region.clone(),
+                source_image_id: a.source_image_id.clone(),
+                name: a.name.clone(),
+                description: a.description.clone(),
+                copy_image_tags: a.copy_image_tags,
+                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+            };
+            let id = open()?.copy_image(&caller, &input)?;
+            to_value(json!({ "ImageId": id }))
+        }
+        Command::ModifyImageAttribute(a) => {
+            let description = a.description.as_ref().map(|d| {
+                // aws takes `--description Value=text`; plain text works too.
+                shorthand::parse(d)
+                    .ok()
+                    .and_then(|v| v.get("Value").and_then(|s| s.as_str().map(String::from)))
+                    .unwrap_or_else(|| d.clone())
+            });
+            let input = ModifyImageAttributeInput {
+                image_id: a.image_id.clone(),
+                attribute: a.attribute.clone(),
+                operation_type: a.operation_type.clone(),
+                user_ids: a.user_ids.clone(),
+                user_groups: a.user_groups.clone(),
+                launch_permission: a
+                    .launch_permission
+                    .as_deref()
+                    .map(|l| param_one("launch-permission", l))
+                    .transpose()?,
+                description,
+                value: a.value.clone(),
+            };
+            open()?.modify_image_attribute(&caller, &input)?;
+            Ok(None)
+        }
+        Command::DescribeImageAttribute(a) => {
+            let out = open()?.describe_image_attribute(&caller, &a.image_id, &a.attribute)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
+        }
+        Command::ResetImageAttribute(a) => {
+            open()?.reset_image_attribute(&caller, &a.image_id, &a.attribute)?;
+            Ok(None)
+        }
+        Command::DescribeSnapshots(a) => {
+            let input = DescribeSnapshotsInput {
+                snapshot_ids: a.snapshot_ids.clone(),
+                owner_ids: a.owner_ids.clone(),
+                restorable_by_user_ids: a.restorable_by_user_ids.clone(),
+                filters: param("filters", &a.filters)?,
+            };
+            let snaps = open()?.describe_snapshots(&caller, &input)?;
+            to_value(json!({ "Snapshots": snaps }))
+        }
+        Command::DeleteSnapshot(a) => {
+            open()?.delete_snapshot(&caller, &a.snapshot_id)?;
+            Ok(None)
+        }
+        Command::CreateTags(a) => {
+            let tags: Vec<Tag> = param("tags", &a.tags)?;
+            open()?.create_tags(&caller, &a.resources, &tags)?;
+            Ok(None)
+        }
+        Command::DeleteTags(a) => {
+            let tags: Vec<Tag> = param("tags", &a.tags)?;
+            open()?.delete_tags(&caller, &a.resources, &tags)?;
+            Ok(None)
+        }
+        Command::DescribeTags(a) => {
+            let filters = param("filters", &a.filters)?;
+            let tags = open()?.describe_tags(&caller, &filters)?;
+            to_value(json!({ "Tags": tags }))
+        }
+        Command::FetchImage(a) => {
+            let disks = open()?.fetch_image(&caller, &a.image_id)?;
+            to_value(json!({ "ImageId": a.image_id, "Disks": disks }))
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! EC2 describe filters: `Name=…,Values=…` with `*` and `?` wildcards.
+//!
+//! Each resource answers a filter name with the values it has for it (none,
+//! one or several); a filter matches when any value matches any pattern, and
+//! a resource passes when every filter matches.
+
+use super::error::{Error, Result};
+use super::shapes::Filter;
+
+/// Whether `text` matches `pattern`, where `*` is any run and `?` any one character.
+///
+/// ```
+/// use amirun::service::filter::wildcard_match;
+/// assert!(wildcard_match("debian-*-amd64", "debian-12-amd64"));
+/// assert!(wildcard_match("ami-?", "ami-1"));
+/// assert!(!wildcard_match("ubuntu*", "debian"));
+/// ```
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Check filter names against the ones a resource knows (`tag:KEY` always allowed).
+pub fn check_names(filters: &[Filter], known: &[&str]) -> Result<()> {
+    for f in filters {
+        if f.name.starts_with("tag:") && f.name.len() > 4 {
+            continue;
+        }
+        if !known.contains(&f.name.as_str()) {
+            return Err(Error::invalid_value(format!(
+                "The filter '{}' is invalid; valid filters are {}, tag:KEY",
+                f.name,
+                known.join(", ")
+            )));
+        }
+        if f.values.is_empty() {
+            return Err(Error::invalid_value(format!(
+                "The filter '{}' has no values",
+                f.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a resource passes all filters; `values(name)` gives its values for a filter name.
+pub fn matches(filters: &[Filter], values: impl Fn(&str) -> Vec<String>) -> bool {
+    filters.iter().all(|f| {
+        let have = values(&f.name);
+        have.iter()
+            .any(|v| f.values.iter().any(|p| wildcard_match(p, v)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "aXXbYc"));
+        assert!(!wildcard_match("a*b*c", "aXXbY"));
+        assert!(wildcard_match("??", "ab"));
+        assert!(!wildcard_match("??", "abc"));
+        assert!(wildcard_match("x86_64", "x86_64"));
+    }
+
+    #[test]
+    fn unknown_filter_is_an_error() {
+        let f = vec![Filter {
+            name: "colour".into(),
+            values: vec!["red".into()],
+        }];
+        let e = check_names(&f, &["name"]).unwrap_err();
+        assert_eq!(e.code(), "InvalidParameterValue");
+        assert!(e.message().contains("colour"));
+    }
+
+    #[test]
+    fn all_filters_must_match() {
+        let f = vec![
+            Filter {
+                name: "name".into(),
+                values: vec!["deb*".into()],
+            },
+            Filter {
+                name: "architecture".into(),
+                values: vec!["arm64".into(), "x86_64".into()],
+            },
+        ];
+        assert!(matches(&f, |n| match n {
+            "name" => vec!["debian".into()],
+            _ => vec!["x86_64".into()],
+        }));
+        assert!(!matches(&f, |n| match n {
+            "name" => vec!["ubuntu".into()],
+            _ => vec!["x86_64".into()],
+        }));
+    }
+}

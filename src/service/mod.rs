@@ -1,0 +1,339 @@
+//! The one door into the engine: one method per EC2 operation.
+//!
+//! The CLI and the HTTP API translate their input into calls on [`Service`]
+//! and render what it returns; neither runs `qemu-img`, opens the database or
+//! builds a QEMU argv. The service checks permissions (an account sees its
+//! own AMIs, those shared with it and public ones) and state rules, and is
+//! the only caller of [`crate::store`], [`crate::images`], [`crate::disk`]
+//! and [`crate::catalog`].
+//!
+//! Long work (downloads, conversions) happens outside database transactions:
+//! an operation fetches first, then records everything it made in one
+//! transaction, and removes what it made if recording fails.
+
+pub mod error;
+pub mod filter;
+mod images;
+pub mod shapes;
+mod snapshots;
+mod tags;
+
+pub use error::{Error, Result};
+
+use crate::catalog::{self, Catalog};
+use crate::ids::{self, IdKind};
+use crate::images::{BlobStore, Progress};
+use crate::paths::Paths;
+use crate::store::{BlobState, ImageState, SnapshotState, Store};
+use std::path::PathBuf;
+
+/// Who is calling, and where: every operation is scoped by both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// 12-digit account id.
+    pub account: String,
+    /// Region name, e.g. `us-east-1`.
+    pub region: String,
+}
+
+impl Caller {
+    /// A caller, with the account and region checked for shape.
+    pub fn new(account: impl Into<String>, region: impl Into<String>) -> Result<Caller> {
+        let (account, region) = (account.into(), region.into());
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::new(
+                "InvalidParameterValue",
+                format!("Account id '{account}' is not 12 digits"),
+            ));
+        }
+        if !is_region_name(&region) {
+            return Err(Error::new(
+                "InvalidParameterValue",
+                format!("Region '{region}' is not a region name like us-east-1"),
+            ));
+        }
+        Ok(Caller { account, region })
+    }
+}
+
+fn is_region_name(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Options for opening the service.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {
+    /// Extra catalog files (`--catalog FILE`).
+    pub extra_catalogs: Vec<PathBuf>,
+    /// Progress bars for long work.
+    pub progress: bool,
+}
+
+/// The engine: database, blob store, catalog.
+pub struct Service {
+    paths: Paths,
+    store: Store,
+    blobs: BlobStore,
+    progress: Progress,
+}
+
+/// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
+pub(crate) fn now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+impl Service {
+    /// Open the state under `paths` and bring catalog AMIs up to date.
+    pub fn open(paths: Paths, options: ServiceOptions) -> Result<Service> {
+        std::fs::create_dir_all(paths.home()).map_err(|e| {
+            Error::new(
+                "InternalError",
+                format!(
+                    "Cannot create the state directory {}",
+                    paths.home().display()
+                ),
+            )
+            .with_source(e)
+        })?;
+        let store = Store::open(&paths.database())?;
+        let blobs = BlobStore::new(paths.clone());
+        let mut service = Service {
+            paths,
+            store,
+            blobs,
+            progress: if options.progress {
+                Progress::Auto
+            } else {
+                Progress::Hidden
+            },
+        };
+        let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
+        service.sync_catalog(&catalog)?;
+        Ok(service)
+    }
+
+    /// Where this service keeps its state.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Make the catalog's AMIs (and their snapshots) exist in every region
+    /// they list, with stable ids; drop catalog AMIs whose entries are gone.
+    /// Runs only when the catalog files changed since the last sync.
+    fn sync_catalog(&mut self, catalog: &Catalog) -> Result<()> {
+        let current = self.store.read(|db| db.catalog_fingerprint())?;
+        if current.as_deref() == Some(catalog.fingerprint.as_str()) {
+            return Ok(());
+        }
+        self.store.write(|db| -> Result<()> {
+            // Another process may have synced while we waited for the lock.
+            if db.catalog_fingerprint()?.as_deref() == Some(catalog.fingerprint.as_str()) {
+                return Ok(());
+            }
+            let now = now();
+            let mut wanted = std::collections::HashSet::new();
+            for (_, entry) in &catalog.entries {
+                for region in entry.regions() {
+                    let image_id = entry.image_ids.get(&region).cloned().unwrap_or_else(|| {
+                        ids::derived_id(IdKind::Image, &format!("{}/{region}", entry.key))
+                    });
+                    wanted.insert(image_id.clone());
+                    let existing = db.image(&image_id)?;
+                    let mut bdm = Vec::new();
+                    let (mut root_source, mut root_blob) = (None, None);
+                    if entry.root_device_type == "ebs" {
+                        let snapshot_id =
+                            ids::derived_id(IdKind::Snapshot, &format!("{}/{region}", entry.key));
+                        let old = db.snapshot(&snapshot_id)?;
+                        let same_source =
+                            old.as_ref().and_then(|o| o.source.as_ref()) == Some(&entry.source);
+                        let size = entry.min_size_gib.unwrap_or(8).max(
+                            old.as_ref()
+                                .filter(|_| same_source)
+                                .map_or(0, |o| o.volume_size_gib),
+                        );
+                        db.put_snapshot(&SnapshotState {
+                            snapshot_id: snapshot_id.clone(),
+                            region: region.clone(),
+                            owner_id: entry.owner_id(),
+                            owner_alias: Some(entry.owner_alias.clone()),
+                            volume_id: None,
+                            volume_size_gib: size,
+                            state: "completed".into(),
+                            description: Some(format!("Data of {}", entry.name)),
+                            start_time: old.as_ref().map_or(now.clone(), |o| o.start_time.clone()),
+                            source: Some(entry.source.clone()),
+                            blob_sha256: old
+                                .as_ref()
+                                .filter(|_| same_source)
+                                .and_then(|o| o.blob_sha256.clone()),
+                            parent_snapshot_id: None,
+                            has_file: false,
+                            storage_bytes: old
+                                .as_ref()
+                                .filter(|_| same_source)
+                                .and_then(|o| o.storage_bytes),
+                            catalog_key: Some(entry.key.clone()),
+                        })?;
+                        bdm.push(crate::store::BlockDeviceMapping {
+                            device_name: entry.root_device_name.clone(),
+                            ebs: Some(crate::store::EbsBlockDevice {
+                                delete_on_termination: Some(true),
+                                snapshot_id: Some(snapshot_id),
+                                volume_size: Some(size),
+                                volume_type: Some("gp3".into()),
+                                encrypted: Some(false),
+                                iops: Some(3000),
+                                throughput: Some(125),
+                            }),
+                            ..Default::default()
+                        });
+                    } else {
+                        root_source = Some(entry.source.clone());
+                        root_blob = existing
+                            .as_ref()
+                            .filter(|o| o.root_source.as_ref() == Some(&entry.source))
+                            .and_then(|o| o.root_blob.clone());
+                        bdm.push(crate::store::BlockDeviceMapping {
+                            device_name: "/dev/sdb".into(),
+                            virtual_name: Some("ephemeral0".into()),
+                            ..Default::default()
+                        });
+                    }
+                    let image = ImageState {
+                        image_id: image_id.clone(),
+                        region: region.clone(),
+                        name: entry.name.clone(),
+                        description: entry.description.clone(),
+                        owner_id: entry.owner_id(),
+                        owner_alias: Some(entry.owner_alias.clone()),
+                        architecture: entry.architecture.clone(),
+                        boot_mode: entry.boot_mode.clone(),
+                        root_device_type: entry.root_device_type.clone(),
+                        root_device_name: entry.root_device_name.clone(),
+                        virtualization_type: "hvm".into(),
+                        state: "available".into(),
+                        state_reason: None,
+                        creation_date: existing
+                            .as_ref()
+                            .map_or(now.clone(), |o| o.creation_date.clone()),
+                        public: true,
+                        image_location: Some(format!("{}/{}", entry.owner_alias, entry.name)),
+                        root_source,
+                        root_blob,
+                        kernel_source: entry.kernel.clone(),
+                        ramdisk_source: entry.ramdisk.clone(),
+                        kernel_cmdline: entry.kernel_cmdline.clone(),
+                        source_image_id: None,
+                        source_image_region: None,
+                        source_instance_id: None,
+                        catalog_key: Some(entry.key.clone()),
+                        block_device_mappings: bdm,
+                    };
+                    db.put_image(&image)?;
+                    for (k, v) in &entry.tags {
+                        db.put_tag(&image_id, k, v)?;
+                    }
+                }
+            }
+            for old in db.catalog_images()? {
+                if !wanted.contains(&old.image_id) {
+                    db.delete_image(&old.image_id)?;
+                }
+            }
+            for snap in db.catalog_snapshots()? {
+                if db.images_using_snapshot(&snap.snapshot_id)?.is_empty() {
+                    db.delete_snapshot(&snap.snapshot_id)?;
+                }
+            }
+            db.set_catalog_fingerprint(&catalog.fingerprint)?;
+            Ok(())
+        })
+    }
+
+    /// Fetch a source into the blob store (no transaction held) and record the blob.
+    fn fetch_source(&mut self, source: &crate::store::SourceSpec) -> Result<crate::images::Blob> {
+        let url = url::Url::parse(&source.url).map_err(|e| {
+            Error::invalid_value(format!("The URL '{}' is not valid", source.url)).with_source(e)
+        })?;
+        let expected = match (&source.sha256, &source.checksum_url) {
+            (Some(d), _) => crate::images::Expected::Sha256(d.to_ascii_lowercase()),
+            (None, Some(c)) => {
+                crate::images::Expected::ChecksumFile(url::Url::parse(c).map_err(|e| {
+                    Error::invalid_value(format!("The checksum URL '{c}' is not valid"))
+                        .with_source(e)
+                })?)
+            }
+            (None, None) => crate::images::Expected::Unverified,
+        };
+        let blob = self.blobs.fetch(
+            &crate::images::Source {
+                url,
+                expected,
+                format: source.format.clone(),
+            },
+            self.progress,
+        )?;
+        let record = BlobState {
+            sha256: blob.sha256.clone(),
+            size: blob.size,
+            virtual_size: blob.virtual_size,
+            source_format: blob.source_format.clone(),
+            first_source: source.url.clone(),
+            created: now(),
+        };
+        self.store.write(|db| db.put_blob(&record))?;
+        Ok(blob)
+    }
+}
+
+/// `InvalidAMIID.NotFound` for these ids.
+pub(crate) fn image_not_found(ids: &[String]) -> Error {
+    Error::new(
+        "InvalidAMIID.NotFound",
+        format!("The image id '[{}]' does not exist", ids.join(", ")),
+    )
+}
+
+/// Check an AMI id's shape.
+pub(crate) fn check_image_id(id: &str) -> Result<()> {
+    if ids::is_well_formed(IdKind::Image, id) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            "InvalidAMIID.Malformed",
+            format!("Invalid id: \"{id}\" (expecting \"ami-...\")"),
+        ))
+    }
+}
+
+/// Check a snapshot id's shape.
+pub(crate) fn check_snapshot_id(id: &str) -> Result<()> {
+    if ids::is_well_formed(IdKind::Snapshot, id) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            "InvalidSnapshotID.Malformed",
+            format!("Invalid id: \"{id}\" (expecting \"snap-...\")"),
+        ))
+    }
+}
+
+/// `InvalidSnapshot.NotFound`.
+pub(crate) fn snapshot_not_found(id: &str) -> Error {
+    Error::new(
+        "InvalidSnapshot.NotFound",
+        format!("The snapshot '{id}' does not exist."),
+    )
+}

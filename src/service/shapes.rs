@@ -1,0 +1,329 @@
+//! Inputs and outputs of service operations, in EC2's names and shapes.
+//!
+//! Outputs serialize to exactly the JSON the aws CLI prints (PascalCase
+//! keys, absent optionals omitted). Inputs deserialize from the same names,
+//! so the CLI's JSON/shorthand options and the HTTP API's parameters map
+//! onto them without translation tables.
+
+use crate::store::BlockDeviceMapping;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A value that may be given as one item or a list (shorthand `Values=a`).
+pub fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match Option::<OneOrMany<T>>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::Many(v)) => v,
+        Some(OneOrMany::One(v)) => vec![v],
+    })
+}
+
+/// A describe filter: `Name=…,Values=…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Filter {
+    pub name: String,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub values: Vec<String>,
+}
+
+/// A tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Tag {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Tags to put on resources created by an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct TagSpecification {
+    pub resource_type: String,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub tags: Vec<Tag>,
+}
+
+/// Why an image is in its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StateReason {
+    pub code: String,
+    pub message: String,
+}
+
+/// An AMI as `describe-images` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Image {
+    pub architecture: String,
+    pub creation_date: String,
+    pub image_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_location: Option<String>,
+    pub image_type: String,
+    pub public: bool,
+    pub owner_id: String,
+    pub platform_details: String,
+    pub usage_operation: String,
+    pub state: String,
+    pub block_device_mappings: Vec<BlockDeviceMapping>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub ena_support: bool,
+    pub hypervisor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_owner_alias: Option<String>,
+    pub name: String,
+    pub root_device_name: String,
+    pub root_device_type: String,
+    pub sriov_net_support: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<StateReason>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    pub virtualization_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_instance_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_image_region: Option<String>,
+}
+
+/// An EBS snapshot as `describe-snapshots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Snapshot {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub encrypted: bool,
+    pub owner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_alias: Option<String>,
+    pub progress: String,
+    pub snapshot_id: String,
+    pub start_time: String,
+    pub state: String,
+    pub volume_id: String,
+    pub volume_size: u64,
+    pub storage_tier: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// One disk of an import.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskContainer {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub device_name: Option<String>,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// Accepted for compatibility; amirun reads `Url`.
+    #[serde(default)]
+    pub user_bucket: Option<serde_json::Value>,
+}
+
+/// `import-image`.
+#[derive(Debug, Clone, Default)]
+pub struct ImportImageInput {
+    pub disk_containers: Vec<DiskContainer>,
+    pub description: Option<String>,
+    pub architecture: Option<String>,
+    pub boot_mode: Option<String>,
+    pub platform: Option<String>,
+    pub tag_specifications: Vec<TagSpecification>,
+}
+
+/// A disk of a finished import.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnapshotDetail {
+    pub device_name: String,
+    pub disk_image_size: f64,
+    pub format: String,
+    pub snapshot_id: String,
+    pub status: String,
+    pub url: String,
+}
+
+/// What `import-image` returns (the import has completed when it returns).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImportImageOutput {
+    pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub image_id: String,
+    pub import_task_id: String,
+    pub platform: String,
+    pub progress: String,
+    pub snapshot_details: Vec<SnapshotDetail>,
+    pub status: String,
+    pub status_message: String,
+    pub boot_mode: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// `register-image`.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterImageInput {
+    pub name: String,
+    pub description: Option<String>,
+    pub architecture: Option<String>,
+    pub image_location: Option<String>,
+    pub root_device_name: Option<String>,
+    pub block_device_mappings: Vec<BlockDeviceMapping>,
+    pub boot_mode: Option<String>,
+    pub virtualization_type: Option<String>,
+    pub tag_specifications: Vec<TagSpecification>,
+}
+
+/// `copy-image`.
+#[derive(Debug, Clone, Default)]
+pub struct CopyImageInput {
+    pub source_region: String,
+    pub source_image_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub copy_image_tags: bool,
+    pub tag_specifications: Vec<TagSpecification>,
+}
+
+/// `describe-images`.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeImagesInput {
+    pub image_ids: Vec<String>,
+    pub owners: Vec<String>,
+    pub executable_users: Vec<String>,
+    pub filters: Vec<Filter>,
+}
+
+/// `describe-snapshots`.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeSnapshotsInput {
+    pub snapshot_ids: Vec<String>,
+    pub owner_ids: Vec<String>,
+    pub restorable_by_user_ids: Vec<String>,
+    pub filters: Vec<Filter>,
+}
+
+/// One launch permission: an account or the group `all`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct LaunchPermission {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// `--launch-permission Add=[…],Remove=[…]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct LaunchPermissionModifications {
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub add: Vec<LaunchPermission>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub remove: Vec<LaunchPermission>,
+}
+
+/// `modify-image-attribute`.
+#[derive(Debug, Clone, Default)]
+pub struct ModifyImageAttributeInput {
+    pub image_id: String,
+    pub attribute: Option<String>,
+    pub operation_type: Option<String>,
+    pub user_ids: Vec<String>,
+    pub user_groups: Vec<String>,
+    pub launch_permission: Option<LaunchPermissionModifications>,
+    pub description: Option<String>,
+    pub value: Option<String>,
+}
+
+/// A `{"Value": …}` attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AttributeValue {
+    pub value: String,
+}
+
+/// What `describe-image-attribute` returns: the image id and the one attribute asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageAttribute {
+    pub image_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch_permissions: Option<Vec<LaunchPermission>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<AttributeValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_mode: Option<AttributeValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_device_mappings: Option<Vec<BlockDeviceMapping>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sriov_net_support: Option<AttributeValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_codes: Option<Vec<serde_json::Value>>,
+}
+
+/// One result of `deregister-image --delete-associated-snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteSnapshotResult {
+    pub snapshot_id: String,
+    pub return_code: String,
+}
+
+/// What `deregister-image` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeregisterImageOutput {
+    #[serde(rename = "Return")]
+    pub ret: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delete_snapshot_results: Vec<DeleteSnapshotResult>,
+}
+
+/// A tag as `describe-tags` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagDescription {
+    pub key: String,
+    pub resource_id: String,
+    pub resource_type: String,
+    pub value: String,
+}
+
+/// What `fetch-image` (amirun's own verb) reports per disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FetchedDisk {
+    pub device_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    pub sha256: String,
+    pub size: u64,
+    pub virtual_size: u64,
+    pub path: String,
+}

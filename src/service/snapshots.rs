@@ -1,0 +1,172 @@
+//! EBS snapshot operations: describe and delete.
+
+use super::filter;
+use super::shapes::*;
+use super::{check_snapshot_id, snapshot_not_found, Caller, Error, Result, Service};
+use crate::store::SnapshotState;
+
+const SNAPSHOT_FILTERS: &[&str] = &[
+    "description",
+    "owner-alias",
+    "owner-id",
+    "progress",
+    "snapshot-id",
+    "start-time",
+    "status",
+    "tag-key",
+    "volume-id",
+    "volume-size",
+];
+
+impl Service {
+    /// `DescribeSnapshots`: the caller's own snapshots and those of catalog AMIs.
+    pub fn describe_snapshots(
+        &mut self,
+        caller: &Caller,
+        input: &DescribeSnapshotsInput,
+    ) -> Result<Vec<Snapshot>> {
+        for id in &input.snapshot_ids {
+            check_snapshot_id(id)?;
+        }
+        filter::check_names(&input.filters, SNAPSHOT_FILTERS)?;
+        self.store.read(|db| -> Result<Vec<Snapshot>> {
+            let mut out = Vec::new();
+            let mut missing = input.snapshot_ids.clone();
+            for s in db.snapshots_in_region(&caller.region)? {
+                let visible = s.owner_id == caller.account || s.catalog_key.is_some();
+                if !visible {
+                    continue;
+                }
+                if !input.snapshot_ids.is_empty() {
+                    if !input.snapshot_ids.contains(&s.snapshot_id) {
+                        continue;
+                    }
+                    missing.retain(|m| m != &s.snapshot_id);
+                }
+                if !input.owner_ids.is_empty()
+                    && !input.owner_ids.iter().any(|o| match o.as_str() {
+                        "self" => s.owner_id == caller.account,
+                        o if o.bytes().all(|b| b.is_ascii_digit()) => s.owner_id == o,
+                        alias => s.owner_alias.as_deref() == Some(alias),
+                    })
+                {
+                    continue;
+                }
+                if !input.restorable_by_user_ids.is_empty()
+                    && !input.restorable_by_user_ids.iter().any(|u| {
+                        (u == "self" && s.owner_id == caller.account)
+                            || *u == s.owner_id
+                            || u == "all"
+                    })
+                {
+                    continue;
+                }
+                let tags = db.tags_of(&s.snapshot_id)?;
+                if !filter::matches(&input.filters, |name| {
+                    snapshot_filter_values(&s, &tags, name)
+                }) {
+                    continue;
+                }
+                out.push(render_snapshot(&s, &tags));
+            }
+            if let Some(m) = missing.first() {
+                return Err(snapshot_not_found(m));
+            }
+            Ok(out)
+        })
+    }
+
+    /// `DeleteSnapshot`: refused while an AMI uses it (`InvalidSnapshot.InUse`).
+    pub fn delete_snapshot(&mut self, caller: &Caller, snapshot_id: &str) -> Result<()> {
+        check_snapshot_id(snapshot_id)?;
+        let paths = self.paths.clone();
+        let had_file = self.store.write(|db| -> Result<bool> {
+            let s = db
+                .snapshot(snapshot_id)?
+                .filter(|s| {
+                    s.region == caller.region
+                        && (s.owner_id == caller.account || s.catalog_key.is_some())
+                })
+                .ok_or_else(|| snapshot_not_found(snapshot_id))?;
+            if s.owner_id != caller.account {
+                return Err(Error::new(
+                    "UnauthorizedOperation",
+                    format!(
+                        "Account {} does not own snapshot {snapshot_id}",
+                        caller.account
+                    ),
+                ));
+            }
+            let users = db.images_using_snapshot(snapshot_id)?;
+            if let Some(ami) = users.first() {
+                return Err(Error::new(
+                    "InvalidSnapshot.InUse",
+                    format!("The snapshot {snapshot_id} is currently in use by {ami}"),
+                ));
+            }
+            if !db.child_snapshots(snapshot_id)?.is_empty() {
+                return Err(Error::new(
+                    "InvalidSnapshot.InUse",
+                    format!("The snapshot {snapshot_id} has snapshots layered on it"),
+                ));
+            }
+            db.delete_snapshot(snapshot_id)?;
+            Ok(s.has_file)
+        })?;
+        if had_file {
+            let _ = std::fs::remove_file(paths.snapshot(snapshot_id));
+        }
+        Ok(())
+    }
+}
+
+fn snapshot_filter_values(
+    s: &SnapshotState,
+    tags: &[crate::store::TagState],
+    name: &str,
+) -> Vec<String> {
+    let one = |v: &str| vec![v.to_string()];
+    match name {
+        "description" => s.description.iter().cloned().collect(),
+        "owner-alias" => s.owner_alias.iter().cloned().collect(),
+        "owner-id" => one(&s.owner_id),
+        "progress" => one("100%"),
+        "snapshot-id" => one(&s.snapshot_id),
+        "start-time" => one(&s.start_time),
+        "status" => one(&s.state),
+        "volume-id" => one(s.volume_id.as_deref().unwrap_or("vol-ffffffff")),
+        "volume-size" => one(&s.volume_size_gib.to_string()),
+        "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
+        n => match n.strip_prefix("tag:") {
+            Some(k) => tags
+                .iter()
+                .filter(|t| t.key == k)
+                .map(|t| t.value.clone())
+                .collect(),
+            None => Vec::new(),
+        },
+    }
+}
+
+fn render_snapshot(s: &SnapshotState, tags: &[crate::store::TagState]) -> Snapshot {
+    Snapshot {
+        description: s.description.clone(),
+        encrypted: false,
+        owner_id: s.owner_id.clone(),
+        owner_alias: s.owner_alias.clone(),
+        progress: "100%".into(),
+        snapshot_id: s.snapshot_id.clone(),
+        start_time: s.start_time.clone(),
+        state: s.state.clone(),
+        volume_id: s.volume_id.clone().unwrap_or_else(|| "vol-ffffffff".into()),
+        volume_size: s.volume_size_gib,
+        storage_tier: "standard".into(),
+        tags: tags
+            .iter()
+            .map(|t| Tag {
+                key: t.key.clone(),
+                value: Some(t.value.clone()),
+            })
+            .collect(),
+    }
+}

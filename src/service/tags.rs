@@ -1,0 +1,147 @@
+//! Tag operations on the caller's own resources: create, delete, describe.
+
+use super::filter;
+use super::shapes::*;
+use super::{image_not_found, snapshot_not_found, Caller, Error, Result, Service};
+use crate::store::Db;
+
+const TAG_FILTERS: &[&str] = &["key", "value", "resource-id", "resource-type"];
+
+/// EC2's resource type name for an id.
+fn resource_type(id: &str) -> &'static str {
+    match id.split('-').next() {
+        Some("ami") => "image",
+        Some("snap") => "snapshot",
+        Some("i") => "instance",
+        Some("vol") => "volume",
+        _ => "unknown",
+    }
+}
+
+/// Check that the caller owns `id` in its region.
+fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
+    let owned = match resource_type(id) {
+        "image" => db
+            .image(id)?
+            .is_some_and(|i| i.region == caller.region && i.owner_id == caller.account),
+        "snapshot" => db
+            .snapshot(id)?
+            .is_some_and(|s| s.region == caller.region && s.owner_id == caller.account),
+        _ => {
+            return Err(Error::new(
+                "InvalidID",
+                format!("The ID '{id}' is not valid for tagging"),
+            ))
+        }
+    };
+    if owned {
+        Ok(())
+    } else if resource_type(id) == "image" {
+        Err(image_not_found(&[id.to_string()]))
+    } else {
+        Err(snapshot_not_found(id))
+    }
+}
+
+impl Service {
+    /// `CreateTags`: all resources get all tags, or nothing changes.
+    pub fn create_tags(
+        &mut self,
+        caller: &Caller,
+        resources: &[String],
+        tags: &[Tag],
+    ) -> Result<()> {
+        if resources.is_empty() {
+            return Err(Error::missing("ResourceId"));
+        }
+        if tags.is_empty() {
+            return Err(Error::missing("Tag"));
+        }
+        for t in tags {
+            if t.key.is_empty() || t.key.len() > 128 || t.key.starts_with("aws:") {
+                return Err(Error::new(
+                    "InvalidParameterValue",
+                    format!(
+                        "Tag key '{}' must be 1 to 128 characters and not start with aws:",
+                        t.key
+                    ),
+                ));
+            }
+        }
+        self.store.write(|db| -> Result<()> {
+            for r in resources {
+                check_owned(db, caller, r)?;
+                for t in tags {
+                    db.put_tag(r, &t.key, t.value.as_deref().unwrap_or(""))?;
+                }
+                if db.tags_of(r)?.len() > 50 {
+                    return Err(Error::new(
+                        "TagLimitExceeded",
+                        format!("Resource {r} would have more than 50 tags"),
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `DeleteTags`: a tag given with a value is deleted only when the value matches.
+    pub fn delete_tags(
+        &mut self,
+        caller: &Caller,
+        resources: &[String],
+        tags: &[Tag],
+    ) -> Result<()> {
+        if resources.is_empty() {
+            return Err(Error::missing("ResourceId"));
+        }
+        self.store.write(|db| -> Result<()> {
+            for r in resources {
+                check_owned(db, caller, r)?;
+                if tags.is_empty() {
+                    for t in db.tags_of(r)? {
+                        db.delete_tag(r, &t.key, None)?;
+                    }
+                }
+                for t in tags {
+                    db.delete_tag(r, &t.key, t.value.as_deref())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `DescribeTags`: tags on the caller's own resources in its region.
+    pub fn describe_tags(
+        &mut self,
+        caller: &Caller,
+        filters: &[Filter],
+    ) -> Result<Vec<TagDescription>> {
+        filter::check_names(filters, TAG_FILTERS)?;
+        self.store.read(|db| -> Result<Vec<TagDescription>> {
+            let mut out = Vec::new();
+            for t in db.all_tags()? {
+                if check_owned(db, caller, &t.resource_id).is_err() {
+                    continue;
+                }
+                let rtype = resource_type(&t.resource_id);
+                let keep = filter::matches(filters, |name| match name {
+                    "key" => vec![t.key.clone()],
+                    "value" => vec![t.value.clone()],
+                    "resource-id" => vec![t.resource_id.clone()],
+                    "resource-type" => vec![rtype.to_string()],
+                    _ => Vec::new(),
+                });
+                if keep {
+                    out.push(TagDescription {
+                        key: t.key,
+                        resource_id: t.resource_id,
+                        resource_type: rtype.into(),
+                        value: t.value,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+}
