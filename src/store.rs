@@ -48,7 +48,8 @@ impl StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// One SQL batch per schema version; index 0 takes a database to version 1.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE images (
     image_id            TEXT PRIMARY KEY,
     region              TEXT NOT NULL,
@@ -132,7 +133,68 @@ CREATE TABLE catalog_sync (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     fingerprint TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE instances (
+    instance_id        TEXT PRIMARY KEY,
+    region             TEXT NOT NULL,
+    owner_id           TEXT NOT NULL,
+    reservation_id     TEXT NOT NULL,
+    image_id           TEXT NOT NULL,
+    instance_type      TEXT NOT NULL,
+    architecture       TEXT NOT NULL,
+    boot_mode          TEXT NOT NULL,
+    root_device_type   TEXT NOT NULL,
+    root_device_name   TEXT NOT NULL,
+    state              TEXT NOT NULL,
+    state_reason       TEXT,
+    state_transition_reason TEXT,
+    launch_time        TEXT NOT NULL,
+    key_name           TEXT,
+    user_data          BLOB,
+    shutdown_behavior  TEXT NOT NULL,
+    accel              TEXT NOT NULL,
+    accel_reason       TEXT NOT NULL,
+    ssh_port           INTEGER,
+    imds_port          INTEGER,
+    launch_index       INTEGER NOT NULL,
+    metadata_options   TEXT NOT NULL,
+    devices            TEXT NOT NULL,
+    updated            TEXT NOT NULL
+);
+CREATE INDEX instances_by_region ON instances(region);
+
+CREATE TABLE volumes (
+    volume_id             TEXT PRIMARY KEY,
+    region                TEXT NOT NULL,
+    owner_id              TEXT NOT NULL,
+    size_gib              INTEGER NOT NULL,
+    snapshot_id           TEXT,
+    state                 TEXT NOT NULL,
+    create_time           TEXT NOT NULL,
+    availability_zone     TEXT NOT NULL,
+    volume_type           TEXT NOT NULL,
+    instance_id           TEXT,
+    device                TEXT,
+    attach_time           TEXT,
+    delete_on_termination INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX volumes_by_region ON volumes(region);
+
+CREATE TABLE key_pairs (
+    key_pair_id  TEXT PRIMARY KEY,
+    region       TEXT NOT NULL,
+    owner_id     TEXT NOT NULL,
+    key_name     TEXT NOT NULL,
+    key_type     TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    public_key   TEXT NOT NULL,
+    private_key  TEXT,
+    create_time  TEXT NOT NULL,
+    UNIQUE (region, owner_id, key_name)
+);
+"#,
+];
 
 /// Where the data of a disk comes from before it is in the blob store: a
 /// URL and how to verify it (as written in a catalog file or given to
@@ -273,6 +335,94 @@ pub struct TagState {
     pub value: String,
 }
 
+/// One disk attached to an instance, as recorded at launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceDevice {
+    /// EC2 device name (`/dev/xvda`, `/dev/sdb`).
+    pub device_name: String,
+    /// EBS volume id; `None` for instance-store disks.
+    pub volume_id: Option<String>,
+    /// `ephemeralN` / root for instance-store disks.
+    pub virtual_name: Option<String>,
+    /// Size in GiB.
+    pub size_gib: u64,
+    /// Whether terminate deletes the volume.
+    pub delete_on_termination: bool,
+    /// When it was attached.
+    pub attach_time: String,
+}
+
+/// A stored instance: its launch facts and the last state amirun recorded.
+/// The state shown to users is reconciled with live facts on every read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceState {
+    pub instance_id: String,
+    pub region: String,
+    pub owner_id: String,
+    pub reservation_id: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub architecture: String,
+    pub boot_mode: String,
+    pub root_device_type: String,
+    pub root_device_name: String,
+    /// EC2 state name: pending, running, stopping, stopped, shutting-down, terminated.
+    pub state: String,
+    /// `Code: message` of the last transition (EC2's StateReason).
+    pub state_reason: Option<String>,
+    pub state_transition_reason: Option<String>,
+    pub launch_time: String,
+    pub key_name: Option<String>,
+    pub user_data: Option<Vec<u8>>,
+    /// `stop` or `terminate`.
+    pub shutdown_behavior: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub accel_reason: String,
+    pub ssh_port: Option<u16>,
+    pub imds_port: Option<u16>,
+    pub launch_index: u32,
+    /// EC2 MetadataOptions as JSON.
+    pub metadata_options: serde_json::Value,
+    pub devices: Vec<InstanceDevice>,
+    /// When the record last changed.
+    pub updated: String,
+}
+
+/// A stored EBS volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeState {
+    pub volume_id: String,
+    pub region: String,
+    pub owner_id: String,
+    pub size_gib: u64,
+    pub snapshot_id: Option<String>,
+    /// creating, available, in-use, deleting.
+    pub state: String,
+    pub create_time: String,
+    pub availability_zone: String,
+    pub volume_type: String,
+    pub instance_id: Option<String>,
+    pub device: Option<String>,
+    pub attach_time: Option<String>,
+    pub delete_on_termination: bool,
+}
+
+/// A stored key pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPairState {
+    pub key_pair_id: String,
+    pub region: String,
+    pub owner_id: String,
+    pub key_name: String,
+    pub key_type: String,
+    pub fingerprint: String,
+    pub public_key: String,
+    /// Kept so `amirun ssh` can log in with a key amirun created.
+    pub private_key: Option<String>,
+    pub create_time: String,
+}
+
 /// The database.
 pub struct Store {
     conn: Connection,
@@ -374,6 +524,95 @@ const IMAGE_COLUMNS: &str = "image_id, region, name, description, owner_id, owne
 const SNAPSHOT_COLUMNS: &str = "snapshot_id, region, owner_id, owner_alias, volume_id, \
     volume_size_gib, state, description, start_time, source, blob_sha256, parent_snapshot_id, \
     has_file, storage_bytes, catalog_key";
+
+const INSTANCE_COLUMNS: &str = "instance_id, region, owner_id, reservation_id, image_id, \
+    instance_type, architecture, boot_mode, root_device_type, root_device_name, state, \
+    state_reason, state_transition_reason, launch_time, key_name, user_data, shutdown_behavior, \
+    accel, accel_reason, ssh_port, imds_port, launch_index, metadata_options, devices, updated";
+
+const VOLUME_COLUMNS: &str = "volume_id, region, owner_id, size_gib, snapshot_id, state, \
+    create_time, availability_zone, volume_type, instance_id, device, attach_time, \
+    delete_on_termination";
+
+const KEY_PAIR_COLUMNS: &str = "key_pair_id, region, owner_id, key_name, key_type, fingerprint, \
+    public_key, private_key, create_time";
+
+struct InstanceRow(InstanceState, String, String);
+
+fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow(
+        InstanceState {
+            instance_id: r.get(0)?,
+            region: r.get(1)?,
+            owner_id: r.get(2)?,
+            reservation_id: r.get(3)?,
+            image_id: r.get(4)?,
+            instance_type: r.get(5)?,
+            architecture: r.get(6)?,
+            boot_mode: r.get(7)?,
+            root_device_type: r.get(8)?,
+            root_device_name: r.get(9)?,
+            state: r.get(10)?,
+            state_reason: r.get(11)?,
+            state_transition_reason: r.get(12)?,
+            launch_time: r.get(13)?,
+            key_name: r.get(14)?,
+            user_data: r.get(15)?,
+            shutdown_behavior: r.get(16)?,
+            accel: r.get(17)?,
+            accel_reason: r.get(18)?,
+            ssh_port: r.get(19)?,
+            imds_port: r.get(20)?,
+            launch_index: r.get(21)?,
+            metadata_options: serde_json::Value::Null,
+            devices: Vec::new(),
+            updated: r.get(24)?,
+        },
+        r.get(22)?,
+        r.get(23)?,
+    ))
+}
+
+impl InstanceRow {
+    fn parse(self) -> Result<InstanceState> {
+        let InstanceRow(mut i, meta, devices) = self;
+        i.metadata_options = serde_json::from_str(&meta)?;
+        i.devices = serde_json::from_str(&devices)?;
+        Ok(i)
+    }
+}
+
+fn volume_row(r: &Row) -> rusqlite::Result<VolumeState> {
+    Ok(VolumeState {
+        volume_id: r.get(0)?,
+        region: r.get(1)?,
+        owner_id: r.get(2)?,
+        size_gib: r.get(3)?,
+        snapshot_id: r.get(4)?,
+        state: r.get(5)?,
+        create_time: r.get(6)?,
+        availability_zone: r.get(7)?,
+        volume_type: r.get(8)?,
+        instance_id: r.get(9)?,
+        device: r.get(10)?,
+        attach_time: r.get(11)?,
+        delete_on_termination: r.get(12)?,
+    })
+}
+
+fn key_pair_row(r: &Row) -> rusqlite::Result<KeyPairState> {
+    Ok(KeyPairState {
+        key_pair_id: r.get(0)?,
+        region: r.get(1)?,
+        owner_id: r.get(2)?,
+        key_name: r.get(3)?,
+        key_type: r.get(4)?,
+        fingerprint: r.get(5)?,
+        public_key: r.get(6)?,
+        private_key: r.get(7)?,
+        create_time: r.get(8)?,
+    })
+}
 
 /// `c = excluded.c` for every column but the first (the key): an upsert
 /// that updates in place, so rows that reference this one are kept.
@@ -809,6 +1048,212 @@ impl Db<'_> {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ----- instances -----
+
+    /// Insert or update an instance.
+    pub fn put_instance(&self, i: &InstanceState) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25) \
+                 ON CONFLICT(instance_id) DO UPDATE SET {}",
+                upsert_set(INSTANCE_COLUMNS)
+            ),
+            params![
+                i.instance_id,
+                i.region,
+                i.owner_id,
+                i.reservation_id,
+                i.image_id,
+                i.instance_type,
+                i.architecture,
+                i.boot_mode,
+                i.root_device_type,
+                i.root_device_name,
+                i.state,
+                i.state_reason,
+                i.state_transition_reason,
+                i.launch_time,
+                i.key_name,
+                i.user_data,
+                i.shutdown_behavior,
+                i.accel,
+                i.accel_reason,
+                i.ssh_port,
+                i.imds_port,
+                i.launch_index,
+                to_json(&i.metadata_options)?,
+                to_json(&i.devices)?,
+                i.updated,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One instance by id, in any region.
+    pub fn instance(&self, instance_id: &str) -> Result<Option<InstanceState>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?1"),
+                [instance_id],
+                instance_row,
+            )
+            .optional()?
+            .map(InstanceRow::parse)
+            .transpose()
+    }
+
+    /// All instances of a region, in launch order.
+    pub fn instances_in_region(&self, region: &str) -> Result<Vec<InstanceState>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE region = ?1 ORDER BY launch_time, launch_index, instance_id"
+        ))?;
+        let rows = stmt.query_map([region], instance_row)?;
+        rows.map(|r| r?.parse()).collect()
+    }
+
+    /// Every instance not yet terminated, in any region (for reconciliation).
+    pub fn live_instances(&self) -> Result<Vec<InstanceState>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE state != 'terminated'"
+        ))?;
+        let rows = stmt.query_map([], instance_row)?;
+        rows.map(|r| r?.parse()).collect()
+    }
+
+    /// Ports recorded for instances that are not terminated.
+    pub fn ports_in_use(&self) -> Result<Vec<u16>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ssh_port FROM instances WHERE state != 'terminated' AND ssh_port IS NOT NULL \
+             UNION SELECT imds_port FROM instances WHERE state != 'terminated' AND imds_port IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forget terminated instances older than `before` (EC2 shows them for about an hour).
+    pub fn purge_terminated(&self, before: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT instance_id FROM instances WHERE state = 'terminated' AND updated < ?1",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map([before], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in &ids {
+            self.delete_tags_of(id)?;
+            self.conn
+                .execute("DELETE FROM instances WHERE instance_id = ?1", [id])?;
+        }
+        Ok(ids)
+    }
+
+    // ----- volumes -----
+
+    /// Insert or update a volume.
+    pub fn put_volume(&self, v: &VolumeState) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13) \
+                 ON CONFLICT(volume_id) DO UPDATE SET {}",
+                upsert_set(VOLUME_COLUMNS)
+            ),
+            params![
+                v.volume_id,
+                v.region,
+                v.owner_id,
+                v.size_gib,
+                v.snapshot_id,
+                v.state,
+                v.create_time,
+                v.availability_zone,
+                v.volume_type,
+                v.instance_id,
+                v.device,
+                v.attach_time,
+                v.delete_on_termination,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One volume by id.
+    pub fn volume(&self, volume_id: &str) -> Result<Option<VolumeState>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE volume_id = ?1"),
+                [volume_id],
+                volume_row,
+            )
+            .optional()?)
+    }
+
+    /// All volumes of a region.
+    pub fn volumes_in_region(&self, region: &str) -> Result<Vec<VolumeState>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE region = ?1 ORDER BY create_time, volume_id"
+        ))?;
+        let rows = stmt.query_map([region], volume_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Volumes made from a snapshot (they depend on its data).
+    pub fn volumes_from_snapshot(&self, snapshot_id: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT volume_id FROM volumes WHERE snapshot_id = ?1")?;
+        let rows = stmt.query_map([snapshot_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Delete a volume record.
+    pub fn delete_volume(&self, volume_id: &str) -> Result<()> {
+        self.delete_tags_of(volume_id)?;
+        self.conn
+            .execute("DELETE FROM volumes WHERE volume_id = ?1", [volume_id])?;
+        Ok(())
+    }
+
+    // ----- key pairs -----
+
+    /// Insert a key pair.
+    pub fn insert_key_pair(&self, k: &KeyPairState) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO key_pairs ({KEY_PAIR_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"
+            ),
+            params![
+                k.key_pair_id,
+                k.region,
+                k.owner_id,
+                k.key_name,
+                k.key_type,
+                k.fingerprint,
+                k.public_key,
+                k.private_key,
+                k.create_time,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The caller's key pairs in a region.
+    pub fn key_pairs(&self, region: &str, owner_id: &str) -> Result<Vec<KeyPairState>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {KEY_PAIR_COLUMNS} FROM key_pairs WHERE region = ?1 AND owner_id = ?2 ORDER BY key_name"
+        ))?;
+        let rows = stmt.query_map([region, owner_id], key_pair_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Delete a key pair by name.
+    pub fn delete_key_pair(&self, region: &str, owner_id: &str, key_name: &str) -> Result<bool> {
+        Ok(self.conn.execute(
+            "DELETE FROM key_pairs WHERE region = ?1 AND owner_id = ?2 AND key_name = ?3",
+            params![region, owner_id, key_name],
+        )? > 0)
     }
 
     // ----- catalog -----

@@ -14,11 +14,13 @@
 pub mod error;
 pub mod filter;
 mod images;
+mod keypairs;
 pub mod shapes;
 mod snapshots;
 mod tags;
 
 pub use error::{Error, Result};
+pub use keypairs::{CreatedKeyPair, KeyPairInfo};
 
 use crate::catalog::{self, Catalog};
 use crate::ids::{self, IdKind};
