@@ -197,6 +197,25 @@ pub struct Blob {
 }
 
 /// The content-addressed blob store under `$AMIRUN_HOME/blobs`.
+///
+/// ```no_run
+/// use amirun::images::{BlobStore, Expected, Progress, Source};
+/// use url::Url;
+///
+/// let store = BlobStore::new(amirun::paths::Paths::from_env());
+/// let base = "https://cloud.debian.org/images/cloud/bookworm/latest/";
+/// let blob = store.fetch(
+///     &Source {
+///         url: Url::parse(&format!("{base}debian-12-genericcloud-amd64.qcow2"))?,
+///         expected: Expected::ChecksumFile(Url::parse(&format!("{base}SHA512SUMS"))?),
+///         format: Some("qcow2".into()),
+///     },
+///     Progress::Auto,
+/// )?;
+/// // Later, by digest alone (no network):
+/// assert_eq!(store.get(&blob.sha256).as_ref(), Some(&blob));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     paths: Paths,
@@ -731,8 +750,9 @@ fn conversion_spinner(format: &str, progress: Progress) -> Option<ProgressBar> {
 fn detect_format(path: &Path, declared: Option<&str>, url: &Url) -> Result<String, ImageError> {
     let mut info = disk::info(path).map_err(|source| disk_err(url, source))?;
     // A fixed-size VHD has its only header ("conectix") in the last 512
-    // bytes, which qemu's probe does not look at: it says raw.
-    if info.format == "raw" && has_vhd_footer(path) {
+    // bytes, which qemu's probe does not look at: it says raw. (A source
+    // declared raw is taken at its word.)
+    if info.format == "raw" && declared != Some("raw") && has_vhd_footer(path) {
         if let Ok(vpc) = disk::info_as(path, "vpc") {
             info = vpc;
         }

@@ -212,7 +212,8 @@ fn http_source_verified_by_checksum_file() {
         format: Some("raw".into()),
     };
     let store = BlobStore::new(home.paths());
-    let blob = store.fetch(&source, Progress::Hidden).unwrap();
+    // Auto: a bar on a terminal, silent here (stderr is not one under cargo test).
+    let blob = store.fetch(&source, Progress::Auto).unwrap();
     assert_eq!(blob.source_format, "raw");
     assert_blob(&home, &blob, &bytes);
 
