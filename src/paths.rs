@@ -9,7 +9,8 @@
 //!   catalog.d/*.json      extra catalog files (locally built images land here)
 //!   blobs/sha256/<hex>    downloaded or imported base images, immutable
 //!   blobs/tmp/            downloads in flight (never mistaken for a blob)
-//!   blobs/locks/          one lock file per source being fetched
+//!   blobs/locks/<key>.lock   one lock file per source being fetched
+//!   blobs/sources/<key>.json which blob a source (URL + digest) produced
 //!   snapshots/<snap-id>.qcow2
 //!   volumes/<vol-id>.qcow2
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.iso vars.qcow2 events.jsonl
@@ -91,7 +92,22 @@ impl Paths {
 
     /// Lock file serialising fetches of one source (keyed by a hash of it).
     pub fn blob_lock(&self, key: &str) -> PathBuf {
-        self.home.join("blobs/locks").join(format!("{key}.lock"))
+        self.blob_lock_dir().join(format!("{key}.lock"))
+    }
+
+    /// Directory of the per-source lock files.
+    pub fn blob_lock_dir(&self) -> PathBuf {
+        self.home.join("blobs/locks")
+    }
+
+    /// Directory of the source index: one small JSON file per fetched source.
+    pub fn blob_source_dir(&self) -> PathBuf {
+        self.home.join("blobs/sources")
+    }
+
+    /// Source index entry: which blob the source with this key produced.
+    pub fn blob_source(&self, key: &str) -> PathBuf {
+        self.blob_source_dir().join(format!("{key}.json"))
     }
 
     /// Directory of snapshot files.

@@ -1,237 +1,308 @@
-//! Shared helpers for integration tests: each test gets its own state
-//! directory and runs the real `amirun` binary, reading what a user sees.
+//! Shared helpers for integration tests: a per-test state directory, test
+//! disk images, and a tiny HTTP/1.1 server on loopback that counts requests
+//! and can misbehave on purpose (cut a body short, stall, hold a response
+//! until other requests arrived).
+
 #![allow(dead_code)]
 
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// One isolated amirun installation.
-pub struct Env {
+use amirun::paths::Paths;
+
+/// Upper bound on any wait in a test: a wait that hits it fails the test
+/// rather than hanging it.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// A state directory of its own for one test.
+pub struct TestHome {
     pub dir: tempfile::TempDir,
+    pub runtime: tempfile::TempDir,
 }
 
-/// What a command printed and how it exited.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
-impl Env {
-    pub fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("amirun-test")
-            .tempdir()
-            .unwrap();
-        std::fs::create_dir_all(dir.path().join("home")).unwrap();
-        std::fs::create_dir_all(dir.path().join("runtime")).unwrap();
-        Env { dir }
-    }
-
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The amirun command with this environment.
-    pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_amirun"));
-        c.env("AMIRUN_HOME", self.home())
-            .env("AMIRUN_RUNTIME_DIR", self.dir.path().join("runtime"))
-            .env_remove("AMIRUN_REGION")
-            .env_remove("AMIRUN_ACCOUNT")
-            .env_remove("AMIRUN_OUTPUT")
-            .stdin(Stdio::null());
-        c
-    }
-
-    pub fn run(&self, args: &[&str]) -> Run {
-        self.cmd().args(args).output().expect("run amirun").into()
-    }
-
-    /// Run and require success; returns parsed JSON stdout (Null when empty).
-    pub fn ok(&self, args: &[&str]) -> Value {
-        let r = self.run(args);
-        assert_eq!(r.code, 0, "amirun {args:?} failed:\n{}", r.stderr);
-        if r.stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            r.json()
+impl TestHome {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            runtime: tempfile::tempdir().unwrap(),
         }
     }
 
-    /// Run and require failure with `code` in stderr.
-    pub fn fails(&self, args: &[&str], code: &str) -> Run {
-        let r = self.run(args);
-        assert_ne!(
-            r.code, 0,
-            "amirun {args:?} unexpectedly succeeded:\n{}",
-            r.stdout
-        );
-        assert!(
-            r.stderr.contains(code),
-            "amirun {args:?}: expected {code} in stderr, got:\n{}",
-            r.stderr
-        );
-        r
+    pub fn paths(&self) -> Paths {
+        Paths::new(self.dir.path(), self.runtime.path())
+    }
+
+    /// Names of the files in a directory (empty when it does not exist).
+    pub fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
     }
 }
 
-/// Make a raw disk image of `mib` MiB with a recognisable pattern.
-pub fn make_raw(path: &Path, mib: usize) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut block = vec![0u8; 1 << 20];
-    for i in 0..mib {
-        block[..16].copy_from_slice(format!("amirun-blk-{i:05}").as_bytes());
-        f.write_all(&block).unwrap();
-    }
+/// `len` bytes that are neither zero nor repetitive, from `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
 }
 
-/// Convert with qemu-img (test fixture only).
-pub fn qemu_img_convert(src: &Path, fmt: &str, dst: &Path) {
-    let st = Command::new("qemu-img")
-        .args(["convert", "-O", fmt])
-        .arg(src)
-        .arg(dst)
-        .status()
-        .unwrap();
-    assert!(st.success());
+/// Write a raw disk image of `len` bytes into `dir`.
+pub fn raw_image(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pattern(len, seed)).unwrap();
+    path
 }
 
-/// `qemu-img info` format of a file.
-pub fn image_format(path: &Path) -> String {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(path)
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Run `qemu-img` with `args`, panicking with its stderr on failure.
+pub fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
         .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["format"].as_str().unwrap().to_string()
+        .expect("qemu-img runs");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-/// A tiny HTTP server on 127.0.0.1 serving files from a directory,
-/// counting GETs per path. Serves until the test process exits.
-pub struct FileServer {
-    pub port: u16,
-    gets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    pub connections: Arc<AtomicUsize>,
+/// Guest-visible content of an image, via `qemu-img convert -O raw`.
+pub fn guest_bytes(image: &Path, format: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        format,
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    std::fs::read(out).unwrap()
 }
 
-impl FileServer {
-    pub fn start(root: PathBuf) -> FileServer {
+/// How the server answers one path.
+#[derive(Clone)]
+pub struct Served {
+    pub body: Vec<u8>,
+    pub mode: Mode,
+    /// Hold the response until `path` was requested `count` times in all.
+    pub gate: Option<(String, usize)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// The whole body.
+    Full,
+    /// Announce the whole length, send this many bytes, close.
+    CloseAfter(usize),
+    /// Announce the whole length, send this many bytes, then wait until
+    /// [`Server::release`] (or the server stops) and close.
+    StallAfter(usize),
+}
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Served>,
+    gets: HashMap<String, usize>,
+    stalled: usize,
+    released: bool,
+}
+
+/// A loopback HTTP server for one test.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<(Mutex<State>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let gets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
-            Default::default();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (g, c) = (gets.clone(), connections.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                c.fetch_add(1, Ordering::SeqCst);
-                let root = root.clone();
-                let g = g.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).is_err() {
-                        return;
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
                     }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    *g.lock().unwrap().entry(path.clone()).or_default() += 1;
-                    let file = root.join(path.trim_start_matches('/'));
-                    match std::fs::File::open(&file) {
-                        Ok(mut f) => {
-                            let len = f.metadata().unwrap().len();
-                            let _ = write!(
-                                stream,
-                                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                            );
-                            let mut buf = vec![0u8; 1 << 16];
-                            loop {
-                                let n = f.read(&mut buf).unwrap_or(0);
-                                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            let _ = write!(
-                                stream,
-                                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            );
-                        }
-                    }
-                });
-            }
-        });
-        FileServer {
-            port,
-            gets,
-            connections,
+                    let Ok(conn) = conn else { continue };
+                    let shared = shared.clone();
+                    std::thread::spawn(move || handle(conn, &shared));
+                }
+            })
+        };
+        Self {
+            addr,
+            shared,
+            stop,
+            accept: Some(accept),
         }
     }
 
-    pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+    /// Serve `body` at `path` completely.
+    pub fn serve(&self, path: &str, body: Vec<u8>) {
+        self.route(
+            path,
+            Served {
+                body,
+                mode: Mode::Full,
+                gate: None,
+            },
+        );
     }
 
-    pub fn gets(&self, name: &str) -> usize {
-        *self
-            .gets
+    pub fn route(&self, path: &str, served: Served) {
+        self.shared
+            .0
             .lock()
             .unwrap()
-            .get(&format!("/{name}"))
-            .unwrap_or(&0)
+            .routes
+            .insert(path.to_owned(), served);
+    }
+
+    pub fn url(&self, path: &str) -> url::Url {
+        url::Url::parse(&format!("http://{}{}", self.addr, path)).unwrap()
+    }
+
+    /// How many GET requests `path` received.
+    pub fn gets(&self, path: &str) -> usize {
+        *self.shared.0.lock().unwrap().gets.get(path).unwrap_or(&0)
+    }
+
+    /// Wait (bounded) until a response is stalled as [`Mode::StallAfter`] asks.
+    pub fn wait_stalled(&self, count: usize) {
+        let (lock, cond) = &*self.shared;
+        let guard = lock.lock().unwrap();
+        let (_guard, timeout) = cond
+            .wait_timeout_while(guard, BOUND, |s| s.stalled < count)
+            .unwrap();
+        assert!(!timeout.timed_out(), "no stalled response within {BOUND:?}");
+    }
+
+    /// Let stalled responses end.
+    pub fn release(&self) {
+        let (lock, cond) = &*self.shared;
+        lock.lock().unwrap().released = true;
+        cond.notify_all();
     }
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// Files in a directory (empty when it does not exist).
-pub fn files_in(dir: &Path) -> Vec<PathBuf> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => Vec::new(),
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.release();
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
     }
 }
+
+fn handle(conn: TcpStream, shared: &(Mutex<State>, Condvar)) {
+    let _ = conn.set_read_timeout(Some(BOUND));
+    let _ = conn.set_write_timeout(Some(BOUND));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    // Headers, up to the blank line (bounded).
+    for _ in 0..100 {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (Some("GET"), Some(path)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let (lock, cond) = shared;
+    let served = {
+        let mut state = lock.lock().unwrap();
+        *state.gets.entry(path.to_owned()).or_default() += 1;
+        cond.notify_all();
+        state.routes.get(path).cloned()
+    };
+    let mut conn = conn;
+    let Some(served) = served else {
+        let _ = conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    if let Some((other, count)) = &served.gate {
+        let state = lock.lock().unwrap();
+        let deadline = Instant::now() + BOUND;
+        let _ = cond
+            .wait_timeout_while(state, BOUND, |s| {
+                s.gets.get(other).copied().unwrap_or(0) < *count && Instant::now() < deadline
+            })
+            .unwrap();
+    }
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+        served.body.len()
+    );
+    if conn.write_all(header.as_bytes()).is_err() {
+        return;
+    }
+    match served.mode {
+        Mode::Full => {
+            let _ = conn.write_all(&served.body);
+        }
+        Mode::CloseAfter(n) => {
+            let _ = conn.write_all(&served.body[..n]);
+        }
+        Mode::StallAfter(n) => {
+            let _ = conn.write_all(&served.body[..n]);
+            let _ = conn.flush();
+            let mut state = lock.lock().unwrap();
+            state.stalled += 1;
+            cond.notify_all();
+            let _ = cond
+                .wait_timeout_while(state, BOUND, |s| !s.released)
+                .unwrap();
+        }
+    }
+    let _ = conn.flush();
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+mod cli;
+#[allow(unused_imports)]
+pub use cli::*;

@@ -1,0 +1,237 @@
+//! Helpers for tests that run the real `amirun` binary: each test gets its
+//! own state directory, and reads what a user sees.
+
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One isolated amirun installation.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("amirun-test")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        std::fs::create_dir_all(dir.path().join("runtime")).unwrap();
+        Env { dir }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The amirun command with this environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_amirun"));
+        c.env("AMIRUN_HOME", self.home())
+            .env("AMIRUN_RUNTIME_DIR", self.dir.path().join("runtime"))
+            .env_remove("AMIRUN_REGION")
+            .env_remove("AMIRUN_ACCOUNT")
+            .env_remove("AMIRUN_OUTPUT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd().args(args).output().expect("run amirun").into()
+    }
+
+    /// Run and require success; returns parsed JSON stdout (Null when empty).
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "amirun {args:?} failed:\n{}", r.stderr);
+        if r.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            r.json()
+        }
+    }
+
+    /// Run and require failure with `code` in stderr.
+    pub fn fails(&self, args: &[&str], code: &str) -> Run {
+        let r = self.run(args);
+        assert_ne!(
+            r.code, 0,
+            "amirun {args:?} unexpectedly succeeded:\n{}",
+            r.stdout
+        );
+        assert!(
+            r.stderr.contains(code),
+            "amirun {args:?}: expected {code} in stderr, got:\n{}",
+            r.stderr
+        );
+        r
+    }
+}
+
+/// Make a raw disk image of `mib` MiB with a recognisable pattern.
+pub fn make_raw(path: &Path, mib: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        block[..16].copy_from_slice(format!("amirun-blk-{i:05}").as_bytes());
+        f.write_all(&block).unwrap();
+    }
+}
+
+/// Convert with qemu-img (test fixture only).
+pub fn qemu_img_convert(src: &Path, fmt: &str, dst: &Path) {
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", fmt])
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `qemu-img info` format of a file.
+pub fn image_format(path: &Path) -> String {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["format"].as_str().unwrap().to_string()
+}
+
+/// A tiny HTTP server on 127.0.0.1 serving files from a directory,
+/// counting GETs per path. Serves until the test process exits.
+pub struct FileServer {
+    pub port: u16,
+    gets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl FileServer {
+    pub fn start(root: PathBuf) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+            Default::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (g, c) = (gets.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let root = root.clone();
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    *g.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    let file = root.join(path.trim_start_matches('/'));
+                    match std::fs::File::open(&file) {
+                        Ok(mut f) => {
+                            let len = f.metadata().unwrap().len();
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                            );
+                            let mut buf = vec![0u8; 1 << 16];
+                            loop {
+                                let n = f.read(&mut buf).unwrap_or(0);
+                                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        FileServer {
+            port,
+            gets,
+            connections,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn gets(&self, name: &str) -> usize {
+        *self
+            .gets
+            .lock()
+            .unwrap()
+            .get(&format!("/{name}"))
+            .unwrap_or(&0)
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Files in a directory (empty when it does not exist).
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
