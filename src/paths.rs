@@ -43,9 +43,7 @@ impl Paths {
             .or_else(|| {
                 std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("amirun"))
             })
-            .unwrap_or_else(|| {
-                PathBuf::from(format!("/dev/shm/amirun-{}", nix::unistd::getuid()))
-            });
+            .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/amirun-{}", nix::unistd::getuid())));
         Self::new(home, runtime)
     }
 

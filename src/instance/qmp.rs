@@ -183,9 +183,7 @@ impl Shared {
     ) -> (MutexGuard<'a, Inbox>, bool) {
         match deadline {
             None => (
-                self.changed
-                    .wait(guard)
-                    .unwrap_or_else(|p| p.into_inner()),
+                self.changed.wait(guard).unwrap_or_else(|p| p.into_inner()),
                 false,
             ),
             Some(d) => {
@@ -303,7 +301,9 @@ impl Qmp {
             let (g, timed_out) = self.shared.wait(inbox, Some(deadline));
             inbox = g;
             if timed_out && inbox.greeting.is_none() {
-                return Err(QmpError::Protocol("no QMP greeting before the deadline".into()));
+                return Err(QmpError::Protocol(
+                    "no QMP greeting before the deadline".into(),
+                ));
             }
         }
     }
@@ -603,7 +603,8 @@ mod tests {
 
     #[test]
     fn handshake_then_commands_skip_and_keep_events() {
-        let (client, server) = fake_server(|cmd| match cmd["execute"].as_str().unwrap() {
+        let (client, server) = fake_server(|cmd| {
+            match cmd["execute"].as_str().unwrap() {
             "qmp_capabilities" => vec![ok(cmd, json!({}))],
             "query-status" => vec![
                 r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "POWERDOWN"}"#.into(),
@@ -614,6 +615,7 @@ mod tests {
                 r#"{"timestamp": {"seconds": 3, "microseconds": 4}, "event": "RESET", "data": {"guest": false, "reason": "host-qmp-system-reset"}}"#.into(),
             ],
             _ => vec![ok(cmd, json!({}))],
+        }
         });
         let qmp = Qmp::from_stream(client, soon()).unwrap();
         assert_eq!(qmp.greeting()["QMP"]["version"]["qemu"]["major"], 7);
@@ -641,8 +643,14 @@ mod tests {
 
         qmp.quit().unwrap();
         let seen = server.join().unwrap();
-        let names: Vec<_> = seen.iter().map(|c| c["execute"].as_str().unwrap()).collect();
-        assert_eq!(names, ["qmp_capabilities", "query-status", "system_reset", "quit"]);
+        let names: Vec<_> = seen
+            .iter()
+            .map(|c| c["execute"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["qmp_capabilities", "query-status", "system_reset", "quit"]
+        );
         // Every command carries a distinct id.
         let mut ids: Vec<_> = seen.iter().map(|c| c["id"].as_u64().unwrap()).collect();
         ids.dedup();
@@ -651,9 +659,11 @@ mod tests {
 
     #[test]
     fn errors_are_reported_with_class_and_description() {
-        let (client, _server) = fake_server(|cmd| match cmd["execute"].as_str().unwrap() {
+        let (client, _server) = fake_server(|cmd| {
+            match cmd["execute"].as_str().unwrap() {
             "qmp_capabilities" => vec![ok(cmd, json!({}))],
             _ => vec![json!({"error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}, "id": cmd["id"]}).to_string()],
+        }
         });
         let qmp = Qmp::from_stream(client, soon()).unwrap();
         match qmp.execute("nope", None) {
@@ -711,7 +721,10 @@ mod tests {
         // quit without a reply but with the stream closed is still success.
         qmp.quit().unwrap_or_else(|e| panic!("quit: {e}"));
         server.join().unwrap();
-        assert!(matches!(qmp.next_event(Some(soon())), Err(QmpError::Closed)));
+        assert!(matches!(
+            qmp.next_event(Some(soon())),
+            Err(QmpError::Closed)
+        ));
         assert!(qmp.is_closed());
         assert!(matches!(qmp.query_status(), Err(QmpError::Closed)));
     }

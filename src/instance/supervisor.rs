@@ -125,6 +125,13 @@ pub enum SupervisorError {
         #[source]
         source: std::io::Error,
     },
+    /// The supervisor could not set itself up (a thread, signal handling).
+    #[error("Could not set up the supervisor's {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SupervisorError {
@@ -364,9 +371,9 @@ impl EventLog {
         let mut line = serde_json::to_vec(&record).expect("events serialise");
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let result = file
-            .write_all(&line)
-            .and_then(|()| if durable { file.sync_data() } else { Ok(()) });
+        let result =
+            file.write_all(&line)
+                .and_then(|()| if durable { file.sync_data() } else { Ok(()) });
         if let Err(e) = result {
             tracing::error!("could not append to {}: {e}", self.path.display());
         }
@@ -386,7 +393,8 @@ pub enum ControlRequest {
     /// Stop QEMU: gracefully (ACPI power button, then hard after
     /// `stop_timeout_secs`) or, with `force`, at once. Without `wait` the
     /// answer is `{"stopping":true}` as soon as the stop is under way; with
-    /// `wait` it is the [`ExitRecord`] once QEMU has exited.
+    /// `wait` it is the [`ExitRecord`] once QEMU has exited and the pid file
+    /// and control socket are gone.
     Stop {
         #[serde(default)]
         force: bool,
@@ -509,10 +517,7 @@ impl Supervisor {
         deadline: Option<Instant>,
     ) -> MutexGuard<'a, State> {
         match deadline {
-            None => self
-                .changed
-                .wait(guard)
-                .unwrap_or_else(|p| p.into_inner()),
+            None => self.changed.wait(guard).unwrap_or_else(|p| p.into_inner()),
             Some(d) => {
                 let timeout = d.saturating_duration_since(Instant::now());
                 self.changed
@@ -663,13 +668,16 @@ impl Supervisor {
             if line.trim().is_empty() {
                 continue;
             }
-            let waits = matches!(
-                serde_json::from_str(&line),
-                Ok(ControlRequest::Stop { wait: true, .. })
-            );
-            let response = match serde_json::from_str::<ControlRequest>(&line) {
-                Ok(req) => self.handle(req),
-                Err(e) => ControlResponse::err(format!("Malformed control request: {e}")),
+            let (response, waits) = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(req) => {
+                    // `handle` counted a waiting stop in `waiters`.
+                    let waits = matches!(req, ControlRequest::Stop { wait: true, .. });
+                    (self.handle(req), waits)
+                }
+                Err(e) => (
+                    ControlResponse::err(format!("Malformed control request: {e}")),
+                    false,
+                ),
             };
             let mut text = serde_json::to_vec(&response).expect("responses serialise");
             text.push(b'\n');
@@ -709,8 +717,11 @@ impl Supervisor {
                 _ => ExitReason::QemuCrashed,
             };
         }
+        if status.code() != Some(0) {
+            return ExitReason::QemuCrashed;
+        }
+        // A clean exit nobody here asked for: the shutdown event says why.
         match shutdown.and_then(QmpEvent::reason) {
-            _ if status.code() != Some(0) => ExitReason::QemuCrashed,
             Some("host-signal") => ExitReason::QemuKilled,
             Some("host-qmp-quit") => ExitReason::Forced,
             _ => ExitReason::QemuCrashed,
@@ -761,6 +772,12 @@ pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
     if let Ok(record) = &result {
         sup.events.append(Event::Exited(record.clone()));
         tracing::info!(reason = record.reason.as_str(), "QEMU exited");
+    }
+    // Clean up before answering clients waiting for the exit, so that what
+    // they see next (probe, a new start) finds the instance fully stopped.
+    let _ = std::fs::remove_file(&sup.spec.control_socket);
+    let _ = std::fs::remove_file(&sup.spec.pid_file);
+    if let Ok(record) = &result {
         let mut st = sup.lock();
         st.final_record = Some(record.clone());
         sup.changed.notify_all();
@@ -769,8 +786,6 @@ pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
             st = sup.wait(st, Some(deadline));
         }
     }
-    let _ = std::fs::remove_file(&sup.spec.control_socket);
-    let _ = std::fs::remove_file(&sup.spec.pid_file);
     drop(pid_lock);
     result
 }
@@ -860,13 +875,17 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
         }
         Err(e) => {
             let mut st = sup.lock();
-            if st.qemu_exit.is_none() {
+            st.qmp_closed = true;
+            start_failure = Some(if st.qemu_exit.is_some() {
+                format!(
+                    "QEMU exited before QMP answered; its messages are in {}",
+                    spec.supervisor_log.display()
+                )
+            } else {
                 tracing::error!("QMP did not answer; killing QEMU: {e}");
                 sup.signal_qemu(&st, Signal::SIGKILL);
-            }
-            st.qmp_closed = true;
-            drop(st);
-            start_failure = Some(format!("QMP on {} did not answer: {e}", spec.qmp_socket.display()));
+                format!("QMP on {} did not answer: {e}", spec.qmp_socket.display())
+            });
         }
     }
     let qmp_connected = start_failure.is_none();
@@ -882,9 +901,7 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     }
     let status = st.qemu_exit.expect("coordinate returns once QEMU exited");
     let reason = sup.classify(&st, qmp_connected, status);
-    let detail = start_failure.or_else(|| {
-        (reason == ExitReason::StartFailed).then(|| "QEMU exited before QMP answered".to_owned())
-    });
+    let detail = start_failure;
     let record = ExitRecord {
         reason,
         exit_status: ExitStatusRecord::from_status(status),
@@ -1023,7 +1040,10 @@ fn spawn_qemu(spec: &LaunchSpec) -> std::io::Result<std::process::Child> {
 
 /// Waits for QEMU in a thread: first without reaping, so that no pid is
 /// signalled after it could have been reused, then reaps under the lock.
-fn spawn_waiter(sup: &Arc<Supervisor>, mut child: std::process::Child) -> Result<(), SupervisorError> {
+fn spawn_waiter(
+    sup: &Arc<Supervisor>,
+    mut child: std::process::Child,
+) -> Result<(), SupervisorError> {
     let sup = Arc::clone(sup);
     let pid = Pid::from_raw(child.id() as i32);
     std::thread::Builder::new()
@@ -1038,6 +1058,8 @@ fn spawn_waiter(sup: &Arc<Supervisor>, mut child: std::process::Child) -> Result
                     Ok(status) => break status,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
+                        // Only if the child was reaped elsewhere; record it
+                        // as killed rather than hang.
                         tracing::error!("waiting for QEMU failed: {e}");
                         break ExitStatus::from_raw(nix::libc::SIGKILL);
                     }
@@ -1047,9 +1069,9 @@ fn spawn_waiter(sup: &Arc<Supervisor>, mut child: std::process::Child) -> Result
             drop(st);
             sup.changed.notify_all();
         })
-        .map_err(|e| SupervisorError::Spawn {
-            program: "qemu-waiter thread".into(),
-            source: e,
+        .map_err(|source| SupervisorError::Setup {
+            what: "qemu-waiter thread",
+            source,
         })?;
     Ok(())
 }
@@ -1070,9 +1092,9 @@ fn spawn_event_pump(sup: &Arc<Supervisor>, qmp: Arc<Qmp>) -> Result<(), Supervis
             sup.lock().qmp_closed = true;
             sup.changed.notify_all();
         })
-        .map_err(|e| SupervisorError::Spawn {
-            program: "qmp-events thread".into(),
-            source: e,
+        .map_err(|source| SupervisorError::Setup {
+            what: "qmp-events thread",
+            source,
         })?;
     Ok(())
 }
@@ -1096,9 +1118,9 @@ fn serve_control_socket(sup: &Arc<Supervisor>) -> Result<(), SupervisorError> {
                     .spawn(move || sup.serve(stream));
             }
         })
-        .map_err(|e| SupervisorError::Spawn {
-            program: "control thread".into(),
-            source: e,
+        .map_err(|source| SupervisorError::Setup {
+            what: "control thread",
+            source,
         })?;
     Ok(())
 }
@@ -1120,9 +1142,8 @@ extern "C" fn on_stop_signal(sig: nix::libc::c_int) {
 /// thread (a handler, not a blocked mask, so it works whichever thread the
 /// kernel picks).
 fn install_stop_signals(sup: &Arc<Supervisor>) -> Result<(), SupervisorError> {
-    let io_err = |e: nix::errno::Errno| SupervisorError::Io {
-        what: "set up signal handling for",
-        path: sup.spec.pid_file.clone(),
+    let io_err = |e: nix::errno::Errno| SupervisorError::Setup {
+        what: "signal handling",
         source: e.into(),
     };
     let (read_end, write_end): (OwnedFd, OwnedFd) =
@@ -1133,7 +1154,10 @@ fn install_stop_signals(sup: &Arc<Supervisor>) -> Result<(), SupervisorError> {
     )
     .map_err(io_err)?;
     // Leak the write end: the handler may run until the process exits.
-    let old = SIGNAL_PIPE.swap(std::os::fd::IntoRawFd::into_raw_fd(write_end), Ordering::SeqCst);
+    let old = SIGNAL_PIPE.swap(
+        std::os::fd::IntoRawFd::into_raw_fd(write_end),
+        Ordering::SeqCst,
+    );
     if old >= 0 {
         // SAFETY: a previous run's write end, no longer referenced.
         drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(old) });
@@ -1158,9 +1182,9 @@ fn install_stop_signals(sup: &Arc<Supervisor>) -> Result<(), SupervisorError> {
                 sup.request_stop(false, "signal");
             }
         })
-        .map_err(|e| SupervisorError::Spawn {
-            program: "signal thread".into(),
-            source: e,
+        .map_err(|source| SupervisorError::Setup {
+            what: "signal thread",
+            source,
         })?;
     Ok(())
 }
@@ -1191,8 +1215,8 @@ pub fn spawn_detached(amirun_exe: &Path, launch_spec_path: &Path) -> Result<u32,
         program: amirun_exe.to_owned(),
         source,
     };
-    let (pid_read, pid_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| spawn_err(e.into()))?;
+    let (pid_read, pid_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
     let pid_write_fd = pid_write.as_raw_fd();
 
     let mut cmd = Command::new(amirun_exe);
@@ -1276,10 +1300,11 @@ impl SupervisorClient {
 
     /// Connects to a control socket ([`Paths::control_socket`]).
     pub fn connect(control_socket: &Path) -> Result<Self, ClientError> {
-        let writer = UnixStream::connect(control_socket).map_err(|source| ClientError::Connect {
-            path: control_socket.to_owned(),
-            source,
-        })?;
+        let writer =
+            UnixStream::connect(control_socket).map_err(|source| ClientError::Connect {
+                path: control_socket.to_owned(),
+                source,
+            })?;
         let reader = BufReader::new(writer.try_clone()?);
         Ok(SupervisorClient { reader, writer })
     }
@@ -1320,7 +1345,8 @@ impl SupervisorClient {
             .map(drop)
     }
 
-    /// Stops and waits until QEMU has exited; returns the `exited` record.
+    /// Stops and waits until QEMU has exited and the supervisor has removed
+    /// its pid file and control socket; returns the `exited` record.
     pub fn stop_and_wait(&mut self, force: bool) -> Result<ExitRecord, ClientError> {
         let v = self.request(&ControlRequest::Stop { force, wait: true })?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
@@ -1397,9 +1423,9 @@ pub fn probe(paths: &Paths, instance_id: &str) -> LiveState {
         }
     }
     live.qemu_alive = live.last_exit.is_none()
-        && live
-            .qemu_pid
-            .is_some_and(|pid| process_matches(pid, |args| args.iter().any(|a| a.contains(instance_id))));
+        && live.qemu_pid.is_some_and(|pid| {
+            process_matches(pid, |args| args.iter().any(|a| a.contains(instance_id)))
+        });
     live
 }
 
@@ -1532,7 +1558,11 @@ mod tests {
         let id = "i-0123456789abcdef0";
         std::fs::create_dir_all(paths.instance_dir(id)).unwrap();
         // This test process is alive but is no supervisor.
-        std::fs::write(paths.supervisor_pid(id), format!("{}\n", std::process::id())).unwrap();
+        std::fs::write(
+            paths.supervisor_pid(id),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
         assert!(!probe(&paths, id).supervisor_alive);
     }
 
@@ -1567,7 +1597,10 @@ mod tests {
             "qemu-system-x86_64".into(),
             vec!["-nodefaults".into()],
         );
-        assert_eq!(spec.control_socket, paths.control_socket("i-0123456789abcdef0"));
+        assert_eq!(
+            spec.control_socket,
+            paths.control_socket("i-0123456789abcdef0")
+        );
         let path = dir.path().join("launch.json");
         spec.write(&path).unwrap();
         assert_eq!(LaunchSpec::read(&path).unwrap(), spec);
