@@ -15,6 +15,8 @@
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).
 //! - [`images`] fetches and verifies images into the content-addressed blob store.
 //! - [`disk`] is the only module that runs `qemu-img`.
+//! - [`instance`] runs instances: the per-instance supervisor process that
+//!   owns QEMU, and the QMP client it talks to QEMU with.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod disk;
 pub mod ids;
 pub mod images;
+pub mod instance;
 pub mod paths;
 pub mod service;
 pub mod store;

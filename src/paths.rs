@@ -14,6 +14,7 @@
 //!   snapshots/<snap-id>.qcow2
 //!   volumes/<vol-id>.qcow2
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.iso vars.qcow2 events.jsonl
+//!                         launch.json control.sock supervisor.log
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
 //! ```
@@ -179,5 +180,15 @@ impl Paths {
     /// Supervisor's own stderr log.
     pub fn supervisor_log(&self, instance_id: &str) -> PathBuf {
         self.instance_dir(instance_id).join("supervisor.log")
+    }
+
+    /// The supervisor's control socket (JSON lines; see `instance::supervisor`).
+    pub fn control_socket(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("control.sock")
+    }
+
+    /// The launch spec the service writes for the supervisor to read.
+    pub fn launch_spec(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("launch.json")
     }
 }
