@@ -15,6 +15,9 @@
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).
 //! - [`images`] fetches and verifies images into the content-addressed blob store.
 //! - [`disk`] is the only module that runs `qemu-img`.
+//! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
+//!   firmware, devices) and chooses KVM or TCG by probing.
+//! - [`metadata`] makes the NoCloud seed (and later answers IMDS).
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 
@@ -23,6 +26,8 @@ pub mod cli;
 pub mod disk;
 pub mod ids;
 pub mod images;
+pub mod machine;
+pub mod metadata;
 pub mod paths;
 pub mod service;
 pub mod store;

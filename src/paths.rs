@@ -12,9 +12,10 @@
 //!   blobs/locks/          one lock file per source being fetched
 //!   snapshots/<snap-id>.qcow2
 //!   volumes/<vol-id>.qcow2
-//!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.iso vars.qcow2 events.jsonl
+//!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
+//!   accel-probe.json      cached verdict of the KVM probe (per kernel and QEMU)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,9 +43,7 @@ impl Paths {
             .or_else(|| {
                 std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("amirun"))
             })
-            .unwrap_or_else(|| {
-                PathBuf::from(format!("/dev/shm/amirun-{}", nix::unistd::getuid()))
-            });
+            .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/amirun-{}", nix::unistd::getuid())));
         Self::new(home, runtime)
     }
 
@@ -147,9 +146,15 @@ impl Paths {
         self.instance_dir(instance_id).join("serial.log")
     }
 
-    /// NoCloud seed image.
+    /// NoCloud seed image (a raw FAT image labelled `cidata`, not an ISO).
     pub fn seed_image(&self, instance_id: &str) -> PathBuf {
-        self.instance_dir(instance_id).join("seed.iso")
+        self.instance_dir(instance_id).join("seed.img")
+    }
+
+    /// Cached verdict of the KVM probe. On tmpfs, so a host reboot (perhaps
+    /// into another kernel) probes again.
+    pub fn accel_probe_cache(&self) -> PathBuf {
+        self.runtime.join("accel-probe.json")
     }
 
     /// Per-instance UEFI variable store.
