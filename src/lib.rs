@@ -17,6 +17,9 @@
 //! - [`disk`] is the only module that runs `qemu-img`.
 //! - [`instance`] runs instances: the per-instance supervisor process that
 //!   owns QEMU, and the QMP client it talks to QEMU with.
+//! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
+//!   firmware, devices) and chooses KVM or TCG by probing.
+//! - [`metadata`] makes the NoCloud seed (and later answers IMDS).
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 
@@ -26,6 +29,8 @@ pub mod disk;
 pub mod ids;
 pub mod images;
 pub mod instance;
+pub mod machine;
+pub mod metadata;
 pub mod paths;
 pub mod service;
 pub mod store;

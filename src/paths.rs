@@ -13,10 +13,11 @@
 //!   blobs/sources/<key>.json which blob a source (URL + digest) produced
 //!   snapshots/<snap-id>.qcow2
 //!   volumes/<vol-id>.qcow2
-//!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.iso vars.qcow2 events.jsonl
+//!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
 //!                         launch.json control.sock supervisor.log
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
+//!   accel-probe.json      cached verdict of the KVM probe (per kernel and QEMU)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -162,9 +163,15 @@ impl Paths {
         self.instance_dir(instance_id).join("serial.log")
     }
 
-    /// NoCloud seed image.
+    /// NoCloud seed image (a raw FAT image labelled `cidata`, not an ISO).
     pub fn seed_image(&self, instance_id: &str) -> PathBuf {
-        self.instance_dir(instance_id).join("seed.iso")
+        self.instance_dir(instance_id).join("seed.img")
+    }
+
+    /// Cached verdict of the KVM probe. On tmpfs, so a host reboot (perhaps
+    /// into another kernel) probes again.
+    pub fn accel_probe_cache(&self) -> PathBuf {
+        self.runtime.join("accel-probe.json")
     }
 
     /// Per-instance UEFI variable store.
