@@ -122,9 +122,14 @@ impl Paths {
         self.snapshot_dir().join(format!("{snapshot_id}.qcow2"))
     }
 
+    /// Directory of EBS volume overlays.
+    pub fn volume_dir(&self) -> PathBuf {
+        self.home.join("volumes")
+    }
+
     /// One EBS volume's qcow2 overlay.
     pub fn volume(&self, volume_id: &str) -> PathBuf {
-        self.home.join("volumes").join(format!("{volume_id}.qcow2"))
+        self.volume_dir().join(format!("{volume_id}.qcow2"))
     }
 
     /// Directory of one instance's persistent files.

@@ -101,6 +101,193 @@ enum Command {
     DescribeTags(FiltersArgs),
     /// Download and verify an AMI's disks now instead of at first launch (amirun's own verb).
     FetchImage(FetchImageArgs),
+    /// Launch instances of an AMI.
+    RunInstances(RunInstancesArgs),
+    /// Describe instances (states reconciled with the running guests).
+    DescribeInstances(DescribeInstancesArgs),
+    /// Start stopped EBS-backed instances.
+    StartInstances(InstanceIdsArgs),
+    /// Stop EBS-backed instances (ACPI power button; --force cuts power).
+    StopInstances(StopInstancesArgs),
+    /// Reboot instances.
+    RebootInstances(InstanceIdsArgs),
+    /// Terminate instances.
+    TerminateInstances(InstanceIdsArgs),
+    /// Print an instance's serial console.
+    GetConsoleOutput(ConsoleArgs),
+    /// Wait until instances or images reach a state.
+    Wait(WaitArgs),
+    /// Describe EBS volumes.
+    DescribeVolumes(DescribeVolumesArgs),
+    /// Create a key pair (amirun keeps the private key for `amirun ssh`).
+    CreateKeyPair(CreateKeyPairArgs),
+    /// Import an OpenSSH public key as a key pair.
+    ImportKeyPair(ImportKeyPairArgs),
+    /// Describe key pairs.
+    DescribeKeyPairs(DescribeKeyPairsArgs),
+    /// Delete a key pair.
+    DeleteKeyPair(DeleteKeyPairArgs),
+    /// Open an ssh session to a running instance (amirun's own verb).
+    Ssh(SshArgs),
+    /// Boot an AMI, wait for its console (or ssh) to show it works, report timings as JSON, terminate.
+    BootTest(BootTestArgs),
+    /// Internal: the per-instance supervisor.
+    #[command(name = "__supervise", hide = true)]
+    Supervise { launch_spec: PathBuf },
+}
+
+#[derive(Args, Debug)]
+struct RunInstancesArgs {
+    #[arg(long)]
+    image_id: String,
+    #[arg(long)]
+    instance_type: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    #[arg(long)]
+    min_count: Option<u32>,
+    #[arg(long)]
+    max_count: Option<u32>,
+    #[arg(long)]
+    key_name: Option<String>,
+    /// Text, file://PATH or fileb://PATH.
+    #[arg(long)]
+    user_data: Option<String>,
+    #[arg(long, num_args = 1..)]
+    block_device_mappings: Vec<String>,
+    /// stop or terminate.
+    #[arg(long)]
+    instance_initiated_shutdown_behavior: Option<String>,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
+    /// HttpTokens=required|optional,HttpEndpoint=enabled|disabled.
+    #[arg(long)]
+    metadata_options: Option<String>,
+    /// auto, kvm or tcg.
+    #[arg(long, env = "AMIRUN_ACCEL", default_value = "auto")]
+    accel: String,
+}
+
+#[derive(Args, Debug)]
+struct DescribeInstancesArgs {
+    #[arg(long, num_args = 1..)]
+    instance_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct InstanceIdsArgs {
+    #[arg(long, num_args = 1.., required = true)]
+    instance_ids: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct StopInstancesArgs {
+    #[arg(long, num_args = 1.., required = true)]
+    instance_ids: Vec<String>,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    #[arg(long)]
+    instance_id: String,
+    /// Only the most recent output (last 64 KiB).
+    #[arg(long)]
+    latest: bool,
+}
+
+#[derive(Args, Debug)]
+struct WaitArgs {
+    /// instance-running, instance-stopped, instance-terminated, image-available.
+    waiter: String,
+    #[arg(long, num_args = 1..)]
+    instance_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    image_ids: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct DescribeVolumesArgs {
+    #[arg(long, num_args = 1..)]
+    volume_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CreateKeyPairArgs {
+    #[arg(long)]
+    key_name: String,
+    /// rsa (default) or ed25519.
+    #[arg(long)]
+    key_type: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ImportKeyPairArgs {
+    #[arg(long)]
+    key_name: String,
+    /// The OpenSSH public key: text, file://PATH or fileb://PATH.
+    #[arg(long)]
+    public_key_material: String,
+}
+
+#[derive(Args, Debug)]
+struct DescribeKeyPairsArgs {
+    #[arg(long, num_args = 1..)]
+    key_names: Vec<String>,
+    #[arg(long)]
+    include_public_key: bool,
+}
+
+#[derive(Args, Debug)]
+struct DeleteKeyPairArgs {
+    #[arg(long)]
+    key_name: String,
+}
+
+#[derive(Args, Debug)]
+struct SshArgs {
+    instance_id: String,
+    /// Login user (default: the image vendor's: admin, ubuntu, ec2-user, …).
+    #[arg(long, short = 'l')]
+    user: Option<String>,
+    /// A command to run instead of a login shell.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct BootTestArgs {
+    #[arg(long)]
+    image_id: String,
+    #[arg(long)]
+    instance_type: Option<String>,
+    /// Regular expression the console must match (default: a userspace marker).
+    #[arg(long)]
+    expect: Option<String>,
+    /// Wait for ssh to answer instead of (or after) the console.
+    #[arg(long)]
+    wait_ssh: bool,
+    /// Seconds before the test fails.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Text, file://PATH or fileb://PATH.
+    #[arg(long)]
+    user_data: Option<String>,
+    #[arg(long)]
+    key_name: Option<String>,
+    #[arg(long, env = "AMIRUN_ACCEL", default_value = "auto")]
+    accel: String,
+    /// Keep the instance instead of terminating it.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Args, Debug)]
@@ -356,7 +543,31 @@ fn run(cli: &Cli) -> (String, Result<Option<Value>, Failure>) {
     (title, dispatch(cli))
 }
 
+/// `--user-data` and friends: literal text, `file://PATH` (text) or `fileb://PATH`.
+fn blob_arg(option: &str, value: &str) -> Result<Vec<u8>, Failure> {
+    let path = value
+        .strip_prefix("fileb://")
+        .or_else(|| value.strip_prefix("file://"));
+    match path {
+        Some(p) => std::fs::read(p)
+            .map_err(|e| Failure::Param(option.into(), format!("cannot read {p}: {e}"))),
+        None => Ok(value.as_bytes().to_vec()),
+    }
+}
+
+fn accel_arg(value: &str) -> Result<crate::machine::AccelRequest, Failure> {
+    value
+        .parse()
+        .map_err(|e: crate::machine::MachineError| Failure::Param("accel".into(), e.to_string()))
+}
+
 fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
+    if let Command::Supervise { launch_spec } = &cli.command {
+        return match crate::instance::supervisor::run(launch_spec) {
+            Ok(_) => Ok(None),
+            Err(e) => Err(Failure::Service(e.into())),
+        };
+    }
     let caller = Caller::new(cli.account.clone(), cli.region.clone())?;
     let open = || {
         Service::open(
@@ -489,5 +700,217 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
             let disks = open()?.fetch_image(&caller, &a.image_id)?;
             to_value(json!({ "ImageId": a.image_id, "Disks": disks }))
         }
+        Command::RunInstances(a) => {
+            let input = crate::service::instances::RunInstancesInput {
+                image_id: a.image_id.clone(),
+                instance_type: a.instance_type.clone(),
+                min_count: a.min_count.unwrap_or(a.count),
+                max_count: a.max_count.unwrap_or(a.count),
+                key_name: a.key_name.clone(),
+                user_data: a
+                    .user_data
+                    .as_deref()
+                    .map(|u| blob_arg("user-data", u))
+                    .transpose()?,
+                block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
+                shutdown_behavior: a.instance_initiated_shutdown_behavior.clone(),
+                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+                accel: accel_arg(&a.accel)?,
+                metadata_options: a
+                    .metadata_options
+                    .as_deref()
+                    .map(|m| param_one::<Value>("metadata-options", m))
+                    .transpose()?,
+            };
+            to_value(open()?.run_instances(&caller, &input)?)
+        }
+        Command::DescribeInstances(a) => {
+            let filters: Vec<Filter> = param("filters", &a.filters)?;
+            to_value(open()?.describe_instances(&caller, &a.instance_ids, &filters)?)
+        }
+        Command::StartInstances(a) => to_value(open()?.start_instances(&caller, &a.instance_ids)?),
+        Command::StopInstances(a) => {
+            to_value(open()?.stop_instances(&caller, &a.instance_ids, a.force)?)
+        }
+        Command::RebootInstances(a) => {
+            open()?.reboot_instances(&caller, &a.instance_ids)?;
+            Ok(None)
+        }
+        Command::TerminateInstances(a) => {
+            to_value(open()?.terminate_instances(&caller, &a.instance_ids)?)
+        }
+        Command::GetConsoleOutput(a) => {
+            let out = open()?.get_console_output(&caller, &a.instance_id, a.latest)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
+        }
+        Command::Wait(a) => {
+            wait(&mut open()?, &caller, a)?;
+            Ok(None)
+        }
+        Command::DescribeVolumes(a) => {
+            let filters: Vec<Filter> = param("filters", &a.filters)?;
+            to_value(open()?.describe_volumes(&caller, &a.volume_ids, &filters)?)
+        }
+        Command::CreateKeyPair(a) => {
+            let out = open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref())?;
+            to_value(serde_json::to_value(out).expect("serializable"))
+        }
+        Command::ImportKeyPair(a) => {
+            let material = blob_arg("public-key-material", &a.public_key_material)?;
+            let out = open()?.import_key_pair(
+                &caller,
+                &a.key_name,
+                &String::from_utf8_lossy(&material),
+            )?;
+            to_value(serde_json::to_value(out).expect("serializable"))
+        }
+        Command::DescribeKeyPairs(a) => {
+            let out = open()?.describe_key_pairs(&caller, &a.key_names, a.include_public_key)?;
+            to_value(json!({ "KeyPairs": out }))
+        }
+        Command::DeleteKeyPair(a) => {
+            open()?.delete_key_pair(&caller, &a.key_name)?;
+            to_value(json!({ "Return": true }))
+        }
+        Command::Ssh(a) => {
+            let target = open()?.ssh_target(&caller, &a.instance_id, a.user.as_deref())?;
+            ssh(&target, &a.command)
+        }
+        Command::BootTest(a) => {
+            let input = crate::service::boot_test::BootTestInput {
+                image_id: a.image_id.clone(),
+                instance_type: a.instance_type.clone(),
+                expect: a.expect.clone(),
+                wait_ssh: a.wait_ssh,
+                timeout: std::time::Duration::from_secs(a.timeout),
+                user_data: a
+                    .user_data
+                    .as_deref()
+                    .map(|u| blob_arg("user-data", u))
+                    .transpose()?,
+                key_name: a.key_name.clone(),
+                accel: accel_arg(&a.accel)?,
+                keep: a.keep,
+            };
+            let report = open()?.boot_test(&caller, &input)?;
+            let ok = report.success;
+            let value = serde_json::to_value(report).expect("serializable");
+            if ok {
+                to_value(value)
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = output::render(&mut out, &value, cli.output, "BootTest");
+                Err(Failure::Service(Error::new(
+                    "BootTestFailed",
+                    value["FailureReason"]
+                        .as_str()
+                        .unwrap_or("the boot test failed")
+                        .to_string(),
+                )))
+            }
+        }
+        Command::Supervise { .. } => unreachable!("handled above"),
     }
+}
+
+/// Poll until the waiter's condition holds, as the aws CLI's waiters do.
+fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Failure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
+    let want = match a.waiter.as_str() {
+        "instance-running" => "running",
+        "instance-stopped" => "stopped",
+        "instance-terminated" => "terminated",
+        "image-available" => "available",
+        other => {
+            return Err(Failure::Param(
+                "waiter".into(),
+                format!("unknown waiter {other}; use instance-running, instance-stopped, instance-terminated or image-available"),
+            ))
+        }
+    };
+    loop {
+        let states: Vec<(String, String)> = if want == "available" {
+            let input = DescribeImagesInput {
+                image_ids: a.image_ids.clone(),
+                ..Default::default()
+            };
+            service
+                .describe_images(caller, &input)?
+                .into_iter()
+                .map(|i| (i.image_id, i.state))
+                .collect()
+        } else {
+            let v = service.describe_instances(caller, &a.instance_ids, &[])?;
+            v["Reservations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
+                .map(|i| {
+                    (
+                        i["InstanceId"].as_str().unwrap_or_default().to_string(),
+                        i["State"]["Name"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
+        if !states.is_empty() && states.iter().all(|(_, s)| s == want) {
+            return Ok(());
+        }
+        // A state the waiter can never leave for the wanted one is a failure, as in the aws CLI.
+        let hopeless = states.iter().find(|(_, s)| match want {
+            "running" => matches!(
+                s.as_str(),
+                "terminated" | "shutting-down" | "stopped" | "stopping"
+            ),
+            "stopped" => matches!(s.as_str(), "terminated" | "shutting-down" | "pending"),
+            "available" => s == "failed",
+            _ => false,
+        });
+        if let Some((id, s)) = hopeless {
+            return Err(Failure::Service(Error::new(
+                "WaiterFailed",
+                format!("Waiter {} failed: {id} is {s}", a.waiter),
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure::Service(Error::new(
+                "WaiterTimedOut",
+                format!(
+                    "Waiter {} timed out after {} s: {states:?}",
+                    a.waiter, a.timeout
+                ),
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Replace this process with `ssh` to the instance's forwarded port.
+fn ssh(
+    target: &crate::service::instances::SshTarget,
+    command: &[String],
+) -> Result<Option<Value>, Failure> {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new("ssh");
+    c.args(["-p", &target.port.to_string()]).args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
+    if let Some(k) = &target.identity_file {
+        c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    c.arg(format!("{}@127.0.0.1", target.user)).args(command);
+    let e = c.exec();
+    Err(Failure::Service(
+        Error::new(
+            "MissingDependency",
+            "Cannot run ssh; install the Debian package openssh-client",
+        )
+        .with_source(e),
+    ))
 }

@@ -122,3 +122,17 @@ from_module_error!(
     crate::images::ImageError,
     crate::disk::DiskError
 );
+
+from_module_error!(crate::machine::MachineError, crate::metadata::MetadataError);
+
+impl From<crate::instance::supervisor::SupervisorError> for Error {
+    fn from(e: crate::instance::supervisor::SupervisorError) -> Self {
+        Error::new("InternalError", e.to_string()).with_source(e)
+    }
+}
+
+impl From<crate::instance::supervisor::ClientError> for Error {
+    fn from(e: crate::instance::supervisor::ClientError) -> Self {
+        Error::new("InternalError", "The instance's supervisor did not answer").with_source(e)
+    }
+}

@@ -11,9 +11,11 @@
 //! an operation fetches first, then records everything it made in one
 //! transaction, and removes what it made if recording fails.
 
+pub mod boot_test;
 pub mod error;
 pub mod filter;
 mod images;
+pub mod instances;
 mod keypairs;
 pub mod shapes;
 mod snapshots;
