@@ -29,7 +29,7 @@ pub struct BootTestInput {
 }
 
 /// Console lines that mean the kernel has started.
-pub const KERNEL: &str = r"Linux version|Booting Linux|EFI stub: ";
+pub const KERNEL: &str = r"Linux version|Booting Linux|EFI stub: |\[ *[0-9]+\.[0-9]{6}\] ";
 /// Console lines that mean userspace has started.
 pub const USERSPACE: &str =
     r"amirun-tiny: userspace up|Run /init as init process|systemd\[1\]: |Welcome to |login: ";

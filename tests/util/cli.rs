@@ -1,7 +1,6 @@
 //! Helpers for tests that run the real `amirun` binary: each test gets its
 //! own state directory, and reads what a user sees.
 
-
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -233,5 +232,102 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+/// The catalog file `scripts/build-images.sh` writes for the user running the tests.
+pub fn built_catalog() -> PathBuf {
+    if let Some(p) = std::env::var_os("AMIRUN_TEST_CATALOG") {
+        return PathBuf::from(p);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/share"));
+    data.join("amirun/catalog.d/local-images.json")
+}
+
+impl Env {
+    /// An environment whose catalog includes the locally built images.
+    pub fn with_images() -> Env {
+        let env = Env::new();
+        let src = built_catalog();
+        assert!(
+            src.exists(),
+            "{} is missing: run scripts/build-images.sh tiny all first",
+            src.display()
+        );
+        let dir = env.home().join("catalog.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&src, dir.join("local-images.json")).unwrap();
+        env
+    }
+
+    /// The id of the AMI with this exact name.
+    pub fn ami(&self, name: &str) -> String {
+        let v = self.ok(&["describe-images", "--filters", &format!("Name=name,Values={name}"), "--query", "Images[0].ImageId"]);
+        v.as_str()
+            .unwrap_or_else(|| panic!("no AMI named {name}: run scripts/build-images.sh tiny all"))
+            .to_string()
+    }
+
+    /// Launch and return the instance ids.
+    pub fn run_instances(&self, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["run-instances"];
+        all.extend_from_slice(args);
+        let v = self.ok(&all);
+        v["Instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["InstanceId"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// One instance as describe-instances shows it.
+    pub fn instance(&self, id: &str) -> Value {
+        let v = self.ok(&["describe-instances", "--instance-ids", id]);
+        v["Reservations"][0]["Instances"][0].clone()
+    }
+
+    pub fn state(&self, id: &str) -> String {
+        self.instance(id)["State"]["Name"].as_str().unwrap().to_string()
+    }
+
+    /// The serial console of an instance (raw log file).
+    pub fn console(&self, id: &str) -> String {
+        std::fs::read_to_string(self.home().join("instances").join(id).join("serial.log")).unwrap_or_default()
+    }
+
+    /// Poll the console until `needle` appears; panics with the console after `secs`.
+    pub fn wait_console(&self, id: &str, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let c = self.console(id);
+            if c.contains(needle) {
+                return c;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("{id}: '{needle}' not on the console within {secs} s; console:\n{c}\nstate: {}", self.state(id));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// `amirun wait WAITER --instance-ids ID`.
+    pub fn wait(&self, waiter: &str, id: &str) {
+        self.ok(&["wait", waiter, "--instance-ids", id, "--timeout", "300"]);
+    }
+}
+
+impl Drop for Env {
+    /// Instances must not outlive their test: kill every supervisor (QEMU dies with it).
+    fn drop(&mut self) {
+        for dir in files_in(&self.home().join("instances")) {
+            if let Ok(pid) = std::fs::read_to_string(dir.join("supervisor.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
     }
 }
