@@ -186,14 +186,16 @@ fn free_port(taken: &[u16]) -> Result<u16> {
 /// The login user an image's vendor uses.
 fn default_user(image: Option<&ImageState>) -> String {
     match image.and_then(|i| i.owner_alias.as_deref()) {
-        Some("debian") => "admin",
+        // Debian's genericcloud images (the catalog's and ours) log in as
+        // `debian`; Debian's AMIs on AWS use `admin`.
+        Some("debian") => "debian",
         Some("ubuntu") => "ubuntu",
         Some("amazon") => "ec2-user",
         Some("fedora") => "fedora",
         Some("alpine") => "alpine",
         Some("cirros") => "cirros",
         _ => match image.map(|i| i.name.as_str()) {
-            Some(n) if n.starts_with("debian") => "admin",
+            Some(n) if n.starts_with("debian") => "debian",
             _ => "root",
         },
     }
