@@ -856,15 +856,7 @@ impl Service {
                 "key-name" => i.key_name.iter().cloned().collect(),
                 "reservation-id" => vec![i.reservation_id.clone()],
                 "root-device-type" => vec![i.root_device_type.clone()],
-                "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
-                n => match n.strip_prefix("tag:") {
-                    Some(k) => tags
-                        .iter()
-                        .filter(|t| t.key == k)
-                        .map(|t| t.value.clone())
-                        .collect(),
-                    None => Vec::new(),
-                },
+                n => filter::tag_values(&tags, n).unwrap_or_default(),
             });
             if !keep {
                 continue;
@@ -1281,15 +1273,7 @@ impl Service {
                 "status" => vec![v.state.clone()],
                 "volume-id" => vec![v.volume_id.clone()],
                 "volume-type" => vec![v.volume_type.clone()],
-                "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
-                n => match n.strip_prefix("tag:") {
-                    Some(k) => tags
-                        .iter()
-                        .filter(|t| t.key == k)
-                        .map(|t| t.value.clone())
-                        .collect(),
-                    None => Vec::new(),
-                },
+                n => filter::tag_values(&tags, n).unwrap_or_default(),
             });
             if !keep {
                 continue;

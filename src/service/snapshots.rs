@@ -43,13 +43,12 @@ impl Service {
                     }
                     missing.retain(|m| m != &s.snapshot_id);
                 }
-                if !input.owner_ids.is_empty()
-                    && !input.owner_ids.iter().any(|o| match o.as_str() {
-                        "self" => s.owner_id == caller.account,
-                        o if o.bytes().all(|b| b.is_ascii_digit()) => s.owner_id == o,
-                        alias => s.owner_alias.as_deref() == Some(alias),
-                    })
-                {
+                if !filter::owner_selected(
+                    &input.owner_ids,
+                    &caller.account,
+                    &s.owner_id,
+                    s.owner_alias.as_deref(),
+                ) {
                     continue;
                 }
                 if !input.restorable_by_user_ids.is_empty()
@@ -136,15 +135,7 @@ fn snapshot_filter_values(
         "status" => one(&s.state),
         "volume-id" => one(s.volume_id.as_deref().unwrap_or("vol-ffffffff")),
         "volume-size" => one(&s.volume_size_gib.to_string()),
-        "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
-        n => match n.strip_prefix("tag:") {
-            Some(k) => tags
-                .iter()
-                .filter(|t| t.key == k)
-                .map(|t| t.value.clone())
-                .collect(),
-            None => Vec::new(),
-        },
+        n => filter::tag_values(tags, n).unwrap_or_default(),
     }
 }
 
