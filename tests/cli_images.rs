@@ -776,3 +776,29 @@ fn bad_input_gets_ec2_errors_and_changes_nothing() {
     assert_eq!(before, after);
     assert!(files_in(&env.home().join("blobs/sha256")).is_empty());
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let env = Env::new();
+    let served = env.path("www");
+    std::fs::create_dir_all(&served).unwrap();
+    make_raw(&served.join("big.raw"), 48);
+    let server = FileServer::start(served);
+    // `script` gives amirun a pseudo-terminal, as a person's shell would.
+    let cmd = format!(
+        "{} import-image --disk-containers Url={} --query ImageId",
+        env!("CARGO_BIN_EXE_amirun"),
+        server.url("big.raw")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("AMIRUN_HOME", env.home())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Downloading big.raw"), "{text}");
+    assert!(text.contains("MiB"), "{text}");
+    assert!(text.contains("\"ami-"), "{text}");
+}
