@@ -802,3 +802,28 @@ fn a_terminal_gets_a_progress_bar() {
     assert!(text.contains("MiB"), "{text}");
     assert!(text.contains("\"ami-"), "{text}");
 }
+
+#[test]
+fn catalog_entries_can_pin_their_ids_per_region() {
+    let env = Env::new();
+    let raw = env.path("pinned.raw");
+    make_raw(&raw, 1);
+    let catalog = env.path("pinned.json");
+    std::fs::write(
+        &catalog,
+        format!(
+            r#"{{"format_version":1,"images":[{{"key":"pinned","name":"pinned-image","owner_alias":"amazon","architecture":"x86_64","regions":["us-east-1","eu-west-1"],"image_ids":{{"us-east-1":"ami-0abcdef1234567890"}},"source":{{"url":"file://{}","format":"raw"}}}}]}}"#,
+            raw.display()
+        ),
+    )
+    .unwrap();
+    let cat = catalog.to_str().unwrap();
+    let east = env.ok(&["--catalog", cat, "describe-images", "--image-ids", "ami-0abcdef1234567890"]);
+    assert_eq!(east["Images"][0]["Name"], "pinned-image");
+    assert_eq!(east["Images"][0]["ImageOwnerAlias"], "amazon");
+    let west = env.ok(&["--catalog", cat, "--region", "eu-west-1", "describe-images", "--filters", "Name=name,Values=pinned-image"]);
+    let west_id = west["Images"][0]["ImageId"].as_str().unwrap();
+    assert_ne!(west_id, "ami-0abcdef1234567890");
+    let none = env.ok(&["--catalog", cat, "--region", "ap-south-1", "describe-images", "--filters", "Name=name,Values=pinned-image"]);
+    assert!(ids(&none).is_empty());
+}
