@@ -11,6 +11,11 @@
 //! - [`service`] is the one door into the engine: one method per EC2
 //!   operation; it checks permissions and state rules and is the only caller
 //!   of the modules below.
+//!   Baking lives there too: [`service::layers`] keeps EBS snapshots as
+//!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
+//!   chains, merge on delete), [`service::baking`] makes AMIs from
+//!   instances and moves images in and out, and [`service::bake_recipe`]
+//!   runs `amirun bake RECIPE`.
 //! - [`store`] is the only module that touches the database (SQLite, WAL).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).
 //! - [`images`] fetches and verifies images into the content-addressed blob store.

@@ -98,9 +98,10 @@ pub struct ExportImageArgs {
     /// VMDK, RAW, VHD or QCOW2.
     #[arg(long)]
     disk_image_format: String,
-    /// The file to write (amirun's stand-in for the S3 location).
+    /// The file to write (amirun's stand-in for the S3 location; `--output`
+    /// is the global output format).
     #[arg(long)]
-    output: PathBuf,
+    output_file: PathBuf,
     #[arg(long)]
     description: Option<String>,
 }
@@ -164,7 +165,7 @@ pub(super) fn dispatch(
             let input = ExportImageInput {
                 image_id: a.image_id.clone(),
                 disk_image_format: a.disk_image_format.clone(),
-                output: a.output.clone(),
+                output: a.output_file.clone(),
                 description: a.description.clone(),
             };
             open()?.export_image(caller, &input)?

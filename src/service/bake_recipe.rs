@@ -188,12 +188,18 @@ impl RecipeSpec {
     /// Read, parse and check a recipe file.
     pub fn load(path: &Path) -> Result<RecipeSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new("InvalidRecipe", format!("Cannot read recipe {}", path.display()))
-                .with_source(e)
+            Error::new(
+                "InvalidRecipe",
+                format!("Cannot read recipe {}", path.display()),
+            )
+            .with_source(e)
         })?;
         let config: RecipeConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::new("InvalidRecipe", format!("Recipe {} is not valid", path.display()))
-                .with_source(e)
+            Error::new(
+                "InvalidRecipe",
+                format!("Recipe {} is not valid", path.display()),
+            )
+            .with_source(e)
         })?;
         Self::validate(config, path)
     }
@@ -202,7 +208,11 @@ impl RecipeSpec {
     pub fn validate(config: RecipeConfig, path: &Path) -> Result<RecipeSpec> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let b = &config.base;
-        let bases = [b.image_id.is_some(), b.name.is_some(), b.from_recipe.is_some()];
+        let bases = [
+            b.image_id.is_some(),
+            b.name.is_some(),
+            b.from_recipe.is_some(),
+        ];
         if bases.iter().filter(|x| **x).count() != 1 {
             return Err(recipe_error(
                 path,
@@ -212,7 +222,10 @@ impl RecipeSpec {
         super::images::check_name(&config.name)?;
         let user_data = match (&config.user_data, &config.user_data_file) {
             (Some(_), Some(_)) => {
-                return Err(recipe_error(path, "give user_data or user_data_file, not both"))
+                return Err(recipe_error(
+                    path,
+                    "give user_data or user_data_file, not both",
+                ))
             }
             (Some(u), None) => Some(u.clone()),
             (None, Some(f)) => Some(std::fs::read_to_string(dir.join(f)).map_err(|e| {
@@ -223,17 +236,26 @@ impl RecipeSpec {
         };
         if let Some(u) = &user_data {
             if !u.starts_with("#!") {
-                return Err(recipe_error(path, "user_data must be a script starting with #!"));
+                return Err(recipe_error(
+                    path,
+                    "user_data must be a script starting with #!",
+                ));
             }
         }
         let mut files = Vec::new();
         for f in &config.files {
             if !f.path.starts_with('/') {
-                return Err(recipe_error(path, format!("file path {} is not absolute", f.path)));
+                return Err(recipe_error(
+                    path,
+                    format!("file path {} is not absolute", f.path),
+                ));
             }
             if let Some(m) = &f.mode {
                 if m.is_empty() || m.len() > 4 || !m.bytes().all(|c| (b'0'..=b'7').contains(&c)) {
-                    return Err(recipe_error(path, format!("mode {m} of {} is not octal", f.path)));
+                    return Err(recipe_error(
+                        path,
+                        format!("mode {m} of {} is not octal", f.path),
+                    ));
                 }
             }
             let content = match (&f.content, &f.source) {
@@ -257,15 +279,19 @@ impl RecipeSpec {
         let done = match &config.done_when {
             DoneWhen::Poweroff => DoneRule::Poweroff,
             DoneWhen::Console(re) => DoneRule::Console(Regex::new(re).map_err(|e| {
-                recipe_error(path, format!("done_when console regex {re} is invalid")).with_source(e)
+                recipe_error(path, format!("done_when console regex {re} is invalid"))
+                    .with_source(e)
             })?),
-            DoneWhen::CloudInit => DoneRule::Console(
-                Regex::new(r"Cloud-init v\. \S+ finished").expect("valid regex"),
-            ),
+            DoneWhen::CloudInit => {
+                DoneRule::Console(Regex::new(r"Cloud-init v\. \S+ finished").expect("valid regex"))
+            }
         };
         for u in &config.launch_permissions.users {
             if u.len() != 12 || !u.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(recipe_error(path, format!("launch permission user {u} is not a 12-digit account id")));
+                return Err(recipe_error(
+                    path,
+                    format!("launch permission user {u} is not a 12-digit account id"),
+                ));
             }
         }
         Ok(RecipeSpec {
@@ -343,7 +369,8 @@ impl Bake<'_> {
             } else {
                 format!("{}:{}", self.step, self.detail)
             };
-            self.steps.push((name, self.step_started.elapsed().as_secs_f64()));
+            self.steps
+                .push((name, self.step_started.elapsed().as_secs_f64()));
         }
     }
     fn step_name(&self) -> String {
@@ -357,7 +384,12 @@ impl Bake<'_> {
 
 impl Service {
     /// `amirun bake RECIPE`: see the module doc.
-    pub fn bake(&mut self, caller: &Caller, recipe_path: &Path, accel: AccelRequest) -> Result<BakeOutput> {
+    pub fn bake(
+        &mut self,
+        caller: &Caller,
+        recipe_path: &Path,
+        accel: AccelRequest,
+    ) -> Result<BakeOutput> {
         self.bake_depth(caller, recipe_path, accel, 0)
     }
 
@@ -369,7 +401,10 @@ impl Service {
         depth: usize,
     ) -> Result<BakeOutput> {
         if depth > 16 {
-            return Err(recipe_error(recipe_path, "from_recipe chain is deeper than 16 (a loop?)"));
+            return Err(recipe_error(
+                recipe_path,
+                "from_recipe chain is deeper than 16 (a loop?)",
+            ));
         }
         let recipe = RecipeSpec::load(recipe_path)?;
         let mut b = Bake {
@@ -380,7 +415,10 @@ impl Service {
             steps: Vec::new(),
             recipe: &recipe,
         };
-        if self.image_named(caller, &recipe.config.name, true)?.is_some() {
+        if self
+            .image_named(caller, &recipe.config.name, true)?
+            .is_some()
+        {
             return Err(Error::new(
                 "InvalidAMIName.Duplicate",
                 format!(
@@ -398,7 +436,10 @@ impl Service {
                 self.launchable_image(caller, id)?.image_id
             } else if let Some(name) = &base.name {
                 self.image_named(caller, name, false)?.ok_or_else(|| {
-                    Error::new("InvalidAMIID.NotFound", format!("No AMI named {name} is visible"))
+                    Error::new(
+                        "InvalidAMIID.NotFound",
+                        format!("No AMI named {name} is visible"),
+                    )
                 })?
             } else {
                 let other = recipe_path
@@ -513,15 +554,27 @@ impl Service {
         let recipe = b.recipe;
         let deadline = b.started + Duration::from_secs(recipe.config.timeout_secs.unwrap_or(900));
         b.enter("provision", "");
-        self.wait_console(caller, id, deadline, |text| {
-            if let Some(line) = text.lines().find(|l| l.contains(FAILED)) {
-                return Some(Err(line.trim().to_string()));
-            }
-            text.contains(PROVISIONED).then_some(Ok(()))
-        }, false)?;
+        self.wait_console(
+            caller,
+            id,
+            deadline,
+            |text| {
+                if let Some(line) = text.lines().find(|l| l.contains(FAILED)) {
+                    return Some(Err(line.trim().to_string()));
+                }
+                text.contains(PROVISIONED).then_some(Ok(()))
+            },
+            false,
+        )?;
         for (n, step) in recipe.config.ssh.iter().enumerate() {
             b.enter("ssh", (n + 1).to_string());
-            self.ssh_step(caller, id, recipe.config.ssh_user.as_deref(), step, deadline)?;
+            self.ssh_step(
+                caller,
+                id,
+                recipe.config.ssh_user.as_deref(),
+                step,
+                deadline,
+            )?;
         }
         b.enter("done-when", "");
         match &recipe.done {
@@ -531,9 +584,13 @@ impl Service {
             DoneRule::Poweroff => {}
             DoneRule::Console(re) => {
                 let re = re.clone();
-                self.wait_console(caller, id, deadline, move |text| {
-                    re.is_match(text).then_some(Ok(()))
-                }, false)?;
+                self.wait_console(
+                    caller,
+                    id,
+                    deadline,
+                    move |text| re.is_match(text).then_some(Ok(())),
+                    false,
+                )?;
             }
         }
         b.enter("stop", "");
@@ -542,9 +599,10 @@ impl Service {
             self.wait_state(caller, id, "stopped", deadline)?;
         }
         b.enter("create-image", "");
-        let i = self.store.read(|db| db.instance(id))?.ok_or_else(|| {
-            Error::new("InternalError", format!("Instance {id} is gone"))
-        })?;
+        let i = self
+            .store
+            .read(|db| db.instance(id))?
+            .ok_or_else(|| Error::new("InternalError", format!("Instance {id} is gone")))?;
         // Give the AMI the base's DeleteOnTermination, not the bake's.
         let keep: Vec<BlockDeviceMapping> = i
             .devices
@@ -640,7 +698,12 @@ impl Service {
 
     /// The newest AMI with this exact name: the caller's own (with
     /// `own_only`), else any visible one.
-    fn image_named(&mut self, caller: &Caller, name: &str, own_only: bool) -> Result<Option<String>> {
+    fn image_named(
+        &mut self,
+        caller: &Caller,
+        name: &str,
+        own_only: bool,
+    ) -> Result<Option<String>> {
         let filters = vec![Filter {
             name: "name".into(),
             values: vec![name.to_string()],
@@ -670,17 +733,29 @@ impl Service {
             .unwrap_or_else(|| "terminated".into()))
     }
 
-    fn wait_state(&mut self, caller: &Caller, id: &str, want: &str, deadline: Instant) -> Result<()> {
+    fn wait_state(
+        &mut self,
+        caller: &Caller,
+        id: &str,
+        want: &str,
+        deadline: Instant,
+    ) -> Result<()> {
         loop {
             let s = self.instance_state(caller, id)?;
             if s == want {
                 return Ok(());
             }
             if s == "terminated" || s == "shutting-down" {
-                return Err(Error::new("IncorrectInstanceState", format!("The instance is {s}")));
+                return Err(Error::new(
+                    "IncorrectInstanceState",
+                    format!("The instance is {s}"),
+                ));
             }
             if Instant::now() >= deadline {
-                return Err(Error::new("Timeout", format!("The instance did not become {want} in time (it is {s})")));
+                return Err(Error::new(
+                    "Timeout",
+                    format!("The instance did not become {want} in time (it is {s})"),
+                ));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -703,7 +778,10 @@ impl Service {
             match check(&text) {
                 Some(Ok(())) => return Ok(()),
                 Some(Err(line)) => {
-                    return Err(Error::new("ProvisioningFailed", format!("The guest reported: {line}")))
+                    return Err(Error::new(
+                        "ProvisioningFailed",
+                        format!("The guest reported: {line}"),
+                    ))
                 }
                 None => {}
             }
@@ -712,13 +790,17 @@ impl Service {
                 let s = self.instance_state(caller, id)?;
                 if !stop_ok && matches!(s.as_str(), "stopped" | "terminated" | "shutting-down") {
                     // One last look: the marker may have landed just before.
-                    let text = String::from_utf8_lossy(&self.console_bytes(caller, id)?).into_owned();
+                    let text =
+                        String::from_utf8_lossy(&self.console_bytes(caller, id)?).into_owned();
                     if let Some(r) = check(&text) {
                         return r.map_err(|line| {
                             Error::new("ProvisioningFailed", format!("The guest reported: {line}"))
                         });
                     }
-                    return Err(Error::new("IncorrectInstanceState", format!("The guest ended ({s}) before it was done")));
+                    return Err(Error::new(
+                        "IncorrectInstanceState",
+                        format!("The guest ended ({s}) before it was done"),
+                    ));
                 }
             }
             if Instant::now() >= deadline {
@@ -741,15 +823,31 @@ impl Service {
         loop {
             let mut c = std::process::Command::new("ssh");
             c.args(["-p", &target.port.to_string()])
-                .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-                .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args([
+                    "-o",
+                    "LogLevel=ERROR",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ConnectTimeout=5",
+                ])
                 .stdin(std::process::Stdio::null());
             if let Some(k) = &target.identity_file {
                 c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
             }
             c.arg(format!("{}@127.0.0.1", target.user)).arg(command);
             let out = c.output().map_err(|e| {
-                Error::new("MissingDependency", "Cannot run ssh; install openssh-client").with_source(e)
+                Error::new(
+                    "MissingDependency",
+                    "Cannot run ssh; install openssh-client",
+                )
+                .with_source(e)
             })?;
             match out.status.code() {
                 Some(0) => return Ok(()),
@@ -798,7 +896,10 @@ mod tests {
         .unwrap();
         let script = s.provisioning_script();
         assert!(script.starts_with("#!/bin/sh\n"));
-        assert!(script.contains("printf '%s' 'hi '\\''there'\\''\n' > '/etc/motd'"), "{script}");
+        assert!(
+            script.contains("printf '%s' 'hi '\\''there'\\''\n' > '/etc/motd'"),
+            "{script}"
+        );
         assert!(script.contains("chmod 0644 '/etc/motd'"));
         assert!(script.contains(PROVISIONED));
         assert!(script.trim_end().ends_with("poweroff"));
@@ -808,20 +909,27 @@ mod tests {
     fn recipe_checks_are_specific() {
         let e = spec(r#"{"name":"web-000","base":{}}"#).unwrap_err();
         assert!(e.message().contains("exactly one of"), "{e}");
-        let e = spec(r#"{"name":"web-000","base":{"name":"x"},"user_data":"echo hi"}"#).unwrap_err();
+        let e =
+            spec(r#"{"name":"web-000","base":{"name":"x"},"user_data":"echo hi"}"#).unwrap_err();
         assert!(e.message().contains("#!"), "{e}");
-        let e = spec(r#"{"name":"web-000","base":{"name":"x"},"done_when":{"console":"("}}"#).unwrap_err();
+        let e = spec(r#"{"name":"web-000","base":{"name":"x"},"done_when":{"console":"("}}"#)
+            .unwrap_err();
         assert!(e.message().contains("regex"), "{e}");
         let e = spec(r#"{"name":"web-000","base":{"name":"x"},"ssh":["true"]}"#).unwrap_err();
         assert!(e.message().contains("key_name"), "{e}");
-        assert!(serde_json::from_str::<RecipeConfig>(r#"{"name":"a","base":{},"bogus":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<RecipeConfig>(r#"{"name":"a","base":{},"bogus":1}"#).is_err()
+        );
     }
 
     #[test]
     fn done_when_forms() {
         let s = spec(r#"{"name":"web-000","base":{"name":"x"},"done_when":"cloud-init"}"#).unwrap();
-        assert!(matches!(s.done, DoneRule::Console(ref r) if r.is_match("Cloud-init v. 22.4.2 finished at x")));
-        let s = spec(r#"{"name":"web-000","base":{"name":"x"},"done_when":{"console":"ready$"}}"#).unwrap();
+        assert!(
+            matches!(s.done, DoneRule::Console(ref r) if r.is_match("Cloud-init v. 22.4.2 finished at x"))
+        );
+        let s = spec(r#"{"name":"web-000","base":{"name":"x"},"done_when":{"console":"ready$"}}"#)
+            .unwrap();
         assert!(!s.provisioning_script().contains("poweroff"));
     }
 

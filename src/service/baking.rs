@@ -110,7 +110,10 @@ impl Service {
         if !ids::is_well_formed(IdKind::Instance, &input.instance_id) {
             return Err(Error::new(
                 "InvalidInstanceID.Malformed",
-                format!("Invalid id: \"{}\" (expecting \"i-...\")", input.instance_id),
+                format!(
+                    "Invalid id: \"{}\" (expecting \"i-...\")",
+                    input.instance_id
+                ),
             ));
         }
         self.refresh_instances(caller)?;
@@ -215,12 +218,19 @@ impl Service {
             }
         }
         for m in &input.block_device_mappings {
-            if m.no_device.is_none() && !instance.devices.iter().any(|d| d.device_name == m.device_name)
+            if m.no_device.is_none()
+                && !instance
+                    .devices
+                    .iter()
+                    .any(|d| d.device_name == m.device_name)
             {
                 if m.ebs.as_ref().is_some_and(|e| e.snapshot_id.is_some()) {
                     return Err(Error::new(
                         "InvalidBlockDeviceMapping",
-                        format!("A new mapping for {} cannot name a snapshot in CreateImage", m.device_name),
+                        format!(
+                            "A new mapping for {} cannot name a snapshot in CreateImage",
+                            m.device_name
+                        ),
                     ));
                 }
                 mappings.push((None, m.clone()));
@@ -357,14 +367,20 @@ impl Service {
         loop {
             self.refresh_instances(caller)?;
             let i = self.store.read(|db| db.instance(id))?.ok_or_else(|| {
-                Error::new("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist"))
+                Error::new(
+                    "InvalidInstanceID.NotFound",
+                    format!("The instance ID '{id}' does not exist"),
+                )
             })?;
             match i.state.as_str() {
                 "stopped" => return Ok(i),
                 "terminated" | "shutting-down" => {
                     return Err(Error::new(
                         "IncorrectInstanceState",
-                        format!("The instance '{id}' is {} while waiting for it to stop", i.state),
+                        format!(
+                            "The instance '{id}' is {} while waiting for it to stop",
+                            i.state
+                        ),
                     ))
                 }
                 _ => {}
@@ -381,13 +397,21 @@ impl Service {
 
     /// `ImportSnapshot`: a disk image (raw, vmdk, vhd, vhdx, qcow2; file or
     /// URL) into the blob store, recorded as a snapshot.
-    pub fn import_snapshot(&mut self, caller: &Caller, input: &ImportSnapshotInput) -> Result<Value> {
+    pub fn import_snapshot(
+        &mut self,
+        caller: &Caller,
+        input: &ImportSnapshotInput,
+    ) -> Result<Value> {
         let url = input
             .disk_container
             .url
             .clone()
             .ok_or_else(|| Error::missing("DiskContainer.Url"))?;
-        let format = input.disk_container.format.as_ref().map(|f| f.to_ascii_lowercase());
+        let format = input
+            .disk_container
+            .format
+            .as_ref()
+            .map(|f| f.to_ascii_lowercase());
         if let Some(f) = &format {
             if !["raw", "vmdk", "vhd", "vhdx", "qcow2"].contains(&f.as_str()) {
                 return Err(Error::invalid_value(format!(
@@ -478,7 +502,12 @@ impl Service {
             .iter()
             .find(|d| d.device_name == image.root_device_name)
             .or(disks.first())
-            .ok_or_else(|| Error::new("InternalError", format!("Image {} has no disk", input.image_id)))?;
+            .ok_or_else(|| {
+                Error::new(
+                    "InternalError",
+                    format!("Image {} has no disk", input.image_id),
+                )
+            })?;
         let output = std::path::absolute(&input.output)
             .map_err(io_err(format!("Cannot resolve {}", input.output.display())))?;
         let started = Instant::now();
@@ -521,8 +550,13 @@ fn export_bar(progress: crate::images::Progress) -> Option<indicatif::ProgressBa
     if progress != crate::images::Progress::Auto || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = indicatif::ProgressBar::with_draw_target(Some(100), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("exporting [{bar:40}] {pos}% {elapsed}") {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(100),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("exporting [{bar:40}] {pos}% {elapsed}")
+    {
         bar.set_style(style);
     }
     Some(bar)

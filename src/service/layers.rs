@@ -488,10 +488,7 @@ impl Service {
             owner_id: caller.account.clone(),
             owner_alias: None,
             description: Some(input.description.clone().unwrap_or_else(|| {
-                format!(
-                    "[Copied {} from {source_region}]",
-                    input.source_snapshot_id
-                )
+                format!("[Copied {} from {source_region}]", input.source_snapshot_id)
             })),
             start_time: now(),
             catalog_key: None,
@@ -536,10 +533,15 @@ impl Service {
 
     /// Make a data-less (catalog) snapshot's blob local.
     fn fetch_snapshot_data(&mut self, caller: &Caller, s: &SnapshotState) -> Result<()> {
-        let image = self.store.read(|db| db.images_using_snapshot(&s.snapshot_id))?;
-        let image = image
-            .first()
-            .ok_or_else(|| Error::new("InternalError", format!("Snapshot {} has no data yet", s.snapshot_id)))?;
+        let image = self
+            .store
+            .read(|db| db.images_using_snapshot(&s.snapshot_id))?;
+        let image = image.first().ok_or_else(|| {
+            Error::new(
+                "InternalError",
+                format!("Snapshot {} has no data yet", s.snapshot_id),
+            )
+        })?;
         self.fetch_image(caller, image).map(drop)
     }
 
@@ -607,9 +609,8 @@ impl Service {
             if s.has_file {
                 rebase_onto(&self.paths.volume(&v.volume_id), backing.as_deref())?;
             }
-            self.store.write(|db| {
-                db.set_volume_base(&v.volume_id, s.parent_snapshot_id.as_deref())
-            })?;
+            self.store
+                .write(|db| db.set_volume_base(&v.volume_id, s.parent_snapshot_id.as_deref()))?;
         }
         self.store.write(|db| -> Result<()> {
             check_unused(db, snapshot_id)?;
@@ -676,9 +677,8 @@ fn active_node(blocks: &Value, index: usize) -> Option<String> {
     let dev = format!("disk{index}-dev");
     blocks.as_array()?.iter().find_map(|b| {
         let qdev = b.get("qdev")?.as_str()?;
-        let matches = qdev == dev
-            || qdev.ends_with(&format!("/{dev}"))
-            || qdev.contains(&format!("/{dev}/"));
+        let matches =
+            qdev == dev || qdev.ends_with(&format!("/{dev}")) || qdev.contains(&format!("/{dev}/"));
         if !matches {
             return None;
         }
