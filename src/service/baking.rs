@@ -495,7 +495,7 @@ impl Service {
         };
         let image = self.launchable_image(caller, &input.image_id)?;
         if image.owner_id != caller.account {
-            return Err(image_not_found(&[input.image_id.clone()]));
+            return Err(image_not_found(std::slice::from_ref(&input.image_id)));
         }
         let disks = self.fetch_image(caller, &input.image_id)?;
         let root = disks
