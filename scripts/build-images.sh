@@ -68,7 +68,10 @@ if ! flock -n 9; then
 fi
 
 step "host packages"
-host_pkgs=(qemu-utils dosfstools mtools fdisk e2fsprogs cpio gzip kmod grub-common xorriso)
+# To build: qemu-utils … xorriso.  To boot what is built (tests, amirun):
+# qemu-system-*, the firmware, xorriso for seeds, openssh-client.
+host_pkgs=(qemu-utils dosfstools mtools fdisk e2fsprogs cpio gzip kmod grub-common xorriso
+	qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 openssh-client)
 for img in "${images[@]}"; do
 	if [ "$img" = debian-12 ]; then
 		host_pkgs+=(mmdebstrap)

@@ -24,6 +24,11 @@
 //!   operation; it checks permissions and state rules and is the only caller
 //!   of the modules below. Instance states shown to users are reconciled
 //!   with live facts (supervisor and QEMU alive, exit records) on every read.
+//!   Baking lives there too: [`service::layers`] keeps EBS snapshots as
+//!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
+//!   chains, merge on delete), [`service::baking`] makes AMIs from
+//!   instances and moves images in and out, and [`service::bake_recipe`]
+//!   runs `amirun bake RECIPE`.
 //! - [`store`] is the only module that touches the database (SQLite, WAL,
 //!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).

@@ -818,12 +818,34 @@ fn catalog_entries_can_pin_their_ids_per_region() {
     )
     .unwrap();
     let cat = catalog.to_str().unwrap();
-    let east = env.ok(&["--catalog", cat, "describe-images", "--image-ids", "ami-0abcdef1234567890"]);
+    let east = env.ok(&[
+        "--catalog",
+        cat,
+        "describe-images",
+        "--image-ids",
+        "ami-0abcdef1234567890",
+    ]);
     assert_eq!(east["Images"][0]["Name"], "pinned-image");
     assert_eq!(east["Images"][0]["ImageOwnerAlias"], "amazon");
-    let west = env.ok(&["--catalog", cat, "--region", "eu-west-1", "describe-images", "--filters", "Name=name,Values=pinned-image"]);
+    let west = env.ok(&[
+        "--catalog",
+        cat,
+        "--region",
+        "eu-west-1",
+        "describe-images",
+        "--filters",
+        "Name=name,Values=pinned-image",
+    ]);
     let west_id = west["Images"][0]["ImageId"].as_str().unwrap();
     assert_ne!(west_id, "ami-0abcdef1234567890");
-    let none = env.ok(&["--catalog", cat, "--region", "ap-south-1", "describe-images", "--filters", "Name=name,Values=pinned-image"]);
+    let none = env.ok(&[
+        "--catalog",
+        cat,
+        "--region",
+        "ap-south-1",
+        "describe-images",
+        "--filters",
+        "Name=name,Values=pinned-image",
+    ]);
     assert!(ids(&none).is_empty());
 }

@@ -647,6 +647,57 @@ fn tiny_x86_64_boot_counter_persists_and_guest_poweroff_exits() {
     assert!(st.success(), "boot 2: QEMU exited with {st}");
 }
 
+// ---------------------------------------------------------------- the build
+
+/// When a package cannot be fetched, the build fails loudly (non-zero,
+/// naming the step) and leaves no image, stamp or catalog behind. apt is
+/// pointed at a proxy on a closed loopback port, in a fresh build directory
+/// (so no package is in its download cache); no root needed.
+#[test]
+fn build_fails_loudly_when_a_package_cannot_be_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let apt_conf = dir.path().join("apt.conf");
+    // Port 9 (discard) on the loopback: nothing listens there.
+    fs::write(&apt_conf, "Acquire::http::Proxy \"http://127.0.0.1:9/\";\n").unwrap();
+    let build = dir.path().join("build");
+    let home = dir.path().join("home");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-images.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["tiny", "x86_64"])
+        .env("AMIRUN_BUILD_DIR", &build)
+        .env("AMIRUN_HOME", &home)
+        .env("APT_CONFIG", &apt_conf)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the build succeeded without its packages:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("ERROR in step '"),
+        "the failure names no step:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("FAILED (exit"),
+        "no final failure line:\n{stderr}"
+    );
+    let left: Vec<String> = fs::read_dir(&build)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".qcow2") || n.ends_with(".stamp") || n.contains(".tmp."))
+        .collect();
+    assert!(left.is_empty(), "a failed build left {left:?}");
+    let work: Vec<_> = fs::read_dir(build.join("work")).unwrap().collect();
+    assert!(work.is_empty(), "a failed build left work directories");
+    assert!(
+        !home.join("catalog.d/local-images.json").exists(),
+        "a failed build wrote a catalog"
+    );
+}
+
 // ---------------------------------------------------------------- debian-12
 
 fn debian12(arch: Arch, firmware: Firmware) {

@@ -37,8 +37,10 @@ tiny_key() { # ARCH PACKAGES
 		echo "grub-common=$(dpkg-query -W -f='${Version}' grub-common 2>/dev/null)"
 		echo "inputs=$(hash_inputs "$REPO/scripts/build-images.sh" "$REPO/scripts/images/common.sh" \
 			"$REPO/scripts/images/tiny.sh" "${files[@]}")"
-		# file modes matter too (executable scripts)
-		for f in "${files[@]}"; do stat -c '%a %n' "$f" | sed "s|$REPO/||"; done
+		# executable or not matters too (git keeps only that bit)
+		for f in "${files[@]}"; do
+			if [ -x "$f" ]; then echo "x ${f#"$REPO"/}"; else echo "- ${f#"$REPO"/}"; fi
+		done
 	} | sha256sum | cut -d' ' -f1
 }
 
@@ -170,6 +172,7 @@ build_tiny() {
 	busybox_links "$bb" "$rd"
 	ln -sf busybox "$rd/bin/sh"
 	ln -sf /proc/mounts "$rd/etc/mtab"
+	chmod 640 "$rd/etc/shadow"
 	chmod 1777 "$rd/tmp"
 	chmod 700 "$rd/root"
 	echo 0 >"$rd/var/lib/amirun-tiny/boot-count"

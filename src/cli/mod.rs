@@ -7,6 +7,7 @@
 //! non-zero (254 for service errors, 252 for unparsable options, as the aws
 //! CLI does).
 
+pub mod baking;
 pub mod output;
 pub mod shorthand;
 
@@ -131,6 +132,8 @@ enum Command {
     Ssh(SshArgs),
     /// Boot an AMI, wait for its console (or ssh) to show it works, report timings as JSON, terminate.
     BootTest(BootTestArgs),
+    #[command(flatten)]
+    Baking(baking::BakingCommand),
     /// Internal: the per-instance supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise { launch_spec: PathBuf },
@@ -809,6 +812,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 )))
             }
         }
+        Command::Baking(b) => baking::dispatch(b, &caller, open),
         Command::Supervise { .. } => unreachable!("handled above"),
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn can_launch(
         || db.launch_users(&image.image_id)?.contains(&caller.account))
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     let ok = (3..=128).contains(&name.len())
         && name
             .chars()
@@ -69,7 +69,7 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn check_unique_name(db: &Db, caller: &Caller, name: &str) -> Result<()> {
+pub(super) fn check_unique_name(db: &Db, caller: &Caller, name: &str) -> Result<()> {
     if let Some(other) = db
         .images_in_region(&caller.region)?
         .into_iter()
@@ -512,6 +512,7 @@ impl Service {
                         Some(s) if s.owner_id == caller.account => {
                             if !db.images_using_snapshot(&sid)?.is_empty()
                                 || !db.child_snapshots(&sid)?.is_empty()
+                                || !db.volumes_on_snapshot(&sid)?.is_empty()
                             {
                                 "client-error"
                             } else {
