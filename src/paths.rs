@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! $AMIRUN_HOME            default $XDG_DATA_HOME/amirun (~/.local/share/amirun)
-//!   state.db              the database
+//!   state.db              the database (state.db.lock serialises opening it)
 //!   catalog.d/*.json      extra catalog files (locally built images land here)
 //!   blobs/sha256/<hex>    downloaded or imported base images, immutable
 //!   blobs/tmp/            downloads in flight (never mistaken for a blob)
@@ -71,6 +71,11 @@ impl Paths {
     /// The SQLite database.
     pub fn database(&self) -> PathBuf {
         self.home.join("state.db")
+    }
+
+    /// Lock file that serialises opening (WAL switch, migrations) of the database.
+    pub fn database_lock(&self) -> PathBuf {
+        self.home.join("state.db.lock")
     }
 
     /// Directory of extra catalog files picked up automatically.

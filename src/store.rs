@@ -26,6 +26,13 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The lock serialising database opens could not be taken.
+    #[error("Cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A statement failed.
     #[error("State database error")]
     Sql(#[from] rusqlite::Error),
@@ -448,10 +455,29 @@ pub struct Db<'c> {
 
 impl Store {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
+    ///
+    /// Switching a new database to WAL and migrating are done under an
+    /// exclusive lock on `init_lock`: SQLite answers `SQLITE_BUSY` at once
+    /// (without its busy handler) when two processes switch journal modes
+    /// of a fresh file together.
+    pub fn open(path: &Path, init_lock: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(init_lock)
+            .map_err(|e| StoreError::Lock {
+                path: init_lock.to_owned(),
+                source: e,
+            })?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| StoreError::Lock {
+                path: init_lock.to_owned(),
+                source: errno.into(),
+            })?;
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -1380,7 +1406,8 @@ mod tests {
     #[test]
     fn images_round_trip_and_track_snapshot_use() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let mut store =
+            Store::open(&dir.path().join("state.db"), &dir.path().join("lock")).unwrap();
         store.write(|db| db.put_image(&image("ami-1"))).unwrap();
         let got = store.read(|db| db.image("ami-1")).unwrap().unwrap();
         assert_eq!(got, image("ami-1"));
@@ -1394,7 +1421,8 @@ mod tests {
     #[test]
     fn failed_write_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let mut store =
+            Store::open(&dir.path().join("state.db"), &dir.path().join("lock")).unwrap();
         let r: std::result::Result<(), StoreError> = store.write(|db| {
             db.put_image(&image("ami-2"))?;
             Err(StoreError::TooNew {
@@ -1410,8 +1438,9 @@ mod tests {
     fn reopening_keeps_schema_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        drop(Store::open(&path).unwrap());
-        let store = Store::open(&path).unwrap();
+        let lock = dir.path().join("lock");
+        drop(Store::open(&path, &lock).unwrap());
+        let store = Store::open(&path, &lock).unwrap();
         let v: i64 = store
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -113,7 +113,7 @@ impl Service {
             )
             .with_source(e)
         })?;
-        let store = Store::open(&paths.database())?;
+        let store = Store::open(&paths.database(), &paths.database_lock())?;
         let blobs = BlobStore::new(paths.clone());
         let mut service = Service {
             paths,
