@@ -14,13 +14,22 @@ fn tiny_x86_64_ebs_lifecycle_with_user_data_and_volumes() {
     let env = Env::with_images();
     let ami = env.ami(X86);
     let script = env.path("user-data.sh");
-    std::fs::write(&script, "#!/bin/sh\necho user-data-ran-$(cat /proc/sys/kernel/hostname)\n").unwrap();
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho user-data-ran-$(cat /proc/sys/kernel/hostname)\n",
+    )
+    .unwrap();
     let ids = env.run_instances(&[
-        "--image-id", &ami,
-        "--instance-type", "t3.micro",
-        "--user-data", &format!("file://{}", script.display()),
-        "--block-device-mappings", "DeviceName=/dev/sdf,Ebs={VolumeSize=1,DeleteOnTermination=false}",
-        "--tag-specifications", "ResourceType=instance,Tags=[{Key=Name,Value=lifecycle}]",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+        "--user-data",
+        &format!("file://{}", script.display()),
+        "--block-device-mappings",
+        "DeviceName=/dev/sdf,Ebs={VolumeSize=1,DeleteOnTermination=false}",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=lifecycle}]",
     ]);
     let id = &ids[0];
     // The CLI has exited; another process sees the instance running.
@@ -37,16 +46,35 @@ fn tiny_x86_64_ebs_lifecycle_with_user_data_and_volumes() {
     assert!(console.contains("user-data-ran-"), "{console}");
     let out = env.ok(&["get-console-output", "--instance-id", id]);
     assert!(out["Output"].as_str().unwrap().contains("accel=tcg"));
-    let vols = env.ok(&["describe-volumes", "--filters", &format!("Name=attachment.instance-id,Values={id}")]);
+    let vols = env.ok(&[
+        "describe-volumes",
+        "--filters",
+        &format!("Name=attachment.instance-id,Values={id}"),
+    ]);
     let vols = vols["Volumes"].as_array().unwrap().clone();
     assert_eq!(vols.len(), 2, "{vols:?}");
-    let root = vols.iter().find(|v| v["Attachments"][0]["Device"] == "/dev/xvda").unwrap()["VolumeId"].as_str().unwrap().to_string();
-    let extra = vols.iter().find(|v| v["Attachments"][0]["Device"] == "/dev/sdf").unwrap()["VolumeId"].as_str().unwrap().to_string();
+    let root = vols
+        .iter()
+        .find(|v| v["Attachments"][0]["Device"] == "/dev/xvda")
+        .unwrap()["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let extra = vols
+        .iter()
+        .find(|v| v["Attachments"][0]["Device"] == "/dev/sdf")
+        .unwrap()["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Stop and start: the EBS root keeps the boot counter.
     env.ok(&["stop-instances", "--instance-ids", id]);
     env.wait("instance-stopped", id);
-    assert_eq!(env.instance(id)["StateReason"]["Code"], "Client.UserInitiatedShutdown");
+    assert_eq!(
+        env.instance(id)["StateReason"]["Code"],
+        "Client.UserInitiatedShutdown"
+    );
     env.ok(&["start-instances", "--instance-ids", id]);
     env.wait("instance-running", id);
     env.wait_console(id, "amirun-tiny: boot 2", 180);
@@ -55,7 +83,10 @@ fn tiny_x86_64_ebs_lifecycle_with_user_data_and_volumes() {
     // Terminate: the root volume goes, the extra one stays available.
     env.ok(&["terminate-instances", "--instance-ids", id]);
     env.wait("instance-terminated", id);
-    env.fails(&["describe-volumes", "--volume-ids", &root], "InvalidVolume.NotFound");
+    env.fails(
+        &["describe-volumes", "--volume-ids", &root],
+        "InvalidVolume.NotFound",
+    );
     let v = env.ok(&["describe-volumes", "--volume-ids", &extra]);
     assert_eq!(v["Volumes"][0]["State"], "available");
     assert!(!env.home().join(format!("volumes/{root}.qcow2")).exists());
@@ -85,7 +116,10 @@ fn instance_store_cannot_stop_survives_reboot_and_leaves_nothing() {
     let id = &env.run_instances(&["--image-id", &ami])[0];
     env.wait("instance-running", id);
     env.wait_console(id, "amirun-tiny: ready", 180);
-    let r = env.fails(&["stop-instances", "--instance-ids", id], "UnsupportedOperation");
+    let r = env.fails(
+        &["stop-instances", "--instance-ids", id],
+        "UnsupportedOperation",
+    );
     assert!(r.stderr.contains(id.as_str()));
     let runtime = env.dir.path().join("runtime").join(id);
     assert!(runtime.join("root.qcow2").exists());
@@ -94,7 +128,10 @@ fn instance_store_cannot_stop_survives_reboot_and_leaves_nothing() {
     assert_eq!(env.state(id), "running");
     env.ok(&["terminate-instances", "--instance-ids", id]);
     env.wait("instance-terminated", id);
-    assert!(!runtime.exists(), "instance store must be gone: {runtime:?}");
+    assert!(
+        !runtime.exists(),
+        "instance store must be gone: {runtime:?}"
+    );
 }
 
 #[test]
@@ -102,20 +139,40 @@ fn guest_poweroff_stops_ebs_and_terminates_instance_store() {
     let env = Env::with_images();
     let poweroff = "#!/bin/sh\necho bye\npoweroff\n";
     let ebs = env.run_instances(&["--image-id", &env.ami(X86), "--user-data", poweroff])[0].clone();
-    let store = env.run_instances(&["--image-id", &env.ami(X86_STORE), "--user-data", poweroff])[0].clone();
-    let term = env.run_instances(&["--image-id", &env.ami(X86), "--user-data", poweroff, "--instance-initiated-shutdown-behavior", "terminate"])[0].clone();
+    let store =
+        env.run_instances(&["--image-id", &env.ami(X86_STORE), "--user-data", poweroff])[0].clone();
+    let term = env.run_instances(&[
+        "--image-id",
+        &env.ami(X86),
+        "--user-data",
+        poweroff,
+        "--instance-initiated-shutdown-behavior",
+        "terminate",
+    ])[0]
+        .clone();
     env.wait("instance-stopped", &ebs);
     env.wait("instance-terminated", &store);
     env.wait("instance-terminated", &term);
-    assert_eq!(env.instance(&ebs)["StateReason"]["Code"], "Client.InstanceInitiatedShutdown");
+    assert_eq!(
+        env.instance(&ebs)["StateReason"]["Code"],
+        "Client.InstanceInitiatedShutdown"
+    );
     assert!(env.console(&ebs).contains("bye"));
 }
 
 fn pid_of(env: &Env, id: &str, file: &str) -> i32 {
     match file {
-        "supervisor" => std::fs::read_to_string(env.home().join("instances").join(id).join("supervisor.pid")).unwrap().trim().parse().unwrap(),
+        "supervisor" => {
+            std::fs::read_to_string(env.home().join("instances").join(id).join("supervisor.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        }
         _ => {
-            let events = std::fs::read_to_string(env.home().join("instances").join(id).join("events.jsonl")).unwrap();
+            let events =
+                std::fs::read_to_string(env.home().join("instances").join(id).join("events.jsonl"))
+                    .unwrap();
             events
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -132,14 +189,27 @@ fn pid_of(env: &Env, id: &str, file: &str) -> i32 {
 fn killing_qemu_or_the_supervisor_never_leaves_running() {
     let env = Env::with_images();
     let ami = env.ami(X86);
-    let ids = env.run_instances(&["--image-id", &ami, "--count", "2", "--instance-type", "t3.nano"]);
+    let ids = env.run_instances(&[
+        "--image-id",
+        &ami,
+        "--count",
+        "2",
+        "--instance-type",
+        "t3.nano",
+    ]);
     for id in &ids {
         env.wait("instance-running", id);
     }
     let qemu = pid_of(&env, &ids[0], "qemu");
-    std::process::Command::new("kill").args(["-9", &qemu.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &qemu.to_string()])
+        .status()
+        .unwrap();
     let sup = pid_of(&env, &ids[1], "supervisor");
-    std::process::Command::new("kill").args(["-9", &sup.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &sup.to_string()])
+        .status()
+        .unwrap();
     for id in &ids {
         env.wait("instance-stopped", id);
         let i = env.instance(id);
@@ -155,12 +225,25 @@ fn killing_qemu_or_the_supervisor_never_leaves_running() {
 fn eight_tiny_instances_run_at_once() {
     let env = Env::with_images();
     let ami = env.ami(X86);
-    let ids = env.run_instances(&["--image-id", &ami, "--count", "8", "--instance-type", "t3.nano"]);
+    let ids = env.run_instances(&[
+        "--image-id",
+        &ami,
+        "--count",
+        "8",
+        "--instance-type",
+        "t3.nano",
+    ]);
     assert_eq!(ids.len(), 8);
     for id in &ids {
         env.wait_console(id, "amirun-tiny: userspace up", 420);
     }
-    let running = env.ok(&["describe-instances", "--filters", "Name=instance-state-name,Values=running", "--query", "length(Reservations[].Instances[])"]);
+    let running = env.ok(&[
+        "describe-instances",
+        "--filters",
+        "Name=instance-state-name,Values=running",
+        "--query",
+        "length(Reservations[].Instances[])",
+    ]);
     assert_eq!(running, 8);
     let mut args = vec!["terminate-instances", "--instance-ids"];
     args.extend(ids.iter().map(String::as_str));
@@ -174,18 +257,61 @@ fn eight_tiny_instances_run_at_once() {
 fn bad_launches_are_refused_and_leave_nothing() {
     let env = Env::with_images();
     let ami = env.ami(X86);
-    env.fails(&["run-instances", "--image-id", "ami-0123456789abcdef0"], "InvalidAMIID.NotFound");
-    env.fails(&["run-instances", "--image-id", "ami-bad"], "InvalidAMIID.Malformed");
-    env.fails(&["run-instances", "--image-id", &ami, "--instance-type", "t9.enormous"], "InvalidParameterValue");
-    env.fails(&["run-instances", "--image-id", &ami, "--instance-type", "t4g.micro"], "InvalidParameterValue");
-    env.fails(&["run-instances", "--image-id", &ami, "--key-name", "nope"], "InvalidKeyPair.NotFound");
-    let r = env.fails(&["run-instances", "--image-id", &ami, "--accel", "kvm"], "UnsupportedOperation");
+    env.fails(
+        &["run-instances", "--image-id", "ami-0123456789abcdef0"],
+        "InvalidAMIID.NotFound",
+    );
+    env.fails(
+        &["run-instances", "--image-id", "ami-bad"],
+        "InvalidAMIID.Malformed",
+    );
+    env.fails(
+        &[
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t9.enormous",
+        ],
+        "InvalidParameterValue",
+    );
+    env.fails(
+        &[
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t4g.micro",
+        ],
+        "InvalidParameterValue",
+    );
+    env.fails(
+        &["run-instances", "--image-id", &ami, "--key-name", "nope"],
+        "InvalidKeyPair.NotFound",
+    );
+    let r = env.fails(
+        &["run-instances", "--image-id", &ami, "--accel", "kvm"],
+        "UnsupportedOperation",
+    );
     assert!(r.stderr.contains("tcg"), "{}", r.stderr);
     // A private AMI of another account cannot be launched.
     let raw = env.path("p.raw");
     make_raw(&raw, 2);
-    let other = env.ok(&["--account", "999999999999", "import-image", "--disk-containers", &format!("Url=file://{}", raw.display())]);
-    env.fails(&["run-instances", "--image-id", other["ImageId"].as_str().unwrap()], "InvalidAMIID.NotFound");
+    let other = env.ok(&[
+        "--account",
+        "999999999999",
+        "import-image",
+        "--disk-containers",
+        &format!("Url=file://{}", raw.display()),
+    ]);
+    env.fails(
+        &[
+            "run-instances",
+            "--image-id",
+            other["ImageId"].as_str().unwrap(),
+        ],
+        "InvalidAMIID.NotFound",
+    );
     // No QEMU on PATH: the error names the Debian package.
     let r: Run = env
         .cmd()
@@ -200,7 +326,10 @@ fn bad_launches_are_refused_and_leave_nothing() {
     assert_eq!(none["Reservations"].as_array().unwrap().len(), 0);
     assert!(files_in(&env.home().join("volumes")).is_empty());
     assert!(files_in(&env.home().join("instances")).is_empty());
-    env.fails(&["stop-instances", "--instance-ids", "i-0123456789abcdef0"], "InvalidInstanceID.NotFound");
+    env.fails(
+        &["stop-instances", "--instance-ids", "i-0123456789abcdef0"],
+        "InvalidInstanceID.NotFound",
+    );
 }
 
 #[test]
@@ -215,16 +344,44 @@ fn boot_test_reports_timings_and_failures() {
     if let Some(k) = t["Kernel"].as_f64() {
         assert!(k <= t["Userspace"].as_f64().unwrap(), "{t}");
     }
-    assert!(t["ProcessStart"].as_f64().unwrap() < t["Userspace"].as_f64().unwrap(), "{t}");
+    assert!(
+        t["ProcessStart"].as_f64().unwrap() < t["Userspace"].as_f64().unwrap(),
+        "{t}"
+    );
     assert!(!ok["MatchedLine"].as_str().unwrap().is_empty(), "{ok}");
-    let marker = env.ok(&["boot-test", "--image-id", &ami, "--expect", "amirun-tiny: boot [0-9]+", "--timeout", "240"]);
-    assert!(marker["MatchedLine"].as_str().unwrap().contains("amirun-tiny: boot 1"), "{marker}");
+    let marker = env.ok(&[
+        "boot-test",
+        "--image-id",
+        &ami,
+        "--expect",
+        "amirun-tiny: boot [0-9]+",
+        "--timeout",
+        "240",
+    ]);
+    assert!(
+        marker["MatchedLine"]
+            .as_str()
+            .unwrap()
+            .contains("amirun-tiny: boot 1"),
+        "{marker}"
+    );
     assert_eq!(ok["FinalState"], "terminated");
-    let r = env.run(&["boot-test", "--image-id", &ami, "--expect", "this never appears", "--timeout", "20"]);
+    let r = env.run(&[
+        "boot-test",
+        "--image-id",
+        &ami,
+        "--expect",
+        "this never appears",
+        "--timeout",
+        "20",
+    ]);
     assert_ne!(r.code, 0);
     let report = r.json();
     assert_eq!(report["Success"], false);
-    assert!(report["FailureReason"].as_str().unwrap().contains("Timed out"));
+    assert!(report["FailureReason"]
+        .as_str()
+        .unwrap()
+        .contains("Timed out"));
     assert!(!report["ConsoleTail"].as_array().unwrap().is_empty());
     assert_eq!(report["FinalState"], "terminated");
 }
@@ -232,16 +389,49 @@ fn boot_test_reports_timings_and_failures() {
 #[test]
 fn key_pairs() {
     let env = Env::new();
-    let k = env.ok(&["create-key-pair", "--key-name", "dev", "--key-type", "ed25519"]);
-    assert!(k["KeyMaterial"].as_str().unwrap().contains("OPENSSH PRIVATE KEY"));
+    let k = env.ok(&[
+        "create-key-pair",
+        "--key-name",
+        "dev",
+        "--key-type",
+        "ed25519",
+    ]);
+    assert!(k["KeyMaterial"]
+        .as_str()
+        .unwrap()
+        .contains("OPENSSH PRIVATE KEY"));
     let rsa = env.ok(&["create-key-pair", "--key-name", "legacy"]);
-    assert!(rsa["KeyMaterial"].as_str().unwrap().contains("BEGIN RSA PRIVATE KEY"));
-    env.fails(&["create-key-pair", "--key-name", "dev"], "InvalidKeyPair.Duplicate");
+    assert!(rsa["KeyMaterial"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN RSA PRIVATE KEY"));
+    env.fails(
+        &["create-key-pair", "--key-name", "dev"],
+        "InvalidKeyPair.Duplicate",
+    );
     let pubkey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGvV8s0cQ1mBvOUdTPsEtYhYqS7C0S2kSMr0Xv0ZpB1P test@example";
-    env.ok(&["import-key-pair", "--key-name", "imported", "--public-key-material", pubkey]);
-    env.fails(&["import-key-pair", "--key-name", "junk", "--public-key-material", "not a key"], "InvalidKey.Format");
+    env.ok(&[
+        "import-key-pair",
+        "--key-name",
+        "imported",
+        "--public-key-material",
+        pubkey,
+    ]);
+    env.fails(
+        &[
+            "import-key-pair",
+            "--key-name",
+            "junk",
+            "--public-key-material",
+            "not a key",
+        ],
+        "InvalidKey.Format",
+    );
     let d = env.ok(&["describe-key-pairs", "--query", "KeyPairs[].KeyName"]);
     assert_eq!(d, serde_json::json!(["dev", "imported", "legacy"]));
     env.ok(&["delete-key-pair", "--key-name", "dev"]);
-    env.fails(&["describe-key-pairs", "--key-names", "dev"], "InvalidKeyPair.NotFound");
+    env.fails(
+        &["describe-key-pairs", "--key-names", "dev"],
+        "InvalidKeyPair.NotFound",
+    );
 }

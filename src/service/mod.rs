@@ -15,6 +15,7 @@ pub mod boot_test;
 pub mod error;
 pub mod filter;
 mod images;
+mod imds;
 pub mod instances;
 mod keypairs;
 pub mod shapes;

@@ -242,7 +242,9 @@ pub fn built_catalog() -> PathBuf {
     }
     let data = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/share"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/share")
+        });
     data.join("amirun/catalog.d/local-images.json")
 }
 
@@ -264,7 +266,13 @@ impl Env {
 
     /// The id of the AMI with this exact name.
     pub fn ami(&self, name: &str) -> String {
-        let v = self.ok(&["describe-images", "--filters", &format!("Name=name,Values={name}"), "--query", "Images[0].ImageId"]);
+        let v = self.ok(&[
+            "describe-images",
+            "--filters",
+            &format!("Name=name,Values={name}"),
+            "--query",
+            "Images[0].ImageId",
+        ]);
         v.as_str()
             .unwrap_or_else(|| panic!("no AMI named {name}: run scripts/build-images.sh tiny all"))
             .to_string()
@@ -290,12 +298,16 @@ impl Env {
     }
 
     pub fn state(&self, id: &str) -> String {
-        self.instance(id)["State"]["Name"].as_str().unwrap().to_string()
+        self.instance(id)["State"]["Name"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// The serial console of an instance (raw log file).
     pub fn console(&self, id: &str) -> String {
-        std::fs::read_to_string(self.home().join("instances").join(id).join("serial.log")).unwrap_or_default()
+        std::fs::read_to_string(self.home().join("instances").join(id).join("serial.log"))
+            .unwrap_or_default()
     }
 
     /// Poll the console until `needle` appears; panics with the console after `secs`.
@@ -307,7 +319,10 @@ impl Env {
                 return c;
             }
             if std::time::Instant::now() > deadline {
-                panic!("{id}: '{needle}' not on the console within {secs} s; console:\n{c}\nstate: {}", self.state(id));
+                panic!(
+                    "{id}: '{needle}' not on the console within {secs} s; console:\n{c}\nstate: {}",
+                    self.state(id)
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
