@@ -189,7 +189,6 @@ fn request_id() -> String {
 fn status_of(e: &Error) -> StatusCode {
     let code = match e.code() {
         "DryRunOperation" => 412,
-        "AuthFailure" => 401,
         "RequestEntityTooLarge" => 413,
         "Unavailable" | "RequestLimitExceeded" => 503,
         _ => e.http_status(),
@@ -202,12 +201,18 @@ fn xml_response(status: StatusCode, body: String) -> Response {
 }
 
 fn error_response(e: &Error, request_id: &str) -> Response {
+    error_response_with(e, request_id, status_of(e))
+}
+
+/// Credentials that cannot be validated are a 401, as on EC2 (an
+/// `AuthFailure` from the service, e.g. another account's AMI, is a 403).
+fn error_response_with(e: &Error, request_id: &str, status: StatusCode) -> Response {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>",
         model::escape(e.code()),
         model::escape(e.message())
     );
-    xml_response(status_of(e), body)
+    xml_response(status, body)
 }
 
 /// What one request resolved to, for the log line.
@@ -262,6 +267,11 @@ async fn process(
     };
     let fail = |mut o: Outcome, e: Error| {
         o.response = error_response(&e, id);
+        o
+    };
+    let deny = |mut o: Outcome, message: String| {
+        let e = Error::new("AuthFailure", message);
+        o.response = error_response_with(&e, id, StatusCode::UNAUTHORIZED);
         o
     };
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -319,12 +329,18 @@ async fn process(
     let creds = &shared.options.credentials;
     let (account, region) = match headers.get("authorization") {
         Some(h) => {
-            let auth = match h.to_str().map_err(|_| sigv4::AuthError("not text".into())).and_then(sigv4::parse) {
+            let auth = match h
+                .to_str()
+                .map_err(|_| sigv4::AuthError("not text".into()))
+                .and_then(sigv4::parse)
+            {
                 Ok(a) => a,
                 Err(e) => {
-                    return fail(
+                    return deny(
                         o,
-                        Error::new("AuthFailure", format!("AWS was not able to validate the provided access credentials: {e}")),
+                        format!(
+                            "AWS was not able to validate the provided access credentials: {e}"
+                        ),
                     )
                 }
             };
@@ -335,9 +351,9 @@ async fn process(
                     .find(|k| k.access_key_id == auth.access_key)
                     .and_then(|k| k.secret.clone());
                 let Some(secret) = secret else {
-                    return fail(
+                    return deny(
                         o,
-                        Error::new("AuthFailure", format!("The access key ID '{}' is not known", auth.access_key)),
+                        format!("The access key ID '{}' is not known", auth.access_key),
                     );
                 };
                 let req = sigv4::Request {
@@ -346,23 +362,30 @@ async fn process(
                     query,
                     headers: headers
                         .iter()
-                        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                        .map(|(n, v)| {
+                            (
+                                n.as_str().to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
                         .collect(),
                     body: &bytes,
                 };
                 if let Err(e) = sigv4::verify(&auth, &req, &secret) {
-                    return fail(o, Error::new("AuthFailure", e.to_string()));
+                    return deny(o, e.to_string());
                 }
             }
             (creds.account_for(&auth.access_key), auth.region)
         }
-        None if creds.strict => {
-            return fail(
-                o,
-                Error::new("AuthFailure", "The request is not signed; strict mode needs an AWS4-HMAC-SHA256 Authorization header"),
-            )
-        }
-        None => (creds.default_account.clone(), shared.options.default_region.clone()),
+        None if creds.strict => return deny(
+            o,
+            "The request is not signed; strict mode needs an AWS4-HMAC-SHA256 Authorization header"
+                .into(),
+        ),
+        None => (
+            creds.default_account.clone(),
+            shared.options.default_region.clone(),
+        ),
     };
     o.account = account.clone();
     o.region = region.clone();
