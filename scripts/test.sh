@@ -7,5 +7,11 @@ cd "$(dirname "$0")/.."
 
 scripts/setup-host.sh
 scripts/build-images.sh tiny all
+# Real EC2 clients for tests/http_api.rs: boto3 and the aws CLI from PyPI
+# (Debian's botocore is years old), in a venv under target/.
+if ! target/pyenv/bin/python -c 'import boto3, awscli' 2>/dev/null; then
+	python3 -m venv target/pyenv
+	target/pyenv/bin/pip install --quiet --upgrade boto3 awscli
+fi
 cargo build --quiet --all-targets
 cargo test --all-targets 2>&1

@@ -149,6 +149,7 @@ def scenario_launch():
         assert time.time() < deadline, out
         time.sleep(2)
     json.dump({"instance": iid, "tiny": tiny["ImageId"]}, open(state_file(), "w"))
+    report()
 
 
 def scenario_finish():
@@ -232,6 +233,14 @@ def error_code(text):
 def scenario_errors():
     """EC2's error codes through boto3, and bad requests that must not hurt the server."""
     ec2 = client()
+    # The model check itself catches an element botocore would drop.
+    op = ec2.meta.service_model.operation_model("DescribeImages")
+    bad = ET.fromstring("<x><imagesSet><item><imageId>a</imageId><amirunExtra>1</amirunExtra></item></imagesSet></x>")
+    try:
+        check_element(op.output_shape, bad, "DescribeImages")
+        raise RuntimeError("the model check let an unknown element through")
+    except AssertionError:
+        pass
     expect_error(ec2.describe_images, "InvalidAMIID.NotFound", ImageIds=["ami-00000000000000000"])
     expect_error(ec2.describe_images, "InvalidAMIID.Malformed", ImageIds=["bogus"])
     expect_error(ec2.describe_instances, "InvalidInstanceID.NotFound", InstanceIds=["i-0123456789abcdef0"])
