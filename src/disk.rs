@@ -255,6 +255,108 @@ pub fn create_overlay(
     finish(tmp, dst, "create")
 }
 
+/// A new qcow2 overlay at `dst` backed by `backing`, of `size` bytes,
+/// without opening the backing file (`qemu-img create -u`).
+///
+/// For an overlay on a file a running QEMU holds locked (a live snapshot):
+/// `qemu-img` could not open it, and needs not, since the size is given.
+pub fn create_overlay_unopened(
+    backing: &Path,
+    backing_format: &str,
+    dst: &Path,
+    size: u64,
+) -> Result<(), DiskError> {
+    let backing = absolute(backing, "create")?;
+    let tmp = temp_beside(dst, "create")?;
+    let mut cmd = qemu_img();
+    cmd.args(["create", "-q", "-u", "-f", "qcow2", "-b"])
+        .arg(&backing)
+        .args(["-F", backing_format])
+        .arg(&tmp)
+        .arg(size.to_string());
+    run(cmd, "create", dst)?;
+    finish(tmp, dst, "create")
+}
+
+/// Like [`convert`], with `-o` options for the new file (e.g.
+/// `subformat=streamOptimized`) and progress: `on_progress` gets the
+/// percentage done as `qemu-img convert -p` reports it.
+pub fn convert_with_progress(
+    src: &Path,
+    src_format: Option<&str>,
+    dst: &Path,
+    dst_format: &str,
+    options: Option<&str>,
+    on_progress: &mut dyn FnMut(f64),
+) -> Result<(), DiskError> {
+    use std::io::Read;
+    let tmp = temp_beside(dst, "convert")?;
+    let mut cmd = qemu_img();
+    cmd.args(["convert", "-p"]);
+    if let Some(f) = src_format {
+        cmd.args(["-f", f]);
+    }
+    cmd.args(["-O", dst_format]);
+    if let Some(o) = options {
+        cmd.args(["-o", o]);
+    }
+    cmd.arg(src).arg(&tmp);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tracing::debug!(?cmd, "running qemu-img");
+    let io = |source| DiskError::Io {
+        op: "convert",
+        path: src.to_owned(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DiskError::QemuImgMissing
+        } else {
+            io(source)
+        }
+    })?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    // Progress lines look like "    (12.50/100%)\r".
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stdout.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &chunk[..n] {
+            if b == b'\r' || b == b'\n' {
+                let line = String::from_utf8_lossy(&pending);
+                if let Some(p) = line
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|l| l.split('/').next())
+                    .and_then(|p| p.parse::<f64>().ok())
+                {
+                    on_progress(p);
+                }
+                pending.clear();
+            } else {
+                pending.push(b);
+            }
+        }
+    }
+    let status = child.wait().map_err(io)?;
+    let stderr = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(failed("convert", src, &stderr));
+    }
+    finish(tmp, dst, "convert")
+}
+
 /// A new blank qcow2 disk of `size` bytes.
 pub fn create_blank(dst: &Path, size: u64) -> Result<(), DiskError> {
     let tmp = temp_beside(dst, "create")?;
@@ -606,6 +708,32 @@ mod tests {
         let out = dir.path().join("out.raw");
         convert(&blank, Some("qcow2"), &out, "raw").unwrap();
         assert_eq!(std::fs::read(&raw).unwrap(), std::fs::read(&out).unwrap());
+    }
+
+    #[test]
+    fn unopened_overlay_and_progress_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = raw_with_data(dir.path(), "base.raw", 2 * MIB);
+        let over = dir.path().join("o.qcow2");
+        create_overlay_unopened(&raw, "raw", &over, 2 * MIB).unwrap();
+        let i = info(&over).unwrap();
+        assert_eq!(i.backing_file.as_deref(), Some(raw.as_path()));
+        assert_eq!(i.virtual_size, 2 * MIB);
+        let mut seen = Vec::new();
+        let vmdk = dir.path().join("o.vmdk");
+        convert_with_progress(
+            &over,
+            Some("qcow2"),
+            &vmdk,
+            "vmdk",
+            Some("subformat=streamOptimized"),
+            &mut |p| seen.push(p),
+        )
+        .unwrap();
+        assert!(seen.last().is_some_and(|p| *p >= 99.9), "{seen:?}");
+        let back = dir.path().join("back.raw");
+        convert(&vmdk, Some("vmdk"), &back, "raw").unwrap();
+        assert_eq!(std::fs::read(&raw).unwrap(), std::fs::read(&back).unwrap());
     }
 
     #[test]

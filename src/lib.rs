@@ -2,27 +2,50 @@
 //!
 //! A catalog of AMIs backed by real qcow2 disk images, booted as QEMU guests
 //! with EC2's semantics, and baked into new AMIs by snapshotting disks. One
-//! binary; state under one directory; no daemon.
+//! binary; state under one directory; no daemon: each running instance has
+//! its own supervisor process (the same binary, `amirun __supervise`).
 //!
 //! Data flows one way: front ends -> service -> domain modules -> host tools.
+//!
+//! ```text
+//! cli/                      translate input to service calls, render output
+//!   |
+//! service/                  one method per EC2 operation (images, snapshots, tags,
+//!   |                       key pairs, instances + volumes, boot-test); permissions,
+//!   |                       state rules, reconciliation of instance states
+//!   +-- catalog   images   disk (qemu-img)   machine (QEMU argv)   metadata (seed)
+//!   +-- instance::supervisor (spawned detached; the only spawner of QEMU) + qmp
+//!   +-- store (SQLite)      paths (every file name)
+//! ```
 //!
 //! - [`cli`] translates the command line into [`service`] calls and renders
 //!   the results as `aws ec2` would (JSON, table, text, `--query`).
 //! - [`service`] is the one door into the engine: one method per EC2
 //!   operation; it checks permissions and state rules and is the only caller
-//!   of the modules below.
-//! - [`store`] is the only module that touches the database (SQLite, WAL).
+//!   of the modules below. Instance states shown to users are reconciled
+//!   with live facts (supervisor and QEMU alive, exit records) on every read.
+//!   Baking lives there too: [`service::layers`] keeps EBS snapshots as
+//!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
+//!   chains, merge on delete), [`service::baking`] makes AMIs from
+//!   instances and moves images in and out, and [`service::bake_recipe`]
+//!   runs `amirun bake RECIPE`.
+//! - [`store`] is the only module that touches the database (SQLite, WAL,
+//!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).
 //! - [`images`] fetches and verifies images into the content-addressed blob store.
 //! - [`disk`] is the only module that runs `qemu-img`.
 //! - [`instance`] runs instances: the per-instance supervisor process that
-//!   owns QEMU, and the QMP client it talks to QEMU with.
+//!   owns QEMU, its serial log and control socket, and the QMP client it
+//!   talks to QEMU with. The service starts supervisors from a `launch.json`
+//!   and talks to them over their control socket; it never spawns QEMU.
 //! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
-//!   firmware, devices) and chooses KVM or TCG by probing.
+//!   firmware, devices, network), holds the instance-type table, and chooses
+//!   KVM or TCG by probing.
 //! - [`http`] serves the EC2 Query API (`amirun serve`): it translates
 //!   requests into the same [`service`] calls the CLI makes and renders
 //!   EC2's XML.
-//! - [`metadata`] makes the NoCloud seed and answers IMDS for each guest.
+//! - [`metadata`] makes the NoCloud seed (a FAT image labelled `cidata`)
+//!   and answers IMDS for each guest from its supervisor.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 

@@ -13,6 +13,7 @@
 //!   blobs/sources/<key>.json which blob a source (URL + digest) produced
 //!   snapshots/<snap-id>.qcow2
 //!   volumes/<vol-id>.qcow2
+//!   volumes/<vol-id>.next.qcow2   a volume's next overlay while a snapshot is taken
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
 //!                         launch.json control.sock supervisor.log imds.sock
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
@@ -130,6 +131,12 @@ impl Paths {
     /// One EBS volume's qcow2 overlay.
     pub fn volume(&self, volume_id: &str) -> PathBuf {
         self.volume_dir().join(format!("{volume_id}.qcow2"))
+    }
+
+    /// A volume's next overlay while a snapshot is being taken: made here,
+    /// switched to (live, over QMP), then renamed to [`Paths::volume`].
+    pub fn volume_pending(&self, volume_id: &str) -> PathBuf {
+        self.volume_dir().join(format!("{volume_id}.next.qcow2"))
     }
 
     /// Directory of one instance's persistent files.

@@ -194,6 +194,19 @@ CREATE TABLE key_pairs (
     UNIQUE (region, owner_id, key_name)
 );
 "#,
+    // 3: which snapshot layer an EBS volume's overlay sits on right now.
+    // Taking a snapshot of a volume turns its current file into the
+    // snapshot's layer and gives the volume a fresh overlay on top, so the
+    // volume's base moves on while its EC2 `SnapshotId` stays the one it
+    // was created from. A row overrides `volumes.snapshot_id`; a NULL base
+    // means the overlay stands alone (or on a blob only).
+    r#"
+CREATE TABLE volume_bases (
+    volume_id        TEXT PRIMARY KEY,
+    base_snapshot_id TEXT
+);
+CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
+"#,
 ];
 
 /// Where the data of a disk comes from before it is in the blob store: a
@@ -1212,8 +1225,50 @@ impl Db<'_> {
     pub fn delete_volume(&self, volume_id: &str) -> Result<()> {
         self.delete_tags_of(volume_id)?;
         self.conn
+            .execute("DELETE FROM volume_bases WHERE volume_id = ?1", [volume_id])?;
+        self.conn
             .execute("DELETE FROM volumes WHERE volume_id = ?1", [volume_id])?;
         Ok(())
+    }
+
+    /// The snapshot whose layer a volume's overlay sits on directly
+    /// (`None`: standalone or on a blob only). Without a recorded base, the
+    /// one it was created from.
+    pub fn volume_base(&self, v: &VolumeState) -> Result<Option<String>> {
+        let row: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT base_snapshot_id FROM volume_bases WHERE volume_id = ?1",
+                [&v.volume_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(row.unwrap_or_else(|| v.snapshot_id.clone()))
+    }
+
+    /// Record the snapshot a volume's overlay now sits on.
+    pub fn set_volume_base(&self, volume_id: &str, base: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO volume_bases (volume_id, base_snapshot_id) VALUES (?1, ?2)",
+            params![volume_id, base],
+        )?;
+        Ok(())
+    }
+
+    /// Volumes whose overlay sits directly on `snapshot_id`'s layer.
+    pub fn volumes_on_snapshot(&self, snapshot_id: &str) -> Result<Vec<VolumeState>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM volumes v LEFT JOIN volume_bases b ON b.volume_id = v.volume_id \
+             WHERE CASE WHEN b.volume_id IS NULL THEN v.snapshot_id ELSE b.base_snapshot_id END = ?1 \
+             ORDER BY v.volume_id",
+            VOLUME_COLUMNS
+                .split(',')
+                .map(|c| format!("v.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let rows = stmt.query_map([snapshot_id], volume_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ----- key pairs -----

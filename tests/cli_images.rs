@@ -776,3 +776,76 @@ fn bad_input_gets_ec2_errors_and_changes_nothing() {
     assert_eq!(before, after);
     assert!(files_in(&env.home().join("blobs/sha256")).is_empty());
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let env = Env::new();
+    let served = env.path("www");
+    std::fs::create_dir_all(&served).unwrap();
+    make_raw(&served.join("big.raw"), 48);
+    let server = FileServer::start(served);
+    // `script` gives amirun a pseudo-terminal, as a person's shell would.
+    let cmd = format!(
+        "{} import-image --disk-containers Url={} --query ImageId",
+        env!("CARGO_BIN_EXE_amirun"),
+        server.url("big.raw")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("AMIRUN_HOME", env.home())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Downloading big.raw"), "{text}");
+    assert!(text.contains("MiB"), "{text}");
+    assert!(text.contains("\"ami-"), "{text}");
+}
+
+#[test]
+fn catalog_entries_can_pin_their_ids_per_region() {
+    let env = Env::new();
+    let raw = env.path("pinned.raw");
+    make_raw(&raw, 1);
+    let catalog = env.path("pinned.json");
+    std::fs::write(
+        &catalog,
+        format!(
+            r#"{{"format_version":1,"images":[{{"key":"pinned","name":"pinned-image","owner_alias":"amazon","architecture":"x86_64","regions":["us-east-1","eu-west-1"],"image_ids":{{"us-east-1":"ami-0abcdef1234567890"}},"source":{{"url":"file://{}","format":"raw"}}}}]}}"#,
+            raw.display()
+        ),
+    )
+    .unwrap();
+    let cat = catalog.to_str().unwrap();
+    let east = env.ok(&[
+        "--catalog",
+        cat,
+        "describe-images",
+        "--image-ids",
+        "ami-0abcdef1234567890",
+    ]);
+    assert_eq!(east["Images"][0]["Name"], "pinned-image");
+    assert_eq!(east["Images"][0]["ImageOwnerAlias"], "amazon");
+    let west = env.ok(&[
+        "--catalog",
+        cat,
+        "--region",
+        "eu-west-1",
+        "describe-images",
+        "--filters",
+        "Name=name,Values=pinned-image",
+    ]);
+    let west_id = west["Images"][0]["ImageId"].as_str().unwrap();
+    assert_ne!(west_id, "ami-0abcdef1234567890");
+    let none = env.ok(&[
+        "--catalog",
+        cat,
+        "--region",
+        "ap-south-1",
+        "describe-images",
+        "--filters",
+        "Name=name,Values=pinned-image",
+    ]);
+    assert!(ids(&none).is_empty());
+}

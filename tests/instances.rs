@@ -176,8 +176,7 @@ fn pid_of(env: &Env, id: &str, file: &str) -> i32 {
             events
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|e| e["event"] == "qemu-started")
-                .last()
+                .rfind(|e| e["event"] == "qemu-started")
                 .unwrap()["pid"]
                 .as_i64()
                 .unwrap() as i32
@@ -434,4 +433,43 @@ fn key_pairs() {
         &["describe-key-pairs", "--key-names", "dev"],
         "InvalidKeyPair.NotFound",
     );
+}
+
+#[test]
+fn debian_12_runs_user_data_through_cloud_init_and_ssh_logs_in() {
+    let env = Env::with_images();
+    let ami = env.ami("debian-12-x86_64-local");
+    env.ok(&[
+        "create-key-pair",
+        "--key-name",
+        "me",
+        "--key-type",
+        "ed25519",
+    ]);
+    let script = "#!/bin/sh\necho \"ran-as-$(id -un)\" > /var/tmp/user-data.txt\necho user-data-console-marker\n";
+    let id = &env.run_instances(&[
+        "--image-id",
+        &ami,
+        "--key-name",
+        "me",
+        "--instance-type",
+        "t3.small",
+        "--user-data",
+        script,
+    ])[0];
+    env.wait("instance-running", id);
+    let console = env.wait_console(id, "user-data-console-marker", 600);
+    env.wait_console(id, "Datasource DataSourceNoCloud", 300);
+    assert!(console.contains("Cloud-init v."), "{console}");
+    let out: Run = env
+        .cmd()
+        .args(["ssh", id, "--", "cat /var/tmp/user-data.txt; id -un"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "ssh failed: {}", out.stderr);
+    assert!(out.stdout.contains("ran-as-root"), "{}", out.stdout);
+    assert!(out.stdout.contains("debian"), "{}", out.stdout);
+    env.ok(&["terminate-instances", "--instance-ids", id]);
+    env.wait("instance-terminated", id);
 }

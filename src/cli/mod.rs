@@ -7,6 +7,7 @@
 //! non-zero (254 for service errors, 252 for unparsable options, as the aws
 //! CLI does).
 
+pub mod baking;
 pub mod output;
 pub mod shorthand;
 
@@ -133,6 +134,8 @@ enum Command {
     BootTest(BootTestArgs),
     /// Serve the EC2 Query API over HTTP (aws CLI, boto3, SDKs, Terraform: set the endpoint URL).
     Serve(ServeArgs),
+    #[command(flatten)]
+    Baking(baking::BakingCommand),
     /// Internal: the per-instance supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise { launch_spec: PathBuf },
@@ -858,6 +861,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         Command::Supervise { .. } | Command::ImdsRelay { .. } | Command::Serve(_) => {
             unreachable!("handled above")
         }
+        Command::Baking(b) => baking::dispatch(b, &caller, open),
     }
 }
 

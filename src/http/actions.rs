@@ -52,8 +52,11 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("ImportKeyPair", import_key_pair),
     ("DescribeKeyPairs", describe_key_pairs),
     ("DeleteKeyPair", delete_key_pair),
-    // Baking (lands with the create-image work): each is one line, e.g.
-    // ("CreateImage", create_image), ("CreateSnapshot", create_snapshot).
+    ("CreateImage", create_image),
+    ("CreateSnapshot", create_snapshot),
+    ("CopySnapshot", copy_snapshot),
+    // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
+    // to a local file, and the Query API has no member for a path.
 ];
 
 /// The handler for an action name.
@@ -200,6 +203,40 @@ fn reset_image_attribute(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     let (id, attr) = (req_str(v, "ImageId")?, req_str(v, "Attribute")?);
     c.service.reset_image_attribute(c.caller, &id, &attr)?;
     Ok(None)
+}
+
+fn create_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    let input = crate::service::baking::CreateImageInput {
+        instance_id: req_str(v, "InstanceId")?,
+        name: req_str(v, "Name")?,
+        description: opt_str(v, "Description"),
+        no_reboot: flag(v, "NoReboot"),
+        block_device_mappings: de(v, "BlockDeviceMappings")?,
+        tag_specifications: de(v, "TagSpecifications")?,
+        flatten: false,
+    };
+    out(c.service.create_image(c.caller, &input)?)
+}
+
+fn create_snapshot(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    let input = crate::service::layers::CreateSnapshotInput {
+        volume_id: req_str(v, "VolumeId")?,
+        description: opt_str(v, "Description"),
+        tag_specifications: de(v, "TagSpecifications")?,
+        flatten: false,
+    };
+    out(c.service.create_snapshot(c.caller, &input)?)
+}
+
+fn copy_snapshot(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    let input = crate::service::layers::CopySnapshotInput {
+        source_snapshot_id: req_str(v, "SourceSnapshotId")?,
+        source_region: opt_str(v, "SourceRegion"),
+        description: opt_str(v, "Description"),
+        tag_specifications: de(v, "TagSpecifications")?,
+        flatten: false,
+    };
+    out(json!({ "SnapshotId": c.service.copy_snapshot(c.caller, &input)? }))
 }
 
 fn describe_snapshots(c: &mut Context, v: &Value) -> Result<Option<Value>> {

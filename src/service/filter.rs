@@ -74,6 +74,37 @@ pub fn matches(filters: &[Filter], values: impl Fn(&str) -> Vec<String>) -> bool
     })
 }
 
+/// Whether a resource owned by `owner_id` (alias `owner_alias`) is selected
+/// by an `--owners` / `--owner-ids` list: `self`, account ids or aliases.
+/// An empty list selects everything.
+pub fn owner_selected(
+    owners: &[String],
+    caller_account: &str,
+    owner_id: &str,
+    owner_alias: Option<&str>,
+) -> bool {
+    owners.is_empty()
+        || owners.iter().any(|o| match o.as_str() {
+            "self" => owner_id == caller_account,
+            o if o.bytes().all(|b| b.is_ascii_digit()) => owner_id == o,
+            alias => owner_alias == Some(alias),
+        })
+}
+
+/// Values of the tag filters (`tag-key`, `tag:KEY`) for a resource's tags;
+/// `None` when `name` is not a tag filter.
+pub fn tag_values(tags: &[crate::store::TagState], name: &str) -> Option<Vec<String>> {
+    if name == "tag-key" {
+        return Some(tags.iter().map(|t| t.key.clone()).collect());
+    }
+    name.strip_prefix("tag:").map(|k| {
+        tags.iter()
+            .filter(|t| t.key == k)
+            .map(|t| t.value.clone())
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,7 @@ pub(crate) fn can_launch(
         || db.launch_users(&image.image_id)?.contains(&caller.account))
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     let ok = (3..=128).contains(&name.len())
         && name
             .chars()
@@ -69,7 +69,7 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn check_unique_name(db: &Db, caller: &Caller, name: &str) -> Result<()> {
+pub(super) fn check_unique_name(db: &Db, caller: &Caller, name: &str) -> Result<()> {
     if let Some(other) = db
         .images_in_region(&caller.region)?
         .into_iter()
@@ -154,13 +154,12 @@ impl Service {
                     }
                     missing.retain(|m| m != &image.image_id);
                 }
-                if !input.owners.is_empty()
-                    && !input.owners.iter().any(|o| match o.as_str() {
-                        "self" => image.owner_id == caller.account,
-                        o if o.bytes().all(|b| b.is_ascii_digit()) => image.owner_id == o,
-                        alias => image.owner_alias.as_deref() == Some(alias),
-                    })
-                {
+                if !filter::owner_selected(
+                    &input.owners,
+                    &caller.account,
+                    &image.owner_id,
+                    image.owner_alias.as_deref(),
+                ) {
                     continue;
                 }
                 if !input.executable_users.is_empty()
@@ -513,6 +512,7 @@ impl Service {
                         Some(s) if s.owner_id == caller.account => {
                             if !db.images_using_snapshot(&sid)?.is_empty()
                                 || !db.child_snapshots(&sid)?.is_empty()
+                                || !db.volumes_on_snapshot(&sid)?.is_empty()
                             {
                                 "client-error"
                             } else {
@@ -557,9 +557,9 @@ impl Service {
             let src = db
                 .image(&input.source_image_id)?
                 .filter(|i| i.region == source_caller.region)
-                .ok_or_else(|| image_not_found(&[input.source_image_id.clone()]))?;
+                .ok_or_else(|| image_not_found(std::slice::from_ref(&input.source_image_id)))?;
             if !can_launch(db, &source_caller, &src)? {
-                return Err(image_not_found(&[input.source_image_id.clone()]));
+                return Err(image_not_found(std::slice::from_ref(&input.source_image_id)));
             }
             if src.state != "available" {
                 return Err(Error::new(
@@ -918,7 +918,6 @@ fn image_filter_values(
         "source-instance-id" => opt(&image.source_instance_id),
         "state" => one(&image.state),
         "virtualization-type" => one(&image.virtualization_type),
-        "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
         "block-device-mapping.device-name" => image
             .block_device_mappings
             .iter()
@@ -932,14 +931,7 @@ fn image_filter_values(
         "block-device-mapping.delete-on-termination" => ebs()
             .filter_map(|e| e.delete_on_termination.map(|d| d.to_string()))
             .collect(),
-        n => match n.strip_prefix("tag:") {
-            Some(k) => tags
-                .iter()
-                .filter(|t| t.key == k)
-                .map(|t| t.value.clone())
-                .collect(),
-            None => Vec::new(),
-        },
+        n => filter::tag_values(tags, n).unwrap_or_default(),
     }
 }
 

@@ -186,14 +186,16 @@ fn free_port(taken: &[u16]) -> Result<u16> {
 /// The login user an image's vendor uses.
 fn default_user(image: Option<&ImageState>) -> String {
     match image.and_then(|i| i.owner_alias.as_deref()) {
-        Some("debian") => "admin",
+        // Debian's genericcloud images (the catalog's and ours) log in as
+        // `debian`; Debian's AMIs on AWS use `admin`.
+        Some("debian") => "debian",
         Some("ubuntu") => "ubuntu",
         Some("amazon") => "ec2-user",
         Some("fedora") => "fedora",
         Some("alpine") => "alpine",
         Some("cirros") => "cirros",
         _ => match image.map(|i| i.name.as_str()) {
-            Some(n) if n.starts_with("debian") => "admin",
+            Some(n) if n.starts_with("debian") => "debian",
             _ => "root",
         },
     }
@@ -859,15 +861,7 @@ impl Service {
                 "key-name" => i.key_name.iter().cloned().collect(),
                 "reservation-id" => vec![i.reservation_id.clone()],
                 "root-device-type" => vec![i.root_device_type.clone()],
-                "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
-                n => match n.strip_prefix("tag:") {
-                    Some(k) => tags
-                        .iter()
-                        .filter(|t| t.key == k)
-                        .map(|t| t.value.clone())
-                        .collect(),
-                    None => Vec::new(),
-                },
+                n => filter::tag_values(&tags, n).unwrap_or_default(),
             });
             if !keep {
                 continue;
@@ -1284,15 +1278,7 @@ impl Service {
                 "status" => vec![v.state.clone()],
                 "volume-id" => vec![v.volume_id.clone()],
                 "volume-type" => vec![v.volume_type.clone()],
-                "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
-                n => match n.strip_prefix("tag:") {
-                    Some(k) => tags
-                        .iter()
-                        .filter(|t| t.key == k)
-                        .map(|t| t.value.clone())
-                        .collect(),
-                    None => Vec::new(),
-                },
+                n => filter::tag_values(&tags, n).unwrap_or_default(),
             });
             if !keep {
                 continue;

@@ -11,6 +11,8 @@
 //! an operation fetches first, then records everything it made in one
 //! transaction, and removes what it made if recording fails.
 
+pub mod bake_recipe;
+pub mod baking;
 pub mod boot_test;
 pub mod error;
 pub mod filter;
@@ -18,6 +20,7 @@ mod images;
 mod imds;
 pub mod instances;
 mod keypairs;
+pub mod layers;
 pub mod shapes;
 mod snapshots;
 mod tags;

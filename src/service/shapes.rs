@@ -122,6 +122,28 @@ pub struct Snapshot {
     pub storage_tier: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
+    /// amirun's own facts: the snapshot's layer, parent and size on disk.
+    #[serde(rename = "Amirun", skip_serializing_if = "Option::is_none")]
+    pub amirun: Option<SnapshotLayer>,
+}
+
+/// How a snapshot is stored (amirun's addition to EC2's Snapshot shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnapshotLayer {
+    /// The snapshot this one is a qcow2 layer on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot_id: Option<String>,
+    /// Whether it has a layer file of its own (else its data is a blob).
+    pub has_layer: bool,
+    /// Bytes on disk: the layer alone (what changed), or the blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+    /// Snapshot layers in its chain, itself included.
+    pub chain_depth: usize,
+    /// The blob at the root of its chain, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_blob: Option<String>,
 }
 
 /// One disk of an import.

@@ -1,8 +1,9 @@
-//! EBS snapshot operations: describe and delete.
+//! EBS snapshot operations: describe (with each layer's parent and size).
+//! Taking, copying and deleting layers is in [`super::layers`].
 
 use super::filter;
 use super::shapes::*;
-use super::{check_snapshot_id, snapshot_not_found, Caller, Error, Result, Service};
+use super::{check_snapshot_id, snapshot_not_found, Caller, Result, Service};
 use crate::store::SnapshotState;
 
 const SNAPSHOT_FILTERS: &[&str] = &[
@@ -43,13 +44,12 @@ impl Service {
                     }
                     missing.retain(|m| m != &s.snapshot_id);
                 }
-                if !input.owner_ids.is_empty()
-                    && !input.owner_ids.iter().any(|o| match o.as_str() {
-                        "self" => s.owner_id == caller.account,
-                        o if o.bytes().all(|b| b.is_ascii_digit()) => s.owner_id == o,
-                        alias => s.owner_alias.as_deref() == Some(alias),
-                    })
-                {
+                if !filter::owner_selected(
+                    &input.owner_ids,
+                    &caller.account,
+                    &s.owner_id,
+                    s.owner_alias.as_deref(),
+                ) {
                     continue;
                 }
                 if !input.restorable_by_user_ids.is_empty()
@@ -67,56 +67,14 @@ impl Service {
                 }) {
                     continue;
                 }
-                out.push(render_snapshot(&s, &tags));
+                let depth = super::layers::depth(db, Some(&s.snapshot_id))?;
+                out.push(render_snapshot(&s, &tags, depth));
             }
             if let Some(m) = missing.first() {
                 return Err(snapshot_not_found(m));
             }
             Ok(out)
         })
-    }
-
-    /// `DeleteSnapshot`: refused while an AMI uses it (`InvalidSnapshot.InUse`).
-    pub fn delete_snapshot(&mut self, caller: &Caller, snapshot_id: &str) -> Result<()> {
-        check_snapshot_id(snapshot_id)?;
-        let paths = self.paths.clone();
-        let had_file = self.store.write(|db| -> Result<bool> {
-            let s = db
-                .snapshot(snapshot_id)?
-                .filter(|s| {
-                    s.region == caller.region
-                        && (s.owner_id == caller.account || s.catalog_key.is_some())
-                })
-                .ok_or_else(|| snapshot_not_found(snapshot_id))?;
-            if s.owner_id != caller.account {
-                return Err(Error::new(
-                    "UnauthorizedOperation",
-                    format!(
-                        "Account {} does not own snapshot {snapshot_id}",
-                        caller.account
-                    ),
-                ));
-            }
-            let users = db.images_using_snapshot(snapshot_id)?;
-            if let Some(ami) = users.first() {
-                return Err(Error::new(
-                    "InvalidSnapshot.InUse",
-                    format!("The snapshot {snapshot_id} is currently in use by {ami}"),
-                ));
-            }
-            if !db.child_snapshots(snapshot_id)?.is_empty() {
-                return Err(Error::new(
-                    "InvalidSnapshot.InUse",
-                    format!("The snapshot {snapshot_id} has snapshots layered on it"),
-                ));
-            }
-            db.delete_snapshot(snapshot_id)?;
-            Ok(s.has_file)
-        })?;
-        if had_file {
-            let _ = std::fs::remove_file(paths.snapshot(snapshot_id));
-        }
-        Ok(())
     }
 }
 
@@ -136,19 +94,11 @@ fn snapshot_filter_values(
         "status" => one(&s.state),
         "volume-id" => one(s.volume_id.as_deref().unwrap_or("vol-ffffffff")),
         "volume-size" => one(&s.volume_size_gib.to_string()),
-        "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
-        n => match n.strip_prefix("tag:") {
-            Some(k) => tags
-                .iter()
-                .filter(|t| t.key == k)
-                .map(|t| t.value.clone())
-                .collect(),
-            None => Vec::new(),
-        },
+        n => filter::tag_values(tags, n).unwrap_or_default(),
     }
 }
 
-fn render_snapshot(s: &SnapshotState, tags: &[crate::store::TagState]) -> Snapshot {
+fn render_snapshot(s: &SnapshotState, tags: &[crate::store::TagState], depth: usize) -> Snapshot {
     Snapshot {
         description: s.description.clone(),
         encrypted: false,
@@ -168,5 +118,12 @@ fn render_snapshot(s: &SnapshotState, tags: &[crate::store::TagState]) -> Snapsh
                 value: Some(t.value.clone()),
             })
             .collect(),
+        amirun: Some(SnapshotLayer {
+            parent_snapshot_id: s.parent_snapshot_id.clone(),
+            has_layer: s.has_file,
+            storage_bytes: s.storage_bytes,
+            chain_depth: depth,
+            base_blob: s.blob_sha256.clone(),
+        }),
     }
 }

@@ -160,20 +160,8 @@ def scenario_finish():
     ec2 = client()
     d = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert d["State"]["Name"] == "running", d
-    # Create an image of the instance. CreateImage comes with the baking
-    # work (another branch); until it is merged the server says InvalidAction
-    # and an image registered from the tiny disk stands in for it.
-    try:
-        ami = ec2.create_image(InstanceId=iid, Name="scenario-baked", NoReboot=True)["ImageId"]
-    except ClientError as e:
-        assert e.response["Error"]["Code"] == "InvalidAction", e
-        print("TODO: CreateImage is not wired yet; registering an image instead", file=sys.stderr)
-        ami = ec2.register_image(
-            Name="scenario-baked",
-            ImageLocation=os.environ["TINY_IMAGE_URL"],
-            Architecture="x86_64",
-            RootDeviceName="/dev/xvda",
-        )["ImageId"]
+    # Create an image of the running instance (live, without a reboot).
+    ami = ec2.create_image(InstanceId=iid, Name="scenario-baked", NoReboot=True)["ImageId"]
     waiter(ec2, "image_available", ImageIds=[ami])
     mine = ec2.describe_images(Owners=["self"])["Images"]
     assert [i["ImageId"] for i in mine] == [ami], mine
@@ -202,8 +190,15 @@ def scenario_finish():
     assert ec2.describe_key_pairs(KeyNames=["scenario"])["KeyPairs"][0]["KeyName"] == "scenario"
     vols = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
     assert len(vols) == 1 and vols[0]["Attachments"][0]["InstanceId"] == iid, vols
+    baked = ec2.describe_images(ImageIds=[ami])["Images"][0]
+    root_snap = baked["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     snaps = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-    assert isinstance(snaps, list)
+    assert root_snap in [x["SnapshotId"] for x in snaps], snaps
+    snap = ec2.create_snapshot(VolumeId=vols[0]["VolumeId"], Description="via-api")
+    waiter(ec2, "snapshot_completed", SnapshotIds=[snap["SnapshotId"]])
+    copied = ec2.copy_snapshot(SourceSnapshotId=snap["SnapshotId"], SourceRegion="us-east-1")["SnapshotId"]
+    waiter(ec2, "snapshot_completed", SnapshotIds=[copied])
+    ec2.delete_snapshot(SnapshotId=copied)
     # Deregister, terminate.
     ec2.deregister_image(ImageId=ami)
     west.deregister_image(ImageId=copy)
@@ -211,6 +206,9 @@ def scenario_finish():
     t = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
     assert t["PreviousState"]["Name"] == "running" and t["CurrentState"]["Name"] == "shutting-down", t
     waiter(ec2, "instance_terminated", InstanceIds=[iid])
+    # amirun's snapshots are layers: a running volume reads the one taken of
+    # it, so it can go once the instance is gone.
+    ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
     ec2.delete_key_pair(KeyName="scenario")
     report()
 

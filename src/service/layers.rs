@@ -1,0 +1,735 @@
+//! EBS snapshots as qcow2 layers: taking them (from stopped volumes, or live
+//! over QMP), collapsing long chains, merging a deleted snapshot into what
+//! builds on it, and copying.
+//!
+//! # The layer model
+//!
+//! A snapshot with `has_file` is an immutable qcow2 file
+//! (`snapshots/<snap-id>.qcow2`) whose backing chain leads to its parent's
+//! data: the parent's own layer, or a blob (`blobs/sha256/<hex>`) for an
+//! imported or catalog snapshot. Its size on disk is what changed since the
+//! parent. A volume is a writable overlay on the snapshot recorded as its
+//! *base* (`Db::volume_base`; at launch, the snapshot it was made from).
+//!
+//! Taking a snapshot of volume V (overlay on base B) costs O(1), whatever
+//! the disk size:
+//!
+//! 1. hard-link V's current file to `snapshots/<new>.qcow2`: the snapshot
+//!    *is* what V holds now, with V's backing chain (B …);
+//! 2. make a fresh empty overlay on the new snapshot at
+//!    `volumes/<vol>.next.qcow2` (`qemu-img create -u`: the size is known,
+//!    the backing file is not opened, so this works while QEMU holds it);
+//! 3. live only: pause the guest (`stop`), switch every disk to its new
+//!    overlay in one QMP `transaction` of `blockdev-snapshot-sync`
+//!    (`mode=existing`), resume (`cont`); the pause is measured;
+//! 4. rename the new overlay over `volumes/<vol>.qcow2`. From here the old
+//!    file is reachable only as the snapshot, and nothing writes to it.
+//!
+//! Then one transaction records the snapshot (parent B, root blob of the
+//! chain) and moves V's base to it. If anything fails before step 4, the
+//! link and the new overlay are removed and V is as it was.
+//!
+//! Chains stay bounded: a new snapshot whose chain would hold more than
+//! `AMIRUN_MAX_CHAIN_DEPTH` layers (default 16) is collapsed, i.e. rewritten
+//! as a standalone qcow2 of its whole chain (no parent). `--flatten` asks for
+//! the same on purpose.
+//!
+//! # Deleting a layer others build on
+//!
+//! Deleting snapshot S rebases every layer directly on S (child snapshots,
+//! and overlays of volumes whose base is S) onto S's own backing file with
+//! `qemu-img rebase` in safe mode, which copies into the child exactly the
+//! data S held that the child did not override. The children stay whole and
+//! see the same disk; then S's record and file go. When S is a blob-backed
+//! snapshot (no layer of its own), its children already point at the
+//! immutable blob and nothing is copied. Refused with
+//! `InvalidSnapshot.InUse` while an AMI uses S, or while a running instance
+//! has a volume whose chain reads S (its QEMU holds those files open).
+
+use super::{check_snapshot_id, now, snapshot_not_found, Caller, Error, Result, Service};
+use crate::ids::{self, IdKind};
+use crate::instance::supervisor::SupervisorClient;
+use crate::store::{Db, SnapshotState, VolumeState};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Default for `AMIRUN_MAX_CHAIN_DEPTH`: snapshot layers in one chain.
+pub const DEFAULT_MAX_CHAIN_DEPTH: usize = 16;
+
+/// The chain depth limit in force (`AMIRUN_MAX_CHAIN_DEPTH`, at least 1).
+pub fn max_chain_depth() -> usize {
+    std::env::var("AMIRUN_MAX_CHAIN_DEPTH")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_MAX_CHAIN_DEPTH)
+        .max(1)
+}
+
+/// One volume to snapshot, planned before any file is touched.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerPlan {
+    pub volume: VolumeState,
+    /// Position of the volume among the instance's disks (QMP node `diskN`),
+    /// for a live snapshot.
+    pub disk_index: Option<usize>,
+    pub snapshot_id: String,
+    /// The volume's base: the new snapshot's parent.
+    pub parent: Option<String>,
+    /// The blob at the root of the chain, if any.
+    pub root_blob: Option<String>,
+    /// Rewrite the new snapshot standalone (chain too deep, or asked for).
+    pub collapse: bool,
+}
+
+/// What a snapshot pass did, for the caller's report.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerReport {
+    /// `stopped` (files switched with no guest running) or `live` (QMP).
+    pub mode: String,
+    /// How long the guest was paused (live only), in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<f64>,
+    /// Whether filesystems were frozen through a guest agent (live only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<String>,
+    /// The snapshots made.
+    pub layers: Vec<LayerInfo>,
+}
+
+/// One snapshot made.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerInfo {
+    pub snapshot_id: String,
+    pub volume_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot_id: Option<String>,
+    /// Bytes the layer takes on disk.
+    pub storage_bytes: u64,
+    /// Whether it was written standalone.
+    pub collapsed: bool,
+}
+
+/// The file holding a snapshot's data, if it has any yet.
+pub(crate) fn data_path(paths: &crate::paths::Paths, s: &SnapshotState) -> Option<PathBuf> {
+    if s.has_file {
+        Some(paths.snapshot(&s.snapshot_id))
+    } else {
+        s.blob_sha256.as_deref().map(|b| paths.blob(b))
+    }
+}
+
+/// Snapshot layers (files) in the chain that starts at `id`.
+pub(crate) fn depth(db: &Db, id: Option<&str>) -> crate::store::Result<usize> {
+    let mut n = 0;
+    let mut next = id.map(str::to_owned);
+    while let Some(sid) = next {
+        let Some(s) = db.snapshot(&sid)? else { break };
+        if !s.has_file || n > 10_000 {
+            break;
+        }
+        n += 1;
+        next = s.parent_snapshot_id;
+    }
+    Ok(n)
+}
+
+/// Snapshot ids of the chain that starts at `id` (inclusive).
+fn chain(db: &Db, id: Option<&str>) -> crate::store::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut next = id.map(str::to_owned);
+    while let Some(sid) = next {
+        if out.contains(&sid) {
+            break;
+        }
+        out.push(sid.clone());
+        next = db.snapshot(&sid)?.and_then(|s| s.parent_snapshot_id);
+    }
+    Ok(out)
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::new("InternalError", what).with_source(e)
+}
+
+/// Files made by a snapshot pass that are removed again if it fails.
+struct Undo(Vec<PathBuf>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+impl Service {
+    /// Plan snapshots of `volumes` (with their disk index for live ones).
+    pub(crate) fn plan_layers(
+        &mut self,
+        volumes: Vec<(VolumeState, Option<usize>)>,
+        flatten: bool,
+    ) -> Result<Vec<LayerPlan>> {
+        let max = max_chain_depth();
+        self.store.read(|db| -> Result<Vec<LayerPlan>> {
+            let mut out = Vec::new();
+            for (volume, disk_index) in volumes {
+                let parent = db.volume_base(&volume)?;
+                let base = match &parent {
+                    Some(p) => db.snapshot(p)?,
+                    None => None,
+                };
+                let root_blob = base.as_ref().and_then(|b| b.blob_sha256.clone());
+                let collapse = flatten || depth(db, parent.as_deref())? + 1 > max;
+                out.push(LayerPlan {
+                    volume,
+                    disk_index,
+                    snapshot_id: ids::new_id(IdKind::Snapshot),
+                    parent,
+                    root_blob,
+                    collapse,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The snapshot records of a plan, in state `pending`.
+    pub(crate) fn pending_snapshots(
+        &self,
+        caller: &Caller,
+        plans: &[LayerPlan],
+        description: &str,
+    ) -> Vec<SnapshotState> {
+        let start = now();
+        plans
+            .iter()
+            .map(|p| SnapshotState {
+                snapshot_id: p.snapshot_id.clone(),
+                region: caller.region.clone(),
+                owner_id: caller.account.clone(),
+                owner_alias: None,
+                volume_id: Some(p.volume.volume_id.clone()),
+                volume_size_gib: p.volume.size_gib,
+                state: "pending".into(),
+                description: Some(description.to_string()),
+                start_time: start.clone(),
+                source: None,
+                blob_sha256: if p.collapse {
+                    None
+                } else {
+                    p.root_blob.clone()
+                },
+                parent_snapshot_id: if p.collapse { None } else { p.parent.clone() },
+                has_file: true,
+                storage_bytes: None,
+                catalog_key: None,
+            })
+            .collect()
+    }
+
+    /// Steps 1-4 of the module doc for every planned volume at once; with
+    /// `live`, the instance's guest is paused once around the switch. Then
+    /// collapses what the plan says. Returns the report; records nothing.
+    pub(crate) fn take_layers(
+        &mut self,
+        live: Option<&str>,
+        plans: &[LayerPlan],
+    ) -> Result<LayerReport> {
+        let sdir = self.paths.snapshot_dir();
+        std::fs::create_dir_all(&sdir)
+            .map_err(io_err(format!("Cannot create {}", sdir.display())))?;
+        let mut undo = Undo(Vec::new());
+        let mut switches = Vec::new();
+        for p in plans {
+            let vol = self.paths.volume(&p.volume.volume_id);
+            let snap = self.paths.snapshot(&p.snapshot_id);
+            let size = crate::disk::info(&vol)?.virtual_size;
+            std::fs::hard_link(&vol, &snap).map_err(io_err(format!(
+                "Cannot link {} to {}",
+                vol.display(),
+                snap.display()
+            )))?;
+            undo.0.push(snap.clone());
+            let next = self.paths.volume_pending(&p.volume.volume_id);
+            crate::disk::create_overlay_unopened(&snap, "qcow2", &next, size)?;
+            undo.0.push(next.clone());
+            switches.push((p.disk_index, next, vol));
+        }
+        let mut report = LayerReport {
+            mode: "stopped".into(),
+            ..Default::default()
+        };
+        if let Some(instance_id) = live {
+            let (pause, agent) = self.live_switch(instance_id, &switches)?;
+            report.mode = "live".into();
+            report.pause_ms = Some(pause);
+            report.guest_agent = Some(agent);
+        }
+        for (_, next, vol) in &switches {
+            std::fs::rename(next, vol).map_err(io_err(format!(
+                "Cannot move the new overlay {} into place",
+                next.display()
+            )))?;
+        }
+        // The volumes now stand on the new layers: nothing to undo any more.
+        undo.0.clear();
+        for p in plans {
+            let snap = self.paths.snapshot(&p.snapshot_id);
+            if p.collapse {
+                // A standalone copy of the whole chain replaces the layer (a
+                // running QEMU keeps reading the old inode, same content).
+                crate::disk::convert(&snap, Some("qcow2"), &snap, "qcow2")?;
+            }
+            report.layers.push(LayerInfo {
+                snapshot_id: p.snapshot_id.clone(),
+                volume_id: p.volume.volume_id.clone(),
+                parent_snapshot_id: if p.collapse { None } else { p.parent.clone() },
+                storage_bytes: crate::disk::info(&snap)?.actual_size,
+                collapsed: p.collapse,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Pause, switch each disk to its new overlay in one QMP transaction,
+    /// resume. Returns the pause in ms and what happened about a guest agent.
+    fn live_switch(
+        &mut self,
+        instance_id: &str,
+        switches: &[(Option<usize>, PathBuf, PathBuf)],
+    ) -> Result<(f64, String)> {
+        let socket = self.paths.control_socket(instance_id);
+        let mut c = SupervisorClient::connect(&socket)?;
+        let blocks = c.qmp("query-block", None)?;
+        let mut actions = Vec::new();
+        for (index, next, _) in switches {
+            let index = index.ok_or_else(|| {
+                Error::new("InternalError", "A live snapshot needs the disk's index")
+            })?;
+            let node = active_node(&blocks, index).ok_or_else(|| {
+                Error::new(
+                    "InternalError",
+                    format!("QEMU of {instance_id} shows no disk {index} (query-block)"),
+                )
+            })?;
+            let file = std::path::absolute(next)
+                .map_err(io_err(format!("Cannot resolve {}", next.display())))?;
+            actions.push(json!({
+                "type": "blockdev-snapshot-sync",
+                "data": {
+                    "node-name": node,
+                    "snapshot-file": file.display().to_string(),
+                    "snapshot-node-name": format!("disk{index}-{}", &ids::new_id(IdKind::Snapshot)[5..]),
+                    "format": "qcow2",
+                    "mode": "existing",
+                }
+            }));
+        }
+        // amirun's machines have no guest agent channel; say so rather than
+        // pretend the filesystems were frozen.
+        let agent = "none: no guest agent channel, snapshot is crash-consistent".to_string();
+        // Flush what QEMU has written so far to disk before pausing, so the
+        // flush QEMU does inside the pause has little left to write.
+        for (_, _, vol) in switches {
+            if let Ok(f) = std::fs::File::open(vol) {
+                let _ = f.sync_data();
+            }
+        }
+        let t0 = Instant::now();
+        c.qmp("stop", None)?;
+        let switched = c.qmp("transaction", Some(json!({ "actions": actions })));
+        let resumed = c.qmp("cont", None);
+        let pause = t0.elapsed().as_secs_f64() * 1000.0;
+        switched.map_err(|e| {
+            Error::new(
+                "InternalError",
+                format!("QEMU of {instance_id} refused the live snapshot"),
+            )
+            .with_source(e)
+        })?;
+        resumed?;
+        Ok((pause, agent))
+    }
+
+    /// Record what [`Service::take_layers`] made: snapshots completed, volume bases moved.
+    pub(crate) fn record_layers(db: &Db, report: &LayerReport) -> Result<()> {
+        for l in &report.layers {
+            let mut s = db
+                .snapshot(&l.snapshot_id)?
+                .ok_or_else(|| snapshot_not_found(&l.snapshot_id))?;
+            s.state = "completed".into();
+            s.storage_bytes = Some(l.storage_bytes);
+            if l.collapsed {
+                s.parent_snapshot_id = None;
+                s.blob_sha256 = None;
+            }
+            db.put_snapshot(&s)?;
+            db.set_volume_base(&l.volume_id, Some(&l.snapshot_id))?;
+        }
+        Ok(())
+    }
+
+    /// `CreateSnapshot`: a layer of one volume; live when its instance runs.
+    pub fn create_snapshot(
+        &mut self,
+        caller: &Caller,
+        input: &CreateSnapshotInput,
+    ) -> Result<Value> {
+        self.refresh_instances(caller)?;
+        let volume = self
+            .store
+            .read(|db| db.volume(&input.volume_id))?
+            .filter(|v| v.region == caller.region && v.owner_id == caller.account)
+            .ok_or_else(|| {
+                Error::new(
+                    "InvalidVolume.NotFound",
+                    format!("The volume '{}' does not exist.", input.volume_id),
+                )
+            })?;
+        let mut live = None;
+        let mut index = None;
+        if let Some(iid) = &volume.instance_id {
+            let i = self
+                .store
+                .read(|db| db.instance(iid))?
+                .ok_or_else(|| Error::new("InternalError", format!("Instance {iid} is missing")))?;
+            index = i
+                .devices
+                .iter()
+                .position(|d| d.volume_id.as_deref() == Some(&volume.volume_id));
+            match i.state.as_str() {
+                "stopped" | "terminated" => {}
+                "running" | "pending" => live = Some(iid.clone()),
+                s => {
+                    return Err(Error::new(
+                        "IncorrectState",
+                        format!(
+                            "Volume {} is attached to {iid}, which is {s}; try again when it is running or stopped",
+                            volume.volume_id
+                        ),
+                    ))
+                }
+            }
+        }
+        let plans = self.plan_layers(vec![(volume, index)], input.flatten)?;
+        let description = input.description.clone().unwrap_or_default();
+        let records = self.pending_snapshots(caller, &plans, &description);
+        let tags = super::images::tags_for(&input.tag_specifications, "snapshot")?;
+        self.store.write(|db| -> Result<()> {
+            for s in &records {
+                db.put_snapshot(s)?;
+                for (k, v) in &tags {
+                    db.put_tag(&s.snapshot_id, k, v)?;
+                }
+            }
+            Ok(())
+        })?;
+        let report = match self.take_layers(live.as_deref(), &plans) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.store.write(|db| -> Result<()> {
+                    for s in &records {
+                        db.delete_snapshot(&s.snapshot_id)?;
+                    }
+                    Ok(())
+                });
+                return Err(e);
+            }
+        };
+        self.store.write(|db| Self::record_layers(db, &report))?;
+        let s = &records[0];
+        let l = &report.layers[0];
+        Ok(json!({
+            "Description": description,
+            "Encrypted": false,
+            "OwnerId": s.owner_id,
+            "Progress": "100%",
+            "SnapshotId": s.snapshot_id,
+            "StartTime": s.start_time,
+            "State": "completed",
+            "VolumeId": l.volume_id,
+            "VolumeSize": s.volume_size_gib,
+            "Tags": tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+            "Amirun": report,
+        }))
+    }
+
+    /// `CopySnapshot`: a new snapshot with the same data. A layer is copied
+    /// as a layer on the same parent; with `flatten`, the whole chain is
+    /// written as one standalone qcow2.
+    pub fn copy_snapshot(&mut self, caller: &Caller, input: &CopySnapshotInput) -> Result<String> {
+        check_snapshot_id(&input.source_snapshot_id)?;
+        let source_region = input
+            .source_region
+            .clone()
+            .unwrap_or_else(|| caller.region.clone());
+        let src = self
+            .store
+            .read(|db| db.snapshot(&input.source_snapshot_id))?
+            .filter(|s| {
+                s.region == source_region
+                    && (s.owner_id == caller.account || s.catalog_key.is_some())
+                    && s.state == "completed"
+            })
+            .ok_or_else(|| snapshot_not_found(&input.source_snapshot_id))?;
+        let new_id = ids::new_id(IdKind::Snapshot);
+        let dst = self.paths.snapshot(&new_id);
+        let sdir = self.paths.snapshot_dir();
+        std::fs::create_dir_all(&sdir)
+            .map_err(io_err(format!("Cannot create {}", sdir.display())))?;
+        let mut undo = Undo(Vec::new());
+        let mut record = SnapshotState {
+            snapshot_id: new_id.clone(),
+            region: caller.region.clone(),
+            owner_id: caller.account.clone(),
+            owner_alias: None,
+            description: Some(input.description.clone().unwrap_or_else(|| {
+                format!("[Copied {} from {source_region}]", input.source_snapshot_id)
+            })),
+            start_time: now(),
+            catalog_key: None,
+            state: "completed".into(),
+            ..src.clone()
+        };
+        if input.flatten {
+            let from = match data_path(&self.paths, &src) {
+                Some(p) => p,
+                None => {
+                    self.fetch_snapshot_data(caller, &src)?;
+                    let s = self
+                        .store
+                        .read(|db| db.snapshot(&src.snapshot_id))?
+                        .ok_or_else(|| snapshot_not_found(&src.snapshot_id))?;
+                    data_path(&self.paths, &s).ok_or_else(|| snapshot_not_found(&s.snapshot_id))?
+                }
+            };
+            crate::disk::convert(&from, Some("qcow2"), &dst, "qcow2")?;
+            undo.0.push(dst.clone());
+            record.has_file = true;
+            record.parent_snapshot_id = None;
+            record.blob_sha256 = None;
+            record.source = None;
+            record.storage_bytes = Some(crate::disk::info(&dst)?.actual_size);
+        } else if src.has_file {
+            std::fs::copy(self.paths.snapshot(&src.snapshot_id), &dst)
+                .map_err(io_err(format!("Cannot copy snapshot {}", src.snapshot_id)))?;
+            undo.0.push(dst.clone());
+        }
+        let tags = super::images::tags_for(&input.tag_specifications, "snapshot")?;
+        self.store.write(|db| -> Result<()> {
+            db.put_snapshot(&record)?;
+            for (k, v) in &tags {
+                db.put_tag(&new_id, k, v)?;
+            }
+            Ok(())
+        })?;
+        undo.0.clear();
+        Ok(new_id)
+    }
+
+    /// Make a data-less (catalog) snapshot's blob local.
+    fn fetch_snapshot_data(&mut self, caller: &Caller, s: &SnapshotState) -> Result<()> {
+        let image = self
+            .store
+            .read(|db| db.images_using_snapshot(&s.snapshot_id))?;
+        let image = image.first().ok_or_else(|| {
+            Error::new(
+                "InternalError",
+                format!("Snapshot {} has no data yet", s.snapshot_id),
+            )
+        })?;
+        self.fetch_image(caller, image).map(drop)
+    }
+
+    /// `DeleteSnapshot` (see the module doc): merges the layer into what
+    /// builds on it first.
+    pub fn delete_snapshot(&mut self, caller: &Caller, snapshot_id: &str) -> Result<()> {
+        check_snapshot_id(snapshot_id)?;
+        self.refresh_instances(caller)?;
+        let (s, children, volumes) = self.store.read(
+            |db| -> Result<(SnapshotState, Vec<SnapshotState>, Vec<VolumeState>)> {
+                let s = db
+                    .snapshot(snapshot_id)?
+                    .filter(|s| {
+                        s.region == caller.region
+                            && (s.owner_id == caller.account || s.catalog_key.is_some())
+                    })
+                    .ok_or_else(|| snapshot_not_found(snapshot_id))?;
+                if s.owner_id != caller.account {
+                    return Err(Error::new(
+                        "UnauthorizedOperation",
+                        format!(
+                            "Account {} does not own snapshot {snapshot_id}",
+                            caller.account
+                        ),
+                    ));
+                }
+                check_unused(db, snapshot_id)?;
+                Ok((
+                    s,
+                    db.child_snapshots(snapshot_id)?,
+                    db.volumes_on_snapshot(snapshot_id)?,
+                ))
+            },
+        )?;
+        // Where S's own data stands: its layer's backing file, if any.
+        let backing: Option<PathBuf> = if s.has_file {
+            crate::disk::info(&self.paths.snapshot(snapshot_id))?.backing_file
+        } else {
+            None
+        };
+        for c in &children {
+            if s.has_file {
+                let path = self.paths.snapshot(&c.snapshot_id);
+                rebase_onto(&path, backing.as_deref())?;
+            }
+            let bytes = crate::disk::info(&self.paths.snapshot(&c.snapshot_id))
+                .map(|i| i.actual_size)
+                .ok();
+            let flat = s.has_file && backing.is_none();
+            self.store.write(|db| -> Result<()> {
+                if let Some(mut c) = db.snapshot(&c.snapshot_id)? {
+                    c.parent_snapshot_id = s.parent_snapshot_id.clone();
+                    if flat {
+                        c.blob_sha256 = None;
+                    }
+                    if c.has_file {
+                        c.storage_bytes = bytes.or(c.storage_bytes);
+                    }
+                    db.put_snapshot(&c)?;
+                }
+                Ok(())
+            })?;
+        }
+        for v in &volumes {
+            if s.has_file {
+                rebase_onto(&self.paths.volume(&v.volume_id), backing.as_deref())?;
+            }
+            self.store
+                .write(|db| db.set_volume_base(&v.volume_id, s.parent_snapshot_id.as_deref()))?;
+        }
+        self.store.write(|db| -> Result<()> {
+            check_unused(db, snapshot_id)?;
+            if !db.child_snapshots(snapshot_id)?.is_empty()
+                || !db.volumes_on_snapshot(snapshot_id)?.is_empty()
+            {
+                return Err(Error::new(
+                    "InvalidSnapshot.InUse",
+                    format!("The snapshot {snapshot_id} gained dependents meanwhile; try again"),
+                ));
+            }
+            db.delete_snapshot(snapshot_id)?;
+            Ok(())
+        })?;
+        if s.has_file {
+            let _ = std::fs::remove_file(self.paths.snapshot(snapshot_id));
+        }
+        Ok(())
+    }
+}
+
+/// `InvalidSnapshot.InUse` while an AMI uses the snapshot or a running
+/// instance reads it through a volume's chain.
+fn check_unused(db: &Db, snapshot_id: &str) -> Result<()> {
+    if let Some(ami) = db.images_using_snapshot(snapshot_id)?.first() {
+        return Err(Error::new(
+            "InvalidSnapshot.InUse",
+            format!("The snapshot {snapshot_id} is currently in use by {ami}"),
+        ));
+    }
+    for i in db.live_instances()? {
+        if i.state == "stopped" {
+            continue;
+        }
+        for d in &i.devices {
+            let Some(vid) = &d.volume_id else { continue };
+            let Some(v) = db.volume(vid)? else { continue };
+            if chain(db, db.volume_base(&v)?.as_deref())?
+                .iter()
+                .any(|s| s == snapshot_id)
+            {
+                return Err(Error::new(
+                    "InvalidSnapshot.InUse",
+                    format!(
+                        "The snapshot {snapshot_id} is read by volume {vid} of {}, which is {}; stop it first",
+                        i.instance_id, i.state
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Safe rebase of a qcow2 layer onto `backing` (a qcow2 file), or flatten it.
+fn rebase_onto(path: &Path, backing: Option<&Path>) -> Result<()> {
+    crate::disk::rebase(path, backing.map(|b| (b, "qcow2")), false)?;
+    Ok(())
+}
+
+/// The node a disk's device reads from now (after earlier live snapshots,
+/// not `diskN` any more), from QMP `query-block`.
+fn active_node(blocks: &Value, index: usize) -> Option<String> {
+    let dev = format!("disk{index}-dev");
+    blocks.as_array()?.iter().find_map(|b| {
+        let qdev = b.get("qdev")?.as_str()?;
+        let matches =
+            qdev == dev || qdev.ends_with(&format!("/{dev}")) || qdev.contains(&format!("/{dev}/"));
+        if !matches {
+            return None;
+        }
+        b.get("inserted")?
+            .get("node-name")?
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
+/// `create-snapshot`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateSnapshotInput {
+    pub volume_id: String,
+    pub description: Option<String>,
+    pub tag_specifications: Vec<super::shapes::TagSpecification>,
+    /// Write the snapshot standalone (whole chain in one file).
+    pub flatten: bool,
+}
+
+/// `copy-snapshot`.
+#[derive(Debug, Clone, Default)]
+pub struct CopySnapshotInput {
+    pub source_snapshot_id: String,
+    pub source_region: Option<String>,
+    pub description: Option<String>,
+    pub tag_specifications: Vec<super::shapes::TagSpecification>,
+    /// Write the copy standalone (whole chain in one file).
+    pub flatten: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_node_follows_qdev() {
+        let blocks = json!([
+            {"device": "", "qdev": "/machine/peripheral/disk0-dev/virtio-backend",
+             "inserted": {"node-name": "disk0-abc"}},
+            {"device": "", "qdev": "/machine/peripheral/disk1-dev/virtio-backend",
+             "inserted": {"node-name": "disk1"}},
+            {"device": "", "qdev": "seed-dev", "inserted": {"node-name": "seed"}}
+        ]);
+        assert_eq!(active_node(&blocks, 0).as_deref(), Some("disk0-abc"));
+        assert_eq!(active_node(&blocks, 1).as_deref(), Some("disk1"));
+        assert_eq!(active_node(&blocks, 2), None);
+    }
+
+    #[test]
+    fn chain_depth_setting_has_a_floor() {
+        assert!(max_chain_depth() >= 1);
+    }
+}
