@@ -41,13 +41,18 @@
 //! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
 //!   firmware, devices, network), holds the instance-type table, and chooses
 //!   KVM or TCG by probing.
-//! - [`metadata`] makes the NoCloud seed (a FAT image labelled `cidata`).
+//! - [`http`] serves the EC2 Query API (`amirun serve`): it translates
+//!   requests into the same [`service`] calls the CLI makes and renders
+//!   EC2's XML.
+//! - [`metadata`] makes the NoCloud seed (a FAT image labelled `cidata`)
+//!   and answers IMDS for each guest from its supervisor.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 
 pub mod catalog;
 pub mod cli;
 pub mod disk;
+pub mod http;
 pub mod ids;
 pub mod images;
 pub mod instance;

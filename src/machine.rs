@@ -409,7 +409,7 @@ pub struct NetSpec {
 /// simpler but QEMU opens that socket once and serves only the first guest
 /// connection (seen with QEMU 7.2: the second request hangs), while
 /// cloud-init makes dozens. So IMDS goes through a per-connection command,
-/// e.g. a relay to the supervisor's listener on 127.0.0.1:PORT.
+/// `amirun __imds-relay` to the supervisor's socket (see [`crate::metadata::imds`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImdsForward {
     /// Program and arguments.

@@ -15,7 +15,7 @@
 //!   volumes/<vol-id>.qcow2
 //!   volumes/<vol-id>.next.qcow2   a volume's next overlay while a snapshot is taken
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
-//!                         launch.json control.sock supervisor.log
+//!                         launch.json control.sock supervisor.log imds.sock
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
 //!   accel-probe.json      cached verdict of the KVM probe (per kernel and QEMU)
@@ -214,5 +214,11 @@ impl Paths {
     /// The launch spec the service writes for the supervisor to read.
     pub fn launch_spec(&self, instance_id: &str) -> PathBuf {
         self.instance_dir(instance_id).join("launch.json")
+    }
+
+    /// The supervisor's instance metadata service socket (HTTP/1.1; the
+    /// guest reaches it through `amirun __imds-relay`).
+    pub fn imds_socket(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("imds.sock")
     }
 }

@@ -132,11 +132,33 @@ enum Command {
     Ssh(SshArgs),
     /// Boot an AMI, wait for its console (or ssh) to show it works, report timings as JSON, terminate.
     BootTest(BootTestArgs),
+    /// Serve the EC2 Query API over HTTP (aws CLI, boto3, SDKs, Terraform: set the endpoint URL).
+    Serve(ServeArgs),
     #[command(flatten)]
     Baking(baking::BakingCommand),
     /// Internal: the per-instance supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise { launch_spec: PathBuf },
+    /// Internal: relay one guest connection to the instance metadata service.
+    #[command(name = "__imds-relay", hide = true)]
+    ImdsRelay { socket: PathBuf },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "AMIRUN_LISTEN", default_value = "127.0.0.1:8773")]
+    listen: std::net::SocketAddr,
+    /// Access key: KEY[:SECRET[:ACCOUNT]] (repeatable, or comma-separated in the variable).
+    /// A 12-digit key id is that account; other unknown keys act as --account.
+    #[arg(long = "access-key", env = "AMIRUN_ACCESS_KEYS", value_delimiter = ',')]
+    access_keys: Vec<crate::http::AccessKey>,
+    /// Verify SigV4 signatures against the secrets of --access-key; refuse anything else.
+    #[arg(long)]
+    strict: bool,
+    /// auto, kvm or tcg for instances launched through the API.
+    #[arg(long, env = "AMIRUN_ACCEL", default_value = "auto")]
+    accel: String,
 }
 
 #[derive(Args, Debug)]
@@ -565,6 +587,30 @@ fn accel_arg(value: &str) -> Result<crate::machine::AccelRequest, Failure> {
 }
 
 fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
+    if let Command::ImdsRelay { socket } = &cli.command {
+        // Nothing to say to the guest on failure: closing is the answer.
+        let _ = crate::metadata::imds::relay(socket);
+        return Ok(None);
+    }
+    if let Command::Serve(a) = &cli.command {
+        Caller::new(cli.account.clone(), cli.region.clone())?;
+        crate::http::serve(crate::http::ServeOptions {
+            listen: a.listen,
+            paths: Paths::from_env(),
+            service: ServiceOptions {
+                extra_catalogs: cli.catalog.clone(),
+                progress: false,
+            },
+            default_region: cli.region.clone(),
+            credentials: crate::http::Credentials {
+                keys: a.access_keys.clone(),
+                default_account: cli.account.clone(),
+                strict: a.strict,
+            },
+            accel: accel_arg(&a.accel)?,
+        })?;
+        return Ok(None);
+    }
     if let Command::Supervise { launch_spec } = &cli.command {
         return match crate::instance::supervisor::run(launch_spec) {
             Ok(_) => Ok(None),
@@ -812,8 +858,10 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 )))
             }
         }
+        Command::Supervise { .. } | Command::ImdsRelay { .. } | Command::Serve(_) => {
+            unreachable!("handled above")
+        }
         Command::Baking(b) => baking::dispatch(b, &caller, open),
-        Command::Supervise { .. } => unreachable!("handled above"),
     }
 }
 

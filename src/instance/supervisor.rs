@@ -170,7 +170,8 @@ pub struct LaunchSpec {
     /// How long QEMU may take to answer on QMP after it is spawned.
     #[serde(default = "default_start_timeout")]
     pub start_timeout_secs: u64,
-    /// Settings of the instance metadata service (served by the supervisor later).
+    /// The instance metadata service the supervisor serves
+    /// ([`crate::metadata::imds::ImdsConfig`]); none without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<Value>,
 }
@@ -828,6 +829,7 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     let spec = &sup.spec;
     install_stop_signals(sup)?;
     serve_control_socket(sup)?;
+    start_imds(spec);
 
     // Start QEMU.
     let _ = std::fs::remove_file(&spec.qmp_socket);
@@ -1097,6 +1099,19 @@ fn spawn_event_pump(sup: &Arc<Supervisor>, qmp: Arc<Qmp>) -> Result<(), Supervis
             source,
         })?;
     Ok(())
+}
+
+/// Serves the guest's instance metadata service, when the spec has one. A
+/// metadata service that cannot start is logged, not fatal: the guest still
+/// boots (and finds no IMDS, as with `HttpEndpoint=disabled`).
+fn start_imds(spec: &LaunchSpec) {
+    let Some(value) = &spec.imds else { return };
+    let started = serde_json::from_value::<crate::metadata::imds::ImdsConfig>(value.clone())
+        .map_err(std::io::Error::other)
+        .and_then(crate::metadata::imds::serve);
+    if let Err(e) = started {
+        tracing::error!("the instance metadata service could not start: {e}");
+    }
 }
 
 /// Binds the control socket (mode 0600) and serves it from a thread.

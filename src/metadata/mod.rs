@@ -1,13 +1,13 @@
 //! What an instance learns about itself: its id, hostname, SSH keys and user
 //! data, delivered the two ways EC2 images look for them.
 //!
-//! Today this is the NoCloud seed ([`seed`]): a small FAT volume labelled
-//! `cidata` that cloud-init reads at first boot without any network. Later
-//! it will also hold the IMDS responder that answers
-//! `http://169.254.169.254` for each guest (IMDSv1 and v2), reached through
-//! the per-connection `guestfwd` command described in
-//! [`crate::machine::NetSpec`].
+//! The NoCloud seed ([`seed`]) is a small FAT volume labelled `cidata` that
+//! cloud-init reads at first boot without any network. The IMDS responder
+//! ([`imds`]) answers `http://169.254.169.254` for each guest (IMDSv1 and
+//! v2) from its supervisor, reached through the per-connection `guestfwd`
+//! command described in [`crate::machine::NetSpec`].
 
+pub mod imds;
 pub mod seed;
 
 pub use seed::{build_seed, SeedSpec};

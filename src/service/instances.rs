@@ -416,16 +416,18 @@ impl Service {
                     ),
                 ));
             }
-            crate::metadata::build_seed(
-                &self.paths.seed_image(&instance_id),
-                &crate::metadata::SeedSpec {
-                    instance_id: instance_id.clone(),
-                    hostname: "ip-169-254-0-15".into(),
-                    user_data: input.user_data.clone(),
-                    public_keys: public_keys.clone(),
-                    network_config: None,
-                },
-            )?;
+            if super::imds::nocloud_seed_wanted() {
+                crate::metadata::build_seed(
+                    &self.paths.seed_image(&instance_id),
+                    &crate::metadata::SeedSpec {
+                        instance_id: instance_id.clone(),
+                        hostname: "ip-169-254-0-15".into(),
+                        user_data: input.user_data.clone(),
+                        public_keys: public_keys.clone(),
+                        network_config: None,
+                    },
+                )?;
+            }
             let ssh_port = free_port(&taken)?;
             taken.push(ssh_port);
             let state = InstanceState {
@@ -560,6 +562,7 @@ impl Service {
                 i.instance_type
             ))
         })?;
+        let (imds, imds_forward) = self.imds_for_boot(i)?;
         let spec = MachineSpec {
             instance_id: i.instance_id.clone(),
             arch,
@@ -572,10 +575,11 @@ impl Service {
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
             disks,
-            seed: Some(self.paths.seed_image(&i.instance_id)),
+            // No seed when launched with AMIRUN_NOCLOUD_SEED=0: IMDS only.
+            seed: Some(self.paths.seed_image(&i.instance_id)).filter(|s| s.exists()),
             net: NetSpec {
                 ssh_port: i.ssh_port,
-                imds: None,
+                imds: Some(imds_forward),
                 outbound: Default::default(),
             },
             qmp_socket: self.paths.qmp_socket(&i.instance_id),
@@ -593,6 +597,7 @@ impl Service {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(60);
+        launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
     }

@@ -17,6 +17,7 @@ pub mod boot_test;
 pub mod error;
 pub mod filter;
 mod images;
+mod imds;
 pub mod instances;
 mod keypairs;
 pub mod layers;

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Unmodified boto3 code against `amirun serve`.
+
+Run by tests/http_api.rs as `python ec2_api.py SCENARIO` with
+AWS_ENDPOINT_URL_EC2 pointing at the server. Every response's raw XML is
+checked against botocore's EC2 model: an element the model does not know
+would be dropped by botocore without a word, so it fails the run here.
+Exits non-zero on the first failed check.
+"""
+import base64
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ENDPOINT = os.environ["AWS_ENDPOINT_URL_EC2"]
+CHECKED = []
+
+
+def ns_strip(tag):
+    return tag.split("}", 1)[-1]
+
+
+def check_element(shape, elem, path):
+    """Every child of `elem` must be a member of `shape` (recursively)."""
+    t = shape.type_name
+    if t == "structure":
+        names = {}
+        for mname, mshape in shape.members.items():
+            names[mshape.serialization.get("name", mname)] = mshape
+        for child in elem:
+            tag = ns_strip(child.tag)
+            if tag not in names:
+                raise AssertionError("%s/%s is not in botocore's model (%s)" % (path, tag, shape.name))
+            check_element(names[tag], child, path + "/" + tag)
+    elif t == "list":
+        item = shape.member.serialization.get("name", "item")
+        for child in elem:
+            tag = ns_strip(child.tag)
+            if tag != item:
+                raise AssertionError("%s/%s: list items must be <%s>" % (path, tag, item))
+            check_element(shape.member, child, path + "/" + tag)
+    else:
+        if len(list(elem)):
+            raise AssertionError("%s: scalar %s has child elements" % (path, shape.name))
+
+
+def check_raw(http_response, operation_model, **kwargs):
+    body = http_response.content
+    root = ET.fromstring(body)
+    if http_response.status_code >= 300:
+        assert ns_strip(root.tag) == "Response", body
+        assert [ns_strip(c.tag) for c in root] == ["Errors", "RequestID"], body
+        return
+    name = operation_model.name
+    assert ns_strip(root.tag) == name + "Response", body
+    children = [c for c in root if ns_strip(c.tag) != "requestId"]
+    assert any(ns_strip(c.tag) == "requestId" for c in root), "no requestId: %r" % body
+    out = operation_model.output_shape
+    if out is None:
+        assert [ns_strip(c.tag) for c in children] in ([], ["return"]), body
+    else:
+        fake = ET.Element("x")
+        fake.extend(children)
+        check_element(out, fake, name)
+    CHECKED.append(name)
+
+
+def client(region="us-east-1", key="000000000000", secret="secret", retries=0):
+    c = boto3.client(
+        "ec2",
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": retries + 1, "mode": "standard"}),
+    )
+    assert c.meta.endpoint_url.rstrip("/") == ENDPOINT.rstrip("/"), c.meta.endpoint_url
+    c.meta.events.register("after-call.ec2", lambda **kw: check_raw(kw["http_response"], kw["model"]))
+    return c
+
+
+def expect_error(fn, code, status=400, **kwargs):
+    try:
+        fn(**kwargs)
+    except ClientError as e:
+        got = e.response["Error"]["Code"]
+        st = e.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert got == code, "expected %s, got %s: %s" % (code, got, e)
+        assert st == status, "expected HTTP %d for %s, got %d" % (status, code, st)
+        return e
+    raise AssertionError("expected %s from %s(%s)" % (code, fn.__name__, kwargs))
+
+
+def waiter(c, name, **kwargs):
+    c.get_waiter(name).wait(WaiterConfig={"Delay": 2, "MaxAttempts": 200}, **kwargs)
+
+
+def state_file():
+    return os.environ["SCENARIO_STATE"]
+
+
+def scenario_launch():
+    """Describe the catalog, run a tiny instance, wait for it (phase 1 of 2:
+    the server is restarted between the phases)."""
+    ec2 = client()
+    images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"]
+    assert len(images) == 1, images
+    tiny = images[0]
+    assert tiny["State"] == "available" and tiny["Public"] is True, tiny
+    assert tiny["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"].startswith("snap-"), tiny
+    everything = ec2.describe_images()["Images"]
+    assert len(everything) >= 3, everything
+    key = ec2.create_key_pair(KeyName="scenario", KeyType="ed25519")
+    assert key["KeyMaterial"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----"), key
+    r = ec2.run_instances(
+        ImageId=tiny["ImageId"],
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        KeyName="scenario",
+        UserData="#!/bin/sh\necho user-data-via-api\n",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "via-boto3"}]}],
+    )
+    inst = r["Instances"][0]
+    assert inst["State"]["Name"] in ("pending", "running"), inst
+    assert r["ReservationId"].startswith("r-"), r
+    iid = inst["InstanceId"]
+    waiter(ec2, "instance_running", InstanceIds=[iid])
+    d = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert d["State"]["Name"] == "running", d
+    assert d["KeyName"] == "scenario" and d["Tags"] == [{"Key": "Name", "Value": "via-boto3"}], d
+    assert d["MetadataOptions"]["HttpTokens"] == "optional", d
+    assert d["Placement"]["AvailabilityZone"] == "us-east-1a", d
+    # The guest read its instance id from the metadata service.
+    deadline = time.time() + 240
+    while True:
+        out = ec2.get_console_output(InstanceId=iid)["Output"]
+        if "amirun-tiny: instance-id " + iid in out and "user-data-via-api" in out:
+            break
+        assert time.time() < deadline, out
+        time.sleep(2)
+    json.dump({"instance": iid, "tiny": tiny["ImageId"]}, open(state_file(), "w"))
+    report()
+
+
+def scenario_finish():
+    """Phase 2, after a server restart: the instance is still there; bake,
+    copy, share, deregister, terminate."""
+    st = json.load(open(state_file()))
+    iid = st["instance"]
+    ec2 = client()
+    d = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert d["State"]["Name"] == "running", d
+    # Create an image of the running instance (live, without a reboot).
+    ami = ec2.create_image(InstanceId=iid, Name="scenario-baked", NoReboot=True)["ImageId"]
+    waiter(ec2, "image_available", ImageIds=[ami])
+    mine = ec2.describe_images(Owners=["self"])["Images"]
+    assert [i["ImageId"] for i in mine] == [ami], mine
+    # Copy to another region.
+    west = client(region="us-west-2")
+    copy = west.copy_image(SourceRegion="us-east-1", SourceImageId=ami, Name="scenario-copy")["ImageId"]
+    waiter(west, "image_available", ImageIds=[copy])
+    w = west.describe_images(ImageIds=[copy])["Images"][0]
+    assert w["Name"] == "scenario-copy" and w["OwnerId"] == "000000000000", w
+    expect_error(ec2.describe_images, "InvalidAMIID.NotFound", ImageIds=[copy])
+    # Share with another account: its access key then sees the image.
+    other = client(key="111111111111")
+    expect_error(other.describe_images, "InvalidAMIID.NotFound", ImageIds=[ami])
+    ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": "111111111111"}]})
+    perms = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")
+    assert perms["LaunchPermissions"] == [{"UserId": "111111111111"}], perms
+    seen = other.describe_images(ImageIds=[ami])["Images"]
+    assert [i["ImageId"] for i in seen] == [ami], seen
+    shared = other.describe_images(ExecutableUsers=["self"])["Images"]
+    assert ami in [i["ImageId"] for i in shared], shared
+    # Tags, key pairs, volumes, snapshots through the API.
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": "stage", "Value": "test"}])
+    tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [ami]}])["Tags"]
+    assert tags == [{"Key": "stage", "ResourceId": ami, "ResourceType": "image", "Value": "test"}], tags
+    ec2.delete_tags(Resources=[ami], Tags=[{"Key": "stage"}])
+    assert ec2.describe_key_pairs(KeyNames=["scenario"])["KeyPairs"][0]["KeyName"] == "scenario"
+    vols = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
+    assert len(vols) == 1 and vols[0]["Attachments"][0]["InstanceId"] == iid, vols
+    baked = ec2.describe_images(ImageIds=[ami])["Images"][0]
+    root_snap = baked["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    snaps = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert root_snap in [x["SnapshotId"] for x in snaps], snaps
+    snap = ec2.create_snapshot(VolumeId=vols[0]["VolumeId"], Description="via-api")
+    waiter(ec2, "snapshot_completed", SnapshotIds=[snap["SnapshotId"]])
+    copied = ec2.copy_snapshot(SourceSnapshotId=snap["SnapshotId"], SourceRegion="us-east-1")["SnapshotId"]
+    waiter(ec2, "snapshot_completed", SnapshotIds=[copied])
+    ec2.delete_snapshot(SnapshotId=copied)
+    # Deregister, terminate.
+    ec2.deregister_image(ImageId=ami)
+    west.deregister_image(ImageId=copy)
+    expect_error(other.describe_images, "InvalidAMIID.NotFound", ImageIds=[ami])
+    t = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert t["PreviousState"]["Name"] == "running" and t["CurrentState"]["Name"] == "shutting-down", t
+    waiter(ec2, "instance_terminated", InstanceIds=[iid])
+    # amirun's snapshots are layers: a running volume reads the one taken of
+    # it, so it can go once the instance is gone.
+    ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+    ec2.delete_key_pair(KeyName="scenario")
+    report()
+
+
+def raw_post(body, headers=None):
+    req = urllib.request.Request(ENDPOINT, data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def error_code(text):
+    root = ET.fromstring(text)
+    assert ns_strip(root.tag) == "Response", text
+    return root.find("Errors/Error/Code").text
+
+
+def scenario_errors():
+    """EC2's error codes through boto3, and bad requests that must not hurt the server."""
+    ec2 = client()
+    # The model check itself catches an element botocore would drop.
+    op = ec2.meta.service_model.operation_model("DescribeImages")
+    bad = ET.fromstring("<x><imagesSet><item><imageId>a</imageId><amirunExtra>1</amirunExtra></item></imagesSet></x>")
+    try:
+        check_element(op.output_shape, bad, "DescribeImages")
+        raise RuntimeError("the model check let an unknown element through")
+    except AssertionError:
+        pass
+    expect_error(ec2.describe_images, "InvalidAMIID.NotFound", ImageIds=["ami-00000000000000000"])
+    expect_error(ec2.describe_images, "InvalidAMIID.Malformed", ImageIds=["bogus"])
+    expect_error(ec2.describe_instances, "InvalidInstanceID.NotFound", InstanceIds=["i-0123456789abcdef0"])
+    expect_error(ec2.describe_instances, "InvalidInstanceID.Malformed", InstanceIds=["x-1"])
+    expect_error(ec2.terminate_instances, "InvalidInstanceID.NotFound", InstanceIds=["i-0123456789abcdef0"])
+    expect_error(ec2.describe_images, "InvalidParameterValue", Filters=[{"Name": "no-such-filter", "Values": ["x"]}])
+    tiny = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"][0]["ImageId"]
+    expect_error(ec2.run_instances, "DryRunOperation", status=412, ImageId=tiny, MinCount=1, MaxCount=1, DryRun=True)
+    expect_error(ec2.run_instances, "InvalidParameterValue", ImageId=tiny, MinCount=1, MaxCount=1, InstanceType="t9.nope")
+    expect_error(ec2.run_instances, "InvalidAMIID.NotFound", ImageId="ami-00000000000000000", MinCount=1, MaxCount=1)
+    expect_error(ec2.run_instances, "InvalidKeyPair.NotFound", ImageId=tiny, MinCount=1, MaxCount=1, KeyName="nope")
+    expect_error(ec2.describe_key_pairs, "InvalidKeyPair.NotFound", KeyNames=["nope"])
+    ec2.import_key_pair(KeyName="imported", PublicKeyMaterial=b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGG1eNDvk1VPVtdOjEl4z0zYbvh4OxTUFnF3BzQv0eqb test")
+    expect_error(ec2.import_key_pair, "InvalidKeyPair.Duplicate", KeyName="imported",
+                 PublicKeyMaterial=b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGG1eNDvk1VPVtdOjEl4z0zYbvh4OxTUFnF3BzQv0eqb test")
+    expect_error(ec2.import_key_pair, "InvalidKey.Format", KeyName="bad", PublicKeyMaterial=b"not a key")
+    # Another account's AMI cannot be changed.
+    expect_error(ec2.deregister_image, "AuthFailure", status=403, ImageId=tiny)
+    # Bad requests straight on the wire.
+    cases = [
+        (b"Version=2016-11-15", 400, "MissingAction"),
+        (b"Action=LaunchRockets&Version=2016-11-15", 400, "InvalidAction"),
+        (b"Action=DescribeImages&Bogus=1", 400, "UnknownParameter"),
+        (b"Action=DescribeImages&ImageId=ami-1", 400, "InvalidParameterValue"),
+        (b"Action=DescribeImages&ImageId.x=ami-1", 400, "UnknownParameter"),
+        (b"Action=DescribeImages&Filter.1.Name=a&Filter.1.Name.1=b", 400, "InvalidParameter"),
+        (b"Action=RunInstances&ImageId=ami-1&MinCount=lots&MaxCount=1", 400, "InvalidParameterValue"),
+        (b"Action=RunInstances&MaxCount=1", 400, "MissingParameter"),
+        (b"Action=RunInstances&ImageId=ami-00000000000000000&MinCount=1&MaxCount=1&UserData=%%%", 400, "InvalidParameterValue"),
+        (b"Action=DescribeImages&%ff%fe=%00%01", 400, "UnknownParameter"),
+        (b"\x00\x01\x02garbage\xff&&&===", 400, "MissingAction"),
+        (b"Action=DescribeImages&" + b"x" * (2 << 20), 413, "RequestEntityTooLarge"),
+    ]
+    for body, status, code in cases:
+        st, text = raw_post(body, {"Content-Type": "application/x-www-form-urlencoded"})
+        assert (st, error_code(text)) == (status, code), (body[:80], st, text)
+    # A malformed Authorization header.
+    st, text = raw_post(b"Action=DescribeImages", {"Authorization": "AWS4-HMAC-SHA256 Credential=x"})
+    assert (st, error_code(text)) == (401, "AuthFailure"), (st, text)
+    # A client that sends half a request and hangs up.
+    host, port = ENDPOINT.split("//")[1].rstrip("/").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nAction=Desc")
+    s.close()
+    # Still serving.
+    assert ec2.describe_images(ImageIds=[tiny])["Images"][0]["ImageId"] == tiny
+    report()
+
+
+def scenario_strict():
+    """Strict mode: signatures are verified against configured secrets."""
+    good = client(key="AKIDSTRICT", secret="right-secret")
+    acct = good.describe_key_pairs()["KeyPairs"]
+    assert acct == [], acct
+    good.create_key_pair(KeyName="strict-key", KeyType="ed25519")
+    # The key acts as its configured account.
+    alias = client(key="123456789012", secret="second-secret")
+    assert [k["KeyName"] for k in alias.describe_key_pairs()["KeyPairs"]] == ["strict-key"]
+    bad = client(key="AKIDSTRICT", secret="wrong-secret")
+    expect_error(bad.describe_images, "AuthFailure", status=401)
+    unknown = client(key="AKIDNOBODY", secret="x")
+    expect_error(unknown.describe_images, "AuthFailure", status=401)
+    st, text = raw_post(b"Action=DescribeImages&Version=2016-11-15",
+                        {"Content-Type": "application/x-www-form-urlencoded"})
+    assert (st, error_code(text)) == (401, "AuthFailure"), (st, text)
+    # Tampered body with a valid header from another request.
+    assert good.describe_images(Owners=["self"])["Images"] == []
+    report()
+
+
+def scenario_bench():
+    """Requests per second of a cheap call (DescribeKeyPairs) from one client."""
+    ec2 = client()
+    n = int(os.environ.get("BENCH_REQUESTS", "200"))
+    t = time.time()
+    for _ in range(n):
+        ec2.describe_key_pairs()
+    dt = time.time() - t
+    print("bench: %d DescribeKeyPairs in %.2f s = %.0f requests/s" % (n, dt, n / dt))
+
+
+def report():
+    print("checked %d responses against botocore's model: %s" % (len(CHECKED), ", ".join(sorted(set(CHECKED)))))
+
+
+if __name__ == "__main__":
+    globals()["scenario_" + sys.argv[1]]()
