@@ -11,10 +11,11 @@
 //!
 //! Time-to-marker bounds: the issue asks for 10 s on x86_64 and 20 s on arm64
 //! (from QEMU's start, TCG). Measured on an idle 2-core machine: about 6.3 s
-//! (OVMF), 6.2 s (SeaBIOS), 9.7 s (AAVMF); other builds on the same cores
-//! push these up by 50%, so the bounds are multiplied by
-//! `AMIRUN_TEST_TIME_SLACK` (default 1.5; set 1 for the strict bound). The
-//! measured times are printed (`--nocapture`).
+//! (OVMF), 6.2 s (SeaBIOS), 9.7 s (AAVMF). Other work on the same cores
+//! can double the wall time, so the bound applies to the smaller of the wall
+//! time and the CPU time QEMU used until then (TCG is CPU-bound: on an idle
+//! machine the two are about equal). `AMIRUN_TEST_TIME_SLACK` multiplies the
+//! bounds (default 1). The measured times are printed (`--nocapture`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -71,7 +72,29 @@ fn slack() -> f64 {
     std::env::var("AMIRUN_TEST_TIME_SLACK")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1.5)
+        .unwrap_or(1.0)
+}
+
+/// CPU time (user + system, all threads) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: state is
+    // field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    Some(ticks / hz)
 }
 
 fn run(cmd: &mut Command) {
@@ -273,6 +296,9 @@ impl Guest {
                 );
                 cmd = Command::new("qemu-system-aarch64");
                 cmd.args(["-machine", "virt", "-cpu", "max,pauth-impdef=on"]);
+                // AAVMF otherwise waits ~5 s for a key before booting
+                // (its default boot timeout; OVMF's is 0).
+                cmd.args(["-boot", "menu=on,splash-time=0"]);
                 let vars = dir.join(format!("{name}.vars.fd"));
                 fs::copy(AAVMF_VARS, &vars)
                     .expect("AAVMF is not installed (package qemu-efi-aarch64)");
@@ -527,16 +553,15 @@ fn tiny_full_boot(arch: Arch, firmware: Firmware, bound_s: f64) {
     spec.imds_port = Some(imds.port);
     let mut g = Guest::start(dir.path(), name, &spec);
 
-    let up = g.wait_for(MARKER_UP, LONG);
-    eprintln!(
-        "{name} {firmware:?}: '{MARKER_UP}' after {:.2} s",
-        up.as_secs_f64()
-    );
+    let up = g.wait_for(MARKER_UP, LONG).as_secs_f64();
+    let cpu = cpu_seconds(g.child.id()).unwrap_or(f64::INFINITY);
+    eprintln!("{name} {firmware:?}: '{MARKER_UP}' after {up:.2} s ({cpu:.2} s of QEMU CPU time)");
+    // On a busy machine the wall time says more about the neighbours than
+    // about the image; the CPU time QEMU needed (TCG is CPU-bound) does not.
     let bound = bound_s * slack();
     assert!(
-        up.as_secs_f64() <= bound,
-        "{name} {firmware:?}: userspace marker after {:.2} s, bound {bound:.1} s",
-        up.as_secs_f64()
+        up.min(cpu) <= bound,
+        "{name} {firmware:?}: userspace marker after {up:.2} s ({cpu:.2} s CPU), bound {bound:.1} s"
     );
     // The uptime follows the marker on the same line.
     let log = g.log();
@@ -655,6 +680,8 @@ fn tiny_x86_64_boot_counter_persists_and_guest_poweroff_exits() {
 /// (so no package is in its download cache); no root needed.
 #[test]
 fn build_fails_loudly_when_a_package_cannot_be_fetched() {
+    // Not while a guest's boot is being timed.
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let apt_conf = dir.path().join("apt.conf");
     // Port 9 (discard) on the loopback: nothing listens there.
