@@ -624,6 +624,16 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
                 "-blockdev",
                 raw_file_node("fw-vars", vars, false).map_err(arg("boot"))?,
             );
+            // AAVMF otherwise waits about 5 s at its boot-option timeout; with
+            // the menu "enabled" and no splash time, it boots at once.
+            if spec.arch == Arch::Arm64 {
+                a.opt(
+                    "-boot",
+                    OptList::with("menu", "on")
+                        .and_then(|o| o.set("splash-time", 0))
+                        .map_err(arg("boot"))?,
+                );
+            }
         }
         // SeaBIOS is what q35 runs when no pflash is given.
         Boot::LegacyBios => {}
@@ -1082,6 +1092,7 @@ mod tests {
                     "-m 1024M",
                     "-blockdev driver=raw,node-name=fw-code,read-only=on,file.driver=file,file.filename=/usr/share/AAVMF/AAVMF_CODE.fd",
                     "-blockdev driver=raw,node-name=fw-vars,read-only=off,file.driver=file,file.filename=/s/instances/i-0123456789abcdef0/vars.fd",
+                    "-boot menu=on,splash-time=0",
                 ],
                 common_tail()
             )

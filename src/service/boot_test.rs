@@ -30,9 +30,10 @@ pub struct BootTestInput {
 
 /// Console lines that mean the kernel has started.
 pub const KERNEL: &str = r"Linux version|Booting Linux|EFI stub: |\[ *[0-9]+\.[0-9]{6}\] ";
-/// Console lines that mean userspace has started.
+/// Console lines that mean userspace has started. (Not "Welcome to": GRUB
+/// prints "Welcome to GRUB!" before any kernel runs.)
 pub const USERSPACE: &str =
-    r"amirun-tiny: userspace up|Run /init as init process|systemd\[1\]: |Welcome to |login: ";
+    r"amirun-tiny: userspace up|Run /init as init process|systemd\[1\]: |login: ";
 
 /// Seconds from the start of the launch to each stage (absent when not reached).
 #[derive(Debug, Clone, Default, Serialize)]
