@@ -303,6 +303,46 @@ pub struct ImageState {
 }
 
 impl ImageState {
+    /// A new private, available, EBS-backed hvm AMI owned by `owner_id`, with
+    /// nothing else set: callers fill in what their operation knows.
+    pub fn private(
+        image_id: &str,
+        region: &str,
+        owner_id: &str,
+        name: &str,
+        architecture: &str,
+        created: &str,
+    ) -> ImageState {
+        ImageState {
+            image_id: image_id.to_string(),
+            region: region.to_string(),
+            name: name.to_string(),
+            description: None,
+            owner_id: owner_id.to_string(),
+            owner_alias: None,
+            architecture: architecture.to_string(),
+            boot_mode: None,
+            root_device_type: "ebs".into(),
+            root_device_name: "/dev/xvda".into(),
+            virtualization_type: "hvm".into(),
+            state: "available".into(),
+            state_reason: None,
+            creation_date: created.to_string(),
+            public: false,
+            image_location: None,
+            root_source: None,
+            root_blob: None,
+            kernel_source: None,
+            ramdisk_source: None,
+            kernel_cmdline: None,
+            source_image_id: None,
+            source_image_region: None,
+            source_instance_id: None,
+            catalog_key: None,
+            block_device_mappings: Vec::new(),
+        }
+    }
+
     /// Snapshot ids referenced by the block device mappings.
     pub fn snapshot_ids(&self) -> Vec<String> {
         self.block_device_mappings

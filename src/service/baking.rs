@@ -248,35 +248,26 @@ impl Service {
             })
             .collect();
         let mut image = ImageState {
-            image_id: image_id.clone(),
-            region: caller.region.clone(),
-            name: input.name.clone(),
             description: input.description.clone(),
-            owner_id: caller.account.clone(),
-            owner_alias: None,
-            architecture: instance.architecture.clone(),
             boot_mode: source
                 .as_ref()
                 .and_then(|s| s.boot_mode.clone())
                 .or(Some(instance.boot_mode.clone())),
-            root_device_type: "ebs".into(),
             root_device_name: instance.root_device_name.clone(),
-            virtualization_type: "hvm".into(),
             state: "pending".into(),
-            state_reason: None,
-            creation_date: now(),
-            public: false,
             image_location: Some(format!("{}/{}", caller.account, input.name)),
-            root_source: None,
-            root_blob: None,
-            kernel_source: None,
-            ramdisk_source: None,
-            kernel_cmdline: None,
             source_image_id: Some(instance.image_id.clone()),
             source_image_region: Some(instance.region.clone()),
             source_instance_id: Some(id.clone()),
-            catalog_key: None,
             block_device_mappings,
+            ..ImageState::private(
+                &image_id,
+                &caller.region,
+                &caller.account,
+                &input.name,
+                &instance.architecture,
+                &now(),
+            )
         };
         let records = self.pending_snapshots(
             caller,

@@ -286,32 +286,18 @@ impl Service {
             });
         }
         let image = ImageState {
-            image_id: image_id.clone(),
-            region: caller.region.clone(),
-            name: task_id.clone(),
             description: input.description.clone(),
-            owner_id: caller.account.clone(),
-            owner_alias: None,
-            architecture: architecture.clone(),
             boot_mode: Some(boot_mode.clone()),
-            root_device_type: "ebs".into(),
             root_device_name: "/dev/sda1".into(),
-            virtualization_type: "hvm".into(),
-            state: "available".into(),
-            state_reason: None,
-            creation_date: created,
-            public: false,
-            image_location: None,
-            root_source: None,
-            root_blob: None,
-            kernel_source: None,
-            ramdisk_source: None,
-            kernel_cmdline: None,
-            source_image_id: None,
-            source_image_region: None,
-            source_instance_id: None,
-            catalog_key: None,
             block_device_mappings: bdm,
+            ..ImageState::private(
+                &image_id,
+                &caller.region,
+                &caller.account,
+                &task_id,
+                &architecture,
+                &created,
+            )
         };
         let image_tags = tags_for(&input.tag_specifications, "import-image-task")?;
         self.store.write(|db| -> Result<()> {
@@ -368,32 +354,19 @@ impl Service {
         check_enum("VirtualizationType", &virtualization, &["hvm"])?;
         let image_id = ids::new_id(IdKind::Image);
         let mut image = ImageState {
-            image_id: image_id.clone(),
-            region: caller.region.clone(),
-            name: input.name.clone(),
             description: input.description.clone(),
-            owner_id: caller.account.clone(),
-            owner_alias: None,
-            architecture,
             boot_mode: input.boot_mode.clone(),
-            root_device_type: "ebs".into(),
             root_device_name: String::new(),
             virtualization_type: virtualization,
-            state: "available".into(),
-            state_reason: None,
-            creation_date: now(),
-            public: false,
-            image_location: None,
-            root_source: None,
-            root_blob: None,
-            kernel_source: None,
-            ramdisk_source: None,
-            kernel_cmdline: None,
-            source_image_id: None,
-            source_image_region: None,
-            source_instance_id: None,
-            catalog_key: None,
             block_device_mappings: input.block_device_mappings.clone(),
+            ..ImageState::private(
+                &image_id,
+                &caller.region,
+                &caller.account,
+                &input.name,
+                &architecture,
+                &now(),
+            )
         };
         if let Some(location) = &input.image_location {
             let source = SourceSpec {
