@@ -133,6 +133,17 @@ for a in x86_64 arm64; do
 		entries+=("$(json_entry "amirun-tiny-$a" "amirun/tiny-$a" "$d" "$a" "$bm" ebs "$f" "$s" tiny 1)")
 		entries+=("$(json_entry "amirun-tiny-$a-instance-store" "amirun/tiny-$a-instance-store" \
 			"$d, instance-store" "$a" "$bm" instance-store "$f" "$s" tiny 1)")
+		k="$BUILD/$n.kernel"
+		if [ -f "$k" ] && [ -f "$BUILD/$n.vmlinuz" ] && [ -f "$BUILD/$n.initrd" ]; then
+			# The same disk, booted by QEMU straight into the kernel (no firmware, no GRUB).
+			kernel_entry=$(json_entry "amirun-tiny-$a-kernel" "amirun/tiny-$a-kernel" \
+				"$d, direct kernel boot" "$a" "$bm" ebs "$f" "$s" tiny 1)
+			kernel_fields=$(printf '      "kernel": { "url": "file://%s", "sha256": "%s" },\n      "ramdisk": { "url": "file://%s", "sha256": "%s" },\n      "kernel_cmdline": "%s",' \
+				"$BUILD/$n.vmlinuz" "$(sed -n 's/^kernel_sha256=//p' "$k")" \
+				"$BUILD/$n.initrd" "$(sed -n 's/^initrd_sha256=//p' "$k")" \
+				"$(sed -n 's/^cmdline=//p' "$k")")
+			entries+=("$(printf '%s\n' "$kernel_entry" | awk -v f="$kernel_fields" '{ print } /"source":/ { print f }')")
+		fi
 	fi
 	n="debian-12-$a"
 	if image_valid "$n"; then

@@ -40,6 +40,11 @@ use url::Url;
 
 /// Formats accepted from a source, by qemu's names (`vpc` is VHD).
 const SOURCE_FORMATS: &[&str] = &["qcow2", "raw", "vmdk", "vpc", "vhdx"];
+
+/// Declared format of files that are not disk images (kernels, initial
+/// ramdisks for direct kernel boot): stored byte for byte, never probed or
+/// converted.
+pub const OPAQUE_FORMAT: &str = "file";
 /// A checksum file larger than this is not a checksum file.
 const CHECKSUM_FILE_LIMIT: u64 = 16 * 1024 * 1024;
 /// Temp files nobody can be tied to are removed after this long.
@@ -305,14 +310,18 @@ impl BlobStore {
         let sha256 = sha256.to_ascii_lowercase();
         let path = self.paths.blob(&sha256);
         let size = fs::metadata(&path).ok()?.len();
-        let info = disk::info_as(&path, "qcow2").ok()?;
         let source_format = self
             .source_format_of(&sha256)
             .unwrap_or_else(|| "qcow2".to_owned());
+        let virtual_size = if source_format == OPAQUE_FORMAT {
+            size
+        } else {
+            disk::info_as(&path, "qcow2").ok()?.virtual_size
+        };
         Some(Blob {
             sha256,
             size,
-            virtual_size: info.virtual_size,
+            virtual_size,
             source_format,
             path,
         })
@@ -506,7 +515,7 @@ impl BlobStore {
         let fetched = fetched.into_temp_path();
         let format = detect_format(&fetched, declared.as_deref(), url)?;
 
-        let (final_path, sha256) = if format == "qcow2" {
+        let (final_path, sha256) = if format == "qcow2" || format == OPAQUE_FORMAT {
             (fetched, hashes.sha256)
         } else {
             let converted = new_temp(".qcow2")?.into_temp_path();
@@ -520,7 +529,15 @@ impl BlobStore {
             let sha256 = sha256_of_file(&converted)?;
             (converted, sha256)
         };
-        let info = disk::info_as(&final_path, "qcow2").map_err(|source| disk_err(url, source))?;
+        let virtual_size = if format == OPAQUE_FORMAT {
+            fs::metadata(&final_path)
+                .map_err(|source| store_err(&final_path, source))?
+                .len()
+        } else {
+            disk::info_as(&final_path, "qcow2")
+                .map_err(|source| disk_err(url, source))?
+                .virtual_size
+        };
 
         let blob_path = self.paths.blob(&sha256);
         if blob_path.exists() {
@@ -540,7 +557,7 @@ impl BlobStore {
         Ok(Blob {
             sha256,
             size,
-            virtual_size: info.virtual_size,
+            virtual_size,
             source_format: format,
             path: blob_path,
         })
@@ -748,6 +765,9 @@ fn conversion_spinner(format: &str, progress: Progress) -> Option<ProgressBar> {
 /// Detect the format of a fetched file from its content, check it against
 /// the declared one and refuse anything that reads other host files.
 fn detect_format(path: &Path, declared: Option<&str>, url: &Url) -> Result<String, ImageError> {
+    if declared == Some(OPAQUE_FORMAT) {
+        return Ok(OPAQUE_FORMAT.to_owned());
+    }
     let mut info = disk::info(path).map_err(|source| disk_err(url, source))?;
     // A fixed-size VHD has its only header ("conectix") in the last 512
     // bytes, which qemu's probe does not look at: it says raw. (A source
@@ -802,6 +822,9 @@ fn has_vhd_footer(path: &Path) -> bool {
 /// qemu's name for a declared format (`vhd` is `vpc`), refusing unknown ones.
 fn qemu_format_name(format: &str, url: &Url) -> Result<String, ImageError> {
     let lower = format.to_ascii_lowercase();
+    if lower == OPAQUE_FORMAT {
+        return Ok(lower);
+    }
     let name = match lower.as_str() {
         "vhd" => "vpc",
         other => other,

@@ -473,3 +473,44 @@ fn debian_12_runs_user_data_through_cloud_init_and_ssh_logs_in() {
     env.ok(&["terminate-instances", "--instance-ids", id]);
     env.wait("instance-terminated", id);
 }
+
+#[test]
+fn direct_kernel_boot_amis_boot_without_firmware() {
+    let env = Env::with_images();
+    for arch in ["x86_64", "arm64"] {
+        let ami = env.ami(&format!("amirun/tiny-{arch}-kernel"));
+        let report = env.ok(&[
+            "boot-test",
+            "--image-id",
+            &ami,
+            "--expect",
+            "amirun-tiny: ready",
+            "--timeout",
+            "240",
+        ]);
+        assert_eq!(report["FinalState"], "terminated", "{report}");
+        assert_eq!(report["Success"], true, "{report}");
+        let id = report["InstanceId"].as_str().unwrap();
+        let launch =
+            std::fs::read_to_string(env.home().join("instances").join(id).join("launch.json"))
+                .unwrap();
+        let launch: serde_json::Value = serde_json::from_str(&launch).unwrap();
+        let args: Vec<&str> = launch["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.contains(&"-kernel") && args.contains(&"-initrd"),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.contains("pflash")),
+            "no firmware flash for a direct kernel boot: {args:?}"
+        );
+        let console = env.console(id);
+        assert!(console.contains("amirun-tiny: boot 1"), "{console}");
+        assert!(!console.contains("GRUB"), "{console}");
+    }
+}

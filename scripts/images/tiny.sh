@@ -207,6 +207,21 @@ build_tiny() {
 	make_disk "$WORK/disk.raw" "$arch" "$WORK/esp.img" "$WORK/root.img" \
 		"$TINY_ESP_MIB" "$TINY_ROOT_MIB" "$core" "$bootimg"
 
+	# The kernel and initramfs also go beside the image, for the catalog's
+	# direct-kernel-boot AMI (amirun/tiny-ARCH-kernel); written before the
+	# image's stamp, which is what marks a build complete.
+	step "export kernel and initramfs for direct kernel boot"
+	cp "$vmlinuz" "$BUILD/.$name.vmlinuz.tmp.$$" && mv -f "$BUILD/.$name.vmlinuz.tmp.$$" "$BUILD/$name.vmlinuz" ||
+		die "cannot write $BUILD/$name.vmlinuz"
+	cp "$WORK/initrd.img" "$BUILD/.$name.initrd.tmp.$$" && mv -f "$BUILD/.$name.initrd.tmp.$$" "$BUILD/$name.initrd" ||
+		die "cannot write $BUILD/$name.initrd"
+	{
+		echo "kernel_sha256=$(file_sha256 "$BUILD/$name.vmlinuz")"
+		echo "initrd_sha256=$(file_sha256 "$BUILD/$name.initrd")"
+		echo "cmdline=$cmdline"
+	} >"$BUILD/.$name.kernel.tmp.$$" && mv -f "$BUILD/.$name.kernel.tmp.$$" "$BUILD/$name.kernel" ||
+		die "cannot write $BUILD/$name.kernel"
+
 	finish_image "$name" "$WORK/disk.raw" no "$key" "$start"
 	rm -rf "$WORK"
 	WORK=

@@ -254,15 +254,6 @@ impl Service {
             Some(k) => vec![self.key_pair(caller, k)?.public_key],
             None => Vec::new(),
         };
-        if image.kernel_source.is_some() {
-            return Err(Error::new(
-                "UnsupportedOperation",
-                format!(
-                    "Image {} asks for direct kernel boot, which amirun cannot launch yet",
-                    image.image_id
-                ),
-            ));
-        }
         let arch = Arch::from_ec2(&image.architecture)?;
         machine::find_qemu(arch)?;
         let accel = machine::choose_accel(input.accel, arch, &self.paths.accel_probe_cache())?;
@@ -545,7 +536,26 @@ impl Service {
                 }),
             });
         }
-        let boot = if i.boot_mode == "legacy-bios" {
+        let image = self.store.read(|db| db.image(&i.image_id))?;
+        let kernel = image.as_ref().and_then(|im| im.kernel_source.clone());
+        let boot = if let Some(kernel) = kernel {
+            // Direct kernel boot: the AMI names a kernel (and ramdisk); they
+            // are stored byte for byte, never converted like disk images.
+            let image = image.expect("kernel came from the image");
+            let kernel = self.fetch_opaque(&kernel)?;
+            let initrd = match &image.ramdisk_source {
+                Some(r) => Some(self.fetch_opaque(r)?),
+                None => None,
+            };
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline: image
+                    .kernel_cmdline
+                    .clone()
+                    .unwrap_or_else(|| format!("console={}", arch.console_device())),
+            }
+        } else if i.boot_mode == "legacy-bios" {
             Boot::LegacyBios
         } else {
             let fw = machine::find_system_uefi_firmware(arch)?;
@@ -600,6 +610,15 @@ impl Service {
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
+    }
+
+    /// Fetch a kernel or ramdisk (a file, not a disk image) and return its path.
+    fn fetch_opaque(&mut self, source: &crate::store::SourceSpec) -> Result<PathBuf> {
+        let source = crate::store::SourceSpec {
+            format: Some(crate::images::OPAQUE_FORMAT.into()),
+            ..source.clone()
+        };
+        Ok(self.fetch_source(&source)?.path)
     }
 
     fn spawn_supervisor(&self, instance_id: &str) -> Result<u32> {
