@@ -381,3 +381,41 @@ fn bake_recipes_chain_and_a_failed_bake_leaves_nothing() {
     assert!(vols["Volumes"].as_array().unwrap().is_empty(), "{vols}");
     assert!(files_in(&env.home().join("volumes")).is_empty());
 }
+
+#[test]
+fn create_image_of_a_running_instance_reboots_it_around_the_snapshot() {
+    let env = Env::with_images();
+    let base = env.ami(X86);
+    let script = "#!/bin/sh\necho rebooted-bake > /root/reboot-file\nsync\n";
+    let id = env.run_instances(&["--image-id", &base, "--user-data", script])[0].clone();
+    env.wait("instance-running", &id);
+    env.wait_console(&id, "amirun-tiny: ready", 180);
+    let out = env.ok(&[
+        "create-image",
+        "--instance-id",
+        &id,
+        "--name",
+        "reboot-path",
+    ]);
+    let ami = out["ImageId"].as_str().unwrap().to_string();
+    env.ok(&[
+        "wait",
+        "image-available",
+        "--image-ids",
+        &ami,
+        "--timeout",
+        "300",
+    ]);
+    // The source instance was cleanly cycled and is running again from its own disk.
+    env.wait("instance-running", &id);
+    env.wait_console(&id, "amirun-tiny: boot 2", 180);
+    let d = env.ok(&["describe-images", "--image-ids", &ami]);
+    assert_eq!(d["Images"][0]["SourceInstanceId"], id.as_str());
+    // An instance of the new AMI has the file written before the snapshot.
+    let check = "#!/bin/sh\necho found-$(cat /root/reboot-file)\n";
+    let j = env.run_instances(&["--image-id", &ami, "--user-data", check])[0].clone();
+    env.wait_console(&j, "found-rebooted-bake", 180);
+    env.ok(&["terminate-instances", "--instance-ids", &id, &j]);
+    env.wait("instance-terminated", &id);
+    env.wait("instance-terminated", &j);
+}
