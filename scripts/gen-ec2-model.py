@@ -31,6 +31,8 @@ OPERATIONS = [
     "RebootInstances", "TerminateInstances", "GetConsoleOutput",
     # Key pairs
     "CreateKeyPair", "ImportKeyPair", "DescribeKeyPairs", "DeleteKeyPair",
+    # Regions and zones (SDKs and Terraform's AWS provider ask first)
+    "DescribeRegions", "DescribeAvailabilityZones",
 ]
 
 KEEP = ("type", "locationName", "queryName", "flattened", "timestampFormat")

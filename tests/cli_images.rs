@@ -849,3 +849,24 @@ fn catalog_entries_can_pin_their_ids_per_region() {
     ]);
     assert!(ids(&none).is_empty());
 }
+
+#[test]
+fn regions_and_zones() {
+    let env = Env::new();
+    let r = env.ok(&["describe-regions", "--query", "Regions[].RegionName"]);
+    assert!(
+        r.as_array().unwrap().iter().any(|x| x == "eu-north-1"),
+        "{r}"
+    );
+    let z = env.ok(&["--region", "ap-south-1", "describe-availability-zones"]);
+    assert_eq!(z["AvailabilityZones"][0]["ZoneName"], "ap-south-1a");
+    assert_eq!(z["AvailabilityZones"][0]["ZoneId"], "aps1-az1");
+    env.fails(
+        &["describe-regions", "--region-names", "mars-1"],
+        "InvalidParameterValue",
+    );
+    env.fails(
+        &["describe-availability-zones", "--zone-names", "us-east-1z"],
+        "InvalidParameterValue",
+    );
+}

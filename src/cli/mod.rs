@@ -120,6 +120,10 @@ enum Command {
     Wait(WaitArgs),
     /// Describe EBS volumes.
     DescribeVolumes(DescribeVolumesArgs),
+    /// Describe regions.
+    DescribeRegions(RegionNamesArgs),
+    /// Describe the availability zones of the region.
+    DescribeAvailabilityZones(ZoneNamesArgs),
     /// Create a key pair (amirun keeps the private key for `amirun ssh`).
     CreateKeyPair(CreateKeyPairArgs),
     /// Import an OpenSSH public key as a key pair.
@@ -243,6 +247,21 @@ struct DescribeVolumesArgs {
     volume_ids: Vec<String>,
     #[arg(long, num_args = 1..)]
     filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct RegionNamesArgs {
+    #[arg(long, num_args = 1..)]
+    region_names: Vec<String>,
+    /// Accepted for compatibility: every region is enabled.
+    #[arg(long)]
+    all_regions: bool,
+}
+
+#[derive(Args, Debug)]
+struct ZoneNamesArgs {
+    #[arg(long, num_args = 1..)]
+    zone_names: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -799,6 +818,12 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         Command::DescribeVolumes(a) => {
             let filters: Vec<Filter> = param("filters", &a.filters)?;
             to_value(open()?.describe_volumes(&caller, &a.volume_ids, &filters)?)
+        }
+        Command::DescribeRegions(a) => {
+            to_value(open()?.describe_regions(&caller, &a.region_names)?)
+        }
+        Command::DescribeAvailabilityZones(a) => {
+            to_value(open()?.describe_availability_zones(&caller, &a.zone_names)?)
         }
         Command::CreateKeyPair(a) => {
             let out = open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref())?;

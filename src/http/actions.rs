@@ -55,6 +55,8 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("CreateImage", create_image),
     ("CreateSnapshot", create_snapshot),
     ("CopySnapshot", copy_snapshot),
+    ("DescribeRegions", describe_regions),
+    ("DescribeAvailabilityZones", describe_availability_zones),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -374,6 +376,18 @@ fn describe_key_pairs(c: &mut Context, v: &Value) -> Result<Option<Value>> {
         flag(v, "IncludePublicKey"),
     )?;
     out(json!({ "KeyPairs": pairs }))
+}
+
+fn describe_regions(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    out(c
+        .service
+        .describe_regions(c.caller, &strs(v, "RegionNames"))?)
+}
+
+fn describe_availability_zones(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    out(c
+        .service
+        .describe_availability_zones(c.caller, &strs(v, "ZoneNames"))?)
 }
 
 fn delete_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {

@@ -21,6 +21,7 @@ mod imds;
 pub mod instances;
 mod keypairs;
 pub mod layers;
+mod regions;
 pub mod shapes;
 mod snapshots;
 mod tags;

@@ -239,6 +239,12 @@ def scenario_errors():
         raise RuntimeError("the model check let an unknown element through")
     except AssertionError:
         pass
+    # What SDKs and Terraform's AWS provider ask first (responses are model-checked like all others).
+    regions = [r["RegionName"] for r in ec2.describe_regions()["Regions"]]
+    assert "us-east-1" in regions and "eu-west-1" in regions, regions
+    zones = client(region="eu-west-1").describe_availability_zones()["AvailabilityZones"]
+    assert [z["ZoneName"] for z in zones] == ["eu-west-1a"], zones
+    expect_error(ec2.describe_regions, "InvalidParameterValue", RegionNames=["mars-1"])
     expect_error(ec2.describe_images, "InvalidAMIID.NotFound", ImageIds=["ami-00000000000000000"])
     expect_error(ec2.describe_images, "InvalidAMIID.Malformed", ImageIds=["bogus"])
     expect_error(ec2.describe_instances, "InvalidInstanceID.NotFound", InstanceIds=["i-0123456789abcdef0"])
