@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 /// EC2's short zone id prefix for a region (`us-east-1` -> `use1`).
 fn zone_id(region: &str) -> String {
-    let mut parts = region.split('-');
+    let parts: Vec<&str> = region.split('-').collect();
     let (a, b, n) = (
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.last().unwrap_or(""),
+        parts.first().copied().unwrap_or(""),
+        parts.get(1).copied().unwrap_or(""),
+        parts.last().copied().unwrap_or(""),
     );
     format!("{a}{}{n}-az1", b.chars().next().unwrap_or('x'))
 }
