@@ -843,32 +843,25 @@ impl Db<'_> {
 
     /// One AMI by id, in any region.
     pub fn image(&self, image_id: &str) -> Result<Option<ImageState>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE image_id = ?1"),
-                [image_id],
-                image_row,
-            )
-            .optional()?
-            .map(ImageRow::parse)
-            .transpose()
+        Ok(self.images_where("image_id = ?1", [image_id])?.pop())
     }
 
     /// All AMIs of a region, ordered by id.
     pub fn images_in_region(&self, region: &str) -> Result<Vec<ImageState>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {IMAGE_COLUMNS} FROM images WHERE region = ?1 ORDER BY image_id"
-        ))?;
-        let rows = stmt.query_map([region], image_row)?;
-        rows.map(|r| r?.parse()).collect()
+        self.images_where("region = ?1 ORDER BY image_id", [region])
     }
 
     /// All AMIs that come from catalog files.
     pub fn catalog_images(&self) -> Result<Vec<ImageState>> {
+        self.images_where("catalog_key IS NOT NULL", [])
+    }
+
+    /// AMIs matching a `WHERE` clause (written here, never from user input).
+    fn images_where(&self, clause: &str, params: impl rusqlite::Params) -> Result<Vec<ImageState>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {IMAGE_COLUMNS} FROM images WHERE catalog_key IS NOT NULL"
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE {clause}"
         ))?;
-        let rows = stmt.query_map([], image_row)?;
+        let rows = stmt.query_map(params, image_row)?;
         rows.map(|r| r?.parse()).collect()
     }
 
@@ -969,32 +962,31 @@ impl Db<'_> {
 
     /// One snapshot by id, in any region.
     pub fn snapshot(&self, snapshot_id: &str) -> Result<Option<SnapshotState>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE snapshot_id = ?1"),
-                [snapshot_id],
-                snapshot_row,
-            )
-            .optional()?
-            .map(SnapshotRow::parse)
-            .transpose()
+        Ok(self
+            .snapshots_where("snapshot_id = ?1", [snapshot_id])?
+            .pop())
     }
 
     /// All snapshots of a region, ordered by id.
     pub fn snapshots_in_region(&self, region: &str) -> Result<Vec<SnapshotState>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE region = ?1 ORDER BY snapshot_id"
-        ))?;
-        let rows = stmt.query_map([region], snapshot_row)?;
-        rows.map(|r| r?.parse()).collect()
+        self.snapshots_where("region = ?1 ORDER BY snapshot_id", [region])
     }
 
     /// All snapshots that come from catalog files.
     pub fn catalog_snapshots(&self) -> Result<Vec<SnapshotState>> {
+        self.snapshots_where("catalog_key IS NOT NULL", [])
+    }
+
+    /// Snapshots matching a `WHERE` clause (written here, never from user input).
+    fn snapshots_where(
+        &self,
+        clause: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<SnapshotState>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE catalog_key IS NOT NULL"
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {clause}"
         ))?;
-        let rows = stmt.query_map([], snapshot_row)?;
+        let rows = stmt.query_map(params, snapshot_row)?;
         rows.map(|r| r?.parse()).collect()
     }
 
@@ -1009,11 +1001,10 @@ impl Db<'_> {
 
     /// Snapshots whose data is a layer on `snapshot_id`.
     pub fn child_snapshots(&self, snapshot_id: &str) -> Result<Vec<SnapshotState>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE parent_snapshot_id = ?1 ORDER BY snapshot_id"
-        ))?;
-        let rows = stmt.query_map([snapshot_id], snapshot_row)?;
-        rows.map(|r| r?.parse()).collect()
+        self.snapshots_where(
+            "parent_snapshot_id = ?1 ORDER BY snapshot_id",
+            [snapshot_id],
+        )
     }
 
     /// Record that every snapshot fetched from `source` now has its data in `sha256`.
@@ -1173,32 +1164,34 @@ impl Db<'_> {
 
     /// One instance by id, in any region.
     pub fn instance(&self, instance_id: &str) -> Result<Option<InstanceState>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?1"),
-                [instance_id],
-                instance_row,
-            )
-            .optional()?
-            .map(InstanceRow::parse)
-            .transpose()
+        Ok(self
+            .instances_where("instance_id = ?1", [instance_id])?
+            .pop())
     }
 
     /// All instances of a region, in launch order.
     pub fn instances_in_region(&self, region: &str) -> Result<Vec<InstanceState>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE region = ?1 ORDER BY launch_time, launch_index, instance_id"
-        ))?;
-        let rows = stmt.query_map([region], instance_row)?;
-        rows.map(|r| r?.parse()).collect()
+        self.instances_where(
+            "region = ?1 ORDER BY launch_time, launch_index, instance_id",
+            [region],
+        )
     }
 
     /// Every instance not yet terminated, in any region (for reconciliation).
     pub fn live_instances(&self) -> Result<Vec<InstanceState>> {
+        self.instances_where("state != 'terminated'", [])
+    }
+
+    /// Instances matching a `WHERE` clause (written here, never from user input).
+    fn instances_where(
+        &self,
+        clause: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<InstanceState>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE state != 'terminated'"
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {clause}"
         ))?;
-        let rows = stmt.query_map([], instance_row)?;
+        let rows = stmt.query_map(params, instance_row)?;
         rows.map(|r| r?.parse()).collect()
     }
 

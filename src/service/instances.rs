@@ -270,8 +270,7 @@ impl Service {
             .map_err(io_error(format!("Cannot create {}", vdir.display())))?;
         let mut instances = Vec::new();
         let mut volumes = Vec::new();
-        let taken = self.store.read(|db| db.ports_in_use())?;
-        let mut taken = taken;
+        let mut taken = self.store.read(|db| db.ports_in_use())?;
         for index in 0..max {
             let instance_id = ids::new_id(IdKind::Instance);
             let dir = self.paths.instance_dir(&instance_id);
