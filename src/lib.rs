@@ -48,10 +48,12 @@
 //!   and answers IMDS for each guest from its supervisor.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
+//! - [`failpoint`] names crash points for fault-injection tests (`AMIRUN_FAILPOINTS`).
 
 pub mod catalog;
 pub mod cli;
 pub mod disk;
+pub mod failpoint;
 pub mod http;
 pub mod ids;
 pub mod images;
