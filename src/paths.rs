@@ -144,6 +144,16 @@ impl Paths {
         self.volume_dir().join(format!("{volume_id}.next.qcow2"))
     }
 
+    /// Directory of per-object operation locks (outlive the objects they guard).
+    pub fn lock_dir(&self) -> PathBuf {
+        self.home.join("locks")
+    }
+
+    /// One instance's operation lock: held by whatever changes the instance.
+    pub fn instance_lock(&self, instance_id: &str) -> PathBuf {
+        self.lock_dir().join(format!("{instance_id}.lock"))
+    }
+
     /// Directory of one instance's persistent files.
     pub fn instance_dir(&self, instance_id: &str) -> PathBuf {
         self.home.join("instances").join(instance_id)

@@ -18,6 +18,7 @@ pub mod error;
 pub mod filter;
 mod images;
 mod imds;
+pub mod instance_lock;
 pub mod instances;
 mod keypairs;
 pub mod layers;
