@@ -149,9 +149,10 @@ impl Paths {
         self.home.join("locks")
     }
 
-    /// One instance's operation lock: held by whatever changes the instance.
-    pub fn instance_lock(&self, instance_id: &str) -> PathBuf {
-        self.lock_dir().join(format!("{instance_id}.lock"))
+    /// One object's operation lock (`i-…`, `vol-…`, `snap-…`, `ami-…`): held
+    /// by whatever changes or makes the object.
+    pub fn object_lock(&self, object_id: &str) -> PathBuf {
+        self.lock_dir().join(format!("{object_id}.lock"))
     }
 
     /// Directory of one instance's persistent files.
