@@ -18,6 +18,7 @@ pub mod error;
 pub mod filter;
 mod images;
 mod imds;
+pub mod import_policy;
 pub mod instances;
 mod keypairs;
 pub mod layers;
@@ -86,6 +87,8 @@ pub struct ServiceOptions {
     pub extra_catalogs: Vec<PathBuf>,
     /// Progress bars for long work.
     pub progress: bool,
+    /// Which image sources callers may name (the HTTP API restricts them).
+    pub import_policy: import_policy::ImportPolicy,
 }
 
 /// The engine: database, blob store, catalog.
@@ -94,6 +97,7 @@ pub struct Service {
     store: Store,
     blobs: BlobStore,
     progress: Progress,
+    import_policy: import_policy::ImportPolicy,
 }
 
 /// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
@@ -127,6 +131,7 @@ impl Service {
             } else {
                 Progress::Hidden
             },
+            import_policy: options.import_policy.clone(),
         };
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
         service.sync_catalog(&catalog)?;
