@@ -159,9 +159,9 @@ struct ServeArgs {
     #[arg(long = "access-key", env = "AMIRUN_ACCESS_KEYS", value_delimiter = ',')]
     access_keys: Vec<crate::http::AccessKey>,
     /// Verify SigV4 signatures against the secrets of --access-key; refuse anything else.
-    /// As on AWS: X-Amz-Date must be within 15 minutes of the server's clock
-    /// (RequestExpired), and the payload hash is computed from the body received
-    /// (SignatureDoesNotMatch).
+    /// As EC2 does: X-Amz-Date must be within 15 minutes of the server's clock
+    /// (RequestExpired), and the payload hash is computed from the body received, so
+    /// a changed body fails like a wrong secret (AuthFailure).
     #[arg(long)]
     strict: bool,
     /// Listen on a non-loopback address without --strict (anyone who can reach it

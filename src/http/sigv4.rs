@@ -14,8 +14,12 @@
 //!   clock, past or future, else `RequestExpired`; so a captured request
 //!   cannot be replayed after that window.
 //!
-//! A wrong signature is `SignatureDoesNotMatch` (what EC2 answers); a
-//! malformed or incomplete `Authorization` header is `IncompleteSignature`.
+//! Error codes are EC2's own (other services differ): a wrong signature,
+//! whether from a wrong secret or a changed body, is `AuthFailure` ("AWS was
+//! not able to validate the provided access credentials", HTTP 401; EC2 does
+//! not answer `SignatureDoesNotMatch` to SigV4 requests); a stale or future
+//! date is `RequestExpired` (HTTP 400); a malformed date or a signed header
+//! that is missing is `IncompleteSignature` (HTTP 400).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -53,7 +57,7 @@ pub enum VerifyError {
     /// `X-Amz-Date` is more than [`MAX_SKEW`] away from now.
     #[error("{0}")]
     Expired(String),
-    /// The signature (or the payload hash) does not match.
+    /// The signature (or the payload hash) does not match: `AuthFailure`.
     #[error("{0}")]
     Mismatch(String),
 }
@@ -64,14 +68,14 @@ impl VerifyError {
         match self {
             VerifyError::Incomplete(_) => "IncompleteSignature",
             VerifyError::Expired(_) => "RequestExpired",
-            VerifyError::Mismatch(_) => "SignatureDoesNotMatch",
+            VerifyError::Mismatch(_) => "AuthFailure",
         }
     }
 
     /// HTTP status AWS answers with.
     pub fn http_status(&self) -> u16 {
         match self {
-            VerifyError::Mismatch(_) => 403,
+            VerifyError::Mismatch(_) => 401,
             VerifyError::Incomplete(_) | VerifyError::Expired(_) => 400,
         }
     }
@@ -259,7 +263,7 @@ pub fn verify(
         let actual = hex::encode(Sha256::digest(req.body));
         if !claimed.trim().eq_ignore_ascii_case(&actual) {
             return Err(VerifyError::Mismatch(format!(
-                "The x-amz-content-sha256 header ({}) is not the SHA-256 of the body received ({actual})",
+                "AWS was not able to validate the provided access credentials: the x-amz-content-sha256 header ({}) is not the SHA-256 of the body received ({actual})",
                 claimed.trim()
             )));
         }
@@ -271,7 +275,7 @@ pub fn verify(
         Ok(())
     } else {
         Err(VerifyError::Mismatch(
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
+            "AWS was not able to validate the provided access credentials: the request signature we calculated does not match the signature you provided".into(),
         ))
     }
 }
@@ -319,7 +323,7 @@ mod tests {
         )
         .unwrap();
         let e = verify(&auth, &req, "wrong", signed_at).unwrap_err();
-        assert_eq!(e.code(), "SignatureDoesNotMatch");
+        assert_eq!(e.code(), "AuthFailure");
         // Within 15 minutes either way: fine; beyond: RequestExpired.
         let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
         for minutes in [-14, 14] {
@@ -357,7 +361,7 @@ mod tests {
             ..req
         };
         let e = verify(&auth, &swapped, secret, signed_at).unwrap_err();
-        assert_eq!(e.code(), "SignatureDoesNotMatch");
+        assert_eq!(e.code(), "AuthFailure");
         assert!(e.to_string().contains("x-amz-content-sha256"), "{e}");
     }
 
