@@ -309,9 +309,10 @@ fn with_causes(e: &CatalogError) -> String {
 }
 
 /// Load the built-in catalog, then every `*.json` in `dir` (sorted), then
-/// `extra` files. A file that cannot be read or is not valid is skipped
-/// whole (listed in [`Catalog::skipped`]): one bad file never blocks the
-/// others, nor anything that does not need its images.
+/// `extra` files. A file in `dir` that cannot be read or is not valid is
+/// skipped whole (listed in [`Catalog::skipped`]): one bad file never blocks
+/// the others, nor anything that does not need its images. An `extra` file
+/// (named on the command line for this command) that is broken is an error.
 pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
     let mut files: Vec<(String, String)> = vec![(BUILTIN_NAME.to_string(), BUILTIN.to_string())];
     let mut listed: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -322,7 +323,6 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
         Err(_) => Vec::new(),
     };
     listed.sort();
-    listed.extend(extra.iter().cloned());
     let mut skipped = Vec::new();
     for p in listed {
         match std::fs::read_to_string(&p) {
@@ -332,6 +332,17 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
                 source,
             })),
         }
+    }
+    // Files named on this command line (`--catalog FILE`) are the caller's
+    // request: one that is broken is an error, not a warning.
+    for p in extra {
+        let text = std::fs::read_to_string(p).map_err(|source| CatalogError::Read {
+            path: p.display().to_string(),
+            source,
+        })?;
+        let name = p.display().to_string();
+        CatalogFile::parse(&name, &text)?.validate(&name)?;
+        files.push((name, text));
     }
     let mut hasher = Sha256::new();
     for e in &skipped {
@@ -423,12 +434,14 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("broken.json"), "{ not json").unwrap();
-        let c = load(dir.path(), &[dir.path().join("missing.json")]).unwrap();
+        let c = load(dir.path(), &[]).unwrap();
         assert!(c.entries.iter().any(|(_, e)| e.name == "good"));
         let why = &c.skipped;
-        assert_eq!(why.len(), 2, "{why:?}");
-        assert!(why.iter().any(|w| w.contains("broken.json")), "{why:?}");
-        assert!(why.iter().any(|w| w.contains("missing.json")), "{why:?}");
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("broken.json"), "{why:?}");
+        // Named for this command: an error.
+        let e = load(dir.path(), &[dir.path().join("broken.json")]).unwrap_err();
+        assert!(e.to_string().contains("broken.json"), "{e}");
     }
 
     #[test]
