@@ -31,6 +31,8 @@
 //! could create first) but a name with a random suffix, made 0700 and
 //! recorded in `$AMIRUN_HOME/runtime-dir`; when that directory is gone (a
 //! reboot emptied /dev/shm) or no longer ours, a new random one is made.
+//! (The first time, an existing `/dev/shm/amirun-<uid>` from an older
+//! version is adopted if it is ours and nobody else can write to it.)
 
 use std::path::{Path, PathBuf};
 
@@ -72,11 +74,14 @@ impl Paths {
             std::env::temp_dir()
         };
         let probe = Self::new(home, PathBuf::new());
+        let uid = nix::unistd::geteuid();
         crate::private_fs::recorded_runtime_dir(
             &probe.runtime_pointer(),
             &probe.runtime_pointer_lock(),
             &base,
-            &format!("amirun-{}-", nix::unistd::geteuid()),
+            &format!("amirun-{uid}-"),
+            // Made by older versions; adopted only if it is ours and safe.
+            Some(&base.join(format!("amirun-{uid}"))),
         )
         .unwrap_or_else(|_| home.join("run"))
     }

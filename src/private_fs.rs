@@ -131,14 +131,18 @@ pub fn private_file(path: &Path, create: bool) -> std::io::Result<()> {
 }
 
 /// The runtime directory recorded in `pointer` when it still exists and
-/// passes [`ensure_runtime_dir`]; otherwise a new directory
-/// `<base>/<prefix><16 random hex digits>` made 0700 and recorded (under
-/// the flock `lock`, so concurrent processes agree on one).
+/// passes [`ensure_runtime_dir`]; else, when nothing is recorded yet, a
+/// `legacy` directory an older amirun made, if it exists and passes the
+/// same check (so its instance-store disks are not orphaned; a squatter's
+/// would fail it); otherwise a new directory
+/// `<base>/<prefix><16 random hex digits>` made 0700. The choice is recorded
+/// under the flock `lock`, so concurrent processes agree on one.
 pub fn recorded_runtime_dir(
     pointer: &Path,
     lock: &Path,
     base: &Path,
     prefix: &str,
+    legacy: Option<&Path>,
 ) -> Result<PathBuf, PrivateDirError> {
     if let Some(home) = pointer.parent() {
         ensure_private_home(home)?;
@@ -152,20 +156,19 @@ pub fn recorded_runtime_dir(
         .map_err(io(lock))?;
     let _held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| io(lock)(errno.into()))?;
-    if let Ok(text) = std::fs::read_to_string(pointer) {
+    let usable = |dir: &Path| dir.is_absolute() && dir.is_dir() && ensure_runtime_dir(dir).is_ok();
+    let recorded = std::fs::read_to_string(pointer).ok();
+    if let Some(text) = &recorded {
         let dir = PathBuf::from(text.trim());
-        if dir.is_absolute() && dir.is_dir() && ensure_runtime_dir(&dir).is_ok() {
+        if usable(&dir) {
             return Ok(dir);
         }
     }
-    let dir = loop {
-        let suffix: [u8; 8] = rand::random();
-        let dir = base.join(format!("{prefix}{}", hex::encode(suffix)));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => break dir,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io(&dir)(e)),
-        }
+    let adopted = legacy.filter(|l| recorded.is_none() && usable(l));
+    let dir = if let Some(l) = adopted {
+        l.to_path_buf()
+    } else {
+        new_random_dir(base, prefix)?
     };
     let parent = pointer.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -175,6 +178,18 @@ pub fn recorded_runtime_dir(
     writeln!(tmp, "{}", dir.display()).map_err(io(pointer))?;
     tmp.persist(pointer).map_err(|e| io(pointer)(e.error))?;
     Ok(dir)
+}
+
+fn new_random_dir(base: &Path, prefix: &str) -> Result<PathBuf, PrivateDirError> {
+    loop {
+        let suffix: [u8; 8] = rand::random();
+        let dir = base.join(format!("{prefix}{}", hex::encode(suffix)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&dir)(e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,16 +239,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
         let (ptr, lock) = (home.join("runtime-dir"), home.join("runtime-dir.lock"));
-        let a = recorded_runtime_dir(&ptr, &lock, tmp.path(), "amirun-t-").unwrap();
+        let legacy = tmp.path().join("legacy");
+        std::fs::create_dir(&legacy).unwrap();
+        std::fs::set_permissions(&legacy, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let pick = || recorded_runtime_dir(&ptr, &lock, tmp.path(), "amirun-t-", Some(&legacy));
+        // A legacy directory writable by others is not adopted.
+        let a = pick().unwrap();
+        assert_ne!(a, legacy);
         assert_eq!(mode(&a), 0o700);
-        assert_eq!(
-            recorded_runtime_dir(&ptr, &lock, tmp.path(), "amirun-t-").unwrap(),
-            a
-        );
-        // Gone (a reboot): a new random name.
+        assert_eq!(pick().unwrap(), a);
+        // Gone (a reboot): a new random name, never the legacy one.
+        std::fs::set_permissions(&legacy, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::remove_dir(&a).unwrap();
-        let b = recorded_runtime_dir(&ptr, &lock, tmp.path(), "amirun-t-").unwrap();
+        let b = pick().unwrap();
         assert_ne!(a, b);
         assert!(b.file_name().unwrap().len() == "amirun-t-".len() + 16);
+        // A first choice adopts a safe legacy directory.
+        std::fs::remove_file(&ptr).unwrap();
+        assert_eq!(pick().unwrap(), legacy);
     }
 }
