@@ -49,6 +49,8 @@
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 //! - [`failpoint`] names crash points for fault-injection tests (`AMIRUN_FAILPOINTS`).
+//! - [`private_fs`] keeps state private on disk (0700 directories, 0600
+//!   secrets) and checks the runtime directory before use.
 
 pub mod catalog;
 pub mod cli;
@@ -61,5 +63,6 @@ pub mod instance;
 pub mod machine;
 pub mod metadata;
 pub mod paths;
+pub mod private_fs;
 pub mod service;
 pub mod store;

@@ -742,6 +742,10 @@ impl Supervisor {
 /// that could not be started is an `Ok` record with reason `start-failed`.
 pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
     let spec = LaunchSpec::read(launch_spec_path)?;
+    // What the supervisor and QEMU create (serial log, events, sockets) is
+    // the owner's alone; a serial log from an older run is tightened too.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let _ = crate::private_fs::private_file(&spec.serial_log, false);
     let pid_lock = claim_pid_file(&spec)?;
     let events = EventLog::open(&spec.events)?;
     let sup = Arc::new(Supervisor {

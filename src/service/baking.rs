@@ -398,6 +398,7 @@ impl Service {
             .url
             .clone()
             .ok_or_else(|| Error::missing("DiskContainer.Url"))?;
+        let url = self.import_policy.admit("DiskContainer.Url", &url)?;
         let format = input
             .disk_container
             .format

@@ -220,6 +220,9 @@ impl Service {
                 .url
                 .clone()
                 .ok_or_else(|| Error::missing(&format!("DiskContainer.{}.Url", i + 1)))?;
+            let url = self
+                .import_policy
+                .admit(&format!("DiskContainer.{}.Url", i + 1), &url)?;
             let format = c.format.as_ref().map(|f| f.to_ascii_lowercase());
             if let Some(f) = &format {
                 check_enum("Format", f, &["raw", "vmdk", "vhd", "vhdx", "qcow2"])?;
@@ -369,6 +372,7 @@ impl Service {
             )
         };
         if let Some(location) = &input.image_location {
+            let location = &self.import_policy.admit("ImageLocation", location)?;
             let source = SourceSpec {
                 url: location.clone(),
                 sha256: None,
