@@ -23,7 +23,7 @@
 //! background worker); `wait image-available` then returns at once.
 
 use super::images::{check_name, check_unique_name, tags_for};
-use super::layers::{LayerInfo, LayerReport};
+use super::layers::LayerInfo;
 use super::shapes::{DiskContainer, Tag, TagSpecification};
 use super::{check_image_id, image_not_found, now, Caller, Error, Result, Service};
 use crate::ids::{self, IdKind};
@@ -148,6 +148,53 @@ impl Service {
                 ))
             }
         };
+        if mode == "reboot" {
+            // EC2 reboots for a consistent image: stop cleanly, snapshot as
+            // stopped, start again whatever happened.
+            self.stop_instances(caller, &[id.clone()], false)?;
+            let made = self
+                .wait_stopped(caller, &id)
+                .and_then(|_| self.create_image_locked(caller, input, "reboot", started));
+            let restarted = self.start_instances(caller, std::slice::from_ref(&id));
+            let out = made?;
+            restarted?;
+            return Ok(out);
+        }
+        self.create_image_locked(caller, input, mode, started)
+    }
+
+    /// CreateImage under the instance's lock (held for the whole file work,
+    /// so no start, stop or other snapshot runs meanwhile): intent (pending
+    /// records, new ids locked), layers, commit; a failure settles the
+    /// snapshots from the files and removes the AMI record.
+    fn create_image_locked(
+        &mut self,
+        caller: &Caller,
+        input: &CreateImageInput,
+        mode: &str,
+        started: Instant,
+    ) -> Result<CreateImageOutput> {
+        let id = input.instance_id.clone();
+        let _instance_lock = super::object_lock::lock(&self.paths, &id)?;
+        let instance = self.store.read(|db| db.instance(&id))?.ok_or_else(|| {
+            Error::new(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{id}' does not exist"),
+            )
+        })?;
+        let fits = match mode {
+            "live" => matches!(instance.state.as_str(), "running" | "pending"),
+            _ => instance.state == "stopped",
+        };
+        if !fits {
+            return Err(Error::new(
+                "IncorrectInstanceState",
+                format!(
+                    "The instance '{id}' became {} meanwhile; try again",
+                    instance.state
+                ),
+            ));
+        }
         let source = self.store.read(|db| db.image(&instance.image_id))?;
         // Which volumes go in, and the new AMI's mappings.
         let mut volumes = Vec::new();
@@ -236,8 +283,16 @@ impl Service {
                 mappings.push((None, m.clone()));
             }
         }
+        let mut locks = Vec::new();
+        for (v, _) in &volumes {
+            locks.push(super::object_lock::lock(&self.paths, &v.volume_id)?);
+        }
         let plans = self.plan_layers(volumes, input.flatten)?;
         let image_id = ids::new_id(IdKind::Image);
+        locks.push(super::object_lock::lock(&self.paths, &image_id)?);
+        for p in &plans {
+            locks.push(super::object_lock::lock(&self.paths, &p.snapshot_id)?);
+        }
         let block_device_mappings: Vec<BlockDeviceMapping> = mappings
             .into_iter()
             .map(|(vol, mut m)| {
@@ -290,17 +345,20 @@ impl Service {
             }
             Ok(())
         })?;
-        let taken = self.take_for_image(caller, &id, mode, &plans);
+        let taken = crate::failpoint::hit("create-image:after-intent")
+            .map_err(Error::from)
+            .and_then(|()| {
+                self.take_layers(
+                    "create-image",
+                    (mode == "live").then_some(id.as_str()),
+                    &plans,
+                )
+            });
         let report = match taken {
             Ok(r) => r,
             Err(e) => {
-                let _ = self.store.write(|db| -> Result<()> {
-                    db.delete_image(&image_id)?;
-                    for s in &records {
-                        db.delete_snapshot(&s.snapshot_id)?;
-                    }
-                    Ok(())
-                });
+                self.settle_failed(&records);
+                let _ = self.store.write(|db| db.delete_image(&image_id));
                 return Err(e);
             }
         };
@@ -310,6 +368,7 @@ impl Service {
             db.put_image(&image)?;
             Ok(())
         })?;
+        drop(locks);
         Ok(CreateImageOutput {
             image_id,
             report: CreateImageReport {
@@ -320,31 +379,6 @@ impl Service {
                 snapshots: report.layers,
             },
         })
-    }
-
-    /// Take the layers for CreateImage in `mode`; a rebooted instance is
-    /// started again whatever happened.
-    fn take_for_image(
-        &mut self,
-        caller: &Caller,
-        id: &str,
-        mode: &str,
-        plans: &[super::layers::LayerPlan],
-    ) -> Result<LayerReport> {
-        match mode {
-            "live" => self.take_layers(Some(id), plans),
-            "reboot" => {
-                self.stop_instances(caller, &[id.to_string()], false)?;
-                let taken = self
-                    .wait_stopped(caller, id)
-                    .and_then(|_| self.take_layers(None, plans));
-                let started = self.start_instances(caller, &[id.to_string()]);
-                let report = taken?;
-                started?;
-                Ok(report)
-            }
-            _ => self.take_layers(None, plans),
-        }
     }
 
     /// Poll until an instance is stopped (the stop timeout plus a margin).

@@ -22,6 +22,7 @@ pub mod instances;
 mod keypairs;
 pub mod layers;
 pub mod object_lock;
+mod recovery;
 mod regions;
 pub mod shapes;
 mod snapshots;
@@ -130,6 +131,8 @@ impl Service {
         };
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
         service.sync_catalog(&catalog)?;
+        // Settle what dead writers left and sweep orphans (service::recovery).
+        service.recover()?;
         Ok(service)
     }
 
