@@ -402,9 +402,22 @@ fn live_create_image_never_leaves_the_guest_paused_and_survives_kills() {
         assert_guest_runs(&env, &i, &format!("{step} retried"));
     }
 
-    // Stopped and started, the guest finds its root fs (boot counter), and
-    // an AMI taken live holds the marker.
-    env.ok(&["stop-instances", "--instance-ids", &i]);
+    // Default (reboot) mode killed after the rename: the instance was
+    // stopped for the image, the AMI is whole, and the instance starts with
+    // its root fs (boot counter); an AMI taken live holds the marker.
+    let args = [
+        "create-image",
+        "--instance-id",
+        &i,
+        "--name",
+        "reboot-after-rename",
+    ];
+    killed_at(&env, "create-image:after-rename", &args);
+    assert_consistent(&env, "reboot after-rename");
+    assert_eq!(
+        image_named(&env, "reboot-after-rename").unwrap()["State"],
+        "available"
+    );
     wait_state(&env, &i, "stopped");
     env.ok(&["start-instances", "--instance-ids", &i]);
     env.wait_console(&i, "boot 2", 300);

@@ -611,6 +611,19 @@ impl Service {
                     ));
                 }
                 check_unused(db, snapshot_id)?;
+                if let Some(c) = db
+                    .child_snapshots(snapshot_id)?
+                    .into_iter()
+                    .find(|c| c.state != "completed")
+                {
+                    return Err(Error::new(
+                        "IncorrectState",
+                        format!(
+                            "Snapshot {} is being made on {snapshot_id}; try again when it is completed",
+                            c.snapshot_id
+                        ),
+                    ));
+                }
                 Ok((
                     s,
                     db.child_snapshots(snapshot_id)?,
