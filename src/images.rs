@@ -9,14 +9,18 @@
 //!
 //! 1. resolve the expected digest (inline, or the entry for the image's file
 //!    name in the vendor's checksum file);
-//! 2. take an exclusive lock on the source (URL + digest), so concurrent
-//!    fetches of one source download it once; under the lock, a source seen
-//!    before is answered from the source index;
+//! 2. take an exclusive lock on the source (URL + digest; for a `file://`
+//!    URL also the file's device, inode, size, mtime and ctime, so a file
+//!    changed in place is fetched again), so concurrent fetches of one
+//!    source download it once; under the lock, a source seen before is
+//!    answered from the source index, after the same checks a fetch gets
+//!    (declared format, `qemu-img check` of the blob);
 //! 3. stream the bytes into `blobs/tmp/`, hashing as they pass, fsync, verify;
 //! 4. detect the format from the content (never trusting the name), refuse
 //!    images that would read other host files, convert to qcow2;
-//! 5. hash the qcow2 file and rename it to `blobs/sha256/<hex>`, then record
-//!    the source in the index.
+//! 5. refuse a qcow2 that `qemu-img check` finds damaged (a truncated
+//!    file), hash it and rename it to `blobs/sha256/<hex>`, then record the
+//!    source in the index.
 //!
 //! Nothing at a blob path is ever partial: an interrupted fetch (even
 //! `kill -9`) leaves only a file in `blobs/tmp/`, which a later fetch removes
@@ -1296,6 +1300,22 @@ mod tests {
             source_key(&b, d256(A256).as_ref(), None)
         );
         assert!(is_hex(&source_key(&b, None, None), 64));
+    }
+
+    #[test]
+    fn a_local_file_changed_in_place_gets_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        fs::write(&path, b"one").unwrap();
+        let url = Url::from_file_path(&path).unwrap();
+        let before = source_key(&url, None, Some(&file_identity(&path).unwrap()));
+        assert_eq!(
+            before,
+            source_key(&url, None, Some(&file_identity(&path).unwrap()))
+        );
+        fs::write(&path, b"two").unwrap();
+        let after = source_key(&url, None, Some(&file_identity(&path).unwrap()));
+        assert_ne!(before, after);
     }
 
     #[test]

@@ -3,18 +3,25 @@
 //!
 //! CreateImage takes one snapshot layer of every EBS volume of the
 //! instance ([`super::layers`]) and registers an AMI that records its
-//! source instance and source image. The AMI is recorded `pending` (with
-//! its snapshots) before any file is touched and becomes `available` in the
-//! transaction that records the layers; if anything fails in between, the
-//! AMI and snapshot records are removed again and the volumes are as they
-//! were. How the layers are taken depends on the instance:
+//! source instance and source image. It holds the instance's object lock
+//! for the whole file work (start, stop and terminate take the same lock),
+//! and the locks of the volumes and of the new AMI and snapshot ids until
+//! it commits. The AMI is recorded `pending` (with its snapshots) before any
+//! file is touched and becomes `available` in the transaction that records
+//! the layers. If it fails in between, the snapshots are settled from the
+//! files (what a volume already stands on is kept and completed, the rest
+//! removed) and the AMI record goes; if it is killed, the next process does
+//! the same and completes the AMI when every layer stands
+//! ([`super::recovery`]). How the layers are taken depends on the instance:
 //!
 //! - stopped: the files are switched with no guest running;
 //! - running, default: EC2 reboots the instance for a consistent image;
 //!   amirun stops it cleanly (ACPI power button), snapshots it as stopped,
 //!   and starts it again (the guest sees a reboot);
-//! - running with `--no-reboot`: live, over QMP through the supervisor,
-//!   with the guest paused only around the switch; the pause is measured
+//! - running with `--no-reboot`: live, inside the supervisor
+//!   ([`crate::instance::live_snapshot`]: pause, switch, resume whatever
+//!   happens, with a deadline), so a client killed meanwhile cannot leave the
+//!   guest paused; the guest is paused only around the switch; the pause is measured
 //!   and reported, and so is whether a guest agent froze the filesystems
 //!   (amirun's machines have no guest agent channel, so the image is
 //!   crash-consistent, as EC2 warns for NoReboot).

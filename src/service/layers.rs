@@ -19,20 +19,27 @@
 //! 2. make a fresh empty overlay on the new snapshot at
 //!    `volumes/<vol>.next.qcow2` (`qemu-img create -u`: the size is known,
 //!    the backing file is not opened, so this works while QEMU holds it);
-//! 3. live only: pause the guest (`stop`), switch every disk to its new
-//!    overlay in one QMP `transaction` of `blockdev-snapshot-sync`
-//!    (`mode=existing`), resume (`cont`); the pause is measured;
+//! 3. live only: the supervisor pauses the guest (`stop`), switches every
+//!    disk to its new overlay in one QMP `transaction` of
+//!    `blockdev-snapshot-sync` (`mode=existing`), resumes it (`cont`, always,
+//!    with a deadline) and does step 4 itself
+//!    ([`crate::instance::live_snapshot`]); the pause is measured;
 //! 4. rename the new overlay over `volumes/<vol>.qcow2`. From here the old
 //!    file is reachable only as the snapshot, and nothing writes to it.
 //!
-//! Then one transaction records the snapshot (parent B, root blob of the
-//! chain) and moves V's base to it. If anything fails before step 4, the
-//! link and the new overlay are removed and V is as it was.
+//! The snapshot is recorded `pending` (with parent B, the real chain of the
+//! linked file) before step 1, under the locks of the instance, the volume
+//! and the new id. Then one transaction completes it and moves V's base to
+//! it. Whether the work is kept after a failure or a crash is decided from
+//! the files ([`super::recovery`]): if V's file backs onto the snapshot's
+//! file (step 4 happened), the snapshot is completed; otherwise the link and
+//! the new overlay are removed and V is as it was.
 //!
 //! Chains stay bounded: a new snapshot whose chain would hold more than
 //! `AMIRUN_MAX_CHAIN_DEPTH` layers (default 16) is collapsed, i.e. rewritten
 //! as a standalone qcow2 of its whole chain (no parent). `--flatten` asks for
-//! the same on purpose.
+//! the same on purpose. The collapse comes after step 4, so a failed one
+//! (no space left) keeps the snapshot as a layer, recorded.
 //!
 //! # Deleting a layer others build on
 //!
@@ -43,8 +50,16 @@
 //! see the same disk; then S's record and file go. When S is a blob-backed
 //! snapshot (no layer of its own), its children already point at the
 //! immutable blob and nothing is copied. Refused with
-//! `InvalidSnapshot.InUse` while an AMI uses S, or while a running instance
-//! has a volume whose chain reads S (its QEMU holds those files open).
+//! `InvalidSnapshot.InUse` while an AMI uses S, while a running instance
+//! has a volume whose chain reads S (its QEMU holds those files open), or
+//! while any file the records do not list as S's dependent backs onto S's
+//! file (the real chains, from `qemu-img info`); refused while S or a
+//! child of S is `pending`. S is marked `deleting` first, so a killed
+//! delete is finished by the next process.
+//!
+//! Copies (CopySnapshot, CopyImage) write under a temporary name, rename,
+//! then record, holding the new ids' locks throughout: a crash leaves only
+//! files no record owns, which the orphan sweep removes.
 
 use super::{check_snapshot_id, now, snapshot_not_found, Caller, Error, Result, Service};
 use crate::ids::{self, IdKind};
