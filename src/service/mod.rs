@@ -132,7 +132,11 @@ impl Service {
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
         service.sync_catalog(&catalog)?;
         // Settle what dead writers left and sweep orphans (service::recovery).
-        service.recover()?;
+        // A pass that cannot finish is retried by the next open; it must
+        // not keep the user from the state.
+        if let Err(e) = service.recover() {
+            tracing::warn!("recovery pass did not finish: {e}");
+        }
         Ok(service)
     }
 

@@ -95,7 +95,9 @@ fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 impl Service {
-    /// Settle what dead writers left, then sweep orphans (see the module doc).
+    /// Settle what dead writers left, then sweep orphans (see the module
+    /// doc). One object that cannot be settled is logged and left for the
+    /// next pass; it never stops the others.
     pub(crate) fn recover(&mut self) -> Result<()> {
         let (pending, deleting, images) = self.store.read(|db| -> Result<_> {
             Ok((
@@ -110,12 +112,16 @@ impl Service {
             };
             let fresh = self.store.read(|db| db.snapshot(&s.snapshot_id))?;
             if let Some(s) = fresh.filter(|s| s.state == "pending") {
-                let kept = self.settle_snapshot(&s)?;
-                tracing::debug!(
-                    snapshot = %s.snapshot_id,
-                    "recovery: writer gone, pending snapshot {}",
-                    if kept { "completed (its volume stands on it)" } else { "removed" }
-                );
+                match self.settle_snapshot(&s) {
+                    Ok(kept) => tracing::debug!(
+                        snapshot = %s.snapshot_id,
+                        "recovery: writer gone, pending snapshot {}",
+                        if kept { "completed (its volume stands on it)" } else { "removed" }
+                    ),
+                    Err(e) => {
+                        tracing::warn!(snapshot = %s.snapshot_id, "recovery: cannot settle: {e}")
+                    }
+                }
             }
         }
         for s in deleting {
@@ -125,16 +131,22 @@ impl Service {
             let fresh = self.store.read(|db| db.snapshot(&s.snapshot_id))?;
             if let Some(s) = fresh.filter(|s| s.state == "deleting") {
                 tracing::debug!(snapshot = %s.snapshot_id, "recovery: finishing an interrupted delete");
-                self.finish_delete(&s)?;
+                if let Err(e) = self.finish_delete(&s) {
+                    tracing::warn!(snapshot = %s.snapshot_id, "recovery: cannot finish the delete: {e}");
+                }
             }
         }
         for i in images {
             let Some(_lock) = try_lock(&self.paths, &i.image_id)? else {
                 continue;
             };
-            let kept = self.settle_image(&i.image_id)?;
-            tracing::debug!(image = %i.image_id, "recovery: writer gone, pending AMI {}",
-                if kept { "made available" } else { "removed" });
+            match self.settle_image(&i.image_id) {
+                Ok(kept) => {
+                    tracing::debug!(image = %i.image_id, "recovery: writer gone, pending AMI {}",
+                    if kept { "made available" } else { "removed" })
+                }
+                Err(e) => tracing::warn!(image = %i.image_id, "recovery: cannot settle: {e}"),
+            }
         }
         self.sweep()?;
         Ok(())
