@@ -324,6 +324,64 @@ fn stopped_instance_create_copy_and_delete_survive_kill_at_every_step() {
         assert!(snapshot(&env, &s2)["Amirun"]["ParentSnapshotId"] != s1.as_str());
     }
 
+    // A pending snapshot whose writer still runs (its lock held here) is
+    // left alone by recovery and cannot be deleted; once the writer is
+    // gone, the next process settles it.
+    killed_at(
+        &env,
+        "create-image:after-overlay",
+        &["create-image", "--instance-id", &i, "--name", "held"],
+    );
+    let db = rusqlite::Connection::open(env.home().join("state.db")).unwrap();
+    let pending: String = db
+        .query_row(
+            "SELECT snapshot_id FROM snapshots WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let paths = amirun::paths::Paths::new(env.home(), env.path("runtime"));
+    let held = amirun::service::object_lock::lock(&paths, &pending).unwrap();
+    assert_eq!(snapshot(&env, &pending)["State"], "pending");
+    env.fails(
+        &["delete-snapshot", "--snapshot-id", &pending],
+        "IncorrectState",
+    );
+    drop(held);
+    assert_consistent(&env, "held writer gone");
+    assert!(image_named(&env, "held").is_none());
+
+    // Whatever the records say, a snapshot a real file backs onto is not
+    // deleted: here the volume's recorded base is made stale by hand (as an
+    // older amirun left it), and the real chain still refuses the delete.
+    let a3 = create_image(&env, &["--instance-id", &i, "--name", "stale-base"]);
+    let s3 = root_snapshot(&env.ok(&["describe-images", "--image-ids", &a3])["Images"][0]);
+    let parent = snapshot(&env, &s3)["Amirun"]["ParentSnapshotId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vol = env.instance(&i)["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let set_base = |base: &str| {
+        db.execute(
+            "UPDATE volume_bases SET base_snapshot_id = ?1 WHERE volume_id = ?2",
+            [base, vol.as_str()],
+        )
+        .unwrap()
+    };
+    assert_eq!(set_base(&parent), 1);
+    env.ok(&["deregister-image", "--image-id", &a3]);
+    let r = env.fails(
+        &["delete-snapshot", "--snapshot-id", &s3],
+        "InvalidSnapshot.InUse",
+    );
+    assert!(r.stderr.contains(&vol), "{}", r.stderr);
+    set_base(&s3);
+    drop(db);
+    assert_consistent(&env, "stale base");
+
     // The instance still boots from its disk (boot counter kept), and the
     // last AMI holds what the guest wrote.
     env.ok(&["start-instances", "--instance-ids", &i]);

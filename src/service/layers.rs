@@ -598,6 +598,17 @@ impl Service {
     pub fn delete_snapshot(&mut self, caller: &Caller, snapshot_id: &str) -> Result<()> {
         check_snapshot_id(snapshot_id)?;
         self.refresh_instances(caller)?;
+        // A pending snapshot's writer holds its lock: refuse at once, not after the wait.
+        if let Some(s) = self.store.read(|db| db.snapshot(snapshot_id))? {
+            if s.state == "pending" && s.region == caller.region && s.owner_id == caller.account {
+                return Err(Error::new(
+                    "IncorrectState",
+                    format!(
+                        "The snapshot {snapshot_id} is pending; try again when it is completed"
+                    ),
+                ));
+            }
+        }
         let _lock = super::object_lock::lock(&self.paths, snapshot_id)?;
         let (s, children, volumes) = self.store.read(
             |db| -> Result<(SnapshotState, Vec<SnapshotState>, Vec<VolumeState>)> {
