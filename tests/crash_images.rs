@@ -430,6 +430,7 @@ fn live_create_image_never_leaves_the_guest_paused_and_survives_kills() {
 
     for (step, forward) in [
         ("create-image:after-intent", false),
+        ("create-image:after-link", false),
         ("create-image:after-overlay", false),
         ("live-snapshot:sent", true),
         ("create-image:after-rename", true),

@@ -250,7 +250,7 @@ impl Service {
     /// `pending`; failpoints are named `<op>:<step>`.
     ///
     /// On error, the caller settles the pending snapshots from the files
-    /// ([`Service::settle_snapshot`]): what a volume already stands on is
+    /// (`Service::settle_snapshot`): what a volume already stands on is
     /// kept, the rest removed.
     pub(crate) fn take_layers(
         &mut self,

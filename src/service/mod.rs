@@ -9,7 +9,8 @@
 //!
 //! Long work (downloads, conversions) happens outside database transactions:
 //! an operation fetches first, then records everything it made in one
-//! transaction, and removes what it made if recording fails.
+//! transaction, and removes what it made if recording fails. What a killed
+//! process leaves in between is settled at the next open ([`recovery`]).
 
 pub mod bake_recipe;
 pub mod baking;
@@ -22,7 +23,7 @@ pub mod instances;
 mod keypairs;
 pub mod layers;
 pub mod object_lock;
-mod recovery;
+pub mod recovery;
 mod regions;
 pub mod shapes;
 mod snapshots;

@@ -19,7 +19,7 @@
 //! 4. **commit**: one transaction records the result; then locks go.
 //!
 //! "Record `pending`/`deleting` or missing, object lock free" therefore
-//! means "its writer is gone" ([`super::object_lock`]). [`Service::recover`],
+//! means "its writer is gone" ([`super::object_lock`]). `Service::recover`,
 //! run by [`Service::open`], finds such work and settles it, deciding from
 //! the real files (the qcow2 backing chain `qemu-img info` reports), not
 //! from what the database believed:
@@ -30,7 +30,7 @@
 //! | | otherwise | back: `V.next.qcow2` (if it backs onto the snapshot), the snapshot file and the record go |
 //! | `pending` AMI | every snapshot it maps is `completed` | forward: `available` |
 //! | | otherwise | back: the AMI record goes (kept snapshots stay, they are volume bases) |
-//! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete ([`Service::finish_delete`]) |
+//! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete (`Service::finish_delete`) |
 //!
 //! A live snapshot's pause, switch, resume and renames happen inside the
 //! instance's supervisor ([`crate::instance::live_snapshot`]); before judging
@@ -39,7 +39,7 @@
 //!
 //! # The orphan sweep
 //!
-//! Then [`Service::sweep`] removes, and reports at debug level, every file
+//! Then `Service::sweep` removes, and reports at debug level, every file
 //! that no record owns and whose writer is gone ("no record, lock free";
 //! the record is read again under the lock, so a writer that committed
 //! meanwhile keeps its file): temporary and unrecorded files in
