@@ -28,7 +28,10 @@
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
 //!   chains, merge on delete), [`service::baking`] makes AMIs from
 //!   instances and moves images in and out, and [`service::bake_recipe`]
-//!   runs `amirun bake RECIPE`.
+//!   runs `amirun bake RECIPE`. Operations that change files and records
+//!   go lock -> intent -> act -> commit; a recovery pass at every open
+//!   settles what a killed process left, from the real qcow2 chains, and
+//!   sweeps files no record owns (`service::recovery`).
 //! - [`store`] is the only module that touches the database (SQLite, WAL,
 //!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).

@@ -183,6 +183,13 @@ impl Paths {
         self.snapshot_dir().join(format!("{snapshot_id}.qcow2"))
     }
 
+    /// Temporary name a snapshot file is written under before it is
+    /// renamed to [`Paths::snapshot`] (the orphan sweep knows it by its id).
+    pub fn snapshot_tmp(&self, snapshot_id: &str) -> PathBuf {
+        self.snapshot_dir()
+            .join(format!(".{snapshot_id}.qcow2.tmp"))
+    }
+
     /// Directory of EBS volume overlays.
     pub fn volume_dir(&self) -> PathBuf {
         self.home.join("volumes")

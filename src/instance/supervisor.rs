@@ -404,6 +404,10 @@ pub enum ControlRequest {
     },
     /// Reset the machine (`system_reset`; see the module doc on rebooting).
     Reboot,
+    /// Take a live snapshot of disks inside the supervisor: pause, switch,
+    /// resume whatever happens, rename (see [`super::live_snapshot`]). With
+    /// no disks, a barrier for a snapshot in flight.
+    LiveSnapshot(super::live_snapshot::LiveSnapshotRequest),
     /// Run any QMP command and return its `return` value.
     Qmp {
         execute: String,
@@ -648,6 +652,13 @@ impl Supervisor {
                     },
                 }
             }
+            ControlRequest::LiveSnapshot(r) => match self.qmp() {
+                None => ControlResponse::err("QEMU's QMP socket is not connected"),
+                Some(q) => match super::live_snapshot::take(&q, &r) {
+                    Ok(reply) => ControlResponse::ok(json!(reply)),
+                    Err(e) => ControlResponse::err(e),
+                },
+            },
             ControlRequest::Qmp { execute, arguments } => match self.qmp() {
                 None => ControlResponse::err("QEMU's QMP socket is not connected"),
                 Some(q) => match q.execute(&execute, arguments) {
@@ -1374,6 +1385,33 @@ impl SupervisorClient {
     /// Resets the machine (see the module doc on rebooting).
     pub fn reboot(&mut self) -> Result<(), ClientError> {
         self.request(&ControlRequest::Reboot).map(drop)
+    }
+
+    /// Takes a live snapshot inside the supervisor ([`super::live_snapshot`]).
+    pub fn live_snapshot(
+        &mut self,
+        request: super::live_snapshot::LiveSnapshotRequest,
+    ) -> Result<super::live_snapshot::LiveSnapshotReply, ClientError> {
+        let request = ControlRequest::LiveSnapshot(request);
+        self.writer.set_read_timeout(Some(Self::TIMEOUT))?;
+        let mut line = serde_json::to_vec(&request).expect("requests serialise");
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        // The supervisor finishes the snapshot even if this process dies now.
+        let _ = crate::failpoint::hit("live-snapshot:sent");
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::Protocol("the supervisor hung up".into()));
+        }
+        let response: ControlResponse = serde_json::from_str(&answer)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", answer.trim())))?;
+        if !response.ok {
+            return Err(ClientError::Refused(
+                response.error.unwrap_or_else(|| "no reason given".into()),
+            ));
+        }
+        serde_json::from_value(response.result.unwrap_or(Value::Null))
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Runs a QMP command through the supervisor and returns its `return` value.

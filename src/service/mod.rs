@@ -9,7 +9,8 @@
 //!
 //! Long work (downloads, conversions) happens outside database transactions:
 //! an operation fetches first, then records everything it made in one
-//! transaction, and removes what it made if recording fails.
+//! transaction, and removes what it made if recording fails. What a killed
+//! process leaves in between is settled at the next open ([`recovery`]).
 
 pub mod bake_recipe;
 pub mod baking;
@@ -23,6 +24,7 @@ pub mod instances;
 mod keypairs;
 pub mod layers;
 pub mod object_lock;
+pub mod recovery;
 mod regions;
 pub mod shapes;
 mod snapshots;
@@ -149,6 +151,12 @@ impl Service {
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
         warn_skipped(&catalog);
         service.sync_catalog(&catalog)?;
+        // Settle what dead writers left and sweep orphans (service::recovery).
+        // A pass that cannot finish is retried by the next open; it must
+        // not keep the user from the state.
+        if let Err(e) = service.recover() {
+            tracing::warn!("recovery pass did not finish: {e}");
+        }
         Ok(service)
     }
 
