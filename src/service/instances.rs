@@ -14,6 +14,32 @@
 //! record. So a killed supervisor or QEMU never leaves an instance `running`,
 //! and a guest that powers itself off stops (EBS) or terminates
 //! (instance-store, or shutdown behavior `terminate`).
+//!
+//! # Concurrency and crashes
+//!
+//! Every change to an instance happens under its object lock
+//! ([`super::object_lock`]): run-instances holds the locks of its new
+//! instance and volume ids from before their files exist until the records
+//! are committed and each supervisor runs; start, stop, reboot, terminate
+//! (and create-image) hold the instance's lock while they act; the
+//! reconciliation on every read takes it with `try_lock` and leaves an
+//! instance whose lock is held as recorded. So a launch in progress is never
+//! judged dead by another process.
+//!
+//! "The supervisor is gone" is decided only under the fence
+//! ([`supervisor::fence`], the pid file's lock): a supervisor that runs or is
+//! taking its pid file keeps the instance alive; one spawned by a launcher
+//! that was then killed finds its launch spec withdrawn and never starts
+//! QEMU. Before any disk is removed, no QEMU of the instance may be alive.
+//!
+//! A launcher killed with `-9` leaves, depending on the step: nothing; files
+//! without records whose locks are free (removed by the orphan sweep at
+//! store open); or `pending` records whose supervisor never started. Those
+//! are settled like a launch EC2 could not complete: `terminated` with
+//! `Server.InternalError` ("The launch was interrupted before the instance
+//! booted; launch it again"), volumes following DeleteOnTermination. An
+//! interrupted start of a stopped instance goes back to `stopped` with
+//! `Server.InternalError`.
 
 use super::object_lock::{self, ObjectLock};
 use super::shapes::{Filter, Tag, TagSpecification};
@@ -1754,4 +1780,133 @@ fn metadata_options(given: Option<&Value>) -> Result<Value> {
         "HttpProtocolIpv6": "disabled",
         "InstanceMetadataTags": "disabled",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_ec2() {
+        assert_eq!(launch_count(1, 1).unwrap(), 1);
+        assert_eq!(launch_count(1, 3).unwrap(), 3);
+        assert_eq!(launch_count(2, 500).unwrap(), LAUNCH_LIMIT);
+        let e = launch_count(1, 0).unwrap_err();
+        assert_eq!(e.code(), "InvalidParameterValue");
+        assert!(
+            e.message().contains("Maximum instance count"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            launch_count(0, 1).unwrap_err().code(),
+            "InvalidParameterValue"
+        );
+        let e = launch_count(5, 2).unwrap_err();
+        assert_eq!(e.code(), "InvalidParameterValue");
+        assert!(e.message().contains("(5)") && e.message().contains("(2)"));
+        assert_eq!(
+            launch_count(65, 65).unwrap_err().code(),
+            "InstanceLimitExceeded"
+        );
+    }
+
+    #[test]
+    fn volume_sizes_follow_ec2_per_type_and_snapshot() {
+        let ebs = |size: Option<u64>, t: Option<&str>, snap: Option<&str>| EbsBlockDevice {
+            volume_size: size,
+            volume_type: t.map(String::from),
+            snapshot_id: snap.map(String::from),
+            ..Default::default()
+        };
+        let code = |r: Result<u64>| r.unwrap_err().code().to_string();
+        assert_eq!(
+            volume_size_gib("/dev/sdf", &ebs(Some(1), None, None), None).unwrap(),
+            1
+        );
+        assert_eq!(
+            code(volume_size_gib("/dev/sdf", &ebs(Some(0), None, None), None)),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(17179869184), None, None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(3), Some("io1"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            volume_size_gib("/dev/sdf", &ebs(Some(65536), Some("io2"), None), None).unwrap(),
+            65536
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(20000), Some("io1"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(100), Some("st1"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(1025), Some("standard"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(8), Some("gp9"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib("/dev/sdf", &ebs(None, None, None), None)),
+            "InvalidBlockDeviceMapping"
+        );
+        // The snapshot's size is the default and the floor.
+        let snap = Some("snap-0123456789abcdef0");
+        assert_eq!(
+            volume_size_gib("/dev/xvda", &ebs(None, None, snap), Some(8)).unwrap(),
+            8
+        );
+        let e = volume_size_gib("/dev/xvda", &ebs(Some(4), None, snap), Some(8)).unwrap_err();
+        assert_eq!(e.code(), "InvalidBlockDeviceMapping");
+        assert!(
+            e.message().contains("expect size >= 8GB"),
+            "{}",
+            e.message()
+        );
+        // A type's minimum applies to a smaller snapshot.
+        assert_eq!(
+            volume_size_gib("/dev/xvda", &ebs(None, Some("st1"), snap), Some(1)).unwrap(),
+            125
+        );
+    }
+
+    #[test]
+    fn gib_to_bytes_refuses_overflow() {
+        assert_eq!(gib_to_bytes(16384).unwrap(), 16384 << 30);
+        assert!(gib_to_bytes(17179869184).is_err());
+    }
 }
