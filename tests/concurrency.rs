@@ -84,7 +84,9 @@ fn qemus(env: &Env) -> HashMap<String, HashSet<u32>> {
     m
 }
 
-/// Volume files a live QEMU has open although they were deleted.
+/// Volume files a live QEMU has open although they were deleted (no name
+/// left at all: a live snapshot renames a new overlay over the volume's
+/// name, but the old file lives on as the snapshot).
 fn deleted_volumes_in_use(env: &Env) -> Vec<String> {
     let mut out = Vec::new();
     for pids in qemus(env).values() {
@@ -95,7 +97,11 @@ fn deleted_volumes_in_use(env: &Env) -> Vec<String> {
             for fd in fds.flatten() {
                 if let Ok(target) = std::fs::read_link(fd.path()) {
                     let t = target.display().to_string();
-                    if t.contains("/volumes/") && t.ends_with("(deleted)") {
+                    let gone = std::fs::metadata(fd.path()).is_ok_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.nlink() == 0
+                    });
+                    if t.contains("/volumes/") && gone {
                         out.push(format!("QEMU {pid} has deleted {t} open"));
                     }
                 }
@@ -125,6 +131,9 @@ struct Watch {
     stop: AtomicBool,
     violations: Mutex<Vec<String>>,
     describes: AtomicUsize,
+    /// Commands of the mix that succeeded / lost a race with EC2's error.
+    succeeded: AtomicUsize,
+    refused: AtomicUsize,
 }
 
 impl Watch {
@@ -173,6 +182,7 @@ fn describer(env: Arc<Env>, watch: Arc<Watch>) {
 fn racing(env: &Env, watch: &Watch, args: &[&str]) -> Option<Value> {
     let r = amirun(env, args);
     if r.code == 0 {
+        watch.succeeded.fetch_add(1, Ordering::Relaxed);
         return Some(if r.stdout.trim().is_empty() {
             Value::Null
         } else {
@@ -180,10 +190,25 @@ fn racing(env: &Env, watch: &Watch, args: &[&str]) -> Option<Value> {
         });
     }
     let allowed = ["IncorrectInstanceState", "InvalidInstanceID.NotFound"];
-    if !allowed.iter().any(|c| r.stderr.contains(c)) {
+    if allowed.iter().any(|c| r.stderr.contains(c)) {
+        watch.refused.fetch_add(1, Ordering::Relaxed);
+    } else {
         watch.report(format!("amirun {args:?} failed: {}", r.stderr));
     }
     None
+}
+
+/// Poll (bounded) until `id` is in a settled state; returns it.
+fn settled(env: &Env, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let s = env.state(id);
+        if matches!(s.as_str(), "running" | "stopped" | "terminated") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{id} stays {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn ids_in(dir: &Path) -> Vec<String> {
@@ -292,7 +317,9 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
         spawn(Box::new(move |env, watch| {
             for _ in 0..3 {
                 racing(env, watch, &["stop-instances", "--instance-ids", &a]);
+                settled(env, &a);
                 racing(env, watch, &["start-instances", "--instance-ids", &a]);
+                settled(env, &a);
             }
         }));
     }
@@ -301,6 +328,7 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
         spawn(Box::new(move |env, watch| {
             for _ in 0..3 {
                 racing(env, watch, &["reboot-instances", "--instance-ids", &b]);
+                settled(env, &b);
             }
         }));
     }
@@ -318,8 +346,12 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
                     "--no-reboot",
                 ],
             );
-            if r.code != 0 && r.stderr.contains("InternalError") {
+            if r.code == 0 {
+                watch.succeeded.fetch_add(1, Ordering::Relaxed);
+            } else if r.stderr.contains("InternalError") {
                 watch.report(format!("create-image failed: {}", r.stderr));
+            } else {
+                watch.refused.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -340,10 +372,12 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
                 watch.report(format!("run-instances failed: {}", r.stderr));
                 return;
             }
+            watch.succeeded.fetch_add(1, Ordering::Relaxed);
             let id = r.json()["Instances"][0]["InstanceId"]
                 .as_str()
                 .unwrap()
                 .to_string();
+            settled(env, &id);
             racing(env, watch, &["terminate-instances", "--instance-ids", &id]);
         }));
     }
@@ -409,10 +443,12 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
     check_final(&env);
     assert!(processes(&env).is_empty());
     eprintln!(
-        "launch of 3 under 6 describers: {:.1} s; mix of {} workers + 6 describers: {:.1} s; {} describes; total {:.1} s",
+        "launch of 3 under 6 describers: {:.1} s; mix of {} workers + 6 describers: {:.1} s ({} commands succeeded, {} refused with EC2's error); {} describes; total {:.1} s",
         launched.as_secs_f64(),
         workers_count,
         (mixed - launched).as_secs_f64(),
+        watch.succeeded.load(Ordering::Relaxed),
+        watch.refused.load(Ordering::Relaxed),
         watch.describes.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
