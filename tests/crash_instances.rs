@@ -413,24 +413,69 @@ fn a_start_killed_before_its_supervisor_runs_goes_back_to_stopped() {
     let r = amirun(&env, &["stop-instances", "--instance-ids", id], "");
     assert_eq!(r.code, 0, "{}", r.stderr);
     env.wait("instance-stopped", id);
-    for step in ["start-instances:spawned"] {
+    let step = "start-instances:spawned";
+    // 1. The supervisor cannot take the instance (this test holds its pid
+    // file, as a reconciler's fence would): the killed start is undone.
+    {
+        let pid_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(env.home().join("instances").join(id).join("supervisor.pid"))
+            .unwrap();
+        let held = nix::fcntl::Flock::lock(pid_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .expect("no supervisor runs a stopped instance");
         let r = amirun(&env, &["start-instances", "--instance-ids", id], step);
         assert_eq!(r.code, -1, "{step}: not killed: {}", r.stderr);
-        check_consistent(&env, step);
-        // Either the supervisor took the instance first, or the start was
-        // withdrawn; never a stopped record over a live guest.
-        let s = env.state(id);
-        assert!(
-            matches!(s.as_str(), "pending" | "running" | "stopped"),
-            "{step}: {s}"
-        );
-        if s == "stopped" {
-            let r = amirun(&env, &["start-instances", "--instance-ids", id], "");
-            assert_eq!(r.code, 0, "{}", r.stderr);
+        // The spawned supervisor gives up: no guest starts.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !processes(&env).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                processes(&env)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        env.wait("instance-running", id);
-        env.wait_console(id, "amirun-tiny: boot 2", 300);
+        drop(held);
     }
+    check_consistent(&env, step);
+    let i = env.instance(id);
+    assert_eq!(i["State"]["Name"], "stopped", "{i}");
+    assert_eq!(i["StateReason"]["Code"], "Server.InternalError", "{i}");
+    assert!(
+        i["StateReason"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("start was interrupted"),
+        "{i}"
+    );
+    let r = amirun(&env, &["start-instances", "--instance-ids", id], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env.wait("instance-running", id);
+    env.wait_console(id, "amirun-tiny: boot 2", 300);
+    let r = amirun(&env, &["stop-instances", "--instance-ids", id], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env.wait("instance-stopped", id);
+
+    // 2. Free race between the spawned supervisor and the next reader:
+    // either the supervisor took the instance or the start was undone;
+    // never a stopped record over a live guest.
+    let r = amirun(&env, &["start-instances", "--instance-ids", id], step);
+    assert_eq!(r.code, -1, "{step}: not killed: {}", r.stderr);
+    check_consistent(&env, step);
+    let s = env.state(id);
+    assert!(
+        matches!(s.as_str(), "pending" | "running" | "stopped"),
+        "{step}: {s}"
+    );
+    if s == "stopped" {
+        let r = amirun(&env, &["start-instances", "--instance-ids", id], "");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    env.wait("instance-running", id);
+    env.wait_console(id, "amirun-tiny: boot 3", 300);
     terminate_all(&env);
     check_consistent(&env, "end");
 }
