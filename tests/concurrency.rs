@@ -125,6 +125,9 @@ fn state_of(i: &Value) -> String {
     i["State"]["Name"].as_str().unwrap_or_default().to_string()
 }
 
+/// One worker of the mix.
+type Job = Box<dyn FnOnce(&Env, &Watch) + Send>;
+
 /// What the watchers saw go wrong.
 #[derive(Default)]
 struct Watch {
@@ -308,7 +311,7 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
 
     // The mix.
     let mut workers = Vec::new();
-    let mut spawn = |f: Box<dyn FnOnce(&Env, &Watch) + Send>| {
+    let mut spawn = |f: Job| {
         let (env, watch) = (Arc::clone(&env), Arc::clone(&watch));
         workers.push(std::thread::spawn(move || f(&env, &watch)));
     };
