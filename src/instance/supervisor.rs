@@ -1461,10 +1461,10 @@ pub fn probe(paths: &Paths, instance_id: &str) -> LiveState {
 /// returned lock is held (a supervisor starting meanwhile fails to take its
 /// pid file). `None` when a supervisor holds it.
 ///
-/// Whoever decides from this that an instance is not running removes its
-/// launch spec before dropping the fence, so a supervisor spawned earlier
-/// that takes the pid file afterwards sees its launch withdrawn and exits
-/// without starting QEMU.
+/// Whoever decides from this that a launch was abandoned before its
+/// supervisor ran removes the launch spec before dropping the fence, so a
+/// supervisor spawned for it that takes the pid file afterwards sees its
+/// launch withdrawn and exits without starting QEMU.
 pub fn fence(paths: &Paths, instance_id: &str) -> std::io::Result<Option<Flock<File>>> {
     use std::os::unix::fs::MetadataExt;
     let path = paths.supervisor_pid(instance_id);

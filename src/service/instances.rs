@@ -930,8 +930,11 @@ impl Service {
         })
     }
 
-    /// Remove the launch spec of an instance found not running (under the
-    /// fence): a supervisor spawned before that then never starts QEMU.
+    /// Remove the launch spec of an instance whose launch or start was
+    /// interrupted (under the fence): a supervisor spawned for it that has
+    /// not taken the pid file yet then never starts QEMU. (Once a
+    /// supervisor has run for the current launch, none other can be on its
+    /// way, and the spec stays for inspection.)
     fn withdraw_launch(&self, instance_id: &str) {
         let _ = std::fs::remove_file(self.paths.launch_spec(instance_id));
     }
@@ -1026,10 +1029,11 @@ impl Service {
             return Ok(());
         };
         let facts = supervisor::probe(&self.paths, instance_id);
-        self.withdraw_launch(instance_id);
         let store_backed = i.root_device_type == "instance-store";
         let (started_since, ever_started) = self.supervisor_runs(&i);
         if i.state == "pending" && !started_since {
+            // A supervisor its launcher spawned may still be on its way.
+            self.withdraw_launch(instance_id);
             let (target, why) = if ever_started && !store_backed {
                 (
                     "stopped",
@@ -1450,7 +1454,6 @@ impl Service {
                             ),
                         ));
                     };
-                    self.withdraw_launch(&i.instance_id);
                     i.state_reason =
                         Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
                     self.settle(&mut i, "terminated")?;
@@ -1501,7 +1504,6 @@ impl Service {
                     format!("The supervisor of '{instance_id}' did not stop; terminate it again"),
                 ));
             };
-            self.withdraw_launch(instance_id);
             i.state_reason = Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
             self.settle(&mut i, "terminated")?;
         }
