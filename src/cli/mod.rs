@@ -820,7 +820,10 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 image_id: a.image_id.clone(),
                 instance_type: a.instance_type.clone(),
                 min_count: a.min_count.unwrap_or(a.count),
-                max_count: a.max_count.unwrap_or(a.count),
+                // Only --min-count given: launch that many.
+                max_count: a
+                    .max_count
+                    .unwrap_or(a.min_count.unwrap_or(a.count).max(a.count)),
                 key_name: a.key_name.clone(),
                 user_data: a
                     .user_data

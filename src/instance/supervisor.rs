@@ -110,6 +110,10 @@ pub enum SupervisorError {
     /// Another supervisor holds this instance.
     #[error("Instance {instance_id} already has a running supervisor (pid {pid})")]
     AlreadyRunning { instance_id: String, pid: String },
+    /// The launch was withdrawn (see [`fence`]) before this supervisor took
+    /// the instance: nothing was started.
+    #[error("The launch of {instance_id} was withdrawn before its supervisor started")]
+    Withdrawn { instance_id: String },
     /// A file or socket of the instance could not be used.
     #[error("Could not {what} {path}")]
     Io {
@@ -758,6 +762,14 @@ pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let _ = crate::private_fs::private_file(&spec.serial_log, false);
     let pid_lock = claim_pid_file(&spec)?;
+    // Whoever decided under the fence that this instance is not running
+    // withdrew (or replaced) the launch spec: then this run is not wanted.
+    if LaunchSpec::read(launch_spec_path).ok().as_ref() != Some(&spec) {
+        let _ = std::fs::remove_file(&spec.pid_file);
+        return Err(SupervisorError::Withdrawn {
+            instance_id: spec.instance_id.clone(),
+        });
+    }
     let events = EventLog::open(&spec.events)?;
     let sup = Arc::new(Supervisor {
         spec,
@@ -1484,6 +1496,59 @@ pub fn probe(paths: &Paths, instance_id: &str) -> LiveState {
             process_matches(pid, |args| args.iter().any(|a| a.contains(instance_id)))
         });
     live
+}
+
+/// Holds an instance's pid file lock while no supervisor does: proof that
+/// no supervisor runs the instance and that none can start while the
+/// returned lock is held (a supervisor starting meanwhile fails to take its
+/// pid file). `None` when a supervisor holds it.
+///
+/// Whoever decides from this that a launch was abandoned before its
+/// supervisor ran removes the launch spec before dropping the fence, so a
+/// supervisor spawned for it that takes the pid file afterwards sees its
+/// launch withdrawn and exits without starting QEMU.
+pub fn fence(paths: &Paths, instance_id: &str) -> std::io::Result<Option<Flock<File>>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = paths.supervisor_pid(instance_id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, errno)) => return Err(errno.into()),
+        };
+        // A supervisor that was exiting may have removed the file we opened:
+        // then the lock guards nothing; take the file now at the path.
+        let ours = lock.metadata()?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => return Ok(Some(lock)),
+            _ => continue,
+        }
+    }
+}
+
+/// The pids of live QEMU processes running `instance_id` (found in /proc by
+/// their command line), whatever the records say.
+pub fn qemu_pids(instance_id: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            process_matches(pid, |args| {
+                args.first().is_some_and(|a| a.contains("qemu-system"))
+                    && args.iter().any(|a| a.contains(instance_id))
+            })
+        })
+        .collect()
 }
 
 /// Whether `pid` is a live (not zombie) process whose argv satisfies `check`.
