@@ -19,6 +19,8 @@ pub mod filter;
 mod images;
 mod imds;
 pub mod import_policy;
+pub mod instance_facts;
+pub mod instance_types;
 pub mod instances;
 mod keypairs;
 pub mod layers;
