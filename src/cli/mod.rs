@@ -335,21 +335,29 @@ struct CreateKeyPairArgs {
     /// rsa (default) or ed25519.
     #[arg(long)]
     key_type: Option<String>,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 struct ImportKeyPairArgs {
     #[arg(long)]
     key_name: String,
-    /// The OpenSSH public key: text, file://PATH or fileb://PATH.
+    /// The public key (OpenSSH line, RFC 4716 block, PEM/DER RSA): text, file://PATH or fileb://PATH.
     #[arg(long)]
     public_key_material: String,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 struct DescribeKeyPairsArgs {
     #[arg(long, num_args = 1..)]
     key_names: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    key_pair_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
     #[arg(long)]
     include_public_key: bool,
 }
@@ -945,20 +953,25 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
             )?)
         }
         Command::CreateKeyPair(a) => {
-            let out = open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref())?;
+            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
+            let out =
+                open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref(), &specs)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::ImportKeyPair(a) => {
             let material = blob_arg("public-key-material", &a.public_key_material)?;
-            let out = open()?.import_key_pair(
-                &caller,
-                &a.key_name,
-                &String::from_utf8_lossy(&material),
-            )?;
+            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
+            let out = open()?.import_key_pair(&caller, &a.key_name, &material, &specs)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::DescribeKeyPairs(a) => {
-            let out = open()?.describe_key_pairs(&caller, &a.key_names, a.include_public_key)?;
+            let input = crate::service::DescribeKeyPairsInput {
+                key_names: a.key_names.clone(),
+                key_pair_ids: a.key_pair_ids.clone(),
+                filters: param("filters", &a.filters)?,
+                include_public_key: a.include_public_key,
+            };
+            let out = open()?.describe_key_pairs(&caller, &input)?;
             to_value(json!({ "KeyPairs": out }))
         }
         Command::DeleteKeyPair(a) => {

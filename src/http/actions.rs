@@ -358,28 +358,32 @@ fn describe_volumes(c: &mut Context, v: &Value) -> Result<Option<Value>> {
 
 fn create_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     let key_type = opt_str(v, "KeyType");
-    out(c
-        .service
-        .create_key_pair(c.caller, &req_str(v, "KeyName")?, key_type.as_deref())?)
+    let specs: Vec<TagSpecification> = de(v, "TagSpecifications")?;
+    out(c.service.create_key_pair(
+        c.caller,
+        &req_str(v, "KeyName")?,
+        key_type.as_deref(),
+        &specs,
+    )?)
 }
 
 fn import_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     let material =
         blob(v, "PublicKeyMaterial")?.ok_or_else(|| Error::missing("PublicKeyMaterial"))?;
-    out(c.service.import_key_pair(
-        c.caller,
-        &req_str(v, "KeyName")?,
-        &String::from_utf8_lossy(&material),
-    )?)
+    let specs: Vec<TagSpecification> = de(v, "TagSpecifications")?;
+    out(c
+        .service
+        .import_key_pair(c.caller, &req_str(v, "KeyName")?, &material, &specs)?)
 }
 
 fn describe_key_pairs(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let pairs = c.service.describe_key_pairs(
-        c.caller,
-        &strs(v, "KeyNames"),
-        flag(v, "IncludePublicKey"),
-    )?;
-    out(json!({ "KeyPairs": pairs }))
+    let input = crate::service::DescribeKeyPairsInput {
+        key_names: strs(v, "KeyNames"),
+        key_pair_ids: strs(v, "KeyPairIds"),
+        filters: de(v, "Filters")?,
+        include_public_key: flag(v, "IncludePublicKey"),
+    };
+    out(json!({ "KeyPairs": c.service.describe_key_pairs(c.caller, &input)? }))
 }
 
 fn describe_regions(c: &mut Context, v: &Value) -> Result<Option<Value>> {
