@@ -58,9 +58,15 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeRegions", describe_regions),
     ("DescribeAvailabilityZones", describe_availability_zones),
     ("DescribeInstanceTypes", describe_instance_types),
-    ("DescribeInstanceTypeOfferings", describe_instance_type_offerings),
+    (
+        "DescribeInstanceTypeOfferings",
+        describe_instance_type_offerings,
+    ),
     ("GetInstanceUefiData", get_instance_uefi_data),
-    ("DescribeInstanceCreditSpecifications", describe_instance_credit_specifications),
+    (
+        "DescribeInstanceCreditSpecifications",
+        describe_instance_credit_specifications,
+    ),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];

@@ -223,8 +223,14 @@ mod tests {
         assert_eq!(small.instance_store.media, "hdd");
         assert_eq!(small.architectures_for_error(), "x86_64,i386");
         assert!(!small.current_generation());
-        assert_eq!(instance_type("m1.xlarge").unwrap().instance_store_gib, &[420; 4]);
-        assert_eq!(instance_type("c3.large").unwrap().instance_store_gib, &[16, 16]);
+        assert_eq!(
+            instance_type("m1.xlarge").unwrap().instance_store_gib,
+            &[420; 4]
+        );
+        assert_eq!(
+            instance_type("c3.large").unwrap().instance_store_gib,
+            &[16, 16]
+        );
         assert_eq!(instance_type("r3.large").unwrap().memory_mib, 15360);
     }
 }

@@ -116,9 +116,11 @@ fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
         "free-tier-eligible" => b(t.free_tier_eligible()),
         "hypervisor" => vec![t.hypervisor().to_string()],
         "supported-boot-mode" => t.boot_modes.iter().map(|m| m.to_string()).collect(),
-        "supported-root-device-type" => {
-            t.root_device_types().iter().map(|m| m.to_string()).collect()
-        }
+        "supported-root-device-type" => t
+            .root_device_types()
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
         "bare-metal" => b(false),
         _ => Vec::new(),
     }
@@ -126,7 +128,12 @@ fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
 
 /// One page of `items` and the token for the next, EC2-style: the token is
 /// opaque to clients (here the offset, checked on the way back).
-fn page(items: Vec<Value>, paging: &Paging, min: i64, max: i64) -> Result<(Vec<Value>, Option<String>)> {
+fn page(
+    items: Vec<Value>,
+    paging: &Paging,
+    min: i64,
+    max: i64,
+) -> Result<(Vec<Value>, Option<String>)> {
     let size = match paging.max_results {
         None => items.len().max(1),
         Some(n) if (min..=max).contains(&n) => n as usize,
@@ -281,7 +288,10 @@ mod tests {
         let t = crate::machine::instance_type("m1.small").unwrap();
         let v = info(t);
         assert_eq!(v["MemoryInfo"]["SizeInMiB"], 1740);
-        assert_eq!(v["ProcessorInfo"]["SupportedArchitectures"], json!(["i386", "x86_64"]));
+        assert_eq!(
+            v["ProcessorInfo"]["SupportedArchitectures"],
+            json!(["i386", "x86_64"])
+        );
         assert_eq!(
             v["InstanceStorageInfo"]["Disks"],
             json!([{"SizeInGB": 160, "Count": 1, "Type": "hdd"}])

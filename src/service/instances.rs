@@ -1132,7 +1132,10 @@ impl Service {
         instance_ids: &[String],
     ) -> Result<Value> {
         if instance_ids.is_empty() {
-            return Err(Error::new("InvalidParameterCombination", "No instances specified"));
+            return Err(Error::new(
+                "InvalidParameterCombination",
+                "No instances specified",
+            ));
         }
         let instances = self.owned_instances(caller, instance_ids)?;
         let mut changes = Vec::new();

@@ -15,7 +15,13 @@ use crate::store::KeyPairState;
 use base64::Engine;
 use serde::Serialize;
 
-const KEY_PAIR_FILTERS: &[&str] = &["key-name", "key-pair-id", "fingerprint", "key-type", "tag-key"];
+const KEY_PAIR_FILTERS: &[&str] = &[
+    "key-name",
+    "key-pair-id",
+    "fingerprint",
+    "key-type",
+    "tag-key",
+];
 
 /// A key pair as `describe-key-pairs` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,9 +90,15 @@ fn created_rsa_fingerprint(pkcs1_pem: &str) -> Result<String> {
     let pkcs1 = base64::engine::general_purpose::STANDARD
         .decode(body.trim())
         .map_err(|e| {
-            Error::new("InternalError", "ssh-keygen wrote an unreadable private key").with_source(e)
+            Error::new(
+                "InternalError",
+                "ssh-keygen wrote an unreadable private key",
+            )
+            .with_source(e)
         })?;
-    Ok(colon_hex(&sha1::Sha1::digest(der::pkcs8_from_pkcs1(&pkcs1))))
+    Ok(colon_hex(&sha1::Sha1::digest(der::pkcs8_from_pkcs1(
+        &pkcs1,
+    ))))
 }
 
 /// A public key as EC2's ImportKeyPair takes it: an OpenSSH line, an RFC 4716
@@ -119,7 +131,9 @@ fn parse_public_key(material: &[u8]) -> std::result::Result<ssh_key::PublicKey, 
         return Err("no ---- END SSH2 PUBLIC KEY ---- line".into());
     }
     if let Some(rest) = text.strip_prefix("-----BEGIN ") {
-        let (label, _) = rest.split_once("-----").ok_or("a PEM header without its end")?;
+        let (label, _) = rest
+            .split_once("-----")
+            .ok_or("a PEM header without its end")?;
         let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
         let der_bytes = b64(body.trim())?;
         return match label {
@@ -148,7 +162,11 @@ mod der {
         if n < 0x80 {
             out.push(n as u8);
         } else {
-            let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
             out.push(0x80 | bytes.len() as u8);
             out.extend(bytes);
         }
@@ -176,12 +194,20 @@ mod der {
         let pkcs1 = tlv(0x30, &[part(&key.n)?, part(&key.e)?].concat());
         let mut bits = vec![0u8];
         bits.extend(pkcs1);
-        Ok(tlv(0x30, &[RSA_ALGORITHM.to_vec(), tlv(0x03, &bits)].concat()))
+        Ok(tlv(
+            0x30,
+            &[RSA_ALGORITHM.to_vec(), tlv(0x03, &bits)].concat(),
+        ))
     }
 
     /// PKCS#8 PrivateKeyInfo around a PKCS#1 RSAPrivateKey.
     pub fn pkcs8_from_pkcs1(pkcs1: &[u8]) -> Vec<u8> {
-        let body = [vec![0x02, 0x01, 0x00], RSA_ALGORITHM.to_vec(), tlv(0x04, pkcs1)].concat();
+        let body = [
+            vec![0x02, 0x01, 0x00],
+            RSA_ALGORITHM.to_vec(),
+            tlv(0x04, pkcs1),
+        ]
+        .concat();
         tlv(0x30, &body)
     }
 
@@ -217,12 +243,21 @@ mod der {
         }
         let mp = |b: &[u8]| {
             ssh_key::Mpint::from_positive_bytes(
-                &b.iter().copied().skip_while(|x| *x == 0).collect::<Vec<_>>(),
+                &b.iter()
+                    .copied()
+                    .skip_while(|x| *x == 0)
+                    .collect::<Vec<_>>(),
             )
             .map_err(|e| e.to_string())
         };
-        let key = ssh_key::public::RsaPublicKey { e: mp(e)?, n: mp(n)? };
-        Ok(ssh_key::PublicKey::new(ssh_key::public::KeyData::Rsa(key), ""))
+        let key = ssh_key::public::RsaPublicKey {
+            e: mp(e)?,
+            n: mp(n)?,
+        };
+        Ok(ssh_key::PublicKey::new(
+            ssh_key::public::KeyData::Rsa(key),
+            "",
+        ))
     }
 
     /// An RSA public key from DER SubjectPublicKeyInfo.
@@ -230,8 +265,13 @@ mod der {
         let (tag, seq, _) = read(der)?;
         let (_, algorithm, rest) = read(seq)?;
         let (bit_tag, bits, _) = read(rest)?;
-        if tag != 0x30 || bit_tag != 0x03 || !RSA_ALGORITHM[2..13].eq(&algorithm[..11.min(algorithm.len())]) {
-            return Err("not an RSA SubjectPublicKeyInfo (only RSA keys are taken in PEM or DER)".into());
+        if tag != 0x30
+            || bit_tag != 0x03
+            || !RSA_ALGORITHM[2..13].eq(&algorithm[..11.min(algorithm.len())])
+        {
+            return Err(
+                "not an RSA SubjectPublicKeyInfo (only RSA keys are taken in PEM or DER)".into(),
+            );
         }
         rsa_from_pkcs1(bits.get(1..).ok_or("empty BIT STRING")?)
     }
@@ -363,7 +403,12 @@ impl Service {
         })
     }
 
-    fn insert_key_pair(&mut self, caller: &Caller, state: &KeyPairState, tags: &[Tag]) -> Result<()> {
+    fn insert_key_pair(
+        &mut self,
+        caller: &Caller,
+        state: &KeyPairState,
+        tags: &[Tag],
+    ) -> Result<()> {
         self.store.write(|db| -> Result<()> {
             if db
                 .key_pairs(&caller.region, &caller.account)?

@@ -28,7 +28,10 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         _ => true,
     };
     if !well_formed {
-        return Err(Error::new("InvalidID", format!("The ID '{id}' is not valid")));
+        return Err(Error::new(
+            "InvalidID",
+            format!("The ID '{id}' is not valid"),
+        ));
     }
     if resource_type(id) == "key-pair" {
         return if db
