@@ -471,6 +471,32 @@ mod tests {
     }
 
     #[test]
+    fn one_ami_id_pinned_twice_is_refused() {
+        let file = |pins: &str| {
+            format!(
+                r#"{{"format_version":1,"images":[{{"key":"k","name":"n","owner_alias":"amirun","architecture":"x86_64","source":{{"url":"file:///tmp/x.qcow2"}},"image_ids":{{{pins}}}}}]}}"#
+            )
+        };
+        let twice =
+            file(r#""us-east-1":"ami-0123456789abcdef0","eu-west-1":"ami-0123456789abcdef0""#);
+        let e = CatalogFile::parse("f.json", &twice)
+            .unwrap()
+            .validate("f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f.json") && e.contains("ami-0123456789abcdef0"),
+            "{e}"
+        );
+        let once =
+            file(r#""us-east-1":"ami-0123456789abcdef0","eu-west-1":"ami-0123456789abcdef1""#);
+        CatalogFile::parse("f.json", &once)
+            .unwrap()
+            .validate("f.json")
+            .unwrap();
+    }
+
+    #[test]
     fn a_broken_file_is_skipped_and_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

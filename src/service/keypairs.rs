@@ -585,3 +585,32 @@ pub(crate) fn key_not_found(name: &str) -> Error {
         format!("The key pair '{name}' does not exist"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4716_blocks_with_continued_headers_parse() {
+        let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap();
+        let public = key.public_key();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(public.to_bytes().unwrap());
+        let (a, b) = b64.split_at(30);
+        let block = format!(
+            "---- BEGIN SSH2 PUBLIC KEY ----\nComment: \"a long \\\ncomment\"\nx-private: yes\n{a}\n{b}\n---- END SSH2 PUBLIC KEY ----\n"
+        );
+        let parsed = parse_public_key(block.as_bytes()).unwrap();
+        assert_eq!(parsed.key_data(), public.key_data());
+        assert!(parse_public_key(b"---- BEGIN SSH2 PUBLIC KEY ----\nAAAA\n").is_err());
+    }
+
+    #[test]
+    fn pkcs8_wrapping_is_der() {
+        // A 3-byte PKCS#1 body: SEQUENCE { INTEGER 0, SEQUENCE { rsaEncryption, NULL }, OCTET STRING }.
+        let out = der::pkcs8_from_pkcs1(&[1, 2, 3]);
+        assert_eq!(out[0], 0x30);
+        assert_eq!(out[1] as usize, out.len() - 2);
+        assert_eq!(&out[out.len() - 5..], &[0x04, 3, 1, 2, 3]);
+    }
+}
