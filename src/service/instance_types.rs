@@ -184,12 +184,6 @@ impl Service {
                 ),
             ));
         }
-        if !input.instance_types.is_empty() && input.paging.max_results.is_some() {
-            return Err(Error::new(
-                "InvalidParameterCombination",
-                "The parameter instanceTypes cannot be used with the parameter maxResults",
-            ));
-        }
         let items: Vec<Value> = INSTANCE_TYPES
             .iter()
             .filter(|t| {

@@ -461,9 +461,16 @@ impl Service {
             key_name: key_name.to_string(),
             key_type: key_type.into(),
             fingerprint: fingerprint(&public)?,
-            public_key: public.to_openssh().map_err(|e| {
-                Error::new("InternalError", "Cannot encode a public key").with_source(e)
-            })?,
+            // An OpenSSH line is kept as given (comment included); other
+            // formats are stored as the OpenSSH line of the same key.
+            public_key: match ssh_key::PublicKey::from_openssh(
+                String::from_utf8_lossy(public_key).trim(),
+            ) {
+                Ok(_) => String::from_utf8_lossy(public_key).trim().to_string(),
+                Err(_) => public.to_openssh().map_err(|e| {
+                    Error::new("InternalError", "Cannot encode a public key").with_source(e)
+                })?,
+            },
             private_key: None,
             create_time: now(),
         };
