@@ -33,6 +33,9 @@ OPERATIONS = [
     "CreateKeyPair", "ImportKeyPair", "DescribeKeyPairs", "DeleteKeyPair",
     # Regions and zones (SDKs and Terraform's AWS provider ask first)
     "DescribeRegions", "DescribeAvailabilityZones",
+    # Instance types and read-only instance facts
+    "DescribeInstanceTypes", "DescribeInstanceTypeOfferings",
+    "GetInstanceUefiData", "DescribeInstanceCreditSpecifications",
 ]
 
 KEEP = ("type", "locationName", "queryName", "flattened", "timestampFormat")

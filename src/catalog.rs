@@ -203,6 +203,7 @@ impl CatalogFile {
             ));
         }
         let mut keys = HashSet::new();
+        let mut pinned: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
         for e in &self.images {
             if e.key.is_empty() || !keys.insert(e.key.as_str()) {
                 return Err(invalid(&e.key, "keys must be non-empty and unique".into()));
@@ -249,10 +250,26 @@ impl CatalogFile {
                         format!("pinned id '{id}' for {region} is not an AMI id"),
                     ));
                 }
+                // The store keys AMIs by id alone: one id is one AMI in one region.
+                if let Some((other_key, other_region)) =
+                    pinned.insert(id.as_str(), (e.key.as_str(), region.as_str()))
+                {
+                    return Err(invalid(
+                        &e.key,
+                        duplicate_pin(id, other_key, other_region, &e.key, region),
+                    ));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Why a pinned AMI id cannot be used twice, and what to do.
+fn duplicate_pin(id: &str, key_a: &str, region_a: &str, key_b: &str, region_b: &str) -> String {
+    format!(
+        "AMI id '{id}' is pinned for {region_a} (entry '{key_a}') and again for {region_b} (entry '{key_b}'); an AMI id names one image in one region, so give each region its own id or drop the pin"
+    )
 }
 
 /// Check a source spec: a supported URL scheme, a well-formed digest, a known format.
@@ -358,9 +375,11 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
         hasher.update([0]);
         let file = match CatalogFile::parse(name, text).and_then(|f| {
             f.validate(name)?;
+            check_pins_against(name, &f, &entries)?;
             Ok(f)
         }) {
             Ok(f) => f,
+            Err(e) if extra.iter().any(|p| p.display().to_string() == *name) => return Err(e),
             Err(e) => {
                 skipped.push(with_causes(&e));
                 continue;
@@ -381,6 +400,32 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
         fingerprint: hex::encode(hasher.finalize()),
         skipped,
     })
+}
+
+/// A file's pinned AMI ids must not be pinned by another entry (other key)
+/// of the files loaded before it.
+fn check_pins_against(
+    name: &str,
+    file: &CatalogFile,
+    entries: &[(String, CatalogEntry)],
+) -> Result<(), CatalogError> {
+    for e in &file.images {
+        for (region, id) in &e.image_ids {
+            for (other_file, other) in entries.iter().filter(|(_, o)| o.key != e.key) {
+                if let Some((other_region, _)) = other.image_ids.iter().find(|(_, i)| *i == id) {
+                    return Err(CatalogError::Invalid {
+                        path: name.to_string(),
+                        key: e.key.clone(),
+                        message: format!(
+                            "{} (in {other_file})",
+                            duplicate_pin(id, &other.key, other_region, &e.key, region)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -423,6 +468,32 @@ mod tests {
         let b = load(dir.path(), &[]).unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         assert_eq!(b.entries.last().unwrap().1.name, "local");
+    }
+
+    #[test]
+    fn one_ami_id_pinned_twice_is_refused() {
+        let file = |pins: &str| {
+            format!(
+                r#"{{"format_version":1,"images":[{{"key":"k","name":"n","owner_alias":"amirun","architecture":"x86_64","source":{{"url":"file:///tmp/x.qcow2"}},"image_ids":{{{pins}}}}}]}}"#
+            )
+        };
+        let twice =
+            file(r#""us-east-1":"ami-0123456789abcdef0","eu-west-1":"ami-0123456789abcdef0""#);
+        let e = CatalogFile::parse("f.json", &twice)
+            .unwrap()
+            .validate("f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f.json") && e.contains("ami-0123456789abcdef0"),
+            "{e}"
+        );
+        let once =
+            file(r#""us-east-1":"ami-0123456789abcdef0","eu-west-1":"ami-0123456789abcdef1""#);
+        CatalogFile::parse("f.json", &once)
+            .unwrap()
+            .validate("f.json")
+            .unwrap();
     }
 
     #[test]

@@ -479,10 +479,18 @@ fn direct_kernel_boot_amis_boot_without_firmware() {
     let env = Env::with_images();
     for arch in ["x86_64", "arm64"] {
         let ami = env.ami(&format!("amirun/tiny-{arch}-kernel"));
+        // EC2's default type (m1.small) is x86 only: arm64 names its own.
+        let itype = if arch == "arm64" {
+            "t4g.micro"
+        } else {
+            "m1.small"
+        };
         let report = env.ok(&[
             "boot-test",
             "--image-id",
             &ami,
+            "--instance-type",
+            itype,
             "--expect",
             "amirun-tiny: ready",
             "--timeout",

@@ -125,6 +125,14 @@ enum Command {
     DescribeRegions(RegionNamesArgs),
     /// Describe the availability zones of the region.
     DescribeAvailabilityZones(ZoneNamesArgs),
+    /// Describe instance types (vCPUs, memory, architectures, instance store).
+    DescribeInstanceTypes(DescribeInstanceTypesArgs),
+    /// List the instance types offered in the region or its zone.
+    DescribeInstanceTypeOfferings(DescribeInstanceTypeOfferingsArgs),
+    /// Print a UEFI instance's variable store (base64).
+    GetInstanceUefiData(InstanceIdArgs),
+    /// Describe the CPU credit option of burstable instances.
+    DescribeInstanceCreditSpecifications(DescribeInstancesArgs),
     /// Create a key pair (amirun keeps the private key for `amirun ssh`).
     CreateKeyPair(CreateKeyPairArgs),
     /// Import an OpenSSH public key as a key pair.
@@ -290,27 +298,66 @@ struct ZoneNamesArgs {
 }
 
 #[derive(Args, Debug)]
+struct DescribeInstanceTypesArgs {
+    #[arg(long, num_args = 1..)]
+    instance_types: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+    #[arg(long)]
+    max_results: Option<i64>,
+    #[arg(long)]
+    next_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct DescribeInstanceTypeOfferingsArgs {
+    /// region (default), availability-zone or availability-zone-id.
+    #[arg(long)]
+    location_type: Option<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
+    #[arg(long)]
+    max_results: Option<i64>,
+    #[arg(long)]
+    next_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct InstanceIdArgs {
+    #[arg(long)]
+    instance_id: String,
+}
+
+#[derive(Args, Debug)]
 struct CreateKeyPairArgs {
     #[arg(long)]
     key_name: String,
     /// rsa (default) or ed25519.
     #[arg(long)]
     key_type: Option<String>,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 struct ImportKeyPairArgs {
     #[arg(long)]
     key_name: String,
-    /// The OpenSSH public key: text, file://PATH or fileb://PATH.
+    /// The public key (OpenSSH line, RFC 4716 block, PEM/DER RSA): text, file://PATH or fileb://PATH.
     #[arg(long)]
     public_key_material: String,
+    #[arg(long, num_args = 1..)]
+    tag_specifications: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 struct DescribeKeyPairsArgs {
     #[arg(long, num_args = 1..)]
     key_names: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    key_pair_ids: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    filters: Vec<String>,
     #[arg(long)]
     include_public_key: bool,
 }
@@ -875,21 +922,59 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         Command::DescribeAvailabilityZones(a) => {
             to_value(open()?.describe_availability_zones(&caller, &a.zone_names)?)
         }
+        Command::DescribeInstanceTypes(a) => {
+            let input = crate::service::instance_types::DescribeInstanceTypesInput {
+                instance_types: a.instance_types.clone(),
+                filters: param("filters", &a.filters)?,
+                paging: crate::service::instance_types::Paging {
+                    max_results: a.max_results,
+                    next_token: a.next_token.clone(),
+                },
+            };
+            to_value(open()?.describe_instance_types(&caller, &input)?)
+        }
+        Command::DescribeInstanceTypeOfferings(a) => {
+            let input = crate::service::instance_types::DescribeInstanceTypeOfferingsInput {
+                location_type: a.location_type.clone(),
+                filters: param("filters", &a.filters)?,
+                paging: crate::service::instance_types::Paging {
+                    max_results: a.max_results,
+                    next_token: a.next_token.clone(),
+                },
+            };
+            to_value(open()?.describe_instance_type_offerings(&caller, &input)?)
+        }
+        Command::GetInstanceUefiData(a) => {
+            to_value(open()?.get_instance_uefi_data(&caller, &a.instance_id)?)
+        }
+        Command::DescribeInstanceCreditSpecifications(a) => {
+            let filters: Vec<Filter> = param("filters", &a.filters)?;
+            to_value(open()?.describe_instance_credit_specifications(
+                &caller,
+                &a.instance_ids,
+                &filters,
+            )?)
+        }
         Command::CreateKeyPair(a) => {
-            let out = open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref())?;
+            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
+            let out =
+                open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref(), &specs)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::ImportKeyPair(a) => {
             let material = blob_arg("public-key-material", &a.public_key_material)?;
-            let out = open()?.import_key_pair(
-                &caller,
-                &a.key_name,
-                &String::from_utf8_lossy(&material),
-            )?;
+            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
+            let out = open()?.import_key_pair(&caller, &a.key_name, &material, &specs)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::DescribeKeyPairs(a) => {
-            let out = open()?.describe_key_pairs(&caller, &a.key_names, a.include_public_key)?;
+            let input = crate::service::DescribeKeyPairsInput {
+                key_names: a.key_names.clone(),
+                key_pair_ids: a.key_pair_ids.clone(),
+                filters: param("filters", &a.filters)?,
+                include_public_key: a.include_public_key,
+            };
+            let out = open()?.describe_key_pairs(&caller, &input)?;
             to_value(json!({ "KeyPairs": out }))
         }
         Command::DeleteKeyPair(a) => {

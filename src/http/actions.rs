@@ -57,6 +57,16 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("CopySnapshot", copy_snapshot),
     ("DescribeRegions", describe_regions),
     ("DescribeAvailabilityZones", describe_availability_zones),
+    ("DescribeInstanceTypes", describe_instance_types),
+    (
+        "DescribeInstanceTypeOfferings",
+        describe_instance_type_offerings,
+    ),
+    ("GetInstanceUefiData", get_instance_uefi_data),
+    (
+        "DescribeInstanceCreditSpecifications",
+        describe_instance_credit_specifications,
+    ),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -354,28 +364,32 @@ fn describe_volumes(c: &mut Context, v: &Value) -> Result<Option<Value>> {
 
 fn create_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     let key_type = opt_str(v, "KeyType");
-    out(c
-        .service
-        .create_key_pair(c.caller, &req_str(v, "KeyName")?, key_type.as_deref())?)
+    let specs: Vec<TagSpecification> = de(v, "TagSpecifications")?;
+    out(c.service.create_key_pair(
+        c.caller,
+        &req_str(v, "KeyName")?,
+        key_type.as_deref(),
+        &specs,
+    )?)
 }
 
 fn import_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     let material =
         blob(v, "PublicKeyMaterial")?.ok_or_else(|| Error::missing("PublicKeyMaterial"))?;
-    out(c.service.import_key_pair(
-        c.caller,
-        &req_str(v, "KeyName")?,
-        &String::from_utf8_lossy(&material),
-    )?)
+    let specs: Vec<TagSpecification> = de(v, "TagSpecifications")?;
+    out(c
+        .service
+        .import_key_pair(c.caller, &req_str(v, "KeyName")?, &material, &specs)?)
 }
 
 fn describe_key_pairs(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let pairs = c.service.describe_key_pairs(
-        c.caller,
-        &strs(v, "KeyNames"),
-        flag(v, "IncludePublicKey"),
-    )?;
-    out(json!({ "KeyPairs": pairs }))
+    let input = crate::service::DescribeKeyPairsInput {
+        key_names: strs(v, "KeyNames"),
+        key_pair_ids: strs(v, "KeyPairIds"),
+        filters: de(v, "Filters")?,
+        include_public_key: flag(v, "IncludePublicKey"),
+    };
+    out(json!({ "KeyPairs": c.service.describe_key_pairs(c.caller, &input)? }))
 }
 
 fn describe_regions(c: &mut Context, v: &Value) -> Result<Option<Value>> {
@@ -394,6 +408,48 @@ fn delete_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     c.service
         .delete_key_pair(c.caller, &req_str(v, "KeyName")?)?;
     out(json!({ "Return": true }))
+}
+
+fn paging(v: &Value) -> crate::service::instance_types::Paging {
+    crate::service::instance_types::Paging {
+        max_results: v.get("MaxResults").and_then(Value::as_i64),
+        next_token: opt_str(v, "NextToken"),
+    }
+}
+
+fn describe_instance_types(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    let input = crate::service::instance_types::DescribeInstanceTypesInput {
+        instance_types: strs(v, "InstanceTypes"),
+        filters: de(v, "Filters")?,
+        paging: paging(v),
+    };
+    out(c.service.describe_instance_types(c.caller, &input)?)
+}
+
+fn describe_instance_type_offerings(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    let input = crate::service::instance_types::DescribeInstanceTypeOfferingsInput {
+        location_type: opt_str(v, "LocationType"),
+        filters: de(v, "Filters")?,
+        paging: paging(v),
+    };
+    out(c
+        .service
+        .describe_instance_type_offerings(c.caller, &input)?)
+}
+
+fn get_instance_uefi_data(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    out(c
+        .service
+        .get_instance_uefi_data(c.caller, &req_str(v, "InstanceId")?)?)
+}
+
+fn describe_instance_credit_specifications(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    let filters: Vec<Filter> = de(v, "Filters")?;
+    out(c.service.describe_instance_credit_specifications(
+        c.caller,
+        &strs(v, "InstanceIds"),
+        &filters,
+    )?)
 }
 
 #[cfg(test)]

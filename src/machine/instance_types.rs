@@ -1,8 +1,14 @@
 //! EC2 instance types: the names users already know, mapped to vCPUs,
 //! memory and instance-store disks with EC2's own numbers.
 //!
-//! Only what the guest can see is modelled (no network or EBS bandwidth).
-//! Instance-store sizes are the NVMe SSDs EC2 attaches to `d` types.
+//! The table (`instance_types_table.rs`) is written by
+//! `scripts/gen-instance-types.py` from EC2's DescribeInstanceTypes answers
+//! (moto keeps a dump of them in `moto/ec2/resources/instance_types.json`).
+//! It covers the previous generations a user may still name (t1, m1, m2,
+//! m3, m4, c1, c3, c4, r3, r4, i2, d2, x1, ...) and today's general purpose,
+//! compute, memory and storage families with their `d` variants, without
+//! bare-metal sizes. Only what the guest can see is modelled (no network
+//! or EBS bandwidth).
 
 /// One EC2 instance type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,99 +17,150 @@ pub struct InstanceType {
     pub name: &'static str,
     /// Virtual CPUs.
     pub vcpus: u32,
+    /// Physical cores EC2 gives by default.
+    pub cores: u32,
+    /// Threads per core EC2 gives by default.
+    pub threads_per_core: u32,
     /// Memory in MiB.
     pub memory_mib: u64,
-    /// Size in GiB of each instance-store disk (`ephemeral0`, `ephemeral1`, ...).
+    /// Size in GB of each instance-store disk (`ephemeral0`, `ephemeral1`, ...).
     pub instance_store_gib: &'static [u64],
+    /// What the instance-store disks are (meaningless without disks).
+    pub instance_store: StoreKind,
     /// EC2 architecture names this type runs (`i386`, `x86_64`, `arm64`).
     pub architectures: &'static [&'static str],
+    /// EC2's boot modes for the type (`legacy-bios`, `uefi`).
+    pub boot_modes: &'static [&'static str],
+    flags: u8,
 }
+
+/// Instance-store disks: their medium and whether they are NVMe devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreKind {
+    /// `ssd` or `hdd` (empty without disks).
+    pub media: &'static str,
+    /// EC2's NvmeSupport: `required` or `unsupported`.
+    pub nvme: &'static str,
+}
+
+const CURRENT: u8 = 1;
+const BURSTABLE: u8 = 2;
+const FREE_TIER: u8 = 4;
+const NITRO: u8 = 8;
+const STORE_ROOT: u8 = 16;
 
 impl InstanceType {
     /// Whether an AMI of EC2 architecture `ec2_arch` can run on this type.
     pub fn supports_architecture(&self, ec2_arch: &str) -> bool {
         self.architectures.contains(&ec2_arch)
     }
+
+    /// EC2's `CurrentGeneration`.
+    pub fn current_generation(&self) -> bool {
+        self.flags & CURRENT != 0
+    }
+
+    /// EC2's `BurstablePerformanceSupported` (t2, t3, t3a, t4g).
+    pub fn burstable(&self) -> bool {
+        self.flags & BURSTABLE != 0
+    }
+
+    /// EC2's `FreeTierEligible`.
+    pub fn free_tier_eligible(&self) -> bool {
+        self.flags & FREE_TIER != 0
+    }
+
+    /// EC2's `Hypervisor`: `nitro` or `xen`.
+    pub fn hypervisor(&self) -> &'static str {
+        if self.flags & NITRO != 0 {
+            "nitro"
+        } else {
+            "xen"
+        }
+    }
+
+    /// EC2's `SupportedRootDeviceTypes`.
+    pub fn root_device_types(&self) -> &'static [&'static str] {
+        if self.flags & STORE_ROOT != 0 {
+            &["ebs", "instance-store"]
+        } else {
+            &["ebs"]
+        }
+    }
+
+    /// The family: `m5d` for `m5d.large`.
+    pub fn family(&self) -> &'static str {
+        self.name.split('.').next().unwrap_or(self.name)
+    }
+
+    /// The architectures as EC2 names them in a mismatch error
+    /// (64-bit first: `x86_64,i386`).
+    pub fn architectures_for_error(&self) -> String {
+        let mut a: Vec<&str> = self.architectures.to_vec();
+        a.sort_by_key(|x| *x == "i386");
+        a.join(",")
+    }
 }
 
 const X86_32_64: &[&str] = &["i386", "x86_64"];
 const X86: &[&str] = &["x86_64"];
 const ARM: &[&str] = &["arm64"];
+const BIOS: &[&str] = &["legacy-bios"];
+const UEFI: &[&str] = &["uefi"];
+const BIOS_UEFI: &[&str] = &["legacy-bios", "uefi"];
 const NONE: &[u64] = &[];
+const NO_STORE: StoreKind = StoreKind {
+    media: "",
+    nvme: "unsupported",
+};
+const SSD: StoreKind = StoreKind {
+    media: "ssd",
+    nvme: "unsupported",
+};
+const HDD: StoreKind = StoreKind {
+    media: "hdd",
+    nvme: "unsupported",
+};
+const NVME_SSD: StoreKind = StoreKind {
+    media: "ssd",
+    nvme: "required",
+};
+#[allow(dead_code)]
+const NVME_HDD: StoreKind = StoreKind {
+    media: "hdd",
+    nvme: "required",
+};
 
+#[allow(clippy::too_many_arguments)]
 const fn t(
     name: &'static str,
-    vcpus: u32,
+    (vcpus, cores, threads_per_core): (u32, u32, u32),
     memory_mib: u64,
     instance_store_gib: &'static [u64],
+    instance_store: StoreKind,
     architectures: &'static [&'static str],
+    boot_modes: &'static [&'static str],
+    flags: u8,
 ) -> InstanceType {
     InstanceType {
         name,
         vcpus,
+        cores,
+        threads_per_core,
         memory_mib,
         instance_store_gib,
+        instance_store,
         architectures,
+        boot_modes,
+        flags,
     }
 }
 
+/// The type EC2 launches when RunInstances names none.
+pub const DEFAULT_INSTANCE_TYPE: &str = "m1.small";
+
 /// Every instance type amirun knows, in EC2's family order.
-pub static INSTANCE_TYPES: &[InstanceType] = &[
-    // t2: Xen burstable; the small sizes also run 32-bit AMIs.
-    t("t2.nano", 1, 512, NONE, X86_32_64),
-    t("t2.micro", 1, 1024, NONE, X86_32_64),
-    t("t2.small", 1, 2048, NONE, X86_32_64),
-    t("t2.medium", 2, 4096, NONE, X86_32_64),
-    t("t2.large", 2, 8192, NONE, X86),
-    t("t2.xlarge", 4, 16384, NONE, X86),
-    t("t2.2xlarge", 8, 32768, NONE, X86),
-    // t3 / t3a: Nitro burstable, Intel / AMD.
-    t("t3.nano", 2, 512, NONE, X86),
-    t("t3.micro", 2, 1024, NONE, X86),
-    t("t3.small", 2, 2048, NONE, X86),
-    t("t3.medium", 2, 4096, NONE, X86),
-    t("t3.large", 2, 8192, NONE, X86),
-    t("t3.xlarge", 4, 16384, NONE, X86),
-    t("t3.2xlarge", 8, 32768, NONE, X86),
-    t("t3a.nano", 2, 512, NONE, X86),
-    t("t3a.micro", 2, 1024, NONE, X86),
-    t("t3a.small", 2, 2048, NONE, X86),
-    t("t3a.medium", 2, 4096, NONE, X86),
-    t("t3a.large", 2, 8192, NONE, X86),
-    t("t3a.xlarge", 4, 16384, NONE, X86),
-    t("t3a.2xlarge", 8, 32768, NONE, X86),
-    // t4g: Graviton2 burstable.
-    t("t4g.nano", 2, 512, NONE, ARM),
-    t("t4g.micro", 2, 1024, NONE, ARM),
-    t("t4g.small", 2, 2048, NONE, ARM),
-    t("t4g.medium", 2, 4096, NONE, ARM),
-    t("t4g.large", 2, 8192, NONE, ARM),
-    t("t4g.xlarge", 4, 16384, NONE, ARM),
-    t("t4g.2xlarge", 8, 32768, NONE, ARM),
-    // General purpose.
-    t("m5.large", 2, 8192, NONE, X86),
-    t("m5.xlarge", 4, 16384, NONE, X86),
-    t("m5.2xlarge", 8, 32768, NONE, X86),
-    t("m5.4xlarge", 16, 65536, NONE, X86),
-    t("m5d.large", 2, 8192, &[75], X86),
-    t("m5d.xlarge", 4, 16384, &[150], X86),
-    t("m5d.2xlarge", 8, 32768, &[300], X86),
-    t("m5d.4xlarge", 16, 65536, &[300, 300], X86),
-    t("m6i.large", 2, 8192, NONE, X86),
-    t("m6i.xlarge", 4, 16384, NONE, X86),
-    t("m6g.large", 2, 8192, NONE, ARM),
-    t("m6g.xlarge", 4, 16384, NONE, ARM),
-    t("m7g.large", 2, 8192, NONE, ARM),
-    t("m7g.xlarge", 4, 16384, NONE, ARM),
-    // Compute optimised.
-    t("c5.large", 2, 4096, NONE, X86),
-    t("c5.xlarge", 4, 8192, NONE, X86),
-    t("c5d.large", 2, 4096, &[50], X86),
-    t("c6g.medium", 1, 2048, NONE, ARM),
-    t("c6g.large", 2, 4096, NONE, ARM),
-    // Memory optimised.
-    t("r5.large", 2, 16384, NONE, X86),
-];
+pub static INSTANCE_TYPES: &[InstanceType] = &include!("instance_types_table.rs");
 
 /// The instance type called `name`, if amirun knows it.
 ///
@@ -126,17 +183,22 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), INSTANCE_TYPES.len());
         for t in INSTANCE_TYPES {
-            let family = t.name.split('.').next().unwrap();
-            let graviton = family.ends_with('g');
+            let family = t.family();
+            let graviton = family.ends_with('g') || family.ends_with("gd") || family == "a1";
             assert_eq!(t.supports_architecture("arm64"), graviton, "{}", t.name);
             assert_eq!(t.supports_architecture("x86_64"), !graviton, "{}", t.name);
             assert!(t.vcpus >= 1 && t.memory_mib >= 512, "{}", t.name);
+            assert_eq!(t.vcpus, t.cores * t.threads_per_core, "{}", t.name);
             assert_eq!(
-                family.contains('d'),
-                !t.instance_store_gib.is_empty(),
+                t.instance_store_gib.is_empty(),
+                t.instance_store.media.is_empty(),
                 "{}",
                 t.name
             );
+            if family.contains('d') && family != "d2" {
+                assert!(!t.instance_store_gib.is_empty(), "{}", t.name);
+            }
+            assert_eq!(t.burstable(), family.starts_with('t') && family != "t1");
         }
     }
 
@@ -153,5 +215,22 @@ mod tests {
         );
         assert_eq!(instance_type("c6g.medium").unwrap().vcpus, 1);
         assert!(instance_type("x9.huge").is_none());
+        let small = instance_type(DEFAULT_INSTANCE_TYPE).unwrap();
+        assert_eq!(
+            (small.vcpus, small.memory_mib, small.instance_store_gib),
+            (1, 1740, &[160u64][..])
+        );
+        assert_eq!(small.instance_store.media, "hdd");
+        assert_eq!(small.architectures_for_error(), "x86_64,i386");
+        assert!(!small.current_generation());
+        assert_eq!(
+            instance_type("m1.xlarge").unwrap().instance_store_gib,
+            &[420; 4]
+        );
+        assert_eq!(
+            instance_type("c3.large").unwrap().instance_store_gib,
+            &[16, 16]
+        );
+        assert_eq!(instance_type("r3.large").unwrap().memory_mib, 15360);
     }
 }

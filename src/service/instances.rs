@@ -341,13 +341,10 @@ impl Service {
                 format!("Image {} is {}, not available", image.image_id, image.state),
             ));
         }
-        let type_name = input.instance_type.clone().unwrap_or_else(|| {
-            if image.architecture == "arm64" {
-                "t4g.micro".into()
-            } else {
-                "t3.micro".into()
-            }
-        });
+        // EC2's default, whatever the AMI: an arm64 AMI needs a type named.
+        let type_name = (input.instance_type.as_deref())
+            .unwrap_or(machine::instance_types::DEFAULT_INSTANCE_TYPE)
+            .to_string();
         let itype = machine::instance_type(&type_name).ok_or_else(|| {
             Error::invalid_value(format!("Invalid value '{type_name}' for InstanceType."))
         })?;
@@ -355,8 +352,8 @@ impl Service {
             return Err(Error::new(
                 "InvalidParameterValue",
                 format!(
-                    "The architecture '{}' of the specified instance type does not match the architecture '{}' of the specified AMI. Specify an instance type and an AMI that have matching architectures",
-                    itype.architectures.join(","),
+                    "The architecture '{}' of the specified instance type does not match the architecture '{}' of the specified AMI. Specify an instance type and an AMI that have matching architectures, and try again. You can use 'describe-instance-types' or 'describe-images' to discover the architecture of the instance type or AMI.",
+                    itype.architectures_for_error(),
                     image.architecture
                 ),
             ));
@@ -1438,6 +1435,12 @@ impl Service {
         caller: &Caller,
         instance_ids: &[String],
     ) -> Result<Value> {
+        if instance_ids.is_empty() {
+            return Err(Error::new(
+                "InvalidParameterCombination",
+                "No instances specified",
+            ));
+        }
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         let mut changes = Vec::new();
         for mut i in instances {
@@ -1763,7 +1766,7 @@ fn metadata_options(given: Option<&Value>) -> Result<Value> {
     let hops = given
         .and_then(|g| g.get("HttpPutResponseHopLimit"))
         .and_then(Value::as_u64)
-        .unwrap_or(2);
+        .unwrap_or(1);
     if !matches!(tokens, "optional" | "required") {
         return Err(Error::invalid_value(format!(
             "Value ({tokens}) for parameter HttpTokens is invalid; use optional or required"

@@ -1,10 +1,27 @@
 //! Key pairs: create (amirun keeps the private key so `amirun ssh` can log
 //! in), import a public key, describe, delete.
+//!
+//! Fingerprints follow EC2's rules: a created RSA key is the SHA-1 of its
+//! DER PKCS#8 private key, an imported RSA key the MD5 of its DER
+//! SubjectPublicKeyInfo (both colon hex), an ed25519 key the base64 SHA-256
+//! of its OpenSSH public key blob. Imports take an OpenSSH line, an RFC 4716
+//! (`---- BEGIN SSH2 PUBLIC KEY ----`) block, or a PEM/DER RSA public key.
 
+use super::filter;
+use super::shapes::{Filter, Tag, TagSpecification};
 use super::{now, Caller, Error, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::KeyPairState;
+use base64::Engine;
 use serde::Serialize;
+
+const KEY_PAIR_FILTERS: &[&str] = &[
+    "key-name",
+    "key-pair-id",
+    "fingerprint",
+    "key-type",
+    "tag-key",
+];
 
 /// A key pair as `describe-key-pairs` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,6 +34,7 @@ pub struct KeyPairInfo {
     pub create_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    pub tags: Vec<Tag>,
 }
 
 /// What `create-key-pair` returns: the private key, once.
@@ -27,6 +45,8 @@ pub struct CreatedKeyPair {
     pub key_material: String,
     pub key_name: String,
     pub key_pair_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 fn check_key_name(name: &str) -> Result<()> {
@@ -38,23 +58,223 @@ fn check_key_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// EC2-style fingerprint: MD5 (colon hex) for RSA, SHA-256 (base64) for ed25519.
+fn colon_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// EC2's fingerprint of an imported key: MD5 (colon hex) of the DER
+/// SubjectPublicKeyInfo for RSA, SHA-256 (base64) of the key blob for ed25519.
 fn fingerprint(public: &ssh_key::PublicKey) -> Result<String> {
-    use base64::Engine;
     use md5::Digest;
     let blob = public
         .to_bytes()
         .map_err(|e| Error::new("InternalError", "Cannot encode a public key").with_source(e))?;
-    Ok(match public.algorithm() {
-        ssh_key::Algorithm::Ed25519 => {
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&blob))
-        }
-        _ => md5::Md5::digest(&blob)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
+    Ok(match public.key_data().rsa() {
+        Some(rsa) => colon_hex(&md5::Md5::digest(der::rsa_spki(rsa)?)),
+        None => base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&blob)),
     })
+}
+
+/// EC2's fingerprint of an RSA key pair it created: SHA-1 (colon hex) of the
+/// DER PKCS#8 form of the private key (`BEGIN RSA PRIVATE KEY` is PKCS#1).
+fn created_rsa_fingerprint(pkcs1_pem: &str) -> Result<String> {
+    use sha1::Digest;
+    let body: String = pkcs1_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let pkcs1 = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|e| {
+            Error::new(
+                "InternalError",
+                "ssh-keygen wrote an unreadable private key",
+            )
+            .with_source(e)
+        })?;
+    Ok(colon_hex(&sha1::Sha1::digest(der::pkcs8_from_pkcs1(
+        &pkcs1,
+    ))))
+}
+
+/// A public key as EC2's ImportKeyPair takes it: an OpenSSH line, an RFC 4716
+/// block, or an RSA public key as PEM (`BEGIN PUBLIC KEY` / `BEGIN RSA PUBLIC
+/// KEY`) or DER.
+fn parse_public_key(material: &[u8]) -> std::result::Result<ssh_key::PublicKey, String> {
+    let text = String::from_utf8_lossy(material);
+    let text = text.trim();
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| format!("invalid base64: {e}"))
+    };
+    if text.starts_with("---- BEGIN SSH2 PUBLIC KEY ----") {
+        // RFC 4716: header lines ("Tag: value", continued with a trailing
+        // backslash), then the base64 key blob, then the END line.
+        let mut body = String::new();
+        let mut continued = false;
+        for line in text.lines().skip(1).map(str::trim) {
+            if line.starts_with("---- END SSH2 PUBLIC KEY ----") {
+                let blob = b64(&body)?;
+                return ssh_key::PublicKey::from_bytes(&blob).map_err(|e| e.to_string());
+            }
+            if continued || line.contains(':') {
+                continued = line.ends_with('\\');
+                continue;
+            }
+            body.push_str(line);
+        }
+        return Err("no ---- END SSH2 PUBLIC KEY ---- line".into());
+    }
+    if let Some(rest) = text.strip_prefix("-----BEGIN ") {
+        let (label, _) = rest
+            .split_once("-----")
+            .ok_or("a PEM header without its end")?;
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der_bytes = b64(body.trim())?;
+        return match label {
+            "PUBLIC KEY" => der::rsa_from_spki(&der_bytes),
+            "RSA PUBLIC KEY" => der::rsa_from_pkcs1(&der_bytes),
+            other => Err(format!("a PEM {other}, not a public key")),
+        };
+    }
+    if material.first() == Some(&0x30) {
+        return der::rsa_from_spki(material);
+    }
+    ssh_key::PublicKey::from_openssh(text).map_err(|e| e.to_string())
+}
+
+/// Just enough DER for RSA keys: SubjectPublicKeyInfo and PKCS#8 wrappers.
+mod der {
+    use super::{Error, Result};
+
+    const RSA_ALGORITHM: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = body.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn uint(bytes: &[u8]) -> Vec<u8> {
+        let bytes: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut body = Vec::new();
+        if bytes.first().is_none_or(|b| b & 0x80 != 0) {
+            body.push(0);
+        }
+        body.extend(bytes);
+        tlv(0x02, &body)
+    }
+
+    /// DER SubjectPublicKeyInfo of an RSA public key.
+    pub fn rsa_spki(key: &ssh_key::public::RsaPublicKey) -> Result<Vec<u8>> {
+        let part = |m: &ssh_key::Mpint| {
+            m.as_positive_bytes()
+                .map(uint)
+                .ok_or_else(|| Error::new("InvalidKey.Format", "An RSA key part is negative"))
+        };
+        let pkcs1 = tlv(0x30, &[part(&key.n)?, part(&key.e)?].concat());
+        let mut bits = vec![0u8];
+        bits.extend(pkcs1);
+        Ok(tlv(
+            0x30,
+            &[RSA_ALGORITHM.to_vec(), tlv(0x03, &bits)].concat(),
+        ))
+    }
+
+    /// PKCS#8 PrivateKeyInfo around a PKCS#1 RSAPrivateKey.
+    pub fn pkcs8_from_pkcs1(pkcs1: &[u8]) -> Vec<u8> {
+        let body = [
+            vec![0x02, 0x01, 0x00],
+            RSA_ALGORITHM.to_vec(),
+            tlv(0x04, pkcs1),
+        ]
+        .concat();
+        tlv(0x30, &body)
+    }
+
+    /// One TLV at the start of `input`: (tag, body, rest).
+    fn read(input: &[u8]) -> std::result::Result<(u8, &[u8], &[u8]), String> {
+        let bad = || "truncated DER".to_string();
+        let (&tag, rest) = input.split_first().ok_or_else(bad)?;
+        let (&first, mut rest) = rest.split_first().ok_or_else(bad)?;
+        let len = if first < 0x80 {
+            first as usize
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return Err(bad());
+            }
+            let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+            rest = &rest[n..];
+            len
+        };
+        if rest.len() < len {
+            return Err(bad());
+        }
+        Ok((tag, &rest[..len], &rest[len..]))
+    }
+
+    /// An RSA public key from DER PKCS#1 RSAPublicKey.
+    pub fn rsa_from_pkcs1(der: &[u8]) -> std::result::Result<ssh_key::PublicKey, String> {
+        let (tag, seq, _) = read(der)?;
+        let (t1, n, rest) = read(seq)?;
+        let (t2, e, _) = read(rest)?;
+        if tag != 0x30 || t1 != 0x02 || t2 != 0x02 {
+            return Err("not an RSAPublicKey".into());
+        }
+        let mp = |b: &[u8]| {
+            ssh_key::Mpint::from_positive_bytes(
+                &b.iter()
+                    .copied()
+                    .skip_while(|x| *x == 0)
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let key = ssh_key::public::RsaPublicKey {
+            e: mp(e)?,
+            n: mp(n)?,
+        };
+        Ok(ssh_key::PublicKey::new(
+            ssh_key::public::KeyData::Rsa(key),
+            "",
+        ))
+    }
+
+    /// An RSA public key from DER SubjectPublicKeyInfo.
+    pub fn rsa_from_spki(der: &[u8]) -> std::result::Result<ssh_key::PublicKey, String> {
+        let (tag, seq, _) = read(der)?;
+        let (_, algorithm, rest) = read(seq)?;
+        let (bit_tag, bits, _) = read(rest)?;
+        if tag != 0x30
+            || bit_tag != 0x03
+            || !RSA_ALGORITHM[2..13].eq(&algorithm[..11.min(algorithm.len())])
+        {
+            return Err(
+                "not an RSA SubjectPublicKeyInfo (only RSA keys are taken in PEM or DER)".into(),
+            );
+        }
+        rsa_from_pkcs1(bits.get(1..).ok_or("empty BIT STRING")?)
+    }
 }
 
 /// A 2048-bit RSA key in PEM (`BEGIN RSA PRIVATE KEY`, as EC2 hands out), made by ssh-keygen.
@@ -97,7 +317,18 @@ fn rsa_with_ssh_keygen() -> Result<(String, ssh_key::PublicKey)> {
     Ok((material, public))
 }
 
-fn info(k: &KeyPairState, include_public: bool) -> KeyPairInfo {
+/// The `key-pair` tags of a TagSpecifications list.
+fn key_pair_tags(specs: &[TagSpecification]) -> Result<Vec<Tag>> {
+    Ok(super::images::tags_for(specs, "key-pair")?
+        .into_iter()
+        .map(|(key, value)| Tag {
+            key,
+            value: Some(value),
+        })
+        .collect())
+}
+
+fn info(k: &KeyPairState, include_public: bool, tags: Vec<Tag>) -> KeyPairInfo {
     KeyPairInfo {
         key_pair_id: k.key_pair_id.clone(),
         key_fingerprint: k.fingerprint.clone(),
@@ -105,6 +336,7 @@ fn info(k: &KeyPairState, include_public: bool) -> KeyPairInfo {
         key_type: k.key_type.clone(),
         create_time: k.create_time.clone(),
         public_key: include_public.then(|| k.public_key.clone()),
+        tags,
     }
 }
 
@@ -115,8 +347,10 @@ impl Service {
         caller: &Caller,
         key_name: &str,
         key_type: Option<&str>,
+        tag_specifications: &[TagSpecification],
     ) -> Result<CreatedKeyPair> {
         check_key_name(key_name)?;
+        let tags = key_pair_tags(tag_specifications)?;
         let key_type = key_type.unwrap_or("rsa");
         let (material, public) = match key_type {
             "ed25519" => {
@@ -148,23 +382,33 @@ impl Service {
             owner_id: caller.account.clone(),
             key_name: key_name.to_string(),
             key_type: key_type.to_string(),
-            fingerprint: fingerprint(&public)?,
+            fingerprint: if key_type == "rsa" {
+                created_rsa_fingerprint(&material)?
+            } else {
+                fingerprint(&public)?
+            },
             public_key: public.to_openssh().map_err(|e| {
                 Error::new("InternalError", "Cannot encode a public key").with_source(e)
             })?,
             private_key: Some(material.clone()),
             create_time: now(),
         };
-        self.insert_key_pair(caller, &state)?;
+        self.insert_key_pair(caller, &state, &tags)?;
         Ok(CreatedKeyPair {
             key_fingerprint: state.fingerprint,
             key_material: material,
             key_name: state.key_name,
             key_pair_id: state.key_pair_id,
+            tags,
         })
     }
 
-    fn insert_key_pair(&mut self, caller: &Caller, state: &KeyPairState) -> Result<()> {
+    fn insert_key_pair(
+        &mut self,
+        caller: &Caller,
+        state: &KeyPairState,
+        tags: &[Tag],
+    ) -> Result<()> {
         self.store.write(|db| -> Result<()> {
             if db
                 .key_pairs(&caller.region, &caller.account)?
@@ -177,24 +421,28 @@ impl Service {
                 ));
             }
             db.insert_key_pair(state)?;
+            for t in tags {
+                db.put_tag(&state.key_pair_id, &t.key, t.value.as_deref().unwrap_or(""))?;
+            }
             Ok(())
         })
     }
 
-    /// `ImportKeyPair` from an OpenSSH public key line.
+    /// `ImportKeyPair` from an OpenSSH line, an RFC 4716 block, or a PEM/DER RSA key.
     pub fn import_key_pair(
         &mut self,
         caller: &Caller,
         key_name: &str,
-        public_key: &str,
+        public_key: &[u8],
+        tag_specifications: &[TagSpecification],
     ) -> Result<KeyPairInfo> {
         check_key_name(key_name)?;
-        let public = ssh_key::PublicKey::from_openssh(public_key.trim()).map_err(|e| {
+        let tags = key_pair_tags(tag_specifications)?;
+        let public = parse_public_key(public_key).map_err(|why| {
             Error::new(
                 "InvalidKey.Format",
-                format!("Key '{key_name}' is not an OpenSSH public key (ssh-rsa or ssh-ed25519 AAAA… line)"),
+                format!("Key '{key_name}' is not in a supported format ({why}); give an OpenSSH public key line, an RFC 4716 block, or a PEM/DER RSA public key"),
             )
-            .with_source(e)
         })?;
         let key_type = match public.algorithm() {
             ssh_key::Algorithm::Ed25519 => "ed25519",
@@ -213,42 +461,109 @@ impl Service {
             key_name: key_name.to_string(),
             key_type: key_type.into(),
             fingerprint: fingerprint(&public)?,
-            public_key: public_key.trim().to_string(),
+            // An OpenSSH line is kept as given (comment included); other
+            // formats are stored as the OpenSSH line of the same key.
+            public_key: match ssh_key::PublicKey::from_openssh(
+                String::from_utf8_lossy(public_key).trim(),
+            ) {
+                Ok(_) => String::from_utf8_lossy(public_key).trim().to_string(),
+                Err(_) => public.to_openssh().map_err(|e| {
+                    Error::new("InternalError", "Cannot encode a public key").with_source(e)
+                })?,
+            },
             private_key: None,
             create_time: now(),
         };
-        self.insert_key_pair(caller, &state)?;
-        Ok(info(&state, false))
+        self.insert_key_pair(caller, &state, &tags)?;
+        Ok(info(&state, false, tags))
     }
 
-    /// `DescribeKeyPairs`.
+    /// `DescribeKeyPairs`: by name, by id, and by filter.
     pub fn describe_key_pairs(
         &mut self,
         caller: &Caller,
-        names: &[String],
-        include_public: bool,
+        input: &DescribeKeyPairsInput,
     ) -> Result<Vec<KeyPairInfo>> {
-        let all = self
-            .store
-            .read(|db| db.key_pairs(&caller.region, &caller.account))?;
-        if let Some(missing) = names
+        filter::check_names(&input.filters, KEY_PAIR_FILTERS)?;
+        for id in &input.key_pair_ids {
+            if !ids::is_well_formed(IdKind::KeyPair, id) {
+                return Err(Error::new(
+                    "InvalidKeyPair.Malformed",
+                    format!("Invalid id: \"{id}\" (expecting \"key-...\")"),
+                ));
+            }
+        }
+        let (all, tags) = self.store.read(|db| -> Result<_> {
+            let all = db.key_pairs(&caller.region, &caller.account)?;
+            let mut tags = Vec::new();
+            for k in &all {
+                tags.push(db.tags_of(&k.key_pair_id)?);
+            }
+            Ok((all, tags))
+        })?;
+        if let Some(missing) = input
+            .key_names
             .iter()
             .find(|n| !all.iter().any(|k| &k.key_name == *n))
         {
             return Err(key_not_found(missing));
         }
+        if let Some(missing) = input
+            .key_pair_ids
+            .iter()
+            .find(|n| !all.iter().any(|k| &k.key_pair_id == *n))
+        {
+            return Err(key_not_found(missing));
+        }
         Ok(all
             .iter()
-            .filter(|k| names.is_empty() || names.contains(&k.key_name))
-            .map(|k| info(k, include_public))
+            .zip(tags)
+            .filter(|(k, _)| input.key_names.is_empty() || input.key_names.contains(&k.key_name))
+            .filter(|(k, _)| {
+                input.key_pair_ids.is_empty() || input.key_pair_ids.contains(&k.key_pair_id)
+            })
+            .filter(|(k, tags)| {
+                filter::matches(&input.filters, |name| match name {
+                    "key-name" => vec![k.key_name.clone()],
+                    "key-pair-id" => vec![k.key_pair_id.clone()],
+                    "fingerprint" => vec![k.fingerprint.clone()],
+                    "key-type" => vec![k.key_type.clone()],
+                    "tag-key" => tags.iter().map(|t| t.key.clone()).collect(),
+                    n => match n.strip_prefix("tag:") {
+                        Some(key) => tags
+                            .iter()
+                            .filter(|t| t.key == key)
+                            .map(|t| t.value.clone())
+                            .collect(),
+                        None => Vec::new(),
+                    },
+                })
+            })
+            .map(|(k, tags)| {
+                let tags = tags
+                    .into_iter()
+                    .map(|t| Tag {
+                        key: t.key,
+                        value: Some(t.value),
+                    })
+                    .collect();
+                info(k, input.include_public_key, tags)
+            })
             .collect())
     }
 
     /// `DeleteKeyPair` (succeeds when it does not exist, as EC2).
     pub fn delete_key_pair(&mut self, caller: &Caller, key_name: &str) -> Result<()> {
-        self.store
-            .write(|db| db.delete_key_pair(&caller.region, &caller.account, key_name))?;
-        Ok(())
+        self.store.write(|db| -> Result<()> {
+            let pairs = db.key_pairs(&caller.region, &caller.account)?;
+            if let Some(k) = pairs.iter().find(|k| k.key_name == key_name) {
+                for t in db.tags_of(&k.key_pair_id)? {
+                    db.delete_tag(&k.key_pair_id, &t.key, None)?;
+                }
+            }
+            db.delete_key_pair(&caller.region, &caller.account, key_name)?;
+            Ok(())
+        })
     }
 
     /// A key pair with its private key, if amirun created it.
@@ -261,10 +576,48 @@ impl Service {
     }
 }
 
+/// `DescribeKeyPairs` input.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeKeyPairsInput {
+    pub key_names: Vec<String>,
+    pub key_pair_ids: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub include_public_key: bool,
+}
+
 /// `InvalidKeyPair.NotFound`.
 pub(crate) fn key_not_found(name: &str) -> Error {
     Error::new(
         "InvalidKeyPair.NotFound",
         format!("The key pair '{name}' does not exist"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4716_blocks_with_continued_headers_parse() {
+        let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap();
+        let public = key.public_key();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(public.to_bytes().unwrap());
+        let (a, b) = b64.split_at(30);
+        let block = format!(
+            "---- BEGIN SSH2 PUBLIC KEY ----\nComment: \"a long \\\ncomment\"\nx-private: yes\n{a}\n{b}\n---- END SSH2 PUBLIC KEY ----\n"
+        );
+        let parsed = parse_public_key(block.as_bytes()).unwrap();
+        assert_eq!(parsed.key_data(), public.key_data());
+        assert!(parse_public_key(b"---- BEGIN SSH2 PUBLIC KEY ----\nAAAA\n").is_err());
+    }
+
+    #[test]
+    fn pkcs8_wrapping_is_der() {
+        // A 3-byte PKCS#1 body: SEQUENCE { INTEGER 0, SEQUENCE { rsaEncryption, NULL }, OCTET STRING }.
+        let out = der::pkcs8_from_pkcs1(&[1, 2, 3]);
+        assert_eq!(out[0], 0x30);
+        assert_eq!(out[1] as usize, out.len() - 2);
+        assert_eq!(&out[out.len() - 5..], &[0x04, 3, 1, 2, 3]);
+    }
 }

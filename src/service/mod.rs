@@ -20,6 +20,8 @@ pub mod filter;
 mod images;
 mod imds;
 pub mod import_policy;
+pub mod instance_facts;
+pub mod instance_types;
 pub mod instances;
 mod keypairs;
 pub mod layers;
@@ -31,7 +33,7 @@ mod snapshots;
 mod tags;
 
 pub use error::{Error, Result};
-pub use keypairs::{CreatedKeyPair, KeyPairInfo};
+pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
 
 use crate::catalog::{self, Catalog};
 use crate::ids::{self, IdKind};
@@ -356,7 +358,10 @@ fn warn_skipped(catalog: &Catalog) {
 pub(crate) fn image_not_found(ids: &[String]) -> Error {
     Error::new(
         "InvalidAMIID.NotFound",
-        format!("The image id '[{}]' does not exist", ids.join(", ")),
+        match ids {
+            [one] => format!("The image id '[{one}]' does not exist"),
+            _ => format!("The image ids '[{}]' do not exist", ids.join(", ")),
+        },
     )
 }
 

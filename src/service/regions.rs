@@ -7,7 +7,7 @@ use crate::catalog::DEFAULT_REGIONS;
 use serde_json::{json, Value};
 
 /// EC2's short zone id prefix for a region (`us-east-1` -> `use1`).
-fn zone_id(region: &str) -> String {
+pub(crate) fn zone_id(region: &str) -> String {
     let parts: Vec<&str> = region.split('-').collect();
     let (a, b, n) = (
         parts.first().copied().unwrap_or(""),

@@ -14,12 +14,36 @@ fn resource_type(id: &str) -> &'static str {
         Some("snap") => "snapshot",
         Some("i") => "instance",
         Some("vol") => "volume",
+        Some("key") => "key-pair",
         _ => "unknown",
     }
 }
 
 /// Check that the caller owns `id` in its region.
 fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
+    let well_formed = match resource_type(id) {
+        "image" => crate::ids::is_well_formed(crate::ids::IdKind::Image, id),
+        "snapshot" => crate::ids::is_well_formed(crate::ids::IdKind::Snapshot, id),
+        "key-pair" => crate::ids::is_well_formed(crate::ids::IdKind::KeyPair, id),
+        _ => true,
+    };
+    if !well_formed {
+        return Err(Error::new(
+            "InvalidID",
+            format!("The ID '{id}' is not valid"),
+        ));
+    }
+    if resource_type(id) == "key-pair" {
+        return if db
+            .key_pairs(&caller.region, &caller.account)?
+            .iter()
+            .any(|k| k.key_pair_id == id)
+        {
+            Ok(())
+        } else {
+            Err(super::keypairs::key_not_found(id))
+        };
+    }
     let owned = match resource_type(id) {
         "image" => db
             .image(id)?
@@ -52,7 +76,7 @@ impl Service {
         tags: &[Tag],
     ) -> Result<()> {
         if resources.is_empty() {
-            return Err(Error::missing("ResourceId"));
+            return Err(Error::missing("resourceIdSet"));
         }
         if tags.is_empty() {
             return Err(Error::missing("Tag"));

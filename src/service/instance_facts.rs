@@ -1,0 +1,145 @@
+//! Read-only facts about instances that EC2 serves as actions of their own:
+//! `GetInstanceUefiData` (the instance's UEFI variable store) and
+//! `DescribeInstanceCreditSpecifications` (CPU credit mode of burstable
+//! types). Nothing here changes an instance.
+
+use super::filter;
+use super::shapes::Filter;
+use super::{Caller, Error, Result, Service};
+use crate::ids::{self, IdKind};
+use crate::store::InstanceState;
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// EC2's default credit mode for a burstable family: `standard` for t2,
+/// `unlimited` for t3, t3a and t4g; `None` for types without CPU credits.
+pub fn default_cpu_credits(instance_type: &str) -> Option<&'static str> {
+    match instance_type.split('.').next() {
+        Some("t2") => Some("standard"),
+        Some("t3" | "t3a" | "t4g") => Some("unlimited"),
+        _ => None,
+    }
+}
+
+impl Service {
+    /// The caller's instances with these ids, or `InvalidInstanceID.*`.
+    fn facts_instances(&mut self, caller: &Caller, ids_: &[String]) -> Result<Vec<InstanceState>> {
+        for id in ids_ {
+            if !ids::is_well_formed(IdKind::Instance, id) {
+                return Err(Error::new(
+                    "InvalidInstanceID.Malformed",
+                    format!("Invalid id: \"{id}\" (expecting \"i-...\")"),
+                ));
+            }
+        }
+        self.store.read(|db| -> Result<Vec<InstanceState>> {
+            let mut out = Vec::new();
+            let mut missing = Vec::new();
+            for id in ids_ {
+                match db.instance(id)? {
+                    Some(i) if i.region == caller.region && i.owner_id == caller.account => {
+                        out.push(i)
+                    }
+                    _ => missing.push(id.as_str()),
+                }
+            }
+            match missing.as_slice() {
+                [] => Ok(out),
+                [one] => Err(Error::new(
+                    "InvalidInstanceID.NotFound",
+                    format!("The instance ID '{one}' does not exist"),
+                )),
+                many => Err(Error::new(
+                    "InvalidInstanceID.NotFound",
+                    format!("The instance IDs '{}' do not exist", many.join(", ")),
+                )),
+            }
+        })
+    }
+
+    /// `GetInstanceUefiData`: base64 of the instance's UEFI variable store.
+    pub fn get_instance_uefi_data(&mut self, caller: &Caller, instance_id: &str) -> Result<Value> {
+        let i = self
+            .facts_instances(caller, &[instance_id.to_string()])?
+            .remove(0);
+        if i.boot_mode != "uefi" {
+            return Err(Error::new(
+                "UnsupportedOperation",
+                format!(
+                    "The instance '{instance_id}' boots in {} mode and has no UEFI data; only uefi instances have a UEFI variable store",
+                    i.boot_mode
+                ),
+            ));
+        }
+        let path = self.paths.uefi_vars(instance_id);
+        let data = std::fs::read(&path).map_err(|e| {
+            Error::new(
+                "IncorrectInstanceState",
+                format!(
+                    "The instance '{instance_id}' has no UEFI variable store ({}); it is {}",
+                    path.display(),
+                    i.state
+                ),
+            )
+            .with_source(e)
+        })?;
+        Ok(json!({
+            "InstanceId": instance_id,
+            "UefiData": base64::engine::general_purpose::STANDARD.encode(data),
+        }))
+    }
+
+    /// `DescribeInstanceCreditSpecifications`: the named instances (which
+    /// must be burstable), or every burstable instance of the caller.
+    pub fn describe_instance_credit_specifications(
+        &mut self,
+        caller: &Caller,
+        instance_ids: &[String],
+        filters: &[Filter],
+    ) -> Result<Value> {
+        filter::check_names(filters, &["instance-id"])?;
+        let instances = if instance_ids.is_empty() {
+            self.store
+                .read(|db| db.instances_in_region(&caller.region))?
+                .into_iter()
+                .filter(|i| {
+                    i.region == caller.region
+                        && i.owner_id == caller.account
+                        && i.state != "terminated"
+                        && default_cpu_credits(&i.instance_type).is_some()
+                })
+                .collect()
+        } else {
+            self.facts_instances(caller, instance_ids)?
+        };
+        let mut out = Vec::new();
+        for i in instances {
+            let credits = default_cpu_credits(&i.instance_type).ok_or_else(|| {
+                Error::new(
+                    "UnsupportedOperation",
+                    format!(
+                        "The instance '{}' is a {}, not a burstable performance instance (T2, T3, T3a, T4g); it has no CPU credit specification",
+                        i.instance_id, i.instance_type
+                    ),
+                )
+            })?;
+            if filter::matches(filters, |_| vec![i.instance_id.clone()]) {
+                out.push(json!({ "InstanceId": i.instance_id, "CpuCredits": credits }));
+            }
+        }
+        Ok(json!({ "InstanceCreditSpecifications": out }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn burstable_defaults_are_ec2s() {
+        assert_eq!(super::default_cpu_credits("t2.micro"), Some("standard"));
+        assert_eq!(super::default_cpu_credits("t3.nano"), Some("unlimited"));
+        assert_eq!(super::default_cpu_credits("t3a.large"), Some("unlimited"));
+        assert_eq!(super::default_cpu_credits("t4g.micro"), Some("unlimited"));
+        assert_eq!(super::default_cpu_credits("m1.small"), None);
+        assert_eq!(super::default_cpu_credits("t1.micro"), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! `DescribeInstanceTypes` and `DescribeInstanceTypeOfferings`: the machine
+//! table ([`crate::machine::instance_types`]) in EC2's shapes, so SDKs,
+//! Terraform and the aws CLI can ask what they may launch here.
+//!
+//! Every type amirun knows is offered in every region and in its one zone.
+
+use super::filter;
+use super::shapes::Filter;
+use super::{Caller, Error, Result, Service};
+use crate::machine::{InstanceType, INSTANCE_TYPES};
+use serde_json::{json, Value};
+
+const TYPE_FILTERS: &[&str] = &[
+    "instance-type",
+    "current-generation",
+    "processor-info.supported-architecture",
+    "vcpu-info.default-vcpus",
+    "vcpu-info.default-cores",
+    "vcpu-info.default-threads-per-core",
+    "memory-info.size-in-mib",
+    "instance-storage-supported",
+    "instance-storage-info.total-size-in-gb",
+    "instance-storage-info.disk.type",
+    "burstable-performance-supported",
+    "free-tier-eligible",
+    "hypervisor",
+    "supported-boot-mode",
+    "supported-root-device-type",
+    "bare-metal",
+];
+
+const OFFERING_FILTERS: &[&str] = &["location", "instance-type"];
+
+/// Paging input shared by both actions.
+#[derive(Debug, Clone, Default)]
+pub struct Paging {
+    /// `MaxResults` (5 to 1000 for types, 5 to 1000 for offerings).
+    pub max_results: Option<i64>,
+    /// `NextToken` from the previous page.
+    pub next_token: Option<String>,
+}
+
+/// `DescribeInstanceTypes` input.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeInstanceTypesInput {
+    pub instance_types: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub paging: Paging,
+}
+
+/// `DescribeInstanceTypeOfferings` input.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeInstanceTypeOfferingsInput {
+    /// `region` (default), `availability-zone` or `availability-zone-id`.
+    pub location_type: Option<String>,
+    pub filters: Vec<Filter>,
+    pub paging: Paging,
+}
+
+fn info(t: &InstanceType) -> Value {
+    let mut v = json!({
+        "InstanceType": t.name,
+        "CurrentGeneration": t.current_generation(),
+        "FreeTierEligible": t.free_tier_eligible(),
+        "SupportedUsageClasses": ["on-demand"],
+        "SupportedRootDeviceTypes": t.root_device_types(),
+        "SupportedVirtualizationTypes": ["hvm"],
+        "BareMetal": false,
+        "Hypervisor": t.hypervisor(),
+        "ProcessorInfo": { "SupportedArchitectures": t.architectures },
+        "VCpuInfo": {
+            "DefaultVCpus": t.vcpus,
+            "DefaultCores": t.cores,
+            "DefaultThreadsPerCore": t.threads_per_core,
+        },
+        "MemoryInfo": { "SizeInMiB": t.memory_mib },
+        "InstanceStorageSupported": !t.instance_store_gib.is_empty(),
+        "BurstablePerformanceSupported": t.burstable(),
+        "SupportedBootModes": t.boot_modes,
+    });
+    if let Some(&size) = t.instance_store_gib.first() {
+        v["InstanceStorageInfo"] = json!({
+            "TotalSizeInGB": t.instance_store_gib.iter().sum::<u64>(),
+            "Disks": [{
+                "SizeInGB": size,
+                "Count": t.instance_store_gib.len(),
+                "Type": t.instance_store.media,
+            }],
+            "NvmeSupport": t.instance_store.nvme,
+        });
+    }
+    v
+}
+
+/// The values a type has for a filter name.
+fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
+    let b = |x: bool| vec![x.to_string()];
+    match name {
+        "instance-type" => vec![t.name.to_string()],
+        "current-generation" => b(t.current_generation()),
+        "processor-info.supported-architecture" => {
+            t.architectures.iter().map(|a| a.to_string()).collect()
+        }
+        "vcpu-info.default-vcpus" => vec![t.vcpus.to_string()],
+        "vcpu-info.default-cores" => vec![t.cores.to_string()],
+        "vcpu-info.default-threads-per-core" => vec![t.threads_per_core.to_string()],
+        "memory-info.size-in-mib" => vec![t.memory_mib.to_string()],
+        "instance-storage-supported" => b(!t.instance_store_gib.is_empty()),
+        "instance-storage-info.total-size-in-gb" if !t.instance_store_gib.is_empty() => {
+            vec![t.instance_store_gib.iter().sum::<u64>().to_string()]
+        }
+        "instance-storage-info.disk.type" if !t.instance_store_gib.is_empty() => {
+            vec![t.instance_store.media.to_string()]
+        }
+        "burstable-performance-supported" => b(t.burstable()),
+        "free-tier-eligible" => b(t.free_tier_eligible()),
+        "hypervisor" => vec![t.hypervisor().to_string()],
+        "supported-boot-mode" => t.boot_modes.iter().map(|m| m.to_string()).collect(),
+        "supported-root-device-type" => t
+            .root_device_types()
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+        "bare-metal" => b(false),
+        _ => Vec::new(),
+    }
+}
+
+/// One page of `items` and the token for the next, EC2-style: the token is
+/// opaque to clients (here the offset, checked on the way back).
+fn page(
+    items: Vec<Value>,
+    paging: &Paging,
+    min: i64,
+    max: i64,
+) -> Result<(Vec<Value>, Option<String>)> {
+    let size = match paging.max_results {
+        None => items.len().max(1),
+        Some(n) if (min..=max).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(Error::invalid_value(format!(
+                "Value ( {n} ) for parameter maxResults is invalid. Parameter must be between {min} and {max}."
+            )))
+        }
+    };
+    let start = match &paging.next_token {
+        None => 0,
+        Some(t) => t
+            .strip_prefix("amirun-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n <= items.len())
+            .ok_or_else(|| {
+                Error::new(
+                    "InvalidNextToken",
+                    format!("The token '{t}' is invalid; pass the NextToken of the previous page"),
+                )
+            })?,
+    };
+    let end = (start + size).min(items.len());
+    let next = (end < items.len()).then(|| format!("amirun-{end}"));
+    Ok((items[start..end].to_vec(), next))
+}
+
+impl Service {
+    /// `DescribeInstanceTypes`: EC2's facts for the named types, or all, filtered and paged.
+    pub fn describe_instance_types(
+        &mut self,
+        _caller: &Caller,
+        input: &DescribeInstanceTypesInput,
+    ) -> Result<Value> {
+        filter::check_names(&input.filters, TYPE_FILTERS)?;
+        let unknown: Vec<&str> = input
+            .instance_types
+            .iter()
+            .filter(|n| crate::machine::instance_type(n).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::new(
+                "InvalidInstanceType",
+                format!(
+                    "The following supplied instance types do not exist: [{}]",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        let items: Vec<Value> = INSTANCE_TYPES
+            .iter()
+            .filter(|t| {
+                input.instance_types.is_empty() || input.instance_types.iter().any(|n| n == t.name)
+            })
+            .filter(|t| filter::matches(&input.filters, |name| type_values(t, name)))
+            .map(info)
+            .collect();
+        let (shown, next) = page(items, &input.paging, 5, 100)?;
+        let mut out = json!({ "InstanceTypes": shown });
+        if let Some(n) = next {
+            out["NextToken"] = json!(n);
+        }
+        Ok(out)
+    }
+
+    /// `DescribeInstanceTypeOfferings`: every known type, in the region or its zone.
+    pub fn describe_instance_type_offerings(
+        &mut self,
+        caller: &Caller,
+        input: &DescribeInstanceTypeOfferingsInput,
+    ) -> Result<Value> {
+        filter::check_names(&input.filters, OFFERING_FILTERS)?;
+        let location_type = input.location_type.as_deref().unwrap_or("region");
+        let location = match location_type {
+            "region" => caller.region.clone(),
+            "availability-zone" => format!("{}a", caller.region),
+            "availability-zone-id" => super::regions::zone_id(&caller.region),
+            other => {
+                return Err(Error::invalid_value(format!(
+                    "Value ({other}) for parameter locationType is invalid. Allowed values are region, availability-zone, availability-zone-id."
+                )))
+            }
+        };
+        let items: Vec<Value> = INSTANCE_TYPES
+            .iter()
+            .filter(|t| {
+                filter::matches(&input.filters, |name| match name {
+                    "location" => vec![location.clone()],
+                    "instance-type" => vec![t.name.to_string()],
+                    _ => Vec::new(),
+                })
+            })
+            .map(|t| {
+                json!({
+                    "InstanceType": t.name,
+                    "LocationType": location_type,
+                    "Location": location,
+                })
+            })
+            .collect();
+        let (shown, next) = page(items, &input.paging, 5, 1000)?;
+        let mut out = json!({ "InstanceTypeOfferings": shown });
+        if let Some(n) = next {
+            out["NextToken"] = json!(n);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_everything_once() {
+        let items: Vec<Value> = (0..12).map(|n| json!(n)).collect();
+        let mut paging = Paging {
+            max_results: Some(5),
+            next_token: None,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (p, next) = page(items.clone(), &paging, 5, 100).unwrap();
+            seen.extend(p);
+            match next {
+                Some(t) => paging.next_token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, items);
+        paging.next_token = Some("nonsense".into());
+        assert_eq!(
+            page(items.clone(), &paging, 5, 100).unwrap_err().code(),
+            "InvalidNextToken"
+        );
+        paging.max_results = Some(2);
+        assert_eq!(
+            page(items, &paging, 5, 100).unwrap_err().code(),
+            "InvalidParameterValue"
+        );
+    }
+
+    #[test]
+    fn m1_small_reads_as_ec2_describes_it() {
+        let t = crate::machine::instance_type("m1.small").unwrap();
+        let v = info(t);
+        assert_eq!(v["MemoryInfo"]["SizeInMiB"], 1740);
+        assert_eq!(
+            v["ProcessorInfo"]["SupportedArchitectures"],
+            json!(["i386", "x86_64"])
+        );
+        assert_eq!(
+            v["InstanceStorageInfo"]["Disks"],
+            json!([{"SizeInGB": 160, "Count": 1, "Type": "hdd"}])
+        );
+        assert_eq!(v["CurrentGeneration"], false);
+    }
+}

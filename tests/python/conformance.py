@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""EC2 conformance checks through boto3 against `amirun serve` (issue 17):
+instance types and offerings, key pairs with tags and filters, and EC2's
+error codes and wording. Run by tests/conformance.rs; every raw response is
+checked against botocore's model by ec2_api.py's hook. Exits non-zero on the
+first failed check."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from ec2_api import client, expect_error, report  # noqa: E402
+
+
+def scenario_types():
+    ec2 = client()
+    t = ec2.describe_instance_types(InstanceTypes=["m1.small"])["InstanceTypes"]
+    assert len(t) == 1, t
+    t = t[0]
+    assert t["VCpuInfo"]["DefaultVCpus"] == 1, t
+    assert t["MemoryInfo"]["SizeInMiB"] == 1740, t
+    assert t["ProcessorInfo"]["SupportedArchitectures"] == ["i386", "x86_64"], t
+    assert t["InstanceStorageInfo"]["Disks"] == [{"SizeInGB": 160, "Count": 1, "Type": "hdd"}], t
+    assert t["CurrentGeneration"] is False, t
+    # Paging with boto3's own paginator covers every type once.
+    names = []
+    for page in ec2.get_paginator("describe_instance_types").paginate(PaginationConfig={"PageSize": 20}):
+        assert len(page["InstanceTypes"]) <= 20
+        names += [x["InstanceType"] for x in page["InstanceTypes"]]
+    assert len(names) == len(set(names)) and len(names) > 400, len(names)
+    arm = ec2.describe_instance_types(
+        Filters=[{"Name": "processor-info.supported-architecture", "Values": ["arm64"]}]
+    )["InstanceTypes"]
+    assert arm and all(x["ProcessorInfo"]["SupportedArchitectures"] == ["arm64"] for x in arm)
+    e = expect_error(ec2.describe_instance_types, "InvalidInstanceType", InstanceTypes=["m1.small", "x9.huge"])
+    assert "The following supplied instance types do not exist: [x9.huge]" in str(e), e
+    offers = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": ["t3.*"]}],
+    )["InstanceTypeOfferings"]
+    assert {o["Location"] for o in offers} == {"us-east-1a"}, offers
+    assert len(offers) == 7, offers
+    region = ec2.describe_instance_type_offerings()["InstanceTypeOfferings"]
+    assert len(region) == len(names) and region[0]["LocationType"] == "region", region[0]
+    report()
+
+
+def scenario_keys():
+    ec2 = client()
+    k = ec2.create_key_pair(
+        KeyName="tagged",
+        TagSpecifications=[{"ResourceType": "key-pair", "Tags": [{"Key": "team", "Value": "blue"}]}],
+    )
+    assert len(k["KeyFingerprint"]) == 59, k["KeyFingerprint"]
+    kid = k["KeyPairId"]
+    ec2.create_key_pair(KeyName="plain", KeyType="ed25519")
+    got = ec2.describe_key_pairs(Filters=[{"Name": "tag:team", "Values": ["blue"]}])["KeyPairs"]
+    assert [x["KeyName"] for x in got] == ["tagged"], got
+    assert got[0]["Tags"] == [{"Key": "team", "Value": "blue"}], got
+    got = ec2.describe_key_pairs(KeyPairIds=[kid])["KeyPairs"]
+    assert [x["KeyName"] for x in got] == ["tagged"], got
+    got = ec2.describe_key_pairs(Filters=[{"Name": "key-type", "Values": ["ed25519"]}])["KeyPairs"]
+    assert [x["KeyName"] for x in got] == ["plain"], got
+    tags = ec2.describe_tags(Filters=[{"Name": "resource-type", "Values": ["key-pair"]}])["Tags"]
+    assert tags == [{"Key": "team", "ResourceId": kid, "ResourceType": "key-pair", "Value": "blue"}], tags
+    e = expect_error(ec2.create_tags, "MissingParameter", Resources=[], Tags=[{"Key": "a", "Value": "b"}])
+    assert "The request must contain the parameter resourceIdSet" in str(e), e
+    expect_error(ec2.create_tags, "InvalidID", Resources=["ami-blah"], Tags=[{"Key": "a", "Value": "b"}])
+    e = expect_error(ec2.terminate_instances, "InvalidParameterCombination", InstanceIds=[])
+    assert "No instances specified" in str(e), e
+    e = expect_error(
+        ec2.describe_images, "InvalidAMIID.NotFound", ImageIds=["ami-00000000000000001", "ami-00000000000000002"]
+    )
+    assert "The image ids '[ami-00000000000000001, ami-00000000000000002]' do not exist" in str(e), e
+    report()
+
+
+def scenario_instance(instance_id=None):
+    """Read-only facts of a launched instance (its id in INSTANCE_ID)."""
+    ec2 = client()
+    iid = os.environ["INSTANCE_ID"]
+    u = ec2.get_instance_uefi_data(InstanceId=iid)
+    assert u["InstanceId"] == iid and len(u["UefiData"]) > 1000, u
+    expect_error(ec2.describe_instance_credit_specifications, "UnsupportedOperation", InstanceIds=[iid])
+    i = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert i["InstanceType"] == "m1.small", i["InstanceType"]
+    assert i["MetadataOptions"]["HttpPutResponseHopLimit"] == 1, i["MetadataOptions"]
+    report()
+
+
+if __name__ == "__main__":
+    globals()["scenario_" + sys.argv[1]]()
