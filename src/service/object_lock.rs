@@ -14,8 +14,11 @@
 //! The lock is an `flock` on `$AMIRUN_HOME/locks/<id>.lock` (see
 //! [`crate::paths::Paths::object_lock`]): the kernel drops it when its
 //! holder dies, however it dies, so a killed process never leaves an
-//! object locked. The file is never deleted while in use (deleting a locked
-//! file would let a second process lock a new inode under the same name).
+//! object locked. A lock file is removed only by a process that holds it
+//! ([`ObjectLock::remove_file`], used by the orphan sweep for ids with no
+//! record), and whoever takes a lock checks afterwards that the file it
+//! locked is still the one under that name, and tries again if not: so a
+//! removal never lets two processes hold "the same" lock.
 
 use super::{Error, Result};
 use crate::paths::Paths;
@@ -75,6 +78,16 @@ impl ObjectLock {
     pub fn object_id(&self) -> &str {
         &self.object_id
     }
+
+    /// Remove the lock file while holding it, then release it: for objects
+    /// that no longer exist. A nested guard leaves the file to its owner.
+    pub fn remove_file(self, paths: &Paths) -> std::io::Result<bool> {
+        if self.file.is_none() {
+            return Ok(false);
+        }
+        std::fs::remove_file(paths.object_lock(&self.object_id))?;
+        Ok(true)
+    }
 }
 
 fn open(paths: &Paths, object_id: &str) -> Result<File> {
@@ -96,6 +109,18 @@ fn open(paths: &Paths, object_id: &str) -> Result<File> {
         .map_err(|e| io("open", e))
 }
 
+/// Whether the file `locked` is still the one named by `object_id`'s lock path.
+fn still_named(paths: &Paths, object_id: &str, locked: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        locked.metadata(),
+        std::fs::metadata(paths.object_lock(object_id)),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Take `object_id`'s lock, waiting (polling the kernel lock, bounded by
 /// [`WAIT`]) while another process holds it.
 pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
@@ -106,7 +131,11 @@ pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
     let mut file = open(paths, object_id)?;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => return Ok(ObjectLock::owned(f, object_id)),
+            Ok(f) if still_named(paths, object_id, &f) => {
+                return Ok(ObjectLock::owned(f, object_id))
+            }
+            // Removed (or replaced) by its holder meanwhile: lock the new file.
+            Ok(_) => file = open(paths, object_id)?,
             Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 file = f;
                 std::thread::sleep(Duration::from_millis(20));
@@ -128,7 +157,9 @@ pub fn try_lock(paths: &Paths, object_id: &str) -> Result<Option<ObjectLock>> {
         return Ok(Some(ObjectLock::nested(object_id)));
     }
     match Flock::lock(open(paths, object_id)?, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(Some(ObjectLock::owned(f, object_id))),
+        Ok(f) if still_named(paths, object_id, &f) => Ok(Some(ObjectLock::owned(f, object_id))),
+        // Removed (or replaced) by its holder meanwhile: the name is free again.
+        Ok(_) => try_lock(paths, object_id),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, errno)) => Err(
             Error::new("InternalError", format!("Cannot lock '{object_id}'"))
@@ -158,6 +189,25 @@ mod tests {
         let other =
             std::thread::spawn(move || try_lock(&p, "i-0123456789abcdef0").unwrap().is_some());
         assert!(other.join().unwrap());
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_never_held_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("home"), dir.path().join("run"));
+        let id = "vol-0123456789abcdef0";
+        // A second thread opens the file before the holder removes it, and
+        // locks the removed inode afterwards: it must notice and relock.
+        let held = lock(&paths, id).unwrap();
+        let stale = open(&paths, id).unwrap();
+        assert!(held.remove_file(&paths).unwrap());
+        assert!(!paths.object_lock(id).exists());
+        let stale = Flock::lock(stale, FlockArg::LockExclusiveNonblock).unwrap();
+        assert!(!still_named(&paths, id, &stale));
+        let p = paths.clone();
+        let fresh = std::thread::spawn(move || lock(&p, id).map(|l| l.object_id().to_string()));
+        assert_eq!(fresh.join().unwrap().unwrap(), id);
+        assert!(paths.object_lock(id).exists());
     }
 
     #[test]

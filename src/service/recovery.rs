@@ -45,7 +45,8 @@
 //! meanwhile keeps its file): temporary and unrecorded files in
 //! `snapshots/`, unrecorded volumes and stray `*.next.qcow2` in `volumes/`,
 //! `instances/<id>/` and runtime `<id>/` directories of instances with no
-//! record, and temporary files of finished fetches in `blobs/tmp/`.
+//! record, temporary files of finished fetches in `blobs/tmp/`, and lock
+//! files in `locks/` of objects that have no record.
 //!
 //! # Cost
 //!
@@ -247,7 +248,9 @@ impl Service {
         let volumes = entries(&self.paths.volume_dir());
         let instances = entries(&self.paths.home().join("instances"));
         let runtime = entries(self.paths.runtime());
+        let locks = entries(&self.paths.lock_dir());
         let mut removed = self.blobs.sweep_temp();
+        removed.extend(self.sweep_locks(locks)?);
         if snapshots.is_empty() && volumes.is_empty() && instances.is_empty() && runtime.is_empty()
         {
             return Ok(removed);
@@ -330,6 +333,55 @@ impl Service {
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "sweep: cannot remove: {e}")
                 }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Lock files of objects that have no record (terminated and purged,
+    /// deleted, or never committed), removed while held so no writer can be
+    /// holding them ([`super::object_lock`]); `locks/` stays as large as the
+    /// set of objects that exist.
+    fn sweep_locks(&mut self, locks: Vec<(String, PathBuf)>) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for (name, path) in locks {
+            let Some(id) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            let kind = [
+                IdKind::Instance,
+                IdKind::Volume,
+                IdKind::Snapshot,
+                IdKind::Image,
+            ]
+            .into_iter()
+            .find(|k| ids::is_well_formed(*k, id));
+            let Some(kind) = kind else { continue };
+            let exists = |db: &crate::store::Db| -> Result<bool> {
+                Ok(match kind {
+                    IdKind::Instance => db.instance(id)?.is_some(),
+                    IdKind::Volume => db.volume(id)?.is_some(),
+                    IdKind::Snapshot => db.snapshot(id)?.is_some(),
+                    _ => db.image(id)?.is_some(),
+                })
+            };
+            if self.store.read(exists)? {
+                continue;
+            }
+            let Some(lock) = try_lock(&self.paths, id)? else {
+                continue;
+            };
+            // Read again under the lock: a writer may have committed meanwhile.
+            if self.store.read(exists)? {
+                continue;
+            }
+            match lock.remove_file(&self.paths) {
+                Ok(true) => {
+                    tracing::debug!(path = %path.display(), "sweep: removed the lock of a gone object");
+                    removed.push(path);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(path = %path.display(), "sweep: cannot remove: {e}"),
             }
         }
         Ok(removed)
