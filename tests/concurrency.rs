@@ -84,6 +84,35 @@ fn qemus(env: &Env) -> HashMap<String, HashSet<u32>> {
     m
 }
 
+/// Snapshot files whose content changed since `seen` last looked at them
+/// (size or modification time): a guest must never write into the file an
+/// AMI was made from. Updates `seen`.
+fn snapshots_changed(env: &Env, seen: &Mutex<HashMap<String, (u64, i64, i64)>>) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut seen = seen.lock().unwrap();
+    for e in std::fs::read_dir(env.home().join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("snap-") && name.ends_with(".qcow2")) {
+            continue;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        let now = (m.size(), m.mtime(), m.mtime_nsec());
+        if let Some(before) = seen.insert(name.clone(), now) {
+            if before != now {
+                out.push(format!(
+                    "snapshot file {name} changed after it was made: {before:?} -> {now:?}"
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Volume files a live QEMU has open although they were deleted (no name
 /// left at all: a live snapshot renames a new overlay over the volume's
 /// name, but the old file lives on as the snapshot).
@@ -133,6 +162,8 @@ type Job = Box<dyn FnOnce(&Env, &Watch) + Send>;
 struct Watch {
     stop: AtomicBool,
     violations: Mutex<Vec<String>>,
+    /// Size and modification time of each snapshot file when first seen.
+    snapshot_files: Mutex<HashMap<String, (u64, i64, i64)>>,
     describes: AtomicUsize,
     /// Commands of the mix that succeeded / lost a race with EC2's error.
     succeeded: AtomicUsize,
@@ -158,6 +189,9 @@ fn describer(env: Arc<Env>, watch: Arc<Watch>) {
             continue;
         }
         watch.describes.fetch_add(1, Ordering::Relaxed);
+        for v in snapshots_changed(&env, &watch.snapshot_files) {
+            watch.report(v);
+        }
         for (id, i) in instances_of(&r.json()) {
             let s = state_of(&i);
             if s != "stopped" && s != "terminated" {
@@ -358,6 +392,25 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
             }
         }));
     }
+    {
+        // create-image with its reboot, racing the stop/start workers on A:
+        // it and they serialise on A's lock, so the AMI is never made from
+        // a file a running guest still writes.
+        let a = a.clone();
+        spawn(Box::new(move |env, watch| {
+            let r = amirun(
+                env,
+                &["create-image", "--instance-id", &a, "--name", "racing-a"],
+            );
+            if r.code == 0 {
+                watch.succeeded.fetch_add(1, Ordering::Relaxed);
+            } else if r.stderr.contains("InternalError") {
+                watch.report(format!("create-image of A failed: {}", r.stderr));
+            } else {
+                watch.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
     for _ in 0..2 {
         let ami = ami.clone();
         spawn(Box::new(move |env, watch| {
@@ -424,6 +477,9 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
     watch.stop.store(true, Ordering::Relaxed);
     for d in describers {
         d.join().unwrap();
+    }
+    for v in snapshots_changed(&env, &watch.snapshot_files) {
+        watch.report(v);
     }
     let violations = watch.violations.lock().unwrap().clone();
     assert!(violations.is_empty(), "{violations:#?}");
