@@ -80,11 +80,7 @@ impl ObjectLock {
 fn open(paths: &Paths, object_id: &str) -> Result<File> {
     let path = paths.object_lock(object_id);
     let io = |what: &str, e: std::io::Error| {
-        Error::new(
-            "InternalError",
-            format!("Cannot {what} the lock file {}", path.display()),
-        )
-        .with_source(e)
+        Error::internal(format!("Cannot {what} the lock file {}", path.display())).with_source(e)
     };
     std::fs::create_dir_all(paths.lock_dir()).map_err(|e| io("create the directory of", e))?;
     OpenOptions::new()
@@ -112,10 +108,9 @@ pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err((_, errno)) => {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("'{object_id}' is busy with another operation; try again"),
-                )
+                return Err(Error::incorrect_instance_state(format!(
+                    "'{object_id}' is busy with another operation; try again"
+                ))
                 .with_source(std::io::Error::from(errno)))
             }
         }
@@ -130,10 +125,8 @@ pub fn try_lock(paths: &Paths, object_id: &str) -> Result<Option<ObjectLock>> {
     match Flock::lock(open(paths, object_id)?, FlockArg::LockExclusiveNonblock) {
         Ok(f) => Ok(Some(ObjectLock::owned(f, object_id))),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(
-            Error::new("InternalError", format!("Cannot lock '{object_id}'"))
-                .with_source(std::io::Error::from(errno)),
-        ),
+        Err((_, errno)) => Err(Error::internal(format!("Cannot lock '{object_id}'"))
+            .with_source(std::io::Error::from(errno))),
     }
 }
 
