@@ -7,6 +7,7 @@
 //! and validation are separate steps: [`CatalogFile::parse`] reads JSON with
 //! unknown keys refused, [`CatalogFile::validate`] checks the meaning.
 
+use crate::error_code::ErrorCode;
 use crate::store::SourceSpec;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -67,8 +68,8 @@ pub enum CatalogError {
 
 impl CatalogError {
     /// EC2-style error code.
-    pub fn code(&self) -> &'static str {
-        "InvalidManifest"
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidManifest
     }
 }
 

@@ -15,6 +15,7 @@
 //! Operations that change a file in place ([`resize`], [`rebase`], [`commit`])
 //! are as atomic as `qemu-img` makes them.
 
+use crate::error_code::ErrorCode;
 use serde::Deserialize;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -55,10 +56,10 @@ pub enum DiskError {
 
 impl DiskError {
     /// EC2-style error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            DiskError::QemuImgMissing => "MissingDependency",
-            _ => "InvalidParameterValue",
+            DiskError::QemuImgMissing => ErrorCode::MissingDependency,
+            _ => ErrorCode::InvalidParameterValue,
         }
     }
 }
@@ -654,7 +655,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(err.code(), "InvalidParameterValue");
+        assert_eq!(err.code(), ErrorCode::InvalidParameterValue);
         assert_eq!(std::fs::read(&dst).unwrap(), b"previous");
         assert_eq!(entries(dir.path()), ["dst.qcow2"]);
     }
@@ -743,7 +744,7 @@ mod tests {
         let err = run(cmd, "info", dir.path()).unwrap_err();
         assert!(matches!(err, DiskError::QemuImgMissing));
         assert!(err.to_string().contains("qemu-utils"));
-        assert_eq!(err.code(), "MissingDependency");
+        assert_eq!(err.code(), ErrorCode::MissingDependency);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! inside an async runtime.
 
 use crate::disk::{self, DiskError};
+use crate::error_code::ErrorCode;
 use crate::paths::Paths;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nix::errno::Errno;
@@ -148,10 +149,10 @@ pub enum ImageError {
 
 impl ImageError {
     /// EC2-style error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ImageError::Disk { source, .. } => source.code(),
-            ImageError::Store { .. } => "InternalError",
+            ImageError::Store { .. } => ErrorCode::InternalError,
             ImageError::ChecksumMismatch { .. }
             | ImageError::UnsupportedUrl { .. }
             | ImageError::InvalidDigest { .. }
@@ -164,7 +165,7 @@ impl ImageError {
             | ImageError::UnsupportedFormat { .. }
             | ImageError::FormatMismatch { .. }
             | ImageError::Corrupt { .. }
-            | ImageError::NotSelfContained { .. } => "InvalidParameterValue",
+            | ImageError::NotSelfContained { .. } => ErrorCode::InvalidParameterValue,
         }
     }
 }
@@ -1343,7 +1344,7 @@ mod tests {
         assert_eq!(qemu_format_name("vhdx", &u).unwrap(), "vhdx");
         let err = qemu_format_name("iso", &u).unwrap_err();
         assert!(matches!(err, ImageError::UnsupportedFormat { .. }));
-        assert_eq!(err.code(), "InvalidParameterValue");
+        assert_eq!(err.code(), ErrorCode::InvalidParameterValue);
     }
 
     #[test]

@@ -51,6 +51,7 @@
 //!   and answers IMDS for each guest from its supervisor.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
+//! - [`error_code`] names every error code (EC2's spelling) and its HTTP status.
 //! - [`failpoint`] names crash points for fault-injection tests (`AMIRUN_FAILPOINTS`).
 //! - [`private_fs`] keeps state private on disk (0700 directories, 0600
 //!   secrets) and checks the runtime directory before use.
@@ -58,6 +59,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod disk;
+pub mod error_code;
 pub mod failpoint;
 pub mod http;
 pub mod ids;

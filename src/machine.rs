@@ -24,6 +24,7 @@ pub mod firmware;
 pub mod instance_types;
 pub mod qemu_opts;
 
+use crate::error_code::ErrorCode;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -129,17 +130,19 @@ fn display_dirs(dirs: &[PathBuf]) -> String {
 
 impl MachineError {
     /// EC2-style error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             MachineError::InvalidValue { .. }
             | MachineError::InvalidSpec { .. }
-            | MachineError::Argument { .. } => "InvalidParameterValue",
-            MachineError::UnsupportedBoot { .. } => "InvalidParameterCombination",
-            MachineError::KvmUnusable { .. } => "UnsupportedOperation",
+            | MachineError::Argument { .. } => ErrorCode::InvalidParameterValue,
+            MachineError::UnsupportedBoot { .. } => ErrorCode::InvalidParameterCombination,
+            MachineError::KvmUnusable { .. } => ErrorCode::UnsupportedOperation,
             MachineError::QemuMissing { .. } | MachineError::FirmwareMissing { .. } => {
-                "MissingDependency"
+                ErrorCode::MissingDependency
             }
-            MachineError::FirmwareDescriptor { .. } | MachineError::Io { .. } => "InternalError",
+            MachineError::FirmwareDescriptor { .. } | MachineError::Io { .. } => {
+                ErrorCode::InternalError
+            }
         }
     }
 }
@@ -1177,7 +1180,7 @@ mod tests {
             e.to_string(),
             "arm64 guests cannot boot with legacy BIOS; use boot mode uefi"
         );
-        assert_eq!(e.code(), "InvalidParameterCombination");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterCombination);
 
         let mut s = base(Arch::X86_64, uefi());
         s.vcpus = 0;
@@ -1186,7 +1189,7 @@ mod tests {
             e.to_string(),
             "Invalid vcpus for i-0123456789abcdef0: 0 is not between 1 and 255"
         );
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
 
         let mut s = base(Arch::X86_64, uefi());
         s.memory_mib = 16;

@@ -11,6 +11,7 @@
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] holds
 //! one SQL batch per version, applied in order inside one transaction.
 
+use crate::error_code::ErrorCode;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -46,8 +47,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// EC2-style error code.
-    pub fn code(&self) -> &'static str {
-        "InternalError"
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::InternalError
     }
 }
 

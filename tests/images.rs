@@ -4,6 +4,7 @@
 mod util;
 
 use amirun::disk;
+use amirun::error_code::ErrorCode;
 use amirun::images::{Blob, BlobStore, Expected, ImageError, Progress, Source};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -242,7 +243,7 @@ fn wrong_inline_sha256_keeps_nothing() {
         matches!(err, ImageError::ChecksumMismatch { .. }),
         "{err:?}"
     );
-    assert_eq!(err.code(), "InvalidParameterValue");
+    assert_eq!(err.code(), ErrorCode::InvalidParameterValue);
     let message = err.to_string();
     assert!(message.contains(&wrong), "{message}");
     assert!(message.contains(&util::sha256_hex(&bytes)), "{message}");
@@ -471,7 +472,7 @@ fn bad_sources_are_refused_with_clear_errors() {
         err.to_string().contains("ftp://example.invalid/disk.raw"),
         "{err}"
     );
-    assert_eq!(err.code(), "InvalidParameterValue");
+    assert_eq!(err.code(), ErrorCode::InvalidParameterValue);
 
     let missing = src.path().join("missing.raw");
     let err = store

@@ -14,7 +14,7 @@ pub mod shorthand;
 use crate::paths::Paths;
 use crate::service::import_policy::ImportPolicy;
 use crate::service::shapes::*;
-use crate::service::{Caller, Error, Service, ServiceOptions};
+use crate::service::{Caller, Error, ErrorCode, Service, ServiceOptions};
 use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -634,19 +634,9 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_PARAM_ERROR)
         }
         Err(Failure::Service(e)) => {
-            print_error_chain(&e);
+            eprintln!("{}", e.chain());
             ExitCode::from(EXIT_SERVICE_ERROR)
         }
-    }
-}
-
-/// Print `CODE: message`, then each cause on its own line.
-pub fn print_error_chain(e: &Error) {
-    eprintln!("{}: {}", e.code(), e.message());
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        eprintln!("  caused by: {s}");
-        source = s.source();
     }
 }
 
@@ -1010,7 +1000,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 let mut out = std::io::stdout().lock();
                 let _ = output::render(&mut out, &value, cli.output, "BootTest");
                 Err(Failure::Service(Error::new(
-                    "BootTestFailed",
+                    ErrorCode::BootTestFailed,
                     value["FailureReason"]
                         .as_str()
                         .unwrap_or("the boot test failed")
@@ -1081,13 +1071,13 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
         });
         if let Some((id, s)) = hopeless {
             return Err(Failure::Service(Error::new(
-                "WaiterFailed",
+                ErrorCode::WaiterFailed,
                 format!("Waiter {} failed: {id} is {s}", a.waiter),
             )));
         }
         if std::time::Instant::now() >= deadline {
             return Err(Failure::Service(Error::new(
-                "WaiterTimedOut",
+                ErrorCode::WaiterTimedOut,
                 format!(
                     "Waiter {} timed out after {} s: {states:?}",
                     a.waiter, a.timeout
@@ -1120,7 +1110,7 @@ fn ssh(
     let e = c.exec();
     Err(Failure::Service(
         Error::new(
-            "MissingDependency",
+            ErrorCode::MissingDependency,
             "Cannot run ssh; install the Debian package openssh-client",
         )
         .with_source(e),

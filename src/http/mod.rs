@@ -35,7 +35,7 @@ pub mod sigv4;
 use crate::machine::AccelRequest;
 use crate::paths::Paths;
 use crate::service::import_policy::ImportPolicy;
-use crate::service::{Caller, Error, Service, ServiceOptions};
+use crate::service::{Caller, Error, ErrorCode, Service, ServiceOptions};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -168,8 +168,7 @@ pub fn serve(mut options: ServeOptions) -> Result<(), Error> {
         && !options.credentials.strict
         && !options.insecure_allow_remote
     {
-        return Err(Error::new(
-            "InvalidParameterValue",
+        return Err(Error::invalid_value(
             format!(
                 "Refusing to listen on {} without --strict: anyone who can reach it could act as any account. \
                  Use --strict with --access-key KEY:SECRET, listen on 127.0.0.1, or accept the risk with --insecure-allow-remote",
@@ -202,22 +201,16 @@ pub fn serve(mut options: ServeOptions) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            Error::new("InternalError", "Cannot start the async runtime").with_source(e)
-        })?;
+        .map_err(|e| Error::internal("Cannot start the async runtime").with_source(e))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| {
-                Error::new(
-                    "InternalError",
-                    format!("Cannot listen on {}", options.listen),
-                )
-                .with_source(e)
+                Error::internal(format!("Cannot listen on {}", options.listen)).with_source(e)
             })?;
-        let addr = listener.local_addr().map_err(|e| {
-            Error::new("InternalError", "Cannot read the bound address").with_source(e)
-        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::internal("Cannot read the bound address").with_source(e))?;
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -299,16 +292,9 @@ fn request_id() -> String {
     )
 }
 
-/// HTTP status for an error, as EC2 answers it.
+/// HTTP status for an error, as EC2 answers it ([`ErrorCode::http_status`]).
 fn status_of(e: &Error) -> StatusCode {
-    let code = match e.code() {
-        "DryRunOperation" => 412,
-        "RequestEntityTooLarge" => 413,
-        "RequestTimeout" => 408,
-        "Unavailable" | "RequestLimitExceeded" => 503,
-        _ => e.http_status(),
-    };
-    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn xml_response(status: StatusCode, body: String) -> Response {
@@ -324,7 +310,7 @@ fn error_response(e: &Error, request_id: &str) -> Response {
 fn error_response_with(e: &Error, request_id: &str, status: StatusCode) -> Response {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>",
-        model::escape(e.code()),
+        model::escape(e.code().as_str()),
         model::escape(e.message())
     );
     xml_response(status, body)
@@ -385,7 +371,7 @@ async fn process(
         o
     };
     let deny = |mut o: Outcome, message: String| {
-        let e = Error::new("AuthFailure", message);
+        let e = Error::new(ErrorCode::AuthFailure, message);
         o.response = error_response_with(&e, id, StatusCode::UNAUTHORIZED);
         o
     };
@@ -397,7 +383,7 @@ async fn process(
                 return fail(
                     o,
                     Error::new(
-                        "RequestEntityTooLarge",
+                        ErrorCode::RequestEntityTooLarge,
                         format!(
                             "The request body is larger than {MAX_BODY} bytes or could not be read"
                         ),
@@ -408,7 +394,7 @@ async fn process(
                 let mut o = fail(
                     o,
                     Error::new(
-                        "RequestTimeout",
+                        ErrorCode::RequestTimeout,
                         format!(
                             "The request body was not received within {} s",
                             body_timeout.as_secs_f64()
@@ -426,7 +412,7 @@ async fn process(
         return fail(
             o,
             Error::new(
-                "InvalidAction",
+                ErrorCode::InvalidAction,
                 format!("Method {method} is not supported; use POST"),
             ),
         );
@@ -452,7 +438,7 @@ async fn process(
         return fail(
             o,
             Error::new(
-                "MissingAction",
+                ErrorCode::MissingAction,
                 "The request must contain the parameter Action",
             ),
         );
@@ -506,11 +492,10 @@ async fn process(
                     body: &bytes,
                 };
                 if let Err(e) = sigv4::verify(&auth, &req, &secret, chrono::Utc::now()) {
-                    let status =
-                        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-                    let e = Error::new(e.code(), e.to_string());
-                    o.response = error_response_with(&e, id, status);
-                    return o;
+                    if e.code() == ErrorCode::AuthFailure {
+                        return deny(o, e.to_string());
+                    }
+                    return fail(o, Error::new(e.code(), e.to_string()));
                 }
             }
             (creds.account_for(&auth.access_key), auth.region)
@@ -535,7 +520,7 @@ async fn process(
         return fail(
             o,
             Error::new(
-                "InvalidAction",
+                ErrorCode::InvalidAction,
                 format!("The action {action} is not valid for this web service."),
             ),
         );
@@ -548,7 +533,7 @@ async fn process(
         return fail(
             o,
             Error::new(
-                "DryRunOperation",
+                ErrorCode::DryRunOperation,
                 "Request would have succeeded, but DryRun flag is set.",
             ),
         );
@@ -571,11 +556,7 @@ async fn process(
     .await;
     let result = match result {
         Ok(r) => r,
-        Err(e) => Err(Error::new(
-            "InternalError",
-            format!("{call_action} failed unexpectedly"),
-        )
-        .with_source(e)),
+        Err(e) => Err(Error::internal(format!("{call_action} failed unexpectedly")).with_source(e)),
     };
     match result {
         Ok(value) => {
@@ -590,7 +571,7 @@ async fn process(
         }
         Err(e) => {
             if status_of(&e).is_server_error() {
-                crate::cli::print_error_chain(&e);
+                eprintln!("{}", e.chain());
             }
             fail(o, e)
         }

@@ -15,7 +15,7 @@
 //!   as `<name><item>…</item></name>`. JSON keys the model lacks (amirun's
 //!   own extensions) are left out, since no EC2 client could read them.
 
-use crate::service::Error;
+use crate::service::{Error, ErrorCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -93,7 +93,7 @@ enum Node {
 
 fn unknown(path: &str) -> Error {
     Error::new(
-        "UnknownParameter",
+        ErrorCode::UnknownParameter,
         format!("The parameter {path} is not recognized"),
     )
 }
@@ -114,7 +114,7 @@ fn tree(params: &[(String, String)]) -> Result<BTreeMap<String, Node>, Error> {
                     .is_some()
                 {
                     return Err(Error::new(
-                        "InvalidParameter",
+                        ErrorCode::InvalidParameter,
                         format!(
                             "The parameter {key} is given more than once or conflicts with another"
                         ),
@@ -128,7 +128,7 @@ fn tree(params: &[(String, String)]) -> Result<BTreeMap<String, Node>, Error> {
                     Node::Branch(m) => map = m,
                     Node::Leaf(_) => {
                         return Err(Error::new(
-                            "InvalidParameter",
+                            ErrorCode::InvalidParameter,
                             format!("The parameter {key} conflicts with another"),
                         ))
                     }
@@ -160,7 +160,7 @@ pub fn parse_input(operation: &str, params: &[(String, String)]) -> Result<Value
     let m = model();
     let op = m.operations.get(operation).ok_or_else(|| {
         Error::new(
-            "InvalidAction",
+            ErrorCode::InvalidAction,
             format!("The action {operation} is not valid for this web service."),
         )
     })?;
@@ -178,10 +178,7 @@ fn read(m: &Model, shape_name: &str, node: Node, path: &str) -> Result<Value, Er
     let shape = m.shape(shape_name);
     let shown = if path.is_empty() { "(root)" } else { path };
     let bad = |what: &str| {
-        Error::new(
-            "InvalidParameterValue",
-            format!("Value for parameter {shown} is invalid: {what}"),
-        )
+        Error::invalid_value(format!("Value for parameter {shown} is invalid: {what}"))
     };
     match shape.kind.as_str() {
         "structure" => {
@@ -440,21 +437,21 @@ mod tests {
     #[test]
     fn garbage_is_refused_with_ec2_codes() {
         let e = parse_input("DescribeImages", &p(&[("Bogus", "1")])).unwrap_err();
-        assert_eq!(e.code(), "UnknownParameter");
+        assert_eq!(e.code(), ErrorCode::UnknownParameter);
         let e = parse_input("DescribeImages", &p(&[("ImageId.x", "1")])).unwrap_err();
-        assert_eq!(e.code(), "UnknownParameter");
+        assert_eq!(e.code(), ErrorCode::UnknownParameter);
         let e = parse_input("DescribeImages", &p(&[("ImageId", "1")])).unwrap_err();
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         let e = parse_input("RunInstances", &p(&[("MinCount", "one")])).unwrap_err();
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         let e = parse_input(
             "DescribeImages",
             &p(&[("Filter.1.Name", "a"), ("Filter.1.Name.2", "b")]),
         )
         .unwrap_err();
-        assert_eq!(e.code(), "InvalidParameter");
+        assert_eq!(e.code(), ErrorCode::InvalidParameter);
         let e = parse_input("DescribeImages", &p(&[("a..b", "1")])).unwrap_err();
-        assert_eq!(e.code(), "UnknownParameter");
+        assert_eq!(e.code(), ErrorCode::UnknownParameter);
     }
 
     #[test]

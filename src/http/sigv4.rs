@@ -21,6 +21,7 @@
 //! date is `RequestExpired` (HTTP 400); a malformed date or a signed header
 //! that is missing is `IncompleteSignature` (HTTP 400).
 
+use crate::error_code::ErrorCode;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -64,19 +65,11 @@ pub enum VerifyError {
 
 impl VerifyError {
     /// EC2's error code for this refusal.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            VerifyError::Incomplete(_) => "IncompleteSignature",
-            VerifyError::Expired(_) => "RequestExpired",
-            VerifyError::Mismatch(_) => "AuthFailure",
-        }
-    }
-
-    /// HTTP status AWS answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            VerifyError::Mismatch(_) => 401,
-            VerifyError::Incomplete(_) | VerifyError::Expired(_) => 400,
+            VerifyError::Incomplete(_) => ErrorCode::IncompleteSignature,
+            VerifyError::Expired(_) => ErrorCode::RequestExpired,
+            VerifyError::Mismatch(_) => ErrorCode::AuthFailure,
         }
     }
 }
@@ -323,7 +316,7 @@ mod tests {
         )
         .unwrap();
         let e = verify(&auth, &req, "wrong", signed_at).unwrap_err();
-        assert_eq!(e.code(), "AuthFailure");
+        assert_eq!(e.code(), ErrorCode::AuthFailure);
         // Within 15 minutes either way: fine; beyond: RequestExpired.
         let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
         for minutes in [-14, 14] {
@@ -343,7 +336,7 @@ mod tests {
                 signed_at + chrono::TimeDelta::minutes(minutes),
             )
             .unwrap_err();
-            assert_eq!(e.code(), "RequestExpired", "{minutes} min: {e}");
+            assert_eq!(e.code(), ErrorCode::RequestExpired, "{minutes} min: {e}");
         }
         // The payload hash is the body's: swapping the body breaks the signature,
         // and claiming the old body's hash in x-amz-content-sha256 does not help.
@@ -361,7 +354,7 @@ mod tests {
             ..req
         };
         let e = verify(&auth, &swapped, secret, signed_at).unwrap_err();
-        assert_eq!(e.code(), "AuthFailure");
+        assert_eq!(e.code(), ErrorCode::AuthFailure);
         assert!(e.to_string().contains("x-amz-content-sha256"), "{e}");
     }
 

@@ -381,6 +381,7 @@ pub fn run_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_code::ErrorCode;
 
     #[test]
     fn parse_requests() {
@@ -477,7 +478,7 @@ mod tests {
         assert_eq!(c.accel, Accel::Tcg);
         assert!(c.reason.contains("host's own architecture"), "{}", c.reason);
         let e = choose_accel(AccelRequest::Kvm, foreign, &cache).unwrap_err();
-        assert_eq!(e.code(), "UnsupportedOperation");
+        assert_eq!(e.code(), ErrorCode::UnsupportedOperation);
         assert!(e.to_string().ends_with("use --accel tcg"), "{e}");
     }
 
@@ -514,7 +515,7 @@ mod tests {
             Ok(c) => assert_eq!(c.accel, first.accel),
             Err(e) => {
                 assert_eq!(first.accel, Accel::Tcg);
-                assert_eq!(e.code(), "UnsupportedOperation");
+                assert_eq!(e.code(), ErrorCode::UnsupportedOperation);
                 assert!(e.to_string().contains(&first.reason), "{e}");
             }
         }

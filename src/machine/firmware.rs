@@ -234,6 +234,7 @@ pub fn install_uefi_vars(firmware: &UefiFirmware, dest: &Path) -> Result<(), Mac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_code::ErrorCode;
 
     fn descriptor(arch: &str, machines: &str, code: &Path, vars: &Path, features: &str) -> String {
         format!(
@@ -299,7 +300,7 @@ mod tests {
             err.to_string().contains("install the Debian package ovmf"),
             "{err}"
         );
-        assert_eq!(err.code(), "MissingDependency");
+        assert_eq!(err.code(), ErrorCode::MissingDependency);
         let err = find_uefi_firmware(Arch::Arm64, &[dir.path().join("nope")]).unwrap_err();
         assert!(err.to_string().contains("qemu-efi-aarch64"), "{err}");
     }

@@ -12,6 +12,8 @@ pub mod seed;
 
 pub use seed::{build_seed, SeedSpec};
 
+use crate::error_code::ErrorCode;
+
 /// What went wrong making metadata media.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -38,10 +40,10 @@ pub enum MetadataError {
 
 impl MetadataError {
     /// EC2-style error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            MetadataError::InvalidSeed { .. } => "InvalidParameterValue",
-            MetadataError::Io { .. } => "InternalError",
+            MetadataError::InvalidSeed { .. } => ErrorCode::InvalidParameterValue,
+            MetadataError::Io { .. } => ErrorCode::InternalError,
         }
     }
 }

@@ -143,6 +143,7 @@ pub fn build_seed(path: &Path, spec: &SeedSpec) -> Result<(), MetadataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_code::ErrorCode;
     use std::io::Read;
 
     fn spec() -> SeedSpec {
@@ -227,7 +228,7 @@ mod tests {
         let mut s = spec();
         s.hostname = "bad host".into();
         let e = build_seed(&path, &s).unwrap_err();
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         assert!(e.to_string().contains("hostname"), "{e}");
         let mut s = spec();
         s.public_keys = vec!["ssh-rsa AAA\ninjected: true".into()];

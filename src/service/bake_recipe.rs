@@ -32,7 +32,7 @@ use super::shapes::{
     DescribeImagesInput, Filter, LaunchPermission, LaunchPermissionModifications,
     ModifyImageAttributeInput, Tag, TagSpecification,
 };
-use super::{Caller, Error, Result, Service};
+use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::machine::AccelRequest;
 use crate::store::{BlockDeviceMapping, EbsBlockDevice};
 use regex::Regex;
@@ -179,7 +179,7 @@ pub struct BakeOutput {
 
 fn recipe_error(path: &Path, message: impl Into<String>) -> Error {
     Error::new(
-        "InvalidRecipe",
+        ErrorCode::InvalidRecipe,
         format!("Recipe {}: {}", path.display(), message.into()),
     )
 }
@@ -189,14 +189,14 @@ impl RecipeSpec {
     pub fn load(path: &Path) -> Result<RecipeSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::new(
-                "InvalidRecipe",
+                ErrorCode::InvalidRecipe,
                 format!("Cannot read recipe {}", path.display()),
             )
             .with_source(e)
         })?;
         let config: RecipeConfig = serde_json::from_str(&text).map_err(|e| {
             Error::new(
-                "InvalidRecipe",
+                ErrorCode::InvalidRecipe,
                 format!("Recipe {} is not valid", path.display()),
             )
             .with_source(e)
@@ -420,7 +420,7 @@ impl Service {
             .is_some()
         {
             return Err(Error::new(
-                "InvalidAMIName.Duplicate",
+                ErrorCode::InvalidAmiNameDuplicate,
                 format!(
                     "AMI name {} is already in use; deregister it or rename the recipe {}",
                     recipe.config.name,
@@ -437,7 +437,7 @@ impl Service {
             } else if let Some(name) = &base.name {
                 self.image_named(caller, name, false)?.ok_or_else(|| {
                     Error::new(
-                        "InvalidAMIID.NotFound",
+                        ErrorCode::InvalidAmiIdNotFound,
                         format!("No AMI named {name} is visible"),
                     )
                 })?
@@ -527,7 +527,7 @@ impl Service {
                     let _ = self.deregister_image(caller, &image_id, true);
                 }
                 Err(Error::new(
-                    "BakeFailed",
+                    ErrorCode::BakeFailed,
                     format!(
                         "Bake of {} ({}) failed at step {} on {instance_id}: {}: {}\nconsole tail:\n{tail}",
                         recipe.config.name,
@@ -602,7 +602,7 @@ impl Service {
         let i = self
             .store
             .read(|db| db.instance(id))?
-            .ok_or_else(|| Error::new("InternalError", format!("Instance {id} is gone")))?;
+            .ok_or_else(|| Error::internal(format!("Instance {id} is gone")))?;
         // Give the AMI the base's DeleteOnTermination, not the bake's.
         let keep: Vec<BlockDeviceMapping> = i
             .devices
@@ -746,14 +746,13 @@ impl Service {
                 return Ok(());
             }
             if s == "terminated" || s == "shutting-down" {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("The instance is {s}"),
-                ));
+                return Err(Error::incorrect_instance_state(format!(
+                    "The instance is {s}"
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(Error::new(
-                    "Timeout",
+                    ErrorCode::Timeout,
                     format!("The instance did not become {want} in time (it is {s})"),
                 ));
             }
@@ -779,7 +778,7 @@ impl Service {
                 Some(Ok(())) => return Ok(()),
                 Some(Err(line)) => {
                     return Err(Error::new(
-                        "ProvisioningFailed",
+                        ErrorCode::ProvisioningFailed,
                         format!("The guest reported: {line}"),
                     ))
                 }
@@ -794,17 +793,22 @@ impl Service {
                         String::from_utf8_lossy(&self.console_bytes(caller, id)?).into_owned();
                     if let Some(r) = check(&text) {
                         return r.map_err(|line| {
-                            Error::new("ProvisioningFailed", format!("The guest reported: {line}"))
+                            Error::new(
+                                ErrorCode::ProvisioningFailed,
+                                format!("The guest reported: {line}"),
+                            )
                         });
                     }
-                    return Err(Error::new(
-                        "IncorrectInstanceState",
-                        format!("The guest ended ({s}) before it was done"),
-                    ));
+                    return Err(Error::incorrect_instance_state(format!(
+                        "The guest ended ({s}) before it was done"
+                    )));
                 }
             }
             if Instant::now() >= deadline {
-                return Err(Error::new("Timeout", "The recipe's timeout passed"));
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    "The recipe's timeout passed",
+                ));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -844,7 +848,7 @@ impl Service {
             c.arg(format!("{}@127.0.0.1", target.user)).arg(command);
             let out = c.output().map_err(|e| {
                 Error::new(
-                    "MissingDependency",
+                    ErrorCode::MissingDependency,
                     "Cannot run ssh; install openssh-client",
                 )
                 .with_source(e)
@@ -857,7 +861,7 @@ impl Service {
                 }
                 code => {
                     return Err(Error::new(
-                        "ProvisioningFailed",
+                        ErrorCode::ProvisioningFailed,
                         format!(
                             "ssh step `{command}` exited {code:?}: {}",
                             String::from_utf8_lossy(&out.stderr).trim()

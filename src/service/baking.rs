@@ -32,7 +32,7 @@
 use super::images::{check_name, check_unique_name, tags_for};
 use super::layers::LayerInfo;
 use super::shapes::{DiskContainer, Tag, TagSpecification};
-use super::{check_image_id, image_not_found, now, Caller, Error, Result, Service};
+use super::{check_image_id, image_not_found, now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
 use serde::Serialize;
@@ -102,7 +102,7 @@ pub struct ExportImageInput {
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::new("InternalError", what).with_source(e)
+    move |e| Error::internal(what).with_source(e)
 }
 
 impl Service {
@@ -116,7 +116,7 @@ impl Service {
         check_name(&input.name)?;
         if !ids::is_well_formed(IdKind::Instance, &input.instance_id) {
             return Err(Error::new(
-                "InvalidInstanceID.Malformed",
+                ErrorCode::InvalidInstanceIdMalformed,
                 format!(
                     "Invalid id: \"{}\" (expecting \"i-...\")",
                     input.instance_id
@@ -131,13 +131,13 @@ impl Service {
             .filter(|i| i.region == caller.region && i.owner_id == caller.account)
             .ok_or_else(|| {
                 Error::new(
-                    "InvalidInstanceID.NotFound",
+                    ErrorCode::InvalidInstanceIdNotFound,
                     format!("The instance ID '{id}' does not exist"),
                 )
             })?;
         if instance.root_device_type != "ebs" {
             return Err(Error::new(
-                "UnsupportedOperation",
+                ErrorCode::UnsupportedOperation,
                 format!("The instance '{id}' is instance store-backed; CreateImage needs an EBS-backed instance"),
             ));
         }
@@ -149,10 +149,9 @@ impl Service {
             ("running" | "pending", true) => "live",
             ("running" | "pending", false) => "reboot",
             (s, _) => {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("The instance '{id}' is {s}; CreateImage needs it running or stopped"),
-                ))
+                return Err(Error::incorrect_instance_state(format!(
+                    "The instance '{id}' is {s}; CreateImage needs it running or stopped"
+                )))
             }
         };
         if mode == "reboot" {
@@ -185,7 +184,7 @@ impl Service {
         let _instance_lock = super::object_lock::lock(&self.paths, &id)?;
         let instance = self.store.read(|db| db.instance(&id))?.ok_or_else(|| {
             Error::new(
-                "InvalidInstanceID.NotFound",
+                ErrorCode::InvalidInstanceIdNotFound,
                 format!("The instance ID '{id}' does not exist"),
             )
         })?;
@@ -194,13 +193,10 @@ impl Service {
             _ => instance.state == "stopped",
         };
         if !fits {
-            return Err(Error::new(
-                "IncorrectInstanceState",
-                format!(
-                    "The instance '{id}' became {} meanwhile; try again",
-                    instance.state
-                ),
-            ));
+            return Err(Error::incorrect_instance_state(format!(
+                "The instance '{id}' became {} meanwhile; try again",
+                instance.state
+            )));
         }
         let source = self.store.read(|db| db.image(&instance.image_id))?;
         // Which volumes go in, and the new AMI's mappings.
@@ -214,7 +210,7 @@ impl Service {
             if asked.is_some_and(|m| m.no_device.is_some()) {
                 if d.device_name == instance.root_device_name {
                     return Err(Error::new(
-                        "InvalidBlockDeviceMapping",
+                        ErrorCode::InvalidBlockDeviceMapping,
                         format!("The root device {} cannot be left out", d.device_name),
                     ));
                 }
@@ -223,13 +219,13 @@ impl Service {
             match &d.volume_id {
                 Some(vid) => {
                     let v = self.store.read(|db| db.volume(vid))?.ok_or_else(|| {
-                        Error::new("InternalError", format!("Volume {vid} of {id} is missing"))
+                        Error::internal(format!("Volume {vid} of {id} is missing"))
                     })?;
                     let asked_ebs = asked.and_then(|m| m.ebs.as_ref());
                     let size = asked_ebs.and_then(|e| e.volume_size).unwrap_or(v.size_gib);
                     if size < v.size_gib {
                         return Err(Error::new(
-                            "InvalidBlockDeviceMapping",
+                            ErrorCode::InvalidBlockDeviceMapping,
                             format!(
                                 "Volume size {size} GiB for {} is smaller than volume {vid} ({} GiB)",
                                 d.device_name, v.size_gib
@@ -280,7 +276,7 @@ impl Service {
             {
                 if m.ebs.as_ref().is_some_and(|e| e.snapshot_id.is_some()) {
                     return Err(Error::new(
-                        "InvalidBlockDeviceMapping",
+                        ErrorCode::InvalidBlockDeviceMapping,
                         format!(
                             "A new mapping for {} cannot name a snapshot in CreateImage",
                             m.device_name
@@ -400,28 +396,24 @@ impl Service {
             self.refresh_instances(caller)?;
             let i = self.store.read(|db| db.instance(id))?.ok_or_else(|| {
                 Error::new(
-                    "InvalidInstanceID.NotFound",
+                    ErrorCode::InvalidInstanceIdNotFound,
                     format!("The instance ID '{id}' does not exist"),
                 )
             })?;
             match i.state.as_str() {
                 "stopped" => return Ok(i),
                 "terminated" | "shutting-down" => {
-                    return Err(Error::new(
-                        "IncorrectInstanceState",
-                        format!(
-                            "The instance '{id}' is {} while waiting for it to stop",
-                            i.state
-                        ),
-                    ))
+                    return Err(Error::incorrect_instance_state(format!(
+                        "The instance '{id}' is {} while waiting for it to stop",
+                        i.state
+                    )))
                 }
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("The instance '{id}' did not stop within {secs} s"),
-                ));
+                return Err(Error::incorrect_instance_state(format!(
+                    "The instance '{id}' did not stop within {secs} s"
+                )));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -535,12 +527,7 @@ impl Service {
             .iter()
             .find(|d| d.device_name == image.root_device_name)
             .or(disks.first())
-            .ok_or_else(|| {
-                Error::new(
-                    "InternalError",
-                    format!("Image {} has no disk", input.image_id),
-                )
-            })?;
+            .ok_or_else(|| Error::internal(format!("Image {} has no disk", input.image_id)))?;
         let output = std::path::absolute(&input.output)
             .map_err(io_err(format!("Cannot resolve {}", input.output.display())))?;
         let started = Instant::now();

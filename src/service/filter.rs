@@ -108,6 +108,7 @@ pub fn tag_values(tags: &[crate::store::TagState], name: &str) -> Option<Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::ErrorCode;
 
     #[test]
     fn wildcards() {
@@ -126,7 +127,7 @@ mod tests {
             values: vec!["red".into()],
         }];
         let e = check_names(&f, &["name"]).unwrap_err();
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         assert!(e.message().contains("colour"));
     }
 

@@ -5,7 +5,7 @@ use super::filter;
 use super::shapes::*;
 use super::{
     check_image_id, check_snapshot_id, image_not_found, now, snapshot_not_found, Caller, Error,
-    Result, Service,
+    ErrorCode, Result, Service,
 };
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, Db, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
@@ -61,7 +61,7 @@ pub(super) fn check_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            "InvalidAMIName.Malformed",
+            ErrorCode::InvalidAmiNameMalformed,
             format!(
                 "AMI name '{name}' is invalid: use 3 to 128 letters, digits and ( ) [ ] space . / - ' @ _"
             ),
@@ -76,7 +76,7 @@ pub(super) fn check_unique_name(db: &Db, caller: &Caller, name: &str) -> Result<
         .find(|i| i.owner_id == caller.account && i.name == name)
     {
         return Err(Error::new(
-            "InvalidAMIName.Duplicate",
+            ErrorCode::InvalidAmiNameDuplicate,
             format!(
                 "AMI name {name} is already in use by AMI {}",
                 other.image_id
@@ -382,7 +382,7 @@ impl Service {
             };
             crate::catalog::validate_source(&source).map_err(|m| {
                 Error::new(
-                    "InvalidManifest",
+                    ErrorCode::InvalidManifest,
                     format!("The image location is not usable: {m}"),
                 )
             })?;
@@ -427,7 +427,7 @@ impl Service {
                             .ok_or_else(|| snapshot_not_found(sid))?;
                         if snap.state != "completed" {
                             return Err(Error::new(
-                                "IncorrectState",
+                                ErrorCode::IncorrectState,
                                 format!(
                                     "Snapshot {sid} is {}, not completed; try again later",
                                     snap.state
@@ -468,7 +468,7 @@ impl Service {
             if image.owner_id != caller.account {
                 if can_launch(db, caller, &image)? {
                     return Err(Error::new(
-                        "AuthFailure",
+                        ErrorCode::AuthFailure,
                         format!(
                             "Not authorized for image {image_id}: account {} does not own it",
                             caller.account
@@ -562,7 +562,7 @@ impl Service {
             }
             if src.state != "available" {
                 return Err(Error::new(
-                    "IncorrectState",
+                    ErrorCode::IncorrectState,
                     format!(
                         "Image {} is in state {}, not available",
                         src.image_id, src.state
@@ -588,26 +588,19 @@ impl Service {
                 if snap.has_file {
                     let dir = self.paths.snapshot_dir();
                     std::fs::create_dir_all(&dir).map_err(|e| {
-                        Error::new("InternalError", format!("Cannot create {}", dir.display()))
-                            .with_source(e)
+                        Error::internal(format!("Cannot create {}", dir.display())).with_source(e)
                     })?;
                     let tmp = self.paths.snapshot_tmp(&new_sid);
                     let to = self.paths.snapshot(&new_sid);
                     made.push(tmp.clone());
                     std::fs::copy(self.paths.snapshot(&snap.snapshot_id), &tmp).map_err(|e| {
-                        Error::new(
-                            "InternalError",
-                            format!("Cannot copy snapshot {}", snap.snapshot_id),
-                        )
-                        .with_source(e)
+                        Error::internal(format!("Cannot copy snapshot {}", snap.snapshot_id))
+                            .with_source(e)
                     })?;
                     crate::failpoint::hit("copy-image:after-copy")?;
                     std::fs::rename(&tmp, &to).map_err(|e| {
-                        Error::new(
-                            "InternalError",
-                            format!("Cannot move {} into place", to.display()),
-                        )
-                        .with_source(e)
+                        Error::internal(format!("Cannot move {} into place", to.display()))
+                            .with_source(e)
                     })?;
                     made.push(to);
                     crate::failpoint::hit("copy-image:after-rename")?;
@@ -655,7 +648,7 @@ impl Service {
                         continue;
                     }
                     let (new_sid, record) = next.next().ok_or_else(|| {
-                        Error::new("InternalError", "Snapshot copies do not match the mappings")
+                        Error::internal("Snapshot copies do not match the mappings")
                     })?;
                     // The source snapshot must still be there (its copy's chain reads its parent).
                     if db
@@ -868,10 +861,7 @@ impl Service {
         let mut out = Vec::new();
         if image.root_device_type == "instance-store" {
             let source = image.root_source.clone().ok_or_else(|| {
-                Error::new(
-                    "InternalError",
-                    format!("Image {image_id} has no root image location"),
-                )
+                Error::internal(format!("Image {image_id} has no root image location"))
             })?;
             let blob = match image.root_blob.as_deref().and_then(|b| self.blobs.get(b)) {
                 Some(b) => b,
@@ -908,10 +898,7 @@ impl Service {
                     Some(b) => b,
                     None => {
                         let source = snap.source.clone().ok_or_else(|| {
-                            Error::new(
-                                "InternalError",
-                                format!("Snapshot {sid} has no data and no source"),
-                            )
+                            Error::internal(format!("Snapshot {sid} has no data and no source"))
                         })?;
                         let b = self.fetch_source(&source)?;
                         let gib = b.virtual_size.div_ceil(1 << 30);

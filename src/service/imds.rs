@@ -104,9 +104,8 @@ impl Service {
                 .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             block_devices,
         };
-        let exe = amirun_exe().ok_or_else(|| {
-            super::Error::new("InternalError", "Cannot find the amirun executable")
-        })?;
+        let exe = amirun_exe()
+            .ok_or_else(|| super::Error::internal("Cannot find the amirun executable"))?;
         let forward = ImdsForward {
             argv: vec![
                 exe.display().to_string(),

@@ -121,6 +121,7 @@ fn is_link_local(url: &url::Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::ErrorCode;
 
     fn remote(dir: &Path) -> ImportPolicy {
         ImportPolicy::Remote {
@@ -172,7 +173,7 @@ mod tests {
             "not a url".into(),
         ] {
             let e = p.admit("DiskContainer.1.Url", &bad).unwrap_err();
-            assert_eq!(e.code(), "InvalidParameterValue", "{bad}");
+            assert_eq!(e.code(), ErrorCode::InvalidParameterValue, "{bad}");
             assert!(e.message().contains("DiskContainer.1.Url"), "{e}");
             assert!(e.message().contains("import directory"), "{e}");
         }

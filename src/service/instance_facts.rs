@@ -5,7 +5,7 @@
 
 use super::filter;
 use super::shapes::Filter;
-use super::{Caller, Error, Result, Service};
+use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::InstanceState;
 use base64::Engine;
@@ -27,7 +27,7 @@ impl Service {
         for id in ids_ {
             if !ids::is_well_formed(IdKind::Instance, id) {
                 return Err(Error::new(
-                    "InvalidInstanceID.Malformed",
+                    ErrorCode::InvalidInstanceIdMalformed,
                     format!("Invalid id: \"{id}\" (expecting \"i-...\")"),
                 ));
             }
@@ -46,11 +46,11 @@ impl Service {
             match missing.as_slice() {
                 [] => Ok(out),
                 [one] => Err(Error::new(
-                    "InvalidInstanceID.NotFound",
+                    ErrorCode::InvalidInstanceIdNotFound,
                     format!("The instance ID '{one}' does not exist"),
                 )),
                 many => Err(Error::new(
-                    "InvalidInstanceID.NotFound",
+                    ErrorCode::InvalidInstanceIdNotFound,
                     format!("The instance IDs '{}' do not exist", many.join(", ")),
                 )),
             }
@@ -64,7 +64,7 @@ impl Service {
             .remove(0);
         if i.boot_mode != "uefi" {
             return Err(Error::new(
-                "UnsupportedOperation",
+                ErrorCode::UnsupportedOperation,
                 format!(
                     "The instance '{instance_id}' boots in {} mode and has no UEFI data; only uefi instances have a UEFI variable store",
                     i.boot_mode
@@ -73,14 +73,11 @@ impl Service {
         }
         let path = self.paths.uefi_vars(instance_id);
         let data = std::fs::read(&path).map_err(|e| {
-            Error::new(
-                "IncorrectInstanceState",
-                format!(
-                    "The instance '{instance_id}' has no UEFI variable store ({}); it is {}",
-                    path.display(),
-                    i.state
-                ),
-            )
+            Error::incorrect_instance_state(format!(
+                "The instance '{instance_id}' has no UEFI variable store ({}); it is {}",
+                path.display(),
+                i.state
+            ))
             .with_source(e)
         })?;
         Ok(json!({
@@ -116,7 +113,7 @@ impl Service {
         for i in instances {
             let credits = default_cpu_credits(&i.instance_type).ok_or_else(|| {
                 Error::new(
-                    "UnsupportedOperation",
+                    ErrorCode::UnsupportedOperation,
                     format!(
                         "The instance '{}' is a {}, not a burstable performance instance (T2, T3, T3a, T4g); it has no CPU credit specification",
                         i.instance_id, i.instance_type

@@ -6,7 +6,7 @@
 
 use super::filter;
 use super::shapes::Filter;
-use super::{Caller, Error, Result, Service};
+use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::machine::{InstanceType, INSTANCE_TYPES};
 use serde_json::{json, Value};
 
@@ -151,7 +151,7 @@ fn page(
             .filter(|n| *n <= items.len())
             .ok_or_else(|| {
                 Error::new(
-                    "InvalidNextToken",
+                    ErrorCode::InvalidNextToken,
                     format!("The token '{t}' is invalid; pass the NextToken of the previous page"),
                 )
             })?,
@@ -177,7 +177,7 @@ impl Service {
             .collect();
         if !unknown.is_empty() {
             return Err(Error::new(
-                "InvalidInstanceType",
+                ErrorCode::InvalidInstanceType,
                 format!(
                     "The following supplied instance types do not exist: [{}]",
                     unknown.join(", ")
@@ -268,12 +268,12 @@ mod tests {
         paging.next_token = Some("nonsense".into());
         assert_eq!(
             page(items.clone(), &paging, 5, 100).unwrap_err().code(),
-            "InvalidNextToken"
+            ErrorCode::InvalidNextToken
         );
         paging.max_results = Some(2);
         assert_eq!(
             page(items, &paging, 5, 100).unwrap_err().code(),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
     }
 

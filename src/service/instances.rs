@@ -43,7 +43,7 @@
 
 use super::object_lock::{self, ObjectLock};
 use super::shapes::{Filter, Tag, TagSpecification};
-use super::{filter, now, Caller, Error, Result, Service};
+use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::instance::supervisor::{self, ExitReason, LaunchSpec, SupervisorClient};
 use crate::machine::{
@@ -217,7 +217,7 @@ fn launch_count(min: u32, max: u32) -> Result<u32> {
     }
     if min > LAUNCH_LIMIT {
         return Err(Error::new(
-            "InstanceLimitExceeded",
+            ErrorCode::InstanceLimitExceeded,
             format!(
                 "You have requested more instances ({min}) than your current instance limit of {LAUNCH_LIMIT} allows; ask for at most {LAUNCH_LIMIT}"
             ),
@@ -252,7 +252,7 @@ fn volume_size_gib(device: &str, ebs: &EbsBlockDevice, snapshot_gib: Option<u64>
         (None, Some(snap)) => snap.max(lo),
         (None, None) => {
             return Err(Error::new(
-                "InvalidBlockDeviceMapping",
+                ErrorCode::InvalidBlockDeviceMapping,
                 format!("The block device mapping of {device} needs a VolumeSize or a SnapshotId"),
             ))
         }
@@ -270,7 +270,7 @@ fn volume_size_gib(device: &str, ebs: &EbsBlockDevice, snapshot_gib: Option<u64>
     if let (Some(snap), Some(id)) = (snapshot_gib, &ebs.snapshot_id) {
         if size < snap {
             return Err(Error::new(
-                "InvalidBlockDeviceMapping",
+                ErrorCode::InvalidBlockDeviceMapping,
                 format!("Volume of size {size}GB is smaller than snapshot '{id}', expect size >= {snap}GB"),
             ));
         }
@@ -286,11 +286,11 @@ fn gib_to_bytes(gib: u64) -> Result<u64> {
 
 /// Mark a step of an operation for fault-injection tests (see [`crate::failpoint`]).
 fn failpoint(name: &str) -> Result<()> {
-    crate::failpoint::hit(name).map_err(|e| Error::new("InternalError", e.to_string()))
+    crate::failpoint::hit(name).map_err(|e| Error::internal(e.to_string()))
 }
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::new("InternalError", what).with_source(e)
+    move |e| Error::internal(what).with_source(e)
 }
 
 /// A free TCP port on 127.0.0.1 not recorded for another instance.
@@ -307,7 +307,7 @@ fn free_port(taken: &[u16]) -> Result<u16> {
         }
     }
     Err(Error::new(
-        "InsufficientInstanceCapacity",
+        ErrorCode::InsufficientInstanceCapacity,
         "No free port on 127.0.0.1 for the ssh forward",
     ))
 }
@@ -337,7 +337,7 @@ impl Service {
         let image = self.launchable_image(caller, &input.image_id)?;
         if image.state != "available" {
             return Err(Error::new(
-                "InvalidAMIID.Unavailable",
+                ErrorCode::InvalidAmiIdUnavailable,
                 format!("Image {} is {}, not available", image.image_id, image.state),
             ));
         }
@@ -349,8 +349,7 @@ impl Service {
             Error::invalid_value(format!("Invalid value '{type_name}' for InstanceType."))
         })?;
         if !itype.supports_architecture(&image.architecture) {
-            return Err(Error::new(
-                "InvalidParameterValue",
+            return Err(Error::invalid_value(
                 format!(
                     "The architecture '{}' of the specified instance type does not match the architecture '{}' of the specified AMI. Specify an instance type and an AMI that have matching architectures, and try again. You can use 'describe-instance-types' or 'describe-images' to discover the architecture of the instance type or AMI.",
                     itype.architectures_for_error(),
@@ -441,9 +440,7 @@ impl Service {
                 let root = fetched
                     .iter()
                     .find(|d| d.snapshot_id.is_none())
-                    .ok_or_else(|| {
-                        Error::new("InternalError", "Instance-store AMI has no root image")
-                    })?;
+                    .ok_or_else(|| Error::internal("Instance-store AMI has no root image"))?;
                 crate::disk::create_overlay(
                     std::path::Path::new(&root.path),
                     "qcow2",
@@ -546,7 +543,7 @@ impl Service {
                 .is_none_or(|d| d.device_name != image.root_device_name)
             {
                 return Err(Error::new(
-                    "InvalidBlockDeviceMapping",
+                    ErrorCode::InvalidBlockDeviceMapping,
                     format!(
                         "No block device mapping gives the root device {}",
                         image.root_device_name
@@ -671,15 +668,12 @@ impl Service {
                 }
             };
             if !path.exists() {
-                return Err(Error::new(
-                    "InternalError",
-                    format!(
-                        "Disk {} of {} is missing ({})",
-                        d.device_name,
-                        i.instance_id,
-                        path.display()
-                    ),
-                ));
+                return Err(Error::internal(format!(
+                    "Disk {} of {} is missing ({})",
+                    d.device_name,
+                    i.instance_id,
+                    path.display()
+                )));
             }
             disks.push(DiskSpec {
                 path,
@@ -782,7 +776,7 @@ impl Service {
         let exe = std::env::var_os("AMIRUN_EXE")
             .map(PathBuf::from)
             .or_else(|| std::env::current_exe().ok())
-            .ok_or_else(|| Error::new("InternalError", "Cannot find the amirun executable"))?;
+            .ok_or_else(|| Error::internal("Cannot find the amirun executable"))?;
         let pid = supervisor::spawn_detached(&exe, &self.paths.launch_spec(instance_id))?;
         failpoint(&format!("{op}:spawned"))?;
         // The supervisor writes its pid file once it is up; until then the
@@ -794,13 +788,10 @@ impl Service {
                 return Ok(pid);
             }
             if std::time::Instant::now() >= deadline {
-                return Err(Error::new(
-                    "InternalError",
-                    format!(
-                        "The supervisor of {instance_id} did not start within 20 s (see {})",
-                        self.paths.supervisor_log(instance_id).display()
-                    ),
-                ));
+                return Err(Error::internal(format!(
+                    "The supervisor of {instance_id} did not start within 20 s (see {})",
+                    self.paths.supervisor_log(instance_id).display()
+                )));
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -892,8 +883,7 @@ impl Service {
             }
             if std::time::Instant::now() >= deadline {
                 if killed {
-                    return Err(Error::new(
-                        "InternalError",
+                    return Err(Error::internal(
                         format!(
                             "QEMU (pid {pids:?}) of {instance_id} does not exit; its disks are kept; end it and retry"
                         ),
@@ -919,11 +909,7 @@ impl Service {
     /// [`supervisor::fence`]); `None` when a supervisor runs it.
     fn fence(&self, instance_id: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
         supervisor::fence(&self.paths, instance_id).map_err(|e| {
-            Error::new(
-                "InternalError",
-                format!("Cannot lock the pid file of {instance_id}"),
-            )
-            .with_source(e)
+            Error::internal(format!("Cannot lock the pid file of {instance_id}")).with_source(e)
         })
     }
 
@@ -1140,7 +1126,7 @@ impl Service {
             }
             if !missing.is_empty() {
                 return Err(Error::new(
-                    "InvalidInstanceID.NotFound",
+                    ErrorCode::InvalidInstanceIdNotFound,
                     format!("The instance ID '{}' does not exist", missing.join(", ")),
                 ));
             }
@@ -1301,18 +1287,15 @@ impl Service {
         for i in &instances {
             if i.root_device_type == "instance-store" {
                 return Err(Error::new(
-                    "UnsupportedOperation",
+                    ErrorCode::UnsupportedOperation,
                     format!("The instance '{}' does not have an 'ebs' root device type and cannot be stopped.", i.instance_id),
                 ));
             }
             if i.state == "terminated" || i.state == "shutting-down" {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!(
-                        "The instance '{}' is not in a state from which it can be stopped.",
-                        i.instance_id
-                    ),
-                ));
+                return Err(Error::incorrect_instance_state(format!(
+                    "The instance '{}' is not in a state from which it can be stopped.",
+                    i.instance_id
+                )));
             }
         }
         let mut changes = Vec::new();
@@ -1366,13 +1349,10 @@ impl Service {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if !matches!(i.state.as_str(), "stopped" | "running" | "pending") {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!(
-                        "The instance '{}' is not in a state from which it can be started.",
-                        i.instance_id
-                    ),
-                ));
+                return Err(Error::incorrect_instance_state(format!(
+                    "The instance '{}' is not in a state from which it can be started.",
+                    i.instance_id
+                )));
             }
         }
         let mut changes = Vec::new();
@@ -1417,10 +1397,10 @@ impl Service {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if i.state != "running" && i.state != "pending" {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("The instance '{}' is not running.", i.instance_id),
-                ));
+                return Err(Error::incorrect_instance_state(format!(
+                    "The instance '{}' is not running.",
+                    i.instance_id
+                )));
             }
         }
         for i in instances {
@@ -1437,7 +1417,7 @@ impl Service {
     ) -> Result<Value> {
         if instance_ids.is_empty() {
             return Err(Error::new(
-                "InvalidParameterCombination",
+                ErrorCode::InvalidParameterCombination,
                 "No instances specified",
             ));
         }
@@ -1449,13 +1429,10 @@ impl Service {
                 "terminated" | "shutting-down" => {}
                 "stopped" => {
                     let Some(_fence) = self.fence(&i.instance_id)? else {
-                        return Err(Error::new(
-                            "IncorrectInstanceState",
-                            format!(
-                                "The instance '{}' is stopped but its supervisor runs; try again",
-                                i.instance_id
-                            ),
-                        ));
+                        return Err(Error::incorrect_instance_state(format!(
+                            "The instance '{}' is stopped but its supervisor runs; try again",
+                            i.instance_id
+                        )));
                     };
                     i.state_reason =
                         Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
@@ -1502,10 +1479,9 @@ impl Service {
             .remove(0);
         if i.state != "terminated" {
             let Some(_fence) = self.fence(instance_id)? else {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("The supervisor of '{instance_id}' did not stop; terminate it again"),
-                ));
+                return Err(Error::incorrect_instance_state(format!(
+                    "The supervisor of '{instance_id}' did not stop; terminate it again"
+                )));
             };
             i.state_reason = Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
             self.settle(&mut i, "terminated")?;
@@ -1558,14 +1534,17 @@ impl Service {
             .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
         if i.state != "running" {
-            return Err(Error::new(
-                "IncorrectInstanceState",
-                format!("The instance '{instance_id}' is {}, not running", i.state),
-            ));
+            return Err(Error::incorrect_instance_state(format!(
+                "The instance '{instance_id}' is {}, not running",
+                i.state
+            )));
         }
-        let port = i
-            .ssh_port
-            .ok_or_else(|| Error::new("UnsupportedOperation", "The instance has no ssh forward"))?;
+        let port = i.ssh_port.ok_or_else(|| {
+            Error::new(
+                ErrorCode::UnsupportedOperation,
+                "The instance has no ssh forward",
+            )
+        })?;
         let identity_file = match &i.key_name {
             Some(k) => match self.key_pair(caller, k)?.private_key {
                 Some(material) => {
@@ -1660,7 +1639,7 @@ impl Service {
         }
         if let Some(m) = missing.first() {
             return Err(Error::new(
-                "InvalidVolume.NotFound",
+                ErrorCode::InvalidVolumeNotFound,
                 format!("The volume '{m}' does not exist."),
             ));
         }
@@ -1673,7 +1652,7 @@ fn check_instance_ids(ids_: &[String]) -> Result<()> {
     for id in ids_ {
         if !ids::is_well_formed(IdKind::Instance, id) {
             return Err(Error::new(
-                "InvalidInstanceID.Malformed",
+                ErrorCode::InvalidInstanceIdMalformed,
                 format!("Invalid id: \"{id}\" (expecting \"i-...\")"),
             ));
         }
@@ -1700,7 +1679,7 @@ fn resolve_boot_mode(image: &ImageState, arch: Arch) -> Result<String> {
     Ok(match (mode, arch) {
         ("legacy-bios", Arch::Arm64) => {
             return Err(Error::new(
-                "InvalidParameterCombination",
+                ErrorCode::InvalidParameterCombination,
                 format!(
                     "Image {} is legacy-bios, which arm64 instances cannot boot",
                     image.image_id
@@ -1797,7 +1776,7 @@ mod tests {
         assert_eq!(launch_count(1, 3).unwrap(), 3);
         assert_eq!(launch_count(2, 500).unwrap(), LAUNCH_LIMIT);
         let e = launch_count(1, 0).unwrap_err();
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         assert!(
             e.message().contains("Maximum instance count"),
             "{}",
@@ -1805,14 +1784,14 @@ mod tests {
         );
         assert_eq!(
             launch_count(0, 1).unwrap_err().code(),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         let e = launch_count(5, 2).unwrap_err();
-        assert_eq!(e.code(), "InvalidParameterValue");
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         assert!(e.message().contains("(5)") && e.message().contains("(2)"));
         assert_eq!(
             launch_count(65, 65).unwrap_err().code(),
-            "InstanceLimitExceeded"
+            ErrorCode::InstanceLimitExceeded
         );
     }
 
@@ -1824,14 +1803,14 @@ mod tests {
             snapshot_id: snap.map(String::from),
             ..Default::default()
         };
-        let code = |r: Result<u64>| r.unwrap_err().code().to_string();
+        let code = |r: Result<u64>| r.unwrap_err().code();
         assert_eq!(
             volume_size_gib("/dev/sdf", &ebs(Some(1), None, None), None).unwrap(),
             1
         );
         assert_eq!(
             code(volume_size_gib("/dev/sdf", &ebs(Some(0), None, None), None)),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             code(volume_size_gib(
@@ -1839,7 +1818,7 @@ mod tests {
                 &ebs(Some(17179869184), None, None),
                 None
             )),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             code(volume_size_gib(
@@ -1847,7 +1826,7 @@ mod tests {
                 &ebs(Some(3), Some("io1"), None),
                 None
             )),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             volume_size_gib("/dev/sdf", &ebs(Some(65536), Some("io2"), None), None).unwrap(),
@@ -1859,7 +1838,7 @@ mod tests {
                 &ebs(Some(20000), Some("io1"), None),
                 None
             )),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             code(volume_size_gib(
@@ -1867,7 +1846,7 @@ mod tests {
                 &ebs(Some(100), Some("st1"), None),
                 None
             )),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             code(volume_size_gib(
@@ -1875,7 +1854,7 @@ mod tests {
                 &ebs(Some(1025), Some("standard"), None),
                 None
             )),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             code(volume_size_gib(
@@ -1883,11 +1862,11 @@ mod tests {
                 &ebs(Some(8), Some("gp9"), None),
                 None
             )),
-            "InvalidParameterValue"
+            ErrorCode::InvalidParameterValue
         );
         assert_eq!(
             code(volume_size_gib("/dev/sdf", &ebs(None, None, None), None)),
-            "InvalidBlockDeviceMapping"
+            ErrorCode::InvalidBlockDeviceMapping
         );
         // The snapshot's size is the default and the floor.
         let snap = Some("snap-0123456789abcdef0");
@@ -1896,7 +1875,7 @@ mod tests {
             8
         );
         let e = volume_size_gib("/dev/xvda", &ebs(Some(4), None, snap), Some(8)).unwrap_err();
-        assert_eq!(e.code(), "InvalidBlockDeviceMapping");
+        assert_eq!(e.code(), ErrorCode::InvalidBlockDeviceMapping);
         assert!(
             e.message().contains("expect size >= 8GB"),
             "{}",

@@ -9,7 +9,7 @@
 
 use super::filter;
 use super::shapes::{Filter, Tag, TagSpecification};
-use super::{now, Caller, Error, Result, Service};
+use super::{now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::KeyPairState;
 use base64::Engine;
@@ -72,7 +72,7 @@ fn fingerprint(public: &ssh_key::PublicKey) -> Result<String> {
     use md5::Digest;
     let blob = public
         .to_bytes()
-        .map_err(|e| Error::new("InternalError", "Cannot encode a public key").with_source(e))?;
+        .map_err(|e| Error::internal("Cannot encode a public key").with_source(e))?;
     Ok(match public.key_data().rsa() {
         Some(rsa) => colon_hex(&md5::Md5::digest(der::rsa_spki(rsa)?)),
         None => base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&blob)),
@@ -90,11 +90,7 @@ fn created_rsa_fingerprint(pkcs1_pem: &str) -> Result<String> {
     let pkcs1 = base64::engine::general_purpose::STANDARD
         .decode(body.trim())
         .map_err(|e| {
-            Error::new(
-                "InternalError",
-                "ssh-keygen wrote an unreadable private key",
-            )
-            .with_source(e)
+            Error::internal("ssh-keygen wrote an unreadable private key").with_source(e)
         })?;
     Ok(colon_hex(&sha1::Sha1::digest(der::pkcs8_from_pkcs1(
         &pkcs1,
@@ -150,7 +146,7 @@ fn parse_public_key(material: &[u8]) -> std::result::Result<ssh_key::PublicKey, 
 
 /// Just enough DER for RSA keys: SubjectPublicKeyInfo and PKCS#8 wrappers.
 mod der {
-    use super::{Error, Result};
+    use super::{Error, ErrorCode, Result};
 
     const RSA_ALGORITHM: &[u8] = &[
         0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
@@ -187,9 +183,9 @@ mod der {
     /// DER SubjectPublicKeyInfo of an RSA public key.
     pub fn rsa_spki(key: &ssh_key::public::RsaPublicKey) -> Result<Vec<u8>> {
         let part = |m: &ssh_key::Mpint| {
-            m.as_positive_bytes()
-                .map(uint)
-                .ok_or_else(|| Error::new("InvalidKey.Format", "An RSA key part is negative"))
+            m.as_positive_bytes().map(uint).ok_or_else(|| {
+                Error::new(ErrorCode::InvalidKeyFormat, "An RSA key part is negative")
+            })
         };
         let pkcs1 = tlv(0x30, &[part(&key.n)?, part(&key.e)?].concat());
         let mut bits = vec![0u8];
@@ -279,9 +275,8 @@ mod der {
 
 /// A 2048-bit RSA key in PEM (`BEGIN RSA PRIVATE KEY`, as EC2 hands out), made by ssh-keygen.
 fn rsa_with_ssh_keygen() -> Result<(String, ssh_key::PublicKey)> {
-    let dir = tempfile::tempdir().map_err(|e| {
-        Error::new("InternalError", "Cannot make a temporary directory").with_source(e)
-    })?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| Error::internal("Cannot make a temporary directory").with_source(e))?;
     let key = dir.path().join("key");
     let out = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-C", "", "-f"])
@@ -290,30 +285,24 @@ fn rsa_with_ssh_keygen() -> Result<(String, ssh_key::PublicKey)> {
         .output()
         .map_err(|e| {
             Error::new(
-                "MissingDependency",
+                ErrorCode::MissingDependency,
                 "ssh-keygen is needed for RSA key pairs; install the Debian package openssh-client or use --key-type ed25519",
             )
             .with_source(e)
         })?;
     if !out.status.success() {
-        return Err(Error::new(
-            "InternalError",
-            format!(
-                "ssh-keygen failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
+        return Err(Error::internal(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| {
-            Error::new("InternalError", format!("Cannot read {}", p.display())).with_source(e)
-        })
+        std::fs::read_to_string(p)
+            .map_err(|e| Error::internal(format!("Cannot read {}", p.display())).with_source(e))
     };
     let material = read(&key)?;
     let public = ssh_key::PublicKey::from_openssh(read(&key.with_extension("pub"))?.trim())
-        .map_err(|e| {
-            Error::new("InternalError", "ssh-keygen wrote an unreadable public key").with_source(e)
-        })?;
+        .map_err(|e| Error::internal("ssh-keygen wrote an unreadable public key").with_source(e))?;
     Ok((material, public))
 }
 
@@ -358,14 +347,10 @@ impl Service {
                     &mut rand::rngs::OsRng,
                     ssh_key::Algorithm::Ed25519,
                 )
-                .map_err(|e| {
-                    Error::new("InternalError", "Cannot generate a key pair").with_source(e)
-                })?;
+                .map_err(|e| Error::internal("Cannot generate a key pair").with_source(e))?;
                 let material = private
                     .to_openssh(ssh_key::LineEnding::LF)
-                    .map_err(|e| {
-                        Error::new("InternalError", "Cannot encode a private key").with_source(e)
-                    })?
+                    .map_err(|e| Error::internal("Cannot encode a private key").with_source(e))?
                     .to_string();
                 (material, private.public_key().clone())
             }
@@ -387,9 +372,9 @@ impl Service {
             } else {
                 fingerprint(&public)?
             },
-            public_key: public.to_openssh().map_err(|e| {
-                Error::new("InternalError", "Cannot encode a public key").with_source(e)
-            })?,
+            public_key: public
+                .to_openssh()
+                .map_err(|e| Error::internal("Cannot encode a public key").with_source(e))?,
             private_key: Some(material.clone()),
             create_time: now(),
         };
@@ -416,7 +401,7 @@ impl Service {
                 .any(|k| k.key_name == state.key_name)
             {
                 return Err(Error::new(
-                    "InvalidKeyPair.Duplicate",
+                    ErrorCode::InvalidKeyPairDuplicate,
                     format!("The keypair '{}' already exists.", state.key_name),
                 ));
             }
@@ -440,7 +425,7 @@ impl Service {
         let tags = key_pair_tags(tag_specifications)?;
         let public = parse_public_key(public_key).map_err(|why| {
             Error::new(
-                "InvalidKey.Format",
+                ErrorCode::InvalidKeyFormat,
                 format!("Key '{key_name}' is not in a supported format ({why}); give an OpenSSH public key line, an RFC 4716 block, or a PEM/DER RSA public key"),
             )
         })?;
@@ -449,7 +434,7 @@ impl Service {
             ssh_key::Algorithm::Rsa { .. } => "rsa",
             other => {
                 return Err(Error::new(
-                    "InvalidKey.Format",
+                    ErrorCode::InvalidKeyFormat,
                     format!("Key type {other} is not supported; use rsa or ed25519"),
                 ))
             }
@@ -467,9 +452,9 @@ impl Service {
                 String::from_utf8_lossy(public_key).trim(),
             ) {
                 Ok(_) => String::from_utf8_lossy(public_key).trim().to_string(),
-                Err(_) => public.to_openssh().map_err(|e| {
-                    Error::new("InternalError", "Cannot encode a public key").with_source(e)
-                })?,
+                Err(_) => public
+                    .to_openssh()
+                    .map_err(|e| Error::internal("Cannot encode a public key").with_source(e))?,
             },
             private_key: None,
             create_time: now(),
@@ -488,7 +473,7 @@ impl Service {
         for id in &input.key_pair_ids {
             if !ids::is_well_formed(IdKind::KeyPair, id) {
                 return Err(Error::new(
-                    "InvalidKeyPair.Malformed",
+                    ErrorCode::InvalidKeyPairMalformed,
                     format!("Invalid id: \"{id}\" (expecting \"key-...\")"),
                 ));
             }
@@ -588,7 +573,7 @@ pub struct DescribeKeyPairsInput {
 /// `InvalidKeyPair.NotFound`.
 pub(crate) fn key_not_found(name: &str) -> Error {
     Error::new(
-        "InvalidKeyPair.NotFound",
+        ErrorCode::InvalidKeyPairNotFound,
         format!("The key pair '{name}' does not exist"),
     )
 }

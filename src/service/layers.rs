@@ -61,7 +61,9 @@
 //! then record, holding the new ids' locks throughout: a crash leaves only
 //! files no record owns, which the orphan sweep removes.
 
-use super::{check_snapshot_id, now, snapshot_not_found, Caller, Error, Result, Service};
+use super::{
+    check_snapshot_id, now, snapshot_not_found, Caller, Error, ErrorCode, Result, Service,
+};
 use crate::ids::{self, IdKind};
 use crate::instance::supervisor::SupervisorClient;
 use crate::store::{Db, SnapshotState, VolumeState};
@@ -166,7 +168,7 @@ fn chain(db: &Db, id: Option<&str>) -> crate::store::Result<Vec<String>> {
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::new("InternalError", what).with_source(e)
+    move |e| Error::internal(what).with_source(e)
 }
 
 /// Files made by a snapshot pass that are removed again if it fails.
@@ -341,14 +343,12 @@ impl Service {
         let blocks = c.qmp("query-block", None)?;
         let mut disks = Vec::new();
         for (index, next, vol) in switches {
-            let index = index.ok_or_else(|| {
-                Error::new("InternalError", "A live snapshot needs the disk's index")
-            })?;
+            let index =
+                index.ok_or_else(|| Error::internal("A live snapshot needs the disk's index"))?;
             let node = active_node(&blocks, index).ok_or_else(|| {
-                Error::new(
-                    "InternalError",
-                    format!("QEMU of {instance_id} shows no disk {index} (query-block)"),
-                )
+                Error::internal(format!(
+                    "QEMU of {instance_id} shows no disk {index} (query-block)"
+                ))
             })?;
             let abs = |p: &PathBuf| {
                 std::path::absolute(p).map_err(io_err(format!("Cannot resolve {}", p.display())))
@@ -365,13 +365,10 @@ impl Service {
         let agent = "none: no guest agent channel, snapshot is crash-consistent".to_string();
         let reply = c.live_snapshot(LiveSnapshotRequest { disks })?;
         if !reply.switched || reply.error.is_some() {
-            return Err(Error::new(
-                "InternalError",
-                format!(
-                    "QEMU of {instance_id} refused the live snapshot: {}",
-                    reply.error.unwrap_or_default()
-                ),
-            ));
+            return Err(Error::internal(format!(
+                "QEMU of {instance_id} refused the live snapshot: {}",
+                reply.error.unwrap_or_default()
+            )));
         }
         Ok((reply.pause_ms, agent))
     }
@@ -417,7 +414,7 @@ impl Service {
             .filter(|v| v.region == caller.region && v.owner_id == caller.account)
             .ok_or_else(|| {
                 Error::new(
-                    "InvalidVolume.NotFound",
+                    ErrorCode::InvalidVolumeNotFound,
                     format!("The volume '{}' does not exist.", input.volume_id),
                 )
             })?;
@@ -427,7 +424,7 @@ impl Service {
             let i = self
                 .store
                 .read(|db| db.instance(iid))?
-                .ok_or_else(|| Error::new("InternalError", format!("Instance {iid} is missing")))?;
+                .ok_or_else(|| Error::internal(format!("Instance {iid} is missing")))?;
             index = i
                 .devices
                 .iter()
@@ -437,7 +434,7 @@ impl Service {
                 "running" | "pending" => live = Some(iid.clone()),
                 s => {
                     return Err(Error::new(
-                        "IncorrectState",
+                        ErrorCode::IncorrectState,
                         format!(
                             "Volume {} is attached to {iid}, which is {s}; try again when it is running or stopped",
                             volume.volume_id
@@ -582,10 +579,7 @@ impl Service {
             .store
             .read(|db| db.images_using_snapshot(&s.snapshot_id))?;
         let image = image.first().ok_or_else(|| {
-            Error::new(
-                "InternalError",
-                format!("Snapshot {} has no data yet", s.snapshot_id),
-            )
+            Error::internal(format!("Snapshot {} has no data yet", s.snapshot_id))
         })?;
         self.fetch_image(caller, image).map(drop)
     }
@@ -602,7 +596,7 @@ impl Service {
         if let Some(s) = self.store.read(|db| db.snapshot(snapshot_id))? {
             if s.state == "pending" && s.region == caller.region && s.owner_id == caller.account {
                 return Err(Error::new(
-                    "IncorrectState",
+                    ErrorCode::IncorrectState,
                     format!(
                         "The snapshot {snapshot_id} is pending; try again when it is completed"
                     ),
@@ -621,7 +615,7 @@ impl Service {
                     .ok_or_else(|| snapshot_not_found(snapshot_id))?;
                 if s.owner_id != caller.account {
                     return Err(Error::new(
-                        "UnauthorizedOperation",
+                        ErrorCode::UnauthorizedOperation,
                         format!(
                             "Account {} does not own snapshot {snapshot_id}",
                             caller.account
@@ -630,7 +624,7 @@ impl Service {
                 }
                 if s.state == "pending" {
                     return Err(Error::new(
-                        "IncorrectState",
+                        ErrorCode::IncorrectState,
                         format!(
                             "The snapshot {snapshot_id} is pending; try again when it is completed"
                         ),
@@ -643,7 +637,7 @@ impl Service {
                     .find(|c| c.state != "completed")
                 {
                     return Err(Error::new(
-                        "IncorrectState",
+                        ErrorCode::IncorrectState,
                         format!(
                             "Snapshot {} is being made on {snapshot_id}; try again when it is completed",
                             c.snapshot_id
@@ -738,7 +732,7 @@ impl Service {
                 || !db.volumes_on_snapshot(snapshot_id)?.is_empty()
             {
                 return Err(Error::new(
-                    "InvalidSnapshot.InUse",
+                    ErrorCode::InvalidSnapshotInUse,
                     format!("The snapshot {snapshot_id} gained dependents meanwhile; try again"),
                 ));
             }
@@ -758,7 +752,7 @@ impl Service {
 fn check_unused(db: &Db, snapshot_id: &str) -> Result<()> {
     if let Some(ami) = db.images_using_snapshot(snapshot_id)?.first() {
         return Err(Error::new(
-            "InvalidSnapshot.InUse",
+            ErrorCode::InvalidSnapshotInUse,
             format!("The snapshot {snapshot_id} is currently in use by {ami}"),
         ));
     }
@@ -774,7 +768,7 @@ fn check_unused(db: &Db, snapshot_id: &str) -> Result<()> {
                 .any(|s| s == snapshot_id)
             {
                 return Err(Error::new(
-                    "InvalidSnapshot.InUse",
+                    ErrorCode::InvalidSnapshotInUse,
                     format!(
                         "The snapshot {snapshot_id} is read by volume {vid} of {}, which is {}; stop it first",
                         i.instance_id, i.state

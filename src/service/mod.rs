@@ -32,7 +32,7 @@ pub mod shapes;
 mod snapshots;
 mod tags;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
 
 use crate::catalog::{self, Catalog};
@@ -56,16 +56,14 @@ impl Caller {
     pub fn new(account: impl Into<String>, region: impl Into<String>) -> Result<Caller> {
         let (account, region) = (account.into(), region.into());
         if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Error::new(
-                "InvalidParameterValue",
-                format!("Account id '{account}' is not 12 digits"),
-            ));
+            return Err(Error::invalid_value(format!(
+                "Account id '{account}' is not 12 digits"
+            )));
         }
         if !is_region_name(&region) {
-            return Err(Error::new(
-                "InvalidParameterValue",
-                format!("Region '{region}' is not a region name like us-east-1"),
-            ));
+            return Err(Error::invalid_value(format!(
+                "Region '{region}' is not a region name like us-east-1"
+            )));
         }
         Ok(Caller { account, region })
     }
@@ -115,26 +113,19 @@ impl Service {
     /// Open the state under `paths` and bring catalog AMIs up to date.
     pub fn open(paths: Paths, options: ServiceOptions) -> Result<Service> {
         crate::private_fs::ensure_private_home(paths.home()).map_err(|e| {
-            Error::new(
-                "InternalError",
-                format!(
-                    "Cannot create the state directory {}",
-                    paths.home().display()
-                ),
-            )
+            Error::internal(format!(
+                "Cannot create the state directory {}",
+                paths.home().display()
+            ))
             .with_source(e)
         })?;
         crate::private_fs::ensure_runtime_dir(paths.runtime())
-            .map_err(|e| Error::new("UnsafeRuntimeDirectory", e.to_string()))?;
+            .map_err(|e| Error::new(ErrorCode::UnsafeRuntimeDirectory, e.to_string()))?;
         // SQLite gives -wal and -shm the database's mode: make it 0600 first.
         let [db, wal, shm] = paths.database_files();
         for (file, create) in [(db, true), (wal, false), (shm, false)] {
             crate::private_fs::private_file(&file, create).map_err(|e| {
-                Error::new(
-                    "InternalError",
-                    format!("Cannot make {} private", file.display()),
-                )
-                .with_source(e)
+                Error::internal(format!("Cannot make {} private", file.display())).with_source(e)
             })?;
         }
         let store = Store::open(&paths.database(), &paths.database_lock())?;
@@ -357,7 +348,7 @@ fn warn_skipped(catalog: &Catalog) {
 /// `InvalidAMIID.NotFound` for these ids.
 pub(crate) fn image_not_found(ids: &[String]) -> Error {
     Error::new(
-        "InvalidAMIID.NotFound",
+        ErrorCode::InvalidAmiIdNotFound,
         match ids {
             [one] => format!("The image id '[{one}]' does not exist"),
             _ => format!("The image ids '[{}]' do not exist", ids.join(", ")),
@@ -371,7 +362,7 @@ pub(crate) fn check_image_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            "InvalidAMIID.Malformed",
+            ErrorCode::InvalidAmiIdMalformed,
             format!("Invalid id: \"{id}\" (expecting \"ami-...\")"),
         ))
     }
@@ -383,7 +374,7 @@ pub(crate) fn check_snapshot_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            "InvalidSnapshotID.Malformed",
+            ErrorCode::InvalidSnapshotIdMalformed,
             format!("Invalid id: \"{id}\" (expecting \"snap-...\")"),
         ))
     }
@@ -392,7 +383,7 @@ pub(crate) fn check_snapshot_id(id: &str) -> Result<()> {
 /// `InvalidSnapshot.NotFound`.
 pub(crate) fn snapshot_not_found(id: &str) -> Error {
     Error::new(
-        "InvalidSnapshot.NotFound",
+        ErrorCode::InvalidSnapshotNotFound,
         format!("The snapshot '{id}' does not exist."),
     )
 }

@@ -93,11 +93,7 @@ impl ObjectLock {
 fn open(paths: &Paths, object_id: &str) -> Result<File> {
     let path = paths.object_lock(object_id);
     let io = |what: &str, e: std::io::Error| {
-        Error::new(
-            "InternalError",
-            format!("Cannot {what} the lock file {}", path.display()),
-        )
-        .with_source(e)
+        Error::internal(format!("Cannot {what} the lock file {}", path.display())).with_source(e)
     };
     std::fs::create_dir_all(paths.lock_dir()).map_err(|e| io("create the directory of", e))?;
     OpenOptions::new()
@@ -141,10 +137,9 @@ pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err((_, errno)) => {
-                return Err(Error::new(
-                    "IncorrectInstanceState",
-                    format!("'{object_id}' is busy with another operation; try again"),
-                )
+                return Err(Error::incorrect_instance_state(format!(
+                    "'{object_id}' is busy with another operation; try again"
+                ))
                 .with_source(std::io::Error::from(errno)))
             }
         }
@@ -161,10 +156,8 @@ pub fn try_lock(paths: &Paths, object_id: &str) -> Result<Option<ObjectLock>> {
         // Removed (or replaced) by its holder meanwhile: the name is free again.
         Ok(_) => try_lock(paths, object_id),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(
-            Error::new("InternalError", format!("Cannot lock '{object_id}'"))
-                .with_source(std::io::Error::from(errno)),
-        ),
+        Err((_, errno)) => Err(Error::internal(format!("Cannot lock '{object_id}'"))
+            .with_source(std::io::Error::from(errno))),
     }
 }
 

@@ -54,7 +54,7 @@
 //! `readdir` of each of those directories; nothing runs `qemu-img`.
 
 use super::object_lock::try_lock;
-use super::{Error, Result, Service};
+use super::{Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::SnapshotState;
 use std::collections::HashSet;
@@ -425,7 +425,7 @@ fn remove(path: &Path) {
 /// An error for a snapshot that real files still build on.
 pub(crate) fn backed_onto(snapshot_id: &str, files: &[PathBuf]) -> Error {
     Error::new(
-        "InvalidSnapshot.InUse",
+        ErrorCode::InvalidSnapshotInUse,
         format!(
             "The snapshot {snapshot_id} is still the backing file of {}; delete or rebase that first",
             files

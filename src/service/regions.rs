@@ -26,10 +26,7 @@ impl Service {
         }
         for n in names {
             if !regions.contains(n) {
-                return Err(Error::new(
-                    "InvalidParameterValue",
-                    format!("Invalid region: {n}"),
-                ));
+                return Err(Error::invalid_value(format!("Invalid region: {n}")));
             }
         }
         let shown: Vec<Value> = regions
@@ -54,13 +51,10 @@ impl Service {
     ) -> Result<Value> {
         let zone = format!("{}a", caller.region);
         if let Some(n) = names.iter().find(|n| **n != zone) {
-            return Err(Error::new(
-                "InvalidParameterValue",
-                format!(
-                    "The zone '{n}' does not exist in region {}; it has {zone}",
-                    caller.region
-                ),
-            ));
+            return Err(Error::invalid_value(format!(
+                "The zone '{n}' does not exist in region {}; it has {zone}",
+                caller.region
+            )));
         }
         Ok(json!({ "AvailabilityZones": [{
             "State": "available",

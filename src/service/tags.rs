@@ -2,7 +2,7 @@
 
 use super::filter;
 use super::shapes::*;
-use super::{image_not_found, snapshot_not_found, Caller, Error, Result, Service};
+use super::{image_not_found, snapshot_not_found, Caller, Error, ErrorCode, Result, Service};
 use crate::store::Db;
 
 const TAG_FILTERS: &[&str] = &["key", "value", "resource-id", "resource-type"];
@@ -29,7 +29,7 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
     };
     if !well_formed {
         return Err(Error::new(
-            "InvalidID",
+            ErrorCode::InvalidId,
             format!("The ID '{id}' is not valid"),
         ));
     }
@@ -53,7 +53,7 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
             .is_some_and(|s| s.region == caller.region && s.owner_id == caller.account),
         _ => {
             return Err(Error::new(
-                "InvalidID",
+                ErrorCode::InvalidId,
                 format!("The ID '{id}' is not valid for tagging"),
             ))
         }
@@ -83,13 +83,10 @@ impl Service {
         }
         for t in tags {
             if t.key.is_empty() || t.key.len() > 128 || t.key.starts_with("aws:") {
-                return Err(Error::new(
-                    "InvalidParameterValue",
-                    format!(
-                        "Tag key '{}' must be 1 to 128 characters and not start with aws:",
-                        t.key
-                    ),
-                ));
+                return Err(Error::invalid_value(format!(
+                    "Tag key '{}' must be 1 to 128 characters and not start with aws:",
+                    t.key
+                )));
             }
         }
         self.store.write(|db| -> Result<()> {
@@ -100,7 +97,7 @@ impl Service {
                 }
                 if db.tags_of(r)?.len() > 50 {
                     return Err(Error::new(
-                        "TagLimitExceeded",
+                        ErrorCode::TagLimitExceeded,
                         format!("Resource {r} would have more than 50 tags"),
                     ));
                 }
