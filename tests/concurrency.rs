@@ -2,8 +2,8 @@
 //! run-instances, describe-instances, create-image, stop/start, reboot and
 //! terminate race each other. Watchers check all along that no instance is
 //! ever shown stopped or terminated while its QEMU runs, and that no guest
-//! ever has a volume deleted under it; at the end records and files agree
-//! and no guest runs untracked.
+//! ever has a volume deleted under it or writes into a snapshot file; at
+//! the end records and files agree and no guest runs untracked.
 
 mod util;
 
@@ -155,6 +155,10 @@ fn state_of(i: &Value) -> String {
 }
 
 /// One worker of the mix.
+/// Processes running describe-instances in a loop beside the 12 workers:
+/// 20 concurrent amirun processes in all.
+const DESCRIBERS: usize = 8;
+
 type Job = Box<dyn FnOnce(&Env, &Watch) + Send>;
 
 /// What the watchers saw go wrong.
@@ -310,7 +314,7 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
     let env = Arc::new(Env::with_images());
     let ami = env.ami(X86);
     let watch = Arc::new(Watch::default());
-    let describers: Vec<_> = (0..6)
+    let describers: Vec<_> = (0..DESCRIBERS)
         .map(|_| {
             let (env, watch) = (Arc::clone(&env), Arc::clone(&watch));
             std::thread::spawn(move || describer(env, watch))
@@ -443,7 +447,7 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
             racing(env, watch, &["terminate-instances", "--instance-ids", &c]);
         }));
     }
-    for _ in 0..2 {
+    for _ in 0..3 {
         spawn(Box::new(move |env, watch| {
             for _ in 0..10 {
                 let r = amirun(env, &["describe-volumes"]);
@@ -502,7 +506,7 @@ fn twenty_processes_on_three_instances_never_lose_a_live_guest() {
     check_final(&env);
     assert!(processes(&env).is_empty());
     eprintln!(
-        "launch of 3 under 6 describers: {:.1} s; mix of {} workers + 6 describers: {:.1} s ({} commands succeeded, {} refused with EC2's error); {} describes; total {:.1} s",
+        "launch of 3 under {DESCRIBERS} describers: {:.1} s; mix of {} workers + {DESCRIBERS} describers: {:.1} s ({} commands succeeded, {} refused with EC2's error); {} describes; total {:.1} s",
         launched.as_secs_f64(),
         workers_count,
         (mixed - launched).as_secs_f64(),
