@@ -165,6 +165,22 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// A free TCP port on 127.0.0.1 not recorded for another instance.
+/// The guest network an instance's tags choose ([`machine::OUTBOUND_TAG`]):
+/// isolated unless the tag says `nat`.
+fn guest_outbound<'a>(
+    mut tags: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<machine::Outbound> {
+    match tags.find(|(k, _)| *k == machine::OUTBOUND_TAG) {
+        None => Ok(machine::Outbound::default()),
+        Some((_, v)) => machine::Outbound::from_tag(v).ok_or_else(|| {
+            Error::invalid_value(format!(
+                "Invalid value '{v}' for tag {}: use 'none' (isolated, the default) or 'nat' (outbound access, which also reaches the host's loopback)",
+                machine::OUTBOUND_TAG
+            ))
+        }),
+    }
+}
+
 fn free_port(taken: &[u16]) -> Result<u16> {
     for _ in 0..32 {
         let l = std::net::TcpListener::bind("127.0.0.1:0")
@@ -254,6 +270,11 @@ impl Service {
             Some(k) => vec![self.key_pair(caller, k)?.public_key],
             None => Vec::new(),
         };
+        let outbound = guest_outbound(
+            super::images::tags_for(&input.tag_specifications, "instance")?
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         let arch = Arch::from_ec2(&image.architecture)?;
         machine::find_qemu(arch)?;
         let accel = machine::choose_accel(input.accel, arch, &self.paths.accel_probe_cache())?;
@@ -447,7 +468,7 @@ impl Service {
                 devices,
                 updated: launch_time.clone(),
             };
-            self.prepare_boot(&state)?;
+            self.prepare_boot_with(&state, outbound)?;
             instances.push(state);
         }
         let tags = super::images::tags_for(&input.tag_specifications, "instance")?;
@@ -493,8 +514,15 @@ impl Service {
         Ok(reservation)
     }
 
-    /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
+    /// [`Self::prepare_boot_with`] the guest network its tags choose now.
     fn prepare_boot(&mut self, i: &InstanceState) -> Result<()> {
+        let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
+        let outbound = guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))?;
+        self.prepare_boot_with(i, outbound)
+    }
+
+    /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
+    fn prepare_boot_with(&mut self, i: &InstanceState, outbound: machine::Outbound) -> Result<()> {
         let arch = Arch::from_ec2(&i.architecture)?;
         let rdir = self.paths.instance_runtime_dir(&i.instance_id);
         std::fs::create_dir_all(&rdir)
@@ -589,7 +617,7 @@ impl Service {
             net: NetSpec {
                 ssh_port: i.ssh_port,
                 imds: Some(imds_forward),
-                outbound: Default::default(),
+                outbound,
             },
             qmp_socket: self.paths.qmp_socket(&i.instance_id),
             serial_log: self.paths.serial_log(&i.instance_id),
@@ -958,6 +986,7 @@ impl Service {
                 "Accelerator": i.accel,
                 "AcceleratorReason": i.accel_reason,
                 "SshEndpoint": i.ssh_port.filter(|_| i.state != "terminated").map(|p| format!("127.0.0.1:{p}")),
+                "GuestOutbound": guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))).map_or("invalid", machine::Outbound::as_str),
                 "ConsoleLog": self.paths.serial_log(&i.instance_id).display().to_string(),
             },
         });
