@@ -380,19 +380,25 @@ pub fn disk_node_name(index: usize) -> String {
 /// must be one so the guest's IMDS requests reach amirun.
 ///
 /// The guest must never reach the host's own loopback services nor the
-/// host's own metadata service. slirp works against both: it connects to
-/// the host's 127.0.0.1 for any address of its network other than the DNS
-/// address (the gateway 169.254.0.2 included), and for the DNS address on
-/// *any* port it connects to the host's first resolver, which on many hosts
-/// is itself a loopback address; libslirp's `disable_host_loopback` would
-/// stop the first but QEMU 7.2 does not expose it. Hence:
+/// host's own metadata service. slirp works against both (libslirp 4.7,
+/// measured by `tests/guest_isolation.rs`): a connection to the gateway
+/// 169.254.0.2, on any port, is made to the host's 127.0.0.1; one to the DNS
+/// address 169.254.0.3 on port 53 goes to the host's first resolver, which
+/// on many hosts is itself a loopback service (systemd-resolved's
+/// 127.0.0.53); any other address is connected to from the host, so
+/// 169.254.169.254 would be the host's own metadata service. libslirp's
+/// `disable_host_loopback` would close the first but QEMU 7.2 does not
+/// expose it, and passt (Debian's 2023-03 build) has `--no-map-gw` but no
+/// way to serve 169.254.169.254 itself. Hence:
 /// - [`Outbound::None`] (`restrict=on`, the default) drops every guest
-///   packet except DHCP and connections that match a `guestfwd` (the
-///   `hostfwd` for SSH keeps working): no alias, port or address leads out
-///   of slirp. The price is no DNS and no outbound access;
+///   packet except DHCP and connections that match a `guestfwd`; the
+///   `hostfwd` for SSH keeps working. DHCP then hands out no router and no
+///   resolver, and no alias, port or address leads out of slirp. The price
+///   is no DNS and no outbound access;
 /// - [`Outbound::Nat`] (opt-in per instance, see [`OUTBOUND_TAG`]) lets
-///   slirp connect out like a NAT gateway, and with it the gateway and DNS
-///   aliases reach the host's loopback again: only for guests you trust;
+///   slirp connect out like a NAT gateway, DNS included, and with it the
+///   gateway reaches the host's loopback again: only for trusted guests,
+///   until the outbound leg moves into a network namespace of its own;
 /// - in both, a `guestfwd` for 169.254.169.254:80 is always present: it is
 ///   matched before slirp connects anywhere, whatever route the guest
 ///   takes; without [`ImdsForward`] it runs a command that closes the
