@@ -1,22 +1,29 @@
-//! Guest isolation with real guests: a web server on the host's 127.0.0.1,
-//! and tiny guests that try every route slirp offers to it (their gateway,
-//! their DNS address, the metadata address on another port). An isolated
-//! guest (the default) reaches none of them, yet reads its instance id
-//! from IMDS and is reachable through its SSH forward; a guest launched
-//! with `amirun:outbound=nat` shows that the same probes do reach the host
-//! when the door is open, so the probes can fail.
+//! Guest isolation with real guests. The host side: a web server and a
+//! stand-in resolver (TCP and UDP port 53) on 127.0.0.1, and a DNS server
+//! on a non-loopback address. The guests: tiny ones that try every route
+//! their own network gives them to the host's loopback (their gateway and
+//! DNS address on the server's port and on port 53, the metadata address
+//! and another link-local address on the server's port).
+//!
+//! A default guest (outbound access: its supervisor runs QEMU in a network
+//! namespace of its own with pasta as the outbound leg) reaches none of the
+//! loopback servers, yet reads its instance id from IMDS, gets its DNS
+//! lookup answered by the host's resolver, and is reachable through its SSH
+//! forward. A guest launched with `amirun:outbound=none` is sealed: no DNS
+//! either, still IMDS and SSH.
 //!
 //! The scenario runs in a network and mount namespace the test creates
-//! (`unshare --net --mount`): only loopback exists there, so nothing can
-//! leave the machine, and `/etc/resolv.conf` names 127.0.0.1 there, which
-//! makes slirp's DNS address a route to the host's loopback as it is on
-//! hosts with a local resolver. Guests probe only addresses their own
-//! network gave them.
+//! (`unshare --net --mount`), so nothing can leave the machine: besides
+//! loopback it holds one link with 192.0.2.53/24 (a `dummy`, or a bridge
+//! without ports where the kernel has no dummy driver) and a default route
+//! into it, so that pasta finds a routable interface; packets sent there
+//! are discarded inside the namespace. `/etc/resolv.conf` is bind-mounted
+//! to name 192.0.2.53, where the test's DNS server listens.
 
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,20 +34,32 @@ const X86: &str = "amirun/tiny-x86_64";
 /// Set in the re-executed test process that runs inside the namespaces.
 const INSIDE: &str = "AMIRUN_TEST_ISOLATION_NETNS";
 const SECRET: &str = "HOST-LOOPBACK-SECRET";
-const TEST_NAME: &str = "isolated_guests_never_reach_host_loopback_but_keep_imds_and_ssh";
+const TEST_NAME: &str = "guests_never_reach_host_loopback_but_keep_imds_dns_and_ssh";
+/// The test namespace's own address, where its DNS server listens.
+const RESOLVER: &str = "192.0.2.53";
+/// The name the DNS server answers, and its answer (never contacted).
+const NAME: &str = "probe.amirun.test";
+const ANSWER: [u8; 4] = [192, 0, 2, 99];
 
 #[test]
-fn isolated_guests_never_reach_host_loopback_but_keep_imds_and_ssh() {
+fn guests_never_reach_host_loopback_but_keep_imds_dns_and_ssh() {
     if std::env::var_os(INSIDE).is_some() {
         return scenario();
     }
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    std::fs::write(&resolv, format!("nameserver {RESOLVER}\n")).unwrap();
     let exe = std::env::current_exe().unwrap();
+    let setup = format!(
+        "set -e; ip link set lo up
+        ip link add up0 type dummy 2>/dev/null || ip link add up0 type bridge
+        ip addr add {RESOLVER}/24 dev up0; ip link set up0 up
+        ip route add default via 192.0.2.1 dev up0
+        mount --bind \"$1\" /etc/resolv.conf; shift; exec \"$@\""
+    );
     let status = Command::new("unshare")
         .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg("ip link set lo up && mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")
+        .arg(setup)
         .arg("sh")
         .arg(&resolv)
         .arg(&exe)
@@ -83,16 +102,77 @@ impl LoopbackServer {
     }
 }
 
-/// User data: probe the host's loopback server through every route the
-/// guest's own network gives it, read the instance id from IMDS, then
-/// serve a page on port 22 (tiny has no sshd) for the SSH forward.
+/// A DNS server on UDP `addr`:53 that answers A queries for [`NAME`] with
+/// [`ANSWER`] (every other query with no records) and counts queries.
+fn dns_server(addr: &str) -> Arc<AtomicUsize> {
+    let sock = UdpSocket::bind((addr, 53)).unwrap();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&queries);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            count.fetch_add(1, Ordering::SeqCst);
+            if let Some(reply) = dns_reply(&buf[..n]) {
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+    });
+    queries
+}
+
+fn dns_reply(q: &[u8]) -> Option<Vec<u8>> {
+    // Header (12 bytes), then one question: labels, 0, type, class.
+    let mut end = 12;
+    while *q.get(end)? != 0 {
+        end += 1 + usize::from(q[end]);
+    }
+    let qname = q.get(12..end)?;
+    let qtype = u16::from_be_bytes([*q.get(end + 1)?, *q.get(end + 2)?]);
+    let question = q.get(12..end + 5)?;
+    let ours: Vec<u8> = NAME
+        .split('.')
+        .flat_map(|l| std::iter::once(l.len() as u8).chain(l.bytes()))
+        .collect();
+    let answer = qtype == 1 && qname.eq_ignore_ascii_case(&ours);
+    let mut r = vec![
+        q[0],
+        q[1],
+        0x81,
+        0x80,
+        0,
+        1,
+        0,
+        u8::from(answer),
+        0,
+        0,
+        0,
+        0,
+    ];
+    r.extend_from_slice(question);
+    if answer {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        r.extend_from_slice(&ANSWER);
+    }
+    Some(r)
+}
+
+/// User data: start a web page on port 22 (tiny has no sshd) for the SSH
+/// forward, probe the host's loopback servers through every route the
+/// guest's own network gives it, look up [`NAME`], read the instance id
+/// from IMDS.
 fn probe_script(port: u16) -> String {
+    let answer = ANSWER.map(|b| b.to_string()).join(".");
     format!(
         r#"#!/bin/sh
-# What DHCP gave: a NAT guest gets gateway 169.254.0.2 and DNS 169.254.0.3;
-# an isolated one neither (slirp leaves them out under restrict=on), but
-# both addresses are in its own /16 (169.254.0.2 is its DHCP server), so it
-# tries them all the same.
+mkdir -p /www
+iid=$(timeout 8 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null)
+echo "probe imds instance-id=$iid"
+echo "ssh-forward-reaches-$iid" >/www/index.html
+httpd -p 22 -h /www && echo "probe port-22 server up"
+# What DHCP gave: gateway 169.254.0.2 and DNS 169.254.0.3 with outbound
+# access, neither when sealed (restrict=on); both addresses are in the
+# guest's own /16 (169.254.0.2 is its DHCP server), so it tries them all
+# the same.
 gw=$(ip route | sed -n 's/^default via \([0-9.]*\).*/\1/p' | head -n1)
 dns=$(sed -n 's/^nameserver //p' /etc/resolv.conf | head -n1)
 echo "probe-config gw=$gw dns=$dns"
@@ -106,14 +186,16 @@ probe() {{
 	esac
 }}
 probe gateway "http://$gw:{port}/"
+probe gateway-port-53 "http://$gw:53/"
 probe dns "http://$dns:{port}/"
 probe dns-port-53 "http://$dns:53/"
 probe imds-address "http://169.254.169.254:{port}/"
-iid=$(timeout 8 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null)
-echo "probe imds instance-id=$iid"
-mkdir -p /www
-echo "ssh-forward-reaches-$iid" >/www/index.html
-httpd -p 22 -h /www && echo "probe port-22 server up"
+probe link-local "http://169.254.0.1:{port}/"
+if timeout 20 nslookup {NAME} $dns 2>&1 | grep -q '{answer}'; then
+	echo "probe dns-lookup answered"
+else
+	echo "probe dns-lookup unanswered"
+fi
 echo "probe done"
 "#
     )
@@ -139,18 +221,6 @@ fn probe_lines(console: &str) -> Vec<String> {
 }
 
 fn scenario() {
-    // /proc/self/net/dev lists the interfaces of this process's namespace.
-    let links: Vec<String> = std::fs::read_to_string("/proc/self/net/dev")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_string()))
-        .collect();
-    assert_eq!(
-        links,
-        ["lo"],
-        "the scenario must run where only loopback exists"
-    );
-
     let env = Env::with_images();
     let ami = env.ami(X86);
     // A value the tag does not know is refused before anything is made.
@@ -165,92 +235,85 @@ fn scenario() {
         "InvalidParameterValue",
     );
 
-    // Host loopback services: two web servers (one per guest, so each
-    // count belongs to one guest) and one on port 53 standing in for a
-    // local resolver such as systemd-resolved's.
-    let closed = LoopbackServer::start(0);
-    let open = LoopbackServer::start(0);
-    let resolver = LoopbackServer::start(53);
+    // Host loopback services: a web server, and TCP and UDP port 53
+    // standing in for a local resolver such as systemd-resolved's. The
+    // real resolver of this namespace listens on its non-loopback address.
+    let web = LoopbackServer::start(0);
+    let tcp53 = LoopbackServer::start(53);
+    let udp53 = dns_server("127.0.0.1");
+    let resolver = dns_server(RESOLVER);
 
-    // The isolated guest first, alone, so that every connection the
-    // servers see until it is done would be its.
-    let isolated = env.run_instances(&[
+    // Both guests at once: the default (outbound access) and a sealed one.
+    let open =
+        env.run_instances(&["--image-id", &ami, "--user-data", &probe_script(web.port)])[0].clone();
+    let sealed = env.run_instances(&[
         "--image-id",
         &ami,
         "--user-data",
-        &probe_script(closed.port),
+        &probe_script(web.port),
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=amirun:outbound,Value=none}]",
     ])[0]
         .clone();
-    assert_eq!(env.instance(&isolated)["Amirun"]["GuestOutbound"], "none");
-    let console = env.wait_console(&isolated, "probe done", 400);
-    let lines = probe_lines(&console);
-    eprintln!("isolated {isolated}: {lines:#?}");
-    for want in [
-        "probe-config gw= dns=".to_string(),
-        "probe gateway blocked".into(),
-        "probe dns blocked".into(),
-        "probe dns-port-53 blocked".into(),
-        "probe imds-address blocked".into(),
-        format!("probe imds instance-id={isolated}"),
-        "probe port-22 server up".into(),
-    ] {
+    for (id, outbound, lookup) in [(&open, "nat", "answered"), (&sealed, "none", "unanswered")] {
+        let console = env.wait_console(id, "probe done", 400);
+        let lines = probe_lines(&console);
+        let shown = env.instance(id)["Amirun"].clone();
+        eprintln!("{id}: {shown}\n{lines:#?}");
+        assert_eq!(shown["GuestOutbound"], outbound, "{id}: {shown}");
+        let config = if outbound == "nat" {
+            "probe-config gw=169.254.0.2 dns=169.254.0.3"
+        } else {
+            "probe-config gw= dns="
+        };
+        for want in [
+            format!("probe imds instance-id={id}"),
+            "probe port-22 server up".into(),
+            config.into(),
+            "probe gateway blocked".into(),
+            "probe gateway-port-53 blocked".into(),
+            "probe dns blocked".into(),
+            "probe dns-port-53 blocked".into(),
+            "probe imds-address blocked".into(),
+            "probe link-local blocked".into(),
+            format!("probe dns-lookup {lookup}"),
+        ] {
+            assert!(lines.contains(&want), "{id}: no '{want}' in {lines:#?}");
+        }
+        let endpoint = shown["SshEndpoint"].as_str().unwrap().to_string();
+        let page = get_through_ssh_forward(&endpoint);
         assert!(
-            lines.contains(&want),
-            "{isolated}: no '{want}' in {lines:#?}"
+            page.contains(&format!("ssh-forward-reaches-{id}")),
+            "the SSH forward {endpoint} did not reach {id}: {page:?}"
         );
     }
     assert_eq!(
-        closed.connections.load(Ordering::SeqCst),
+        web.connections.load(Ordering::SeqCst),
         0,
-        "an isolated guest reached the host's loopback"
+        "a guest reached the host's loopback web server"
     );
     assert_eq!(
-        resolver.connections.load(Ordering::SeqCst),
+        tcp53.connections.load(Ordering::SeqCst),
         0,
-        "an isolated guest reached the host's loopback resolver"
+        "a guest reached the host's loopback port 53 (TCP)"
     );
-    let endpoint = env.instance(&isolated)["Amirun"]["SshEndpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let page = get_through_ssh_forward(&endpoint);
+    assert_eq!(
+        udp53.load(Ordering::SeqCst),
+        0,
+        "a guest's packets reached the host's loopback port 53 (UDP)"
+    );
     assert!(
-        page.contains(&format!("ssh-forward-reaches-{isolated}")),
-        "the SSH forward {endpoint} did not reach {isolated}: {page:?}"
+        resolver.load(Ordering::SeqCst) >= 1,
+        "no DNS query reached the host's resolver"
     );
 
-    // The control: with outbound access the same probes do reach the host
-    // (libslirp 4.7: the gateway on any port is the host's 127.0.0.1, the
-    // DNS address on port 53 is the host's first resolver).
-    let nat = env.run_instances(&[
-        "--image-id",
-        &ami,
-        "--user-data",
-        &probe_script(open.port),
-        "--tag-specifications",
-        "ResourceType=instance,Tags=[{Key=amirun:outbound,Value=nat}]",
-    ])[0]
-        .clone();
-    assert_eq!(env.instance(&nat)["Amirun"]["GuestOutbound"], "nat");
-    let console = env.wait_console(&nat, "probe done", 400);
-    let lines = probe_lines(&console);
-    eprintln!("nat {nat}: {lines:#?}");
-    for want in [
-        "probe-config gw=169.254.0.2 dns=169.254.0.3".to_string(),
-        "probe gateway REACHED".into(),
-        "probe dns blocked".into(),
-        "probe dns-port-53 REACHED".into(),
-        format!("probe imds instance-id={nat}"),
-    ] {
-        assert!(lines.contains(&want), "{nat}: no '{want}' in {lines:#?}");
-    }
-    assert!(open.connections.load(Ordering::SeqCst) >= 1);
-    assert!(resolver.connections.load(Ordering::SeqCst) >= 1);
-
-    for id in [&isolated, &nat] {
+    for id in [&open, &sealed] {
         env.ok(&["terminate-instances", "--instance-ids", id]);
     }
-    for id in [&isolated, &nat] {
+    for id in [&open, &sealed] {
         env.wait("instance-terminated", id);
     }
+    // The supervisor took the namespace down with the guest.
+    let netns = env.home().join("instances").join(&open).join("netns");
+    assert!(!netns.exists(), "{} outlived its instance", netns.display());
 }

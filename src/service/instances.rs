@@ -23,6 +23,7 @@ use crate::machine::{
     self, Accel, AccelRequest, Arch, Boot, DiskFormat, DiskSpec, MachineSpec, NetSpec,
     SmbiosIdentity,
 };
+use crate::network::{self, NetworkStatus};
 use crate::store::{BlockDeviceMapping, ImageState, InstanceDevice, InstanceState, VolumeState};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -164,23 +165,23 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::new("InternalError", what).with_source(e)
 }
 
-/// A free TCP port on 127.0.0.1 not recorded for another instance.
 /// The guest network an instance's tags choose ([`machine::OUTBOUND_TAG`]):
-/// isolated unless the tag says `nat`.
+/// outbound access (`nat`, the default) unless the tag says `none`.
 fn guest_outbound<'a>(
     mut tags: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<machine::Outbound> {
     match tags.find(|(k, _)| *k == machine::OUTBOUND_TAG) {
-        None => Ok(machine::Outbound::default()),
+        None => Ok(machine::Outbound::Nat),
         Some((_, v)) => machine::Outbound::from_tag(v).ok_or_else(|| {
             Error::invalid_value(format!(
-                "Invalid value '{v}' for tag {}: use 'none' (isolated, the default) or 'nat' (outbound access, which also reaches the host's loopback)",
+                "Invalid value '{v}' for tag {}: use 'nat' (DNS and outbound access, the default) or 'none' (IMDS and SSH only)",
                 machine::OUTBOUND_TAG
             ))
         }),
     }
 }
 
+/// A free TCP port on 127.0.0.1 not recorded for another instance.
 fn free_port(taken: &[u16]) -> Result<u16> {
     for _ in 0..32 {
         let l = std::net::TcpListener::bind("127.0.0.1:0")
@@ -600,6 +601,40 @@ impl Service {
             ))
         })?;
         let (imds, imds_forward) = self.imds_for_boot(i)?;
+        // Outbound access needs a network namespace of the guest's own
+        // (crate::network); without one the guest is isolated instead.
+        let status_file = self.paths.network_status(&i.instance_id);
+        let (outbound, guest_net) = match outbound {
+            machine::Outbound::None => {
+                NetworkStatus::new(
+                    "none",
+                    format!(
+                        "Launched with {}=none: IMDS and SSH only",
+                        machine::OUTBOUND_TAG
+                    ),
+                )
+                .write(&status_file)
+                .map_err(io_error(format!("write {}", status_file.display())))?;
+                (outbound, None)
+            }
+            machine::Outbound::Nat => match network::namespaces_available() {
+                Ok(()) => (
+                    outbound,
+                    Some(network::GuestNetworkSpec {
+                        netns_file: self.paths.netns_file(&i.instance_id),
+                        resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
+                        status_file,
+                        ssh_port: i.ssh_port,
+                    }),
+                ),
+                Err(why) => {
+                    NetworkStatus::new("none", format!("Isolated instead of outbound access: {why}; the guest has IMDS and SSH only"))
+                        .write(&status_file)
+                        .map_err(io_error(format!("write {}", status_file.display())))?;
+                    (machine::Outbound::None, None)
+                }
+            },
+        };
         let spec = MachineSpec {
             instance_id: i.instance_id.clone(),
             arch,
@@ -635,6 +670,7 @@ impl Service {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60);
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
+        launch.network = guest_net;
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
     }
@@ -936,6 +972,7 @@ impl Service {
 
     fn render_instance(&self, i: &InstanceState, tags: &[crate::store::TagState]) -> Value {
         let itype = machine::instance_type(&i.instance_type);
+        let net_status = NetworkStatus::read(&self.paths.network_status(&i.instance_id));
         let bdm: Vec<Value> = i
             .devices
             .iter()
@@ -986,7 +1023,10 @@ impl Service {
                 "Accelerator": i.accel,
                 "AcceleratorReason": i.accel_reason,
                 "SshEndpoint": i.ssh_port.filter(|_| i.state != "terminated").map(|p| format!("127.0.0.1:{p}")),
-                "GuestOutbound": guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))).map_or("invalid", machine::Outbound::as_str),
+                "GuestOutbound": net_status.as_ref().map_or_else(
+                    || guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))).map_or("invalid", machine::Outbound::as_str).to_string(),
+                    |s| s.outbound.clone()),
+                "GuestOutboundReason": net_status.and_then(|s| s.reason),
                 "ConsoleLog": self.paths.serial_log(&i.instance_id).display().to_string(),
             },
         });
