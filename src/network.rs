@@ -200,6 +200,7 @@ impl GuestNamespace {
     /// outcome in the status file. An error means no namespace exists (the
     /// guest must not start); a leg that fails only leaves a reason.
     pub fn create(spec: &GuestNetworkSpec) -> std::io::Result<Self> {
+        let started = Instant::now();
         let path = &spec.netns_file;
         unmount_stale(path);
         File::create(path)?;
@@ -266,7 +267,12 @@ impl GuestNamespace {
                 format!("The outbound leg did not start ({e}); the guest has IMDS and its SSH forward but no DNS or outbound access"),
             ),
         };
-        tracing::info!(outbound = %status.outbound, reason = ?status.reason, "guest network");
+        tracing::info!(
+            outbound = %status.outbound,
+            reason = ?status.reason,
+            ms = started.elapsed().as_millis() as u64,
+            "guest network"
+        );
         if let Err(e) = status.write(&spec.status_file) {
             tracing::warn!("could not write {}: {e}", spec.status_file.display());
         }
@@ -425,14 +431,21 @@ fn unmount_stale(path: &Path) {
     }
 }
 
+/// Removes a guest namespace's mount point, also one left by a supervisor
+/// that was killed (its QEMU and pasta die with it, the mount stays), so
+/// that the instance directory can go.
+pub fn release_namespace(netns_file: &Path) {
+    unmount_stale(netns_file);
+    let _ = std::fs::remove_file(netns_file);
+}
+
 impl Drop for GuestNamespace {
     fn drop(&mut self) {
         if let Some(mut leg) = self.leg.take() {
             let _ = leg.kill();
             let _ = leg.wait();
         }
-        unmount_stale(&self.spec.netns_file);
-        let _ = std::fs::remove_file(&self.spec.netns_file);
+        release_namespace(&self.spec.netns_file);
         let _ = std::fs::remove_file(&self.spec.resolv_conf);
     }
 }

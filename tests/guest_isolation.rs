@@ -43,6 +43,30 @@ const ANSWER: [u8; 4] = [192, 0, 2, 99];
 
 #[test]
 fn guests_never_reach_host_loopback_but_keep_imds_dns_and_ssh() {
+    let setup = format!(
+        "ip link add up0 type dummy 2>/dev/null || ip link add up0 type bridge
+        ip addr add {RESOLVER}/24 dev up0; ip link set up0 up
+        ip route add default via 192.0.2.1 dev up0"
+    );
+    in_private_namespace(TEST_NAME, &setup, scenario);
+}
+
+/// Where the namespace offers pasta no routable interface, the outbound
+/// leg cannot start: the guest still launches, keeps IMDS and its SSH
+/// forward, reaches nothing else, and `describe-instances` says why.
+#[test]
+fn a_guest_whose_outbound_leg_cannot_start_keeps_imds_and_ssh() {
+    in_private_namespace(
+        "a_guest_whose_outbound_leg_cannot_start_keeps_imds_and_ssh",
+        "true",
+        scenario_without_leg,
+    );
+}
+
+/// Runs `scenario` in this test binary re-executed inside a new network
+/// and mount namespace with `lo` up, after the shell commands `setup`, with
+/// `/etc/resolv.conf` naming [`RESOLVER`].
+fn in_private_namespace(test: &str, setup: &str, scenario: fn()) {
     if std::env::var_os(INSIDE).is_some() {
         return scenario();
     }
@@ -50,20 +74,16 @@ fn guests_never_reach_host_loopback_but_keep_imds_dns_and_ssh() {
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, format!("nameserver {RESOLVER}\n")).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let setup = format!(
-        "set -e; ip link set lo up
-        ip link add up0 type dummy 2>/dev/null || ip link add up0 type bridge
-        ip addr add {RESOLVER}/24 dev up0; ip link set up0 up
-        ip route add default via 192.0.2.1 dev up0
-        mount --bind \"$1\" /etc/resolv.conf; shift; exec \"$@\""
+    let script = format!(
+        "set -e; ip link set lo up\n{setup}\nmount --bind \"$1\" /etc/resolv.conf; shift; exec \"$@\""
     );
     let status = Command::new("unshare")
         .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg(setup)
+        .arg(script)
         .arg("sh")
         .arg(&resolv)
         .arg(&exe)
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(INSIDE, "1")
         .status()
         .expect("run unshare");
@@ -316,4 +336,40 @@ fn scenario() {
     // The supervisor took the namespace down with the guest.
     let netns = env.home().join("instances").join(&open).join("netns");
     assert!(!netns.exists(), "{} outlived its instance", netns.display());
+}
+
+fn scenario_without_leg() {
+    let env = Env::with_images();
+    let ami = env.ami(X86);
+    let web = LoopbackServer::start(0);
+    let id =
+        env.run_instances(&["--image-id", &ami, "--user-data", &probe_script(web.port)])[0].clone();
+    let console = env.wait_console(&id, "probe done", 400);
+    let lines = probe_lines(&console);
+    let shown = env.instance(&id)["Amirun"].clone();
+    eprintln!("{id}: {shown}\n{lines:#?}");
+    assert_eq!(shown["GuestOutbound"], "none", "{id}: {shown}");
+    let reason = shown["GuestOutboundReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("The outbound leg did not start") && reason.contains("pasta"),
+        "{id}: {reason}"
+    );
+    for want in [
+        format!("probe imds instance-id={id}"),
+        "probe gateway blocked".into(),
+        "probe dns blocked".into(),
+        "probe imds-address blocked".into(),
+        "probe dns-lookup unanswered".into(),
+    ] {
+        assert!(lines.contains(&want), "{id}: no '{want}' in {lines:#?}");
+    }
+    let endpoint = shown["SshEndpoint"].as_str().unwrap().to_string();
+    let page = get_through_ssh_forward(&endpoint);
+    assert!(
+        page.contains(&format!("ssh-forward-reaches-{id}")),
+        "the SSH forward {endpoint} did not reach {id}: {page:?}"
+    );
+    assert_eq!(web.connections.load(Ordering::SeqCst), 0);
+    env.ok(&["terminate-instances", "--instance-ids", &id]);
+    env.wait("instance-terminated", &id);
 }

@@ -618,8 +618,12 @@ impl Service {
                 (outbound, None)
             }
             machine::Outbound::Nat => match network::namespaces_available() {
+                // The supervisor records how the leg came up.
                 Ok(()) => (
-                    outbound,
+                    {
+                        let _ = std::fs::remove_file(&status_file);
+                        outbound
+                    },
                     Some(network::GuestNetworkSpec {
                         netns_file: self.paths.netns_file(&i.instance_id),
                         resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
@@ -872,6 +876,7 @@ impl Service {
             .to_string();
         let purged = self.store.write(|db| db.purge_terminated(&hour_ago))?;
         for id in purged {
+            network::release_namespace(&self.paths.netns_file(&id));
             let _ = std::fs::remove_dir_all(self.paths.instance_dir(&id));
         }
         Ok(())
