@@ -40,13 +40,18 @@ const RESOLVER: &str = "192.0.2.53";
 /// The name the DNS server answers, and its answer (never contacted).
 const NAME: &str = "probe.amirun.test";
 const ANSWER: [u8; 4] = [192, 0, 2, 99];
+/// The host's "own metadata service": an address on the test namespace's
+/// loopback with a web server on port 80 and on the probes' port, as a
+/// cloud host reaches its provider's.
+const HOST_METADATA: &str = "169.254.169.254";
 
 #[test]
 fn guests_never_reach_host_loopback_but_keep_imds_dns_and_ssh() {
     let setup = format!(
         "ip link add up0 type dummy 2>/dev/null || ip link add up0 type bridge
         ip addr add {RESOLVER}/24 dev up0; ip link set up0 up
-        ip route add default via 192.0.2.1 dev up0"
+        ip route add default via 192.0.2.1 dev up0
+        ip addr add {HOST_METADATA}/32 dev lo"
     );
     in_private_namespace(TEST_NAME, &setup, scenario);
 }
@@ -93,7 +98,7 @@ fn in_private_namespace(test: &str, setup: &str, scenario: fn()) {
     );
 }
 
-/// A web server on 127.0.0.1 that answers [`SECRET`] and counts connections.
+/// A web server on the host side that answers [`SECRET`] and counts connections.
 struct LoopbackServer {
     port: u16,
     connections: Arc<AtomicUsize>,
@@ -101,7 +106,11 @@ struct LoopbackServer {
 
 impl LoopbackServer {
     fn start(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        Self::start_on("127.0.0.1", port)
+    }
+
+    fn start_on(addr: &str, port: u16) -> Self {
+        let listener = TcpListener::bind((addr, port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&connections);
@@ -260,6 +269,11 @@ fn scenario() {
     // real resolver of this namespace listens on its non-loopback address.
     let web = LoopbackServer::start(0);
     let tcp53 = LoopbackServer::start(53);
+    // The host's own metadata service, on port 80 and the probes' port.
+    let metadata = [
+        LoopbackServer::start_on(HOST_METADATA, 80),
+        LoopbackServer::start_on(HOST_METADATA, web.port),
+    ];
     let udp53 = dns_server("127.0.0.1");
     let resolver = dns_server(RESOLVER);
 
@@ -305,6 +319,14 @@ fn scenario() {
         assert!(
             page.contains(&format!("ssh-forward-reaches-{id}")),
             "the SSH forward {endpoint} did not reach {id}: {page:?}"
+        );
+    }
+    for m in &metadata {
+        assert_eq!(
+            m.connections.load(Ordering::SeqCst),
+            0,
+            "a guest reached the host's own metadata service (port {})",
+            m.port
         );
     }
     assert_eq!(
