@@ -16,9 +16,10 @@
 //!   log file; QMP listens on a unix socket.
 //! - SMBIOS says `Amazon EC2` and a `ec2…` UUID, which is how cloud-init and
 //!   friends recognise EC2.
-//! - Network: QEMU user networking on 169.254.0.0/16, isolated unless the
-//!   instance opts in to outbound access; see [`NetSpec`] for why and for how
-//!   the guest is kept away from the host's loopback and metadata service.
+//! - Network: QEMU user networking on 169.254.0.0/16, with outbound access
+//!   only where the supervisor runs QEMU in a namespace of the guest's own
+//!   ([`crate::network`]); see [`NetSpec`] for why and for how the guest is
+//!   kept away from the host's loopback and metadata service.
 
 pub mod accel;
 pub mod firmware;
@@ -390,15 +391,17 @@ pub fn disk_node_name(index: usize) -> String {
 /// `disable_host_loopback` would close the first but QEMU 7.2 does not
 /// expose it, and passt (Debian's 2023-03 build) has `--no-map-gw` but no
 /// way to serve 169.254.169.254 itself. Hence:
-/// - [`Outbound::None`] (`restrict=on`, the default) drops every guest
-///   packet except DHCP and connections that match a `guestfwd`; the
-///   `hostfwd` for SSH keeps working. DHCP then hands out no router and no
-///   resolver, and no alias, port or address leads out of slirp. The price
-///   is no DNS and no outbound access;
-/// - [`Outbound::Nat`] (opt-in per instance, see [`OUTBOUND_TAG`]) lets
-///   slirp connect out like a NAT gateway, DNS included, and with it the
-///   gateway reaches the host's loopback again: only for trusted guests,
-///   until the outbound leg moves into a network namespace of its own;
+/// - [`Outbound::None`] (`restrict=on`) drops every guest packet except
+///   DHCP and connections that match a `guestfwd`; the `hostfwd` for SSH
+///   keeps working. DHCP then hands out no router and no resolver, and no
+///   alias, port or address leads out of slirp. The price is no DNS and no
+///   outbound access;
+/// - [`Outbound::Nat`] lets slirp connect out like a NAT gateway, DNS
+///   included. Its argv alone would give the guest the host's loopback, so
+///   the service asks for it only together with a network namespace of the
+///   guest's own, where the supervisor runs QEMU ([`crate::network`]:
+///   there slirp's "host" is an empty loopback and the way out is pasta);
+///   where no namespace can be made, the guest gets [`Outbound::None`];
 /// - in both, a `guestfwd` for 169.254.169.254:80 is always present: it is
 ///   matched before slirp connects anywhere, whatever route the guest
 ///   takes; without [`ImdsForward`] it runs a command that closes the
@@ -432,8 +435,10 @@ pub struct ImdsForward {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outbound {
     /// NAT to anywhere the host reaches (like an EC2 subnet with a NAT
-    /// gateway), DNS through the host's resolver. Also reaches the host's
-    /// loopback through the gateway and DNS aliases (see [`NetSpec`]).
+    /// gateway), DNS through the host's resolver. Run in the host's own
+    /// namespace this would also reach the host's loopback through the
+    /// gateway and DNS aliases (see [`NetSpec`]), so it is only ever run in
+    /// a guest namespace ([`crate::network`]).
     Nat,
     /// No outbound connections (`restrict=on`); IMDS and SSH still work.
     #[default]
@@ -441,7 +446,8 @@ pub enum Outbound {
 }
 
 /// The instance tag that chooses [`Outbound`] for the instance's next boot:
-/// `none` (also when absent) or `nat`.
+/// `nat` (also when absent; granted where a guest namespace can be made) or
+/// `none`.
 pub const OUTBOUND_TAG: &str = "amirun:outbound";
 
 impl Outbound {

@@ -294,6 +294,15 @@ fn scenario() {
         let lines = probe_lines(&console);
         let shown = env.instance(id)["Amirun"].clone();
         eprintln!("{id}: {shown}\n{lines:#?}");
+        let log =
+            std::fs::read_to_string(env.home().join("instances").join(id).join("supervisor.log"));
+        for l in log
+            .iter()
+            .flat_map(|l| l.lines())
+            .filter(|l| l.contains("guest network"))
+        {
+            eprintln!("{id}: {l}");
+        }
         assert_eq!(shown["GuestOutbound"], outbound, "{id}: {shown}");
         let config = if outbound == "nat" {
             "probe-config gw=169.254.0.2 dns=169.254.0.3"
