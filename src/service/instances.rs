@@ -601,44 +601,7 @@ impl Service {
             ))
         })?;
         let (imds, imds_forward) = self.imds_for_boot(i)?;
-        // Outbound access needs a network namespace of the guest's own
-        // (crate::network); without one the guest is isolated instead.
-        let status_file = self.paths.network_status(&i.instance_id);
-        let (outbound, guest_net) = match outbound {
-            machine::Outbound::None => {
-                NetworkStatus::new(
-                    "none",
-                    format!(
-                        "Launched with {}=none: IMDS and SSH only",
-                        machine::OUTBOUND_TAG
-                    ),
-                )
-                .write(&status_file)
-                .map_err(io_error(format!("write {}", status_file.display())))?;
-                (outbound, None)
-            }
-            machine::Outbound::Nat => match network::namespaces_available() {
-                // The supervisor records how the leg came up.
-                Ok(()) => (
-                    {
-                        let _ = std::fs::remove_file(&status_file);
-                        outbound
-                    },
-                    Some(network::GuestNetworkSpec {
-                        netns_file: self.paths.netns_file(&i.instance_id),
-                        resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
-                        status_file,
-                        ssh_port: i.ssh_port,
-                    }),
-                ),
-                Err(why) => {
-                    NetworkStatus::new("none", format!("Isolated instead of outbound access: {why}; the guest has IMDS and SSH only"))
-                        .write(&status_file)
-                        .map_err(io_error(format!("write {}", status_file.display())))?;
-                    (machine::Outbound::None, None)
-                }
-            },
-        };
+        let (outbound, guest_net) = self.guest_network(i, outbound)?;
         let spec = MachineSpec {
             instance_id: i.instance_id.clone(),
             arch,
@@ -677,6 +640,45 @@ impl Service {
         launch.network = guest_net;
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
+    }
+
+    /// The guest network for the next boot of `i`: outbound access needs a
+    /// network namespace of the guest's own ([`network`]), made by its
+    /// supervisor, which records how the leg came up; without one the guest
+    /// is sealed instead, and the status file says why.
+    fn guest_network(
+        &self,
+        i: &InstanceState,
+        wanted: machine::Outbound,
+    ) -> Result<(machine::Outbound, Option<network::GuestNetworkSpec>)> {
+        let status_file = self.paths.network_status(&i.instance_id);
+        let sealed = |why: String| -> Result<_> {
+            NetworkStatus::new("none", why)
+                .write(&status_file)
+                .map_err(io_error(format!("write {}", status_file.display())))?;
+            Ok((machine::Outbound::None, None))
+        };
+        if wanted == machine::Outbound::None {
+            return sealed(format!(
+                "Launched with {}=none: IMDS and SSH only",
+                machine::OUTBOUND_TAG
+            ));
+        }
+        if let Err(why) = network::namespaces_available() {
+            return sealed(format!(
+                "Sealed instead of outbound access: {why}; the guest has IMDS and SSH only"
+            ));
+        }
+        let _ = std::fs::remove_file(&status_file);
+        Ok((
+            machine::Outbound::Nat,
+            Some(network::GuestNetworkSpec {
+                netns_file: self.paths.netns_file(&i.instance_id),
+                resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
+                status_file: status_file.clone(),
+                ssh_port: i.ssh_port,
+            }),
+        ))
     }
 
     /// Fetch a kernel or ramdisk (a file, not a disk image) and return its path.
