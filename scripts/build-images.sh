@@ -169,7 +169,7 @@ tmp="$CATALOG.tmp.$$"
 } >"$tmp"
 mv -f "$tmp" "$CATALOG"
 
-CURRENT=done
+CURRENT="done"
 STEP=report
 echo
 echo "Images in $BUILD:"

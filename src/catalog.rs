@@ -288,9 +288,31 @@ pub struct Catalog {
     pub entries: Vec<(String, CatalogEntry)>,
     /// Hash of every file's name and content: changes when any catalog changes.
     pub fingerprint: String,
+    /// Files that could not be read or are not valid, one message each
+    /// (naming the file, with the cause): their entries are left out, and
+    /// nothing else is held up by them.
+    pub skipped: Vec<String>,
 }
 
-/// Load the built-in catalog, then every `*.json` in `dir` (sorted), then `extra` files.
+/// An error and its causes on one line.
+fn with_causes(e: &CatalogError) -> String {
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !line.contains(&s_text) {
+            line.push_str(&format!(": {s_text}"));
+        }
+        source = s.source();
+    }
+    line
+}
+
+/// Load the built-in catalog, then every `*.json` in `dir` (sorted), then
+/// `extra` files. A file in `dir` that cannot be read or is not valid is
+/// skipped whole (listed in [`Catalog::skipped`]): one bad file never blocks
+/// the others, nor anything that does not need its images. An `extra` file
+/// (named on the command line for this command) that is broken is an error.
 pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
     let mut files: Vec<(String, String)> = vec![(BUILTIN_NAME.to_string(), BUILTIN.to_string())];
     let mut listed: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -301,15 +323,32 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
         Err(_) => Vec::new(),
     };
     listed.sort();
-    listed.extend(extra.iter().cloned());
+    let mut skipped = Vec::new();
     for p in listed {
-        let text = std::fs::read_to_string(&p).map_err(|source| CatalogError::Read {
+        match std::fs::read_to_string(&p) {
+            Ok(text) => files.push((p.display().to_string(), text)),
+            Err(source) => skipped.push(with_causes(&CatalogError::Read {
+                path: p.display().to_string(),
+                source,
+            })),
+        }
+    }
+    // Files named on this command line (`--catalog FILE`) are the caller's
+    // request: one that is broken is an error, not a warning.
+    for p in extra {
+        let text = std::fs::read_to_string(p).map_err(|source| CatalogError::Read {
             path: p.display().to_string(),
             source,
         })?;
-        files.push((p.display().to_string(), text));
+        let name = p.display().to_string();
+        CatalogFile::parse(&name, &text)?.validate(&name)?;
+        files.push((name, text));
     }
     let mut hasher = Sha256::new();
+    for e in &skipped {
+        hasher.update(e.as_bytes());
+        hasher.update([0]);
+    }
     let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
     let mut entries: Vec<(String, CatalogEntry)> = Vec::new();
     for (name, text) in &files {
@@ -317,8 +356,16 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
         hasher.update([0]);
         hasher.update(text.as_bytes());
         hasher.update([0]);
-        let file = CatalogFile::parse(name, text)?;
-        file.validate(name)?;
+        let file = match CatalogFile::parse(name, text).and_then(|f| {
+            f.validate(name)?;
+            Ok(f)
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                skipped.push(with_causes(&e));
+                continue;
+            }
+        };
         for e in file.images {
             match by_key.get(&e.key) {
                 Some(&i) => entries[i] = (name.clone(), e),
@@ -332,6 +379,7 @@ pub fn load(dir: &Path, extra: &[PathBuf]) -> Result<Catalog, CatalogError> {
     Ok(Catalog {
         entries,
         fingerprint: hex::encode(hasher.finalize()),
+        skipped,
     })
 }
 
@@ -375,6 +423,25 @@ mod tests {
         let b = load(dir.path(), &[]).unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         assert_eq!(b.entries.last().unwrap().1.name, "local");
+    }
+
+    #[test]
+    fn a_broken_file_is_skipped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("good.json"),
+            r#"{"format_version":1,"images":[{"key":"g","name":"good","owner_alias":"amirun","architecture":"x86_64","source":{"url":"file:///tmp/x.qcow2"}}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.json"), "{ not json").unwrap();
+        let c = load(dir.path(), &[]).unwrap();
+        assert!(c.entries.iter().any(|(_, e)| e.name == "good"));
+        let why = &c.skipped;
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("broken.json"), "{why:?}");
+        // Named for this command: an error.
+        let e = load(dir.path(), &[dir.path().join("broken.json")]).unwrap_err();
+        assert!(e.to_string().contains("broken.json"), "{e}");
     }
 
     #[test]

@@ -9,14 +9,18 @@
 //!
 //! 1. resolve the expected digest (inline, or the entry for the image's file
 //!    name in the vendor's checksum file);
-//! 2. take an exclusive lock on the source (URL + digest), so concurrent
-//!    fetches of one source download it once; under the lock, a source seen
-//!    before is answered from the source index;
+//! 2. take an exclusive lock on the source (URL + digest; for a `file://`
+//!    URL also the file's device, inode, size, mtime and ctime, so a file
+//!    changed in place is fetched again), so concurrent fetches of one
+//!    source download it once; under the lock, a source seen before is
+//!    answered from the source index, after the same checks a fetch gets
+//!    (declared format, `qemu-img check` of the blob);
 //! 3. stream the bytes into `blobs/tmp/`, hashing as they pass, fsync, verify;
 //! 4. detect the format from the content (never trusting the name), refuse
 //!    images that would read other host files, convert to qcow2;
-//! 5. hash the qcow2 file and rename it to `blobs/sha256/<hex>`, then record
-//!    the source in the index.
+//! 5. refuse a qcow2 that `qemu-img check` finds damaged (a truncated
+//!    file), hash it and rename it to `blobs/sha256/<hex>`, then record the
+//!    source in the index.
 //!
 //! Nothing at a blob path is ever partial: an interrupted fetch (even
 //! `kill -9`) leaves only a file in `blobs/tmp/`, which a later fetch removes
@@ -108,6 +112,13 @@ pub enum ImageError {
     /// The image is in a format amirun does not take.
     #[error("Unsupported image format {format} for {url}; use qcow2, raw, vmdk, vhd or vhdx")]
     UnsupportedFormat { url: String, format: String },
+    /// `qemu-img check` found the image damaged (e.g. a truncated qcow2).
+    #[error("Image {url} is damaged: qemu-img check found {corruptions} corruptions and {check_errors} check errors")]
+    Corrupt {
+        url: String,
+        corruptions: u64,
+        check_errors: u64,
+    },
     /// The declared format is not what the content is.
     #[error("Image {url} was declared {declared} but its content is {detected}")]
     FormatMismatch {
@@ -152,6 +163,7 @@ impl ImageError {
             | ImageError::ChecksumFileTooLarge { .. }
             | ImageError::UnsupportedFormat { .. }
             | ImageError::FormatMismatch { .. }
+            | ImageError::Corrupt { .. }
             | ImageError::NotSelfContained { .. } => "InvalidParameterValue",
         }
     }
@@ -271,7 +283,13 @@ impl BlobStore {
             }
             Expected::Unverified => None,
         };
-        let key = source_key(&url, expected.as_ref());
+        // A local file is known by its identity and change time too, so a
+        // file changed in place at the same URL is fetched again.
+        let identity = match &origin {
+            Origin::File(path) => Some(file_identity(path)?),
+            Origin::Http => None,
+        };
+        let key = source_key(&url, expected.as_ref(), identity.as_deref());
 
         for dir in [
             self.paths.blob_dir(),
@@ -284,10 +302,21 @@ impl BlobStore {
 
         let _lock = self.lock_source(&key, &url, progress)?;
         if let Some(blob) = self.lookup_source(&key) {
-            tracing::debug!(%url, sha256 = %blob.sha256, "source already in the store");
-            return Ok(blob);
+            // A hit is checked like a fetch: the declared format, and the
+            // blob's own consistency; otherwise the source is fetched again.
+            let format_ok = declared.as_deref().is_none_or(|d| d == blob.source_format);
+            let intact = blob.source_format == OPAQUE_FORMAT
+                || disk::check(&blob.path).is_ok_and(|c| c.is_consistent());
+            if format_ok && intact {
+                tracing::debug!(%url, sha256 = %blob.sha256, "source already in the store");
+                return Ok(blob);
+            }
+            if !intact {
+                tracing::warn!(path = %blob.path.display(), "stored blob fails qemu-img check; fetching again");
+                let _ = fs::remove_file(&blob.path);
+            }
         }
-        self.remove_stale_temp_files(&key);
+        let _ = self.remove_stale_temp_files(&key);
         let blob = self.download(
             &url,
             &origin,
@@ -408,9 +437,10 @@ impl BlobStore {
     /// running: those of `own_key` (whose lock the caller holds), those of
     /// any other source whose lock is free, and unrecognised ones older than
     /// [`STALE_TEMP_AGE`]. Best effort: failures are only logged.
-    fn remove_stale_temp_files(&self, own_key: &str) {
+    fn remove_stale_temp_files(&self, own_key: &str) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
         let Ok(entries) = fs::read_dir(self.paths.blob_tmp_dir()) else {
-            return;
+            return removed;
         };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -436,11 +466,21 @@ impl BlobStore {
             };
             if stale {
                 tracing::debug!(path = %path.display(), "removing stale temporary file");
-                if let Err(e) = fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temporary file");
+                match fs::remove_file(&path) {
+                    Ok(()) => removed.push(path),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temporary file")
+                    }
                 }
             }
         }
+        removed
+    }
+
+    /// Remove temporary files of fetches that are no longer running (the
+    /// orphan sweep at store open); returns what was removed.
+    pub fn sweep_temp(&self) -> Vec<PathBuf> {
+        self.remove_stale_temp_files("")
     }
 
     /// `Some` when no fetch of source `key` is running: its lock, taken
@@ -529,6 +569,16 @@ impl BlobStore {
             let sha256 = sha256_of_file(&converted)?;
             (converted, sha256)
         };
+        if format != OPAQUE_FORMAT {
+            let report = disk::check(&final_path).map_err(|source| disk_err(url, source))?;
+            if !report.is_consistent() {
+                return Err(ImageError::Corrupt {
+                    url: url.to_string(),
+                    corruptions: report.corruptions,
+                    check_errors: report.check_errors,
+                });
+            }
+        }
         let virtual_size = if format == OPAQUE_FORMAT {
             fs::metadata(&final_path)
                 .map_err(|source| store_err(&final_path, source))?
@@ -898,12 +948,36 @@ impl ExpectedDigest {
 
 /// Key of a source in the lock and index directories: sha256 of the URL
 /// (the `url` crate has normalised it) and the expected digest.
-fn source_key(url: &Url, expected: Option<&ExpectedDigest>) -> String {
+fn source_key(url: &Url, expected: Option<&ExpectedDigest>, identity: Option<&str>) -> String {
     let digest = match expected {
         Some(d) => format!("{}:{}", d.algorithm.name(), d.hex),
         None => "unverified".to_owned(),
     };
-    hex::encode(Sha256::digest(format!("{url}\n{digest}").as_bytes()))
+    let text = match identity {
+        Some(id) => format!("{url}\n{digest}\n{id}"),
+        None => format!("{url}\n{digest}"),
+    };
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A local file's identity and change time: device, inode, size, mtime and
+/// ctime (nanoseconds). Any write or replacement changes it.
+fn file_identity(path: &Path) -> Result<String, ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).map_err(|source| ImageError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(format!(
+        "dev={} ino={} size={} mtime={}.{} ctime={}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
 }
 
 /// The source key a file in `blobs/tmp` belongs to: temp files are named
@@ -1214,15 +1288,34 @@ mod tests {
         a2.set_fragment(None);
         let b = Url::parse("http://example.com/a/disk.img").unwrap();
         assert_eq!(
-            source_key(&a2, d256(A256).as_ref()),
-            source_key(&b, d256(A256).as_ref())
+            source_key(&a2, d256(A256).as_ref(), None),
+            source_key(&b, d256(A256).as_ref(), None)
         );
         assert_ne!(
-            source_key(&b, d256(A256).as_ref()),
-            source_key(&b, d256(B256).as_ref())
+            source_key(&b, d256(A256).as_ref(), None),
+            source_key(&b, d256(B256).as_ref(), None)
         );
-        assert_ne!(source_key(&b, None), source_key(&b, d256(A256).as_ref()));
-        assert!(is_hex(&source_key(&b, None), 64));
+        assert_ne!(
+            source_key(&b, None, None),
+            source_key(&b, d256(A256).as_ref(), None)
+        );
+        assert!(is_hex(&source_key(&b, None, None), 64));
+    }
+
+    #[test]
+    fn a_local_file_changed_in_place_gets_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        fs::write(&path, b"one").unwrap();
+        let url = Url::from_file_path(&path).unwrap();
+        let before = source_key(&url, None, Some(&file_identity(&path).unwrap()));
+        assert_eq!(
+            before,
+            source_key(&url, None, Some(&file_identity(&path).unwrap()))
+        );
+        fs::write(&path, b"two").unwrap();
+        let after = source_key(&url, None, Some(&file_identity(&path).unwrap()));
+        assert_ne!(before, after);
     }
 
     #[test]

@@ -28,7 +28,10 @@
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
 //!   chains, merge on delete), [`service::baking`] makes AMIs from
 //!   instances and moves images in and out, and [`service::bake_recipe`]
-//!   runs `amirun bake RECIPE`.
+//!   runs `amirun bake RECIPE`. Operations that change files and records
+//!   go lock -> intent -> act -> commit; a recovery pass at every open
+//!   settles what a killed process left, from the real qcow2 chains, and
+//!   sweeps files no record owns (`service::recovery`).
 //! - [`store`] is the only module that touches the database (SQLite, WAL,
 //!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).
@@ -52,6 +55,8 @@
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 //! - [`failpoint`] names crash points for fault-injection tests (`AMIRUN_FAILPOINTS`).
+//! - [`private_fs`] keeps state private on disk (0700 directories, 0600
+//!   secrets) and checks the runtime directory before use.
 
 pub mod catalog;
 pub mod cli;
@@ -65,5 +70,6 @@ pub mod machine;
 pub mod metadata;
 pub mod network;
 pub mod paths;
+pub mod private_fs;
 pub mod service;
 pub mod store;

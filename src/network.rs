@@ -40,7 +40,7 @@
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -327,6 +327,17 @@ impl GuestNamespace {
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // Keep reading pasta's messages (into the supervisor's log), so a
+        // full pipe never stalls it.
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if !line.starts_with("Failed to send") {
+                        eprintln!("pasta: {line}");
+                    }
+                }
+            });
         }
         self.leg = Some(child);
         Ok(())

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! $AMIRUN_HOME            default $XDG_DATA_HOME/amirun (~/.local/share/amirun)
-//!   state.db              the database (state.db.lock serialises opening it)
+//!   state.db              the database (state.db.lock serialises opening it); 0600
+//!   runtime-dir           the default runtime directory's random name (see below)
 //!   catalog.d/*.json      extra catalog files (locally built images land here)
 //!   blobs/sha256/<hex>    downloaded or imported base images, immutable
 //!   blobs/tmp/            downloads in flight (never mistaken for a blob)
@@ -17,10 +18,22 @@
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
 //!                         launch.json control.sock supervisor.log imds.sock
 //!                         network.json netns resolv.conf (guest network namespace)
-//! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else /dev/shm/amirun-<uid>
+//! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else
+//!                         /dev/shm/amirun-<uid>-<16 random hex digits>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
 //!   accel-probe.json      cached verdict of the KVM probe (per kernel and QEMU)
 //! ```
+//!
+//! Everything is private ([`crate::private_fs`]): `$AMIRUN_HOME` is 0700 and
+//! the files holding secrets 0600. The runtime directory sits in a shared
+//! place, so it must be ours and writable by nobody else before it is used.
+//! `$XDG_RUNTIME_DIR` is already per-user and protected; without it, the
+//! default is not a predictable `/dev/shm/amirun-<uid>` (which another user
+//! could create first) but a name with a random suffix, made 0700 and
+//! recorded in `$AMIRUN_HOME/runtime-dir`; when that directory is gone (a
+//! reboot emptied /dev/shm) or no longer ours, a new random one is made.
+//! (The first time, an existing `/dev/shm/amirun-<uid>` from an older
+//! version is adopted if it is ours and nobody else can write to it.)
 
 use std::path::{Path, PathBuf};
 
@@ -47,8 +60,50 @@ impl Paths {
             .or_else(|| {
                 std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("amirun"))
             })
-            .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/amirun-{}", nix::unistd::getuid())));
+            .unwrap_or_else(|| Self::default_runtime(&home));
         Self::new(home, runtime)
+    }
+
+    /// The recorded random runtime directory under /dev/shm (or the temp
+    /// directory where there is no /dev/shm); see the module doc. When it
+    /// cannot be made, `$AMIRUN_HOME/run`, which is private too.
+    fn default_runtime(home: &Path) -> PathBuf {
+        let base = Path::new("/dev/shm");
+        let base = if base.is_dir() {
+            base.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let probe = Self::new(home, PathBuf::new());
+        let uid = nix::unistd::geteuid();
+        crate::private_fs::recorded_runtime_dir(
+            &probe.runtime_pointer(),
+            &probe.runtime_pointer_lock(),
+            &base,
+            &format!("amirun-{uid}-"),
+            // Made by older versions; adopted only if it is ours and safe.
+            Some(&base.join(format!("amirun-{uid}"))),
+        )
+        .unwrap_or_else(|_| home.join("run"))
+    }
+
+    /// Records the default runtime directory's random name.
+    pub fn runtime_pointer(&self) -> PathBuf {
+        self.home.join("runtime-dir")
+    }
+
+    /// Lock file serialising the choice of the default runtime directory.
+    pub fn runtime_pointer_lock(&self) -> PathBuf {
+        self.home.join("runtime-dir.lock")
+    }
+
+    /// The database and the files SQLite keeps beside it (`-wal`, `-shm`).
+    pub fn database_files(&self) -> [PathBuf; 3] {
+        [
+            self.database(),
+            self.home.join("state.db-wal"),
+            self.home.join("state.db-shm"),
+        ]
     }
 
     /// Locations rooted at explicit directories (tests use this).
@@ -127,6 +182,13 @@ impl Paths {
     /// One snapshot's qcow2 layer.
     pub fn snapshot(&self, snapshot_id: &str) -> PathBuf {
         self.snapshot_dir().join(format!("{snapshot_id}.qcow2"))
+    }
+
+    /// Temporary name a snapshot file is written under before it is
+    /// renamed to [`Paths::snapshot`] (the orphan sweep knows it by its id).
+    pub fn snapshot_tmp(&self, snapshot_id: &str) -> PathBuf {
+        self.snapshot_dir()
+            .join(format!(".{snapshot_id}.qcow2.tmp"))
     }
 
     /// Directory of EBS volume overlays.

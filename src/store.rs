@@ -856,6 +856,11 @@ impl Db<'_> {
         self.images_where("catalog_key IS NOT NULL", [])
     }
 
+    /// AMIs in a state, in any region (recovery looks for `pending` ones).
+    pub fn images_in_state(&self, state: &str) -> Result<Vec<ImageState>> {
+        self.images_where("state = ?1 ORDER BY image_id", [state])
+    }
+
     /// AMIs matching a `WHERE` clause (written here, never from user input).
     fn images_where(&self, clause: &str, params: impl rusqlite::Params) -> Result<Vec<ImageState>> {
         let mut stmt = self.conn.prepare(&format!(
@@ -975,6 +980,33 @@ impl Db<'_> {
     /// All snapshots that come from catalog files.
     pub fn catalog_snapshots(&self) -> Result<Vec<SnapshotState>> {
         self.snapshots_where("catalog_key IS NOT NULL", [])
+    }
+
+    /// Snapshots in a state, in any region (recovery looks for `pending`
+    /// and `deleting` ones).
+    pub fn snapshots_in_state(&self, state: &str) -> Result<Vec<SnapshotState>> {
+        self.snapshots_where("state = ?1 ORDER BY snapshot_id", [state])
+    }
+
+    /// Ids of every snapshot record (the orphan sweep's view of `snapshots/`).
+    pub fn snapshot_id_set(&self) -> Result<std::collections::HashSet<String>> {
+        self.id_set("SELECT snapshot_id FROM snapshots")
+    }
+
+    /// Ids of every volume record.
+    pub fn volume_id_set(&self) -> Result<std::collections::HashSet<String>> {
+        self.id_set("SELECT volume_id FROM volumes")
+    }
+
+    /// Ids of every instance record.
+    pub fn instance_id_set(&self) -> Result<std::collections::HashSet<String>> {
+        self.id_set("SELECT instance_id FROM instances")
+    }
+
+    fn id_set(&self, sql: &str) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Snapshots matching a `WHERE` clause (written here, never from user input).

@@ -793,6 +793,7 @@ fn a_terminal_gets_a_progress_bar() {
     let out = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .env("AMIRUN_HOME", env.home())
+        .env("AMIRUN_RUNTIME_DIR", env.path("runtime"))
         .stdin(std::process::Stdio::null())
         .output()
         .expect("script (util-linux) runs");

@@ -245,7 +245,7 @@ grub_image() {
 	case "$fmt" in
 	i386-pc) mods="$mods biosdisk" ;;
 	x86_64-efi) mods="$mods efi_gop" ;;
-	arm64-efi) mods="$mods" ;;
+	arm64-efi) ;;
 	esac
 	# shellcheck disable=SC2086
 	grub-mkimage -d "$moddir" -O "$fmt" -o "$out" -c "$cfg" -p /boot/grub $mods ||

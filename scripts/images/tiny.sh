@@ -100,6 +100,7 @@ busybox_links() {
 build_tiny() {
 	local arch=$1 name="tiny-$1" a start
 	a=$(deb_arch "$arch")
+	# shellcheck disable=SC2034 # read by common.sh (step, log)
 	CURRENT=$name
 	start=$(now)
 	step "resolve package versions"

@@ -12,6 +12,7 @@ pub mod output;
 pub mod shorthand;
 
 use crate::paths::Paths;
+use crate::service::import_policy::ImportPolicy;
 use crate::service::shapes::*;
 use crate::service::{Caller, Error, Service, ServiceOptions};
 use clap::{Args, Parser, Subcommand};
@@ -158,8 +159,32 @@ struct ServeArgs {
     #[arg(long = "access-key", env = "AMIRUN_ACCESS_KEYS", value_delimiter = ',')]
     access_keys: Vec<crate::http::AccessKey>,
     /// Verify SigV4 signatures against the secrets of --access-key; refuse anything else.
+    /// As EC2 does: X-Amz-Date must be within 15 minutes of the server's clock
+    /// (RequestExpired), and the payload hash is computed from the body received, so
+    /// a changed body fails like a wrong secret (AuthFailure).
     #[arg(long)]
     strict: bool,
+    /// Listen on a non-loopback address without --strict (anyone who can reach it
+    /// acts as any account). Without this, such a --listen is refused.
+    #[arg(long)]
+    insecure_allow_remote: bool,
+    /// The only host directory API callers may import file:// URLs from (ImportImage,
+    /// ImportSnapshot, RegisterImage ImageLocation), like an S3 bucket. Paths that
+    /// leave it (.., symlinks) are refused; keep it writable only by trusted users.
+    /// Without it, API callers may import only http:// and https:// URLs.
+    #[arg(long, env = "AMIRUN_IMPORT_DIR")]
+    import_dir: Option<PathBuf>,
+    /// Seconds a client has to send a request's line and headers (also the idle
+    /// time allowed between requests on a kept-alive connection); then it is cut off.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    header_timeout: f64,
+    /// Seconds a client has to send a request's body (at most 1 MiB); then it gets
+    /// RequestTimeout (408) and the connection is closed.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+    body_timeout: f64,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100000))]
+    max_connections: u64,
     /// auto, kvm or tcg for instances launched through the API.
     #[arg(long, env = "AMIRUN_ACCEL", default_value = "auto")]
     accel: String,
@@ -599,6 +624,15 @@ fn blob_arg(option: &str, value: &str) -> Result<Vec<u8>, Failure> {
     }
 }
 
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "'{value}' is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
 fn accel_arg(value: &str) -> Result<crate::machine::AccelRequest, Failure> {
     value
         .parse()
@@ -619,6 +653,10 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
             service: ServiceOptions {
                 extra_catalogs: cli.catalog.clone(),
                 progress: false,
+                // `serve` replaces this with the remote policy in any case.
+                import_policy: ImportPolicy::Remote {
+                    import_dir: a.import_dir.clone(),
+                },
             },
             default_region: cli.region.clone(),
             credentials: crate::http::Credentials {
@@ -627,6 +665,13 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 strict: a.strict,
             },
             accel: accel_arg(&a.accel)?,
+            import_dir: a.import_dir.clone(),
+            insecure_allow_remote: a.insecure_allow_remote,
+            limits: crate::http::Limits {
+                header_timeout: std::time::Duration::from_secs_f64(a.header_timeout),
+                body_timeout: std::time::Duration::from_secs_f64(a.body_timeout),
+                max_connections: a.max_connections as usize,
+            },
         })?;
         return Ok(None);
     }
@@ -643,6 +688,8 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
             ServiceOptions {
                 extra_catalogs: cli.catalog.clone(),
                 progress: std::io::stderr().is_terminal(),
+                // The CLI acts as the local user: any file:// URL.
+                import_policy: ImportPolicy::LocalUser,
             },
         )
     };
@@ -773,7 +820,10 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 image_id: a.image_id.clone(),
                 instance_type: a.instance_type.clone(),
                 min_count: a.min_count.unwrap_or(a.count),
-                max_count: a.max_count.unwrap_or(a.count),
+                // Only --min-count given: launch that many.
+                max_count: a
+                    .max_count
+                    .unwrap_or(a.min_count.unwrap_or(a.count).max(a.count)),
                 key_name: a.key_name.clone(),
                 user_data: a
                     .user_data

@@ -17,6 +17,16 @@
 //!    CLI calls;
 //! 5. render the JSON result as EC2's XML ([`model::render_output`]), or
 //!    the error as EC2's error body, and log one line.
+//!
+//! The server protects itself and the host ([`Limits`]): a client has
+//! [`Limits::header_timeout`] to send its request line and headers (also
+//! between requests on a kept-alive connection) and [`Limits::body_timeout`]
+//! to send its body, else the connection is closed; at most
+//! [`Limits::max_connections`] connections are served at once (more wait in
+//! the kernel's accept queue). API callers never name host paths: imports
+//! take `http(s)://` URLs or files under `--import-dir`
+//! ([`crate::service::import_policy`]). Listening on a non-loopback address
+//! needs `--strict` (or an explicit `--insecure-allow-remote`).
 
 pub mod actions;
 pub mod model;
@@ -24,14 +34,16 @@ pub mod sigv4;
 
 use crate::machine::AccelRequest;
 use crate::paths::Paths;
+use crate::service::import_policy::ImportPolicy;
 use crate::service::{Caller, Error, Service, ServiceOptions};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -106,6 +118,28 @@ impl Credentials {
     }
 }
 
+/// How long clients may take and how many may connect at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to send a request's line and headers, counted from when the
+    /// server starts waiting for them (so it also bounds idle keep-alive).
+    pub header_timeout: Duration,
+    /// Time to send a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+}
+
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -116,6 +150,11 @@ pub struct ServeOptions {
     pub default_region: String,
     pub credentials: Credentials,
     pub accel: AccelRequest,
+    /// The only host directory API callers may import `file://` URLs from.
+    pub import_dir: Option<PathBuf>,
+    /// Serve a non-loopback address without `strict` (the operator said so).
+    pub insecure_allow_remote: bool,
+    pub limits: Limits,
 }
 
 struct Shared {
@@ -124,7 +163,40 @@ struct Shared {
 
 /// Run the server until SIGINT or SIGTERM. Prints
 /// `amirun serve: listening on http://ADDR` on stdout once bound.
-pub fn serve(options: ServeOptions) -> Result<(), Error> {
+pub fn serve(mut options: ServeOptions) -> Result<(), Error> {
+    if !options.listen.ip().is_loopback()
+        && !options.credentials.strict
+        && !options.insecure_allow_remote
+    {
+        return Err(Error::new(
+            "InvalidParameterValue",
+            format!(
+                "Refusing to listen on {} without --strict: anyone who can reach it could act as any account. \
+                 Use --strict with --access-key KEY:SECRET, listen on 127.0.0.1, or accept the risk with --insecure-allow-remote",
+                options.listen
+            ),
+        ));
+    }
+    if options.limits.max_connections == 0 {
+        return Err(Error::invalid_value("--max-connections must be at least 1"));
+    }
+    if let Some(dir) = &options.import_dir {
+        let real = dir
+            .canonicalize()
+            .ok()
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| {
+                Error::invalid_value(format!(
+                    "The import directory {} is not a directory",
+                    dir.display()
+                ))
+            })?;
+        options.import_dir = Some(real);
+    }
+    // Whatever the caller set, API callers get the remote policy.
+    options.service.import_policy = ImportPolicy::Remote {
+        import_dir: options.import_dir.clone(),
+    };
     // Check the state directory and catalog once before taking requests.
     Service::open(options.paths.clone(), options.service.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -152,15 +224,57 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             let _ = writeln!(out, "amirun serve: listening on http://{addr}");
             let _ = out.flush();
         }
+        let limits = options.limits;
         let shared = Arc::new(Shared { options });
         let app = axum::Router::new().fallback(handle).with_state(shared);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| Error::new("InternalError", "The HTTP server failed").with_source(e))?;
+        accept_loop(listener, app, limits).await;
         eprintln!("amirun serve: stopped");
         Ok(())
     })
+}
+
+/// Accept connections until SIGINT or SIGTERM, at most
+/// `limits.max_connections` at once, each with hyper's header read timeout;
+/// then let the open ones finish their requests (for up to a minute).
+async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, limits: Limits) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        // Take a slot before accepting, so excess clients wait in the backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    eprintln!("amirun serve: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are clients' (timeouts, resets): nothing to report.
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(60), graceful.shutdown()).await;
 }
 
 async fn shutdown_signal() {
@@ -190,6 +304,7 @@ fn status_of(e: &Error) -> StatusCode {
     let code = match e.code() {
         "DryRunOperation" => 412,
         "RequestEntityTooLarge" => 413,
+        "RequestTimeout" => 408,
         "Unavailable" | "RequestLimitExceeded" => 503,
         _ => e.http_status(),
     };
@@ -274,20 +389,39 @@ async fn process(
         o.response = error_response_with(&e, id, StatusCode::UNAUTHORIZED);
         o
     };
-    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return fail(
-                o,
-                Error::new(
-                    "RequestEntityTooLarge",
-                    format!(
-                        "The request body is larger than {MAX_BODY} bytes or could not be read"
+    let body_timeout = shared.options.limits.body_timeout;
+    let bytes: Bytes =
+        match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return fail(
+                    o,
+                    Error::new(
+                        "RequestEntityTooLarge",
+                        format!(
+                            "The request body is larger than {MAX_BODY} bytes or could not be read"
+                        ),
                     ),
-                ),
-            )
-        }
-    };
+                )
+            }
+            Err(_) => {
+                let mut o = fail(
+                    o,
+                    Error::new(
+                        "RequestTimeout",
+                        format!(
+                            "The request body was not received within {} s",
+                            body_timeout.as_secs_f64()
+                        ),
+                    ),
+                );
+                // The rest of the body may still come: do not keep reading it.
+                o.response
+                    .headers_mut()
+                    .insert("connection", axum::http::HeaderValue::from_static("close"));
+                return o;
+            }
+        };
     if method != Method::POST && method != Method::GET {
         return fail(
             o,
@@ -371,8 +505,12 @@ async fn process(
                         .collect(),
                     body: &bytes,
                 };
-                if let Err(e) = sigv4::verify(&auth, &req, &secret) {
-                    return deny(o, e.to_string());
+                if let Err(e) = sigv4::verify(&auth, &req, &secret, chrono::Utc::now()) {
+                    let status =
+                        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+                    let e = Error::new(e.code(), e.to_string());
+                    o.response = error_response_with(&e, id, status);
+                    return o;
                 }
             }
             (creds.account_for(&auth.access_key), auth.region)

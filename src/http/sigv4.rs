@@ -3,9 +3,23 @@
 //! Every request's `Authorization` header is parsed: its access key picks
 //! the account (see [`super::Credentials`]) and its credential scope names
 //! the region the client is talking to. In strict mode the signature is
-//! checked too: the canonical request is rebuilt from the client's own
-//! `SignedHeaders` list, so whatever headers the client chose to sign are
-//! the ones verified.
+//! checked too, as AWS checks it:
+//!
+//! - the canonical request is rebuilt from the client's own `SignedHeaders`
+//!   list, so whatever headers the client chose to sign are the ones verified;
+//! - its payload hash is the SHA-256 of the body actually received, never the
+//!   client's `x-amz-content-sha256` header (which, when sent, must equal
+//!   it): a captured request cannot be replayed with another body;
+//! - `X-Amz-Date` must be within [`MAX_SKEW`] (15 minutes) of the server's
+//!   clock, past or future, else `RequestExpired`; so a captured request
+//!   cannot be replayed after that window.
+//!
+//! Error codes are EC2's own (other services differ): a wrong signature,
+//! whether from a wrong secret or a changed body, is `AuthFailure` ("AWS was
+//! not able to validate the provided access credentials", HTTP 401; EC2 does
+//! not answer `SignatureDoesNotMatch` to SigV4 requests); a stale or future
+//! date is `RequestExpired` (HTTP 400); a malformed date or a signed header
+//! that is missing is `IncompleteSignature` (HTTP 400).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -26,10 +40,52 @@ pub struct Authorization {
     pub signature: String,
 }
 
-/// Why an `Authorization` header was refused.
+/// How far `X-Amz-Date` may be from the server's clock, either way (AWS: 15 minutes).
+pub const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+
+/// Why an `Authorization` header was refused (the message; see [`AuthError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthError(pub String);
+
+/// Why a request failed verification in strict mode, with EC2's error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The request is malformed (no X-Amz-Date, a signed header missing, …).
+    #[error("{0}")]
+    Incomplete(String),
+    /// `X-Amz-Date` is more than [`MAX_SKEW`] away from now.
+    #[error("{0}")]
+    Expired(String),
+    /// The signature (or the payload hash) does not match: `AuthFailure`.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl VerifyError {
+    /// EC2's error code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::Incomplete(_) => "IncompleteSignature",
+            VerifyError::Expired(_) => "RequestExpired",
+            VerifyError::Mismatch(_) => "AuthFailure",
+        }
+    }
+
+    /// HTTP status AWS answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            VerifyError::Mismatch(_) => 401,
+            VerifyError::Incomplete(_) | VerifyError::Expired(_) => 400,
+        }
+    }
+}
+
+impl From<AuthError> for VerifyError {
+    fn from(e: AuthError) -> Self {
+        VerifyError::Incomplete(e.0)
+    }
+}
 
 /// Parse an `Authorization` header value.
 pub fn parse(header: &str) -> Result<Authorization, AuthError> {
@@ -127,12 +183,9 @@ pub fn canonical_request(auth: &Authorization, req: &Request) -> Result<String, 
         }
         headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let payload = req
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-amz-content-sha256"))
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| hex::encode(Sha256::digest(req.body)));
+    // Always the hash of the body received: a client's x-amz-content-sha256
+    // is checked against it in `verify`, never trusted in its place.
+    let payload = hex::encode(Sha256::digest(req.body));
     let path = if req.path.is_empty() { "/" } else { req.path };
     Ok(format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
@@ -181,18 +234,57 @@ pub fn signature(auth: &Authorization, req: &Request, secret: &str) -> Result<St
     Ok(hex::encode(hmac(&k, to_sign.as_bytes())))
 }
 
-/// Check the request's signature against `secret` (constant time).
-pub fn verify(auth: &Authorization, req: &Request, secret: &str) -> Result<(), AuthError> {
+/// Check the request as AWS does at time `now`: `X-Amz-Date` within
+/// [`MAX_SKEW`], the body's hash equal to any `x-amz-content-sha256` sent,
+/// and the signature equal (constant time) to the one `secret` gives.
+pub fn verify(
+    auth: &Authorization,
+    req: &Request,
+    secret: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), VerifyError> {
+    let amz_date = header(req, "x-amz-date")
+        .ok_or_else(|| VerifyError::Incomplete("The request has no X-Amz-Date header".into()))?;
+    let signed_at = chrono::NaiveDateTime::parse_from_str(amz_date.trim(), "%Y%m%dT%H%M%SZ")
+        .map_err(|_| {
+            VerifyError::Incomplete(format!(
+                "X-Amz-Date '{amz_date}' is not in the form YYYYMMDDTHHMMSSZ"
+            ))
+        })?
+        .and_utc();
+    if (now - signed_at).abs() > MAX_SKEW {
+        return Err(VerifyError::Expired(format!(
+            "Request has expired: it is signed at {} and the server's time is {}; a signature is valid for 15 minutes either way",
+            signed_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            now.format("%Y-%m-%dT%H:%M:%SZ")
+        )));
+    }
+    if let Some(claimed) = header(req, "x-amz-content-sha256") {
+        let actual = hex::encode(Sha256::digest(req.body));
+        if !claimed.trim().eq_ignore_ascii_case(&actual) {
+            return Err(VerifyError::Mismatch(format!(
+                "AWS was not able to validate the provided access credentials: the x-amz-content-sha256 header ({}) is not the SHA-256 of the body received ({actual})",
+                claimed.trim()
+            )));
+        }
+    }
     let expected = signature(auth, req, secret)?;
     let (a, b) = (expected.as_bytes(), auth.signature.as_bytes());
     let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
     if same {
         Ok(())
     } else {
-        Err(AuthError(
-            "The request signature we calculated does not match the signature you provided".into(),
+        Err(VerifyError::Mismatch(
+            "AWS was not able to validate the provided access credentials: the request signature we calculated does not match the signature you provided".into(),
         ))
     }
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -220,8 +312,57 @@ mod tests {
             ],
             body: b"",
         };
-        verify(&auth, &req, "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
-        assert!(verify(&auth, &req, "wrong").is_err());
+        let signed_at = chrono::DateTime::parse_from_rfc3339("2015-08-30T12:36:00Z")
+            .unwrap()
+            .to_utc();
+        verify(
+            &auth,
+            &req,
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            signed_at,
+        )
+        .unwrap();
+        let e = verify(&auth, &req, "wrong", signed_at).unwrap_err();
+        assert_eq!(e.code(), "AuthFailure");
+        // Within 15 minutes either way: fine; beyond: RequestExpired.
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        for minutes in [-14, 14] {
+            verify(
+                &auth,
+                &req,
+                secret,
+                signed_at + chrono::TimeDelta::minutes(minutes),
+            )
+            .unwrap();
+        }
+        for minutes in [-16, 16, 60, 60 * 24 * 30] {
+            let e = verify(
+                &auth,
+                &req,
+                secret,
+                signed_at + chrono::TimeDelta::minutes(minutes),
+            )
+            .unwrap_err();
+            assert_eq!(e.code(), "RequestExpired", "{minutes} min: {e}");
+        }
+        // The payload hash is the body's: swapping the body breaks the signature,
+        // and claiming the old body's hash in x-amz-content-sha256 does not help.
+        let swapped = Request {
+            body: b"Action=TerminateInstances",
+            headers: req
+                .headers
+                .iter()
+                .cloned()
+                .chain([(
+                    "x-amz-content-sha256".to_string(),
+                    hex::encode(Sha256::digest(b"")),
+                )])
+                .collect(),
+            ..req
+        };
+        let e = verify(&auth, &swapped, secret, signed_at).unwrap_err();
+        assert_eq!(e.code(), "AuthFailure");
+        assert!(e.to_string().contains("x-amz-content-sha256"), "{e}");
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! - [`qmp`]: a small synchronous client for QEMU's machine protocol, used to
 //!   ask QEMU for its status, press the ACPI power button, reset, quit, and
 //!   take live disk snapshots.
+//! - [`live_snapshot`]: the supervisor's pause-switch-resume of disks, so a
+//!   dying client never leaves a guest paused.
 //! - [`supervisor`]: the detached per-instance process that starts QEMU,
 //!   records how it ends in the instance's event log, answers a control
 //!   socket, and the probes the service uses to derive an instance's state
 //!   from live facts.
 
+pub mod live_snapshot;
 pub mod qmp;
 pub mod supervisor;

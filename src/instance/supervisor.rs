@@ -111,6 +111,10 @@ pub enum SupervisorError {
     /// Another supervisor holds this instance.
     #[error("Instance {instance_id} already has a running supervisor (pid {pid})")]
     AlreadyRunning { instance_id: String, pid: String },
+    /// The launch was withdrawn (see [`fence`]) before this supervisor took
+    /// the instance: nothing was started.
+    #[error("The launch of {instance_id} was withdrawn before its supervisor started")]
+    Withdrawn { instance_id: String },
     /// A file or socket of the instance could not be used.
     #[error("Could not {what} {path}")]
     Io {
@@ -410,6 +414,10 @@ pub enum ControlRequest {
     },
     /// Reset the machine (`system_reset`; see the module doc on rebooting).
     Reboot,
+    /// Take a live snapshot of disks inside the supervisor: pause, switch,
+    /// resume whatever happens, rename (see [`super::live_snapshot`]). With
+    /// no disks, a barrier for a snapshot in flight.
+    LiveSnapshot(super::live_snapshot::LiveSnapshotRequest),
     /// Run any QMP command and return its `return` value.
     Qmp {
         execute: String,
@@ -654,6 +662,13 @@ impl Supervisor {
                     },
                 }
             }
+            ControlRequest::LiveSnapshot(r) => match self.qmp() {
+                None => ControlResponse::err("QEMU's QMP socket is not connected"),
+                Some(q) => match super::live_snapshot::take(&q, &r) {
+                    Ok(reply) => ControlResponse::ok(json!(reply)),
+                    Err(e) => ControlResponse::err(e),
+                },
+            },
             ControlRequest::Qmp { execute, arguments } => match self.qmp() {
                 None => ControlResponse::err("QEMU's QMP socket is not connected"),
                 Some(q) => match q.execute(&execute, arguments) {
@@ -748,7 +763,19 @@ impl Supervisor {
 /// that could not be started is an `Ok` record with reason `start-failed`.
 pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
     let spec = LaunchSpec::read(launch_spec_path)?;
+    // What the supervisor and QEMU create (serial log, events, sockets) is
+    // the owner's alone; a serial log from an older run is tightened too.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let _ = crate::private_fs::private_file(&spec.serial_log, false);
     let pid_lock = claim_pid_file(&spec)?;
+    // Whoever decided under the fence that this instance is not running
+    // withdrew (or replaced) the launch spec: then this run is not wanted.
+    if LaunchSpec::read(launch_spec_path).ok().as_ref() != Some(&spec) {
+        let _ = std::fs::remove_file(&spec.pid_file);
+        return Err(SupervisorError::Withdrawn {
+            instance_id: spec.instance_id.clone(),
+        });
+    }
     let events = EventLog::open(&spec.events)?;
     let sup = Arc::new(Supervisor {
         spec,
@@ -1405,6 +1432,33 @@ impl SupervisorClient {
         self.request(&ControlRequest::Reboot).map(drop)
     }
 
+    /// Takes a live snapshot inside the supervisor ([`super::live_snapshot`]).
+    pub fn live_snapshot(
+        &mut self,
+        request: super::live_snapshot::LiveSnapshotRequest,
+    ) -> Result<super::live_snapshot::LiveSnapshotReply, ClientError> {
+        let request = ControlRequest::LiveSnapshot(request);
+        self.writer.set_read_timeout(Some(Self::TIMEOUT))?;
+        let mut line = serde_json::to_vec(&request).expect("requests serialise");
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        // The supervisor finishes the snapshot even if this process dies now.
+        let _ = crate::failpoint::hit("live-snapshot:sent");
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::Protocol("the supervisor hung up".into()));
+        }
+        let response: ControlResponse = serde_json::from_str(&answer)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", answer.trim())))?;
+        if !response.ok {
+            return Err(ClientError::Refused(
+                response.error.unwrap_or_else(|| "no reason given".into()),
+            ));
+        }
+        serde_json::from_value(response.result.unwrap_or(Value::Null))
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// Runs a QMP command through the supervisor and returns its `return` value.
     pub fn qmp(&mut self, execute: &str, arguments: Option<Value>) -> Result<Value, ClientError> {
         self.request(&ControlRequest::Qmp {
@@ -1475,6 +1529,59 @@ pub fn probe(paths: &Paths, instance_id: &str) -> LiveState {
             process_matches(pid, |args| args.iter().any(|a| a.contains(instance_id)))
         });
     live
+}
+
+/// Holds an instance's pid file lock while no supervisor does: proof that
+/// no supervisor runs the instance and that none can start while the
+/// returned lock is held (a supervisor starting meanwhile fails to take its
+/// pid file). `None` when a supervisor holds it.
+///
+/// Whoever decides from this that a launch was abandoned before its
+/// supervisor ran removes the launch spec before dropping the fence, so a
+/// supervisor spawned for it that takes the pid file afterwards sees its
+/// launch withdrawn and exits without starting QEMU.
+pub fn fence(paths: &Paths, instance_id: &str) -> std::io::Result<Option<Flock<File>>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = paths.supervisor_pid(instance_id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, errno)) => return Err(errno.into()),
+        };
+        // A supervisor that was exiting may have removed the file we opened:
+        // then the lock guards nothing; take the file now at the path.
+        let ours = lock.metadata()?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => return Ok(Some(lock)),
+            _ => continue,
+        }
+    }
+}
+
+/// The pids of live QEMU processes running `instance_id` (found in /proc by
+/// their command line), whatever the records say.
+pub fn qemu_pids(instance_id: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            process_matches(pid, |args| {
+                args.first().is_some_and(|a| a.contains("qemu-system"))
+                    && args.iter().any(|a| a.contains(instance_id))
+            })
+        })
+        .collect()
 }
 
 /// Whether `pid` is a live (not zombie) process whose argv satisfies `check`.

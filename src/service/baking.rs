@@ -3,18 +3,25 @@
 //!
 //! CreateImage takes one snapshot layer of every EBS volume of the
 //! instance ([`super::layers`]) and registers an AMI that records its
-//! source instance and source image. The AMI is recorded `pending` (with
-//! its snapshots) before any file is touched and becomes `available` in the
-//! transaction that records the layers; if anything fails in between, the
-//! AMI and snapshot records are removed again and the volumes are as they
-//! were. How the layers are taken depends on the instance:
+//! source instance and source image. It holds the instance's object lock
+//! for the whole file work (start, stop and terminate take the same lock),
+//! and the locks of the volumes and of the new AMI and snapshot ids until
+//! it commits. The AMI is recorded `pending` (with its snapshots) before any
+//! file is touched and becomes `available` in the transaction that records
+//! the layers. If it fails in between, the snapshots are settled from the
+//! files (what a volume already stands on is kept and completed, the rest
+//! removed) and the AMI record goes; if it is killed, the next process does
+//! the same and completes the AMI when every layer stands
+//! ([`super::recovery`]). How the layers are taken depends on the instance:
 //!
 //! - stopped: the files are switched with no guest running;
 //! - running, default: EC2 reboots the instance for a consistent image;
 //!   amirun stops it cleanly (ACPI power button), snapshots it as stopped,
 //!   and starts it again (the guest sees a reboot);
-//! - running with `--no-reboot`: live, over QMP through the supervisor,
-//!   with the guest paused only around the switch; the pause is measured
+//! - running with `--no-reboot`: live, inside the supervisor
+//!   ([`crate::instance::live_snapshot`]: pause, switch, resume whatever
+//!   happens, with a deadline), so a client killed meanwhile cannot leave the
+//!   guest paused; the guest is paused only around the switch; the pause is measured
 //!   and reported, and so is whether a guest agent froze the filesystems
 //!   (amirun's machines have no guest agent channel, so the image is
 //!   crash-consistent, as EC2 warns for NoReboot).
@@ -23,7 +30,7 @@
 //! background worker); `wait image-available` then returns at once.
 
 use super::images::{check_name, check_unique_name, tags_for};
-use super::layers::{LayerInfo, LayerReport};
+use super::layers::LayerInfo;
 use super::shapes::{DiskContainer, Tag, TagSpecification};
 use super::{check_image_id, image_not_found, now, Caller, Error, Result, Service};
 use crate::ids::{self, IdKind};
@@ -148,6 +155,53 @@ impl Service {
                 ))
             }
         };
+        if mode == "reboot" {
+            // EC2 reboots for a consistent image: stop cleanly, snapshot as
+            // stopped, start again whatever happened.
+            self.stop_instances(caller, std::slice::from_ref(&id), false)?;
+            let made = self
+                .wait_stopped(caller, &id)
+                .and_then(|_| self.create_image_locked(caller, input, "reboot", started));
+            let restarted = self.start_instances(caller, std::slice::from_ref(&id));
+            let out = made?;
+            restarted?;
+            return Ok(out);
+        }
+        self.create_image_locked(caller, input, mode, started)
+    }
+
+    /// CreateImage under the instance's lock (held for the whole file work,
+    /// so no start, stop or other snapshot runs meanwhile): intent (pending
+    /// records, new ids locked), layers, commit; a failure settles the
+    /// snapshots from the files and removes the AMI record.
+    fn create_image_locked(
+        &mut self,
+        caller: &Caller,
+        input: &CreateImageInput,
+        mode: &str,
+        started: Instant,
+    ) -> Result<CreateImageOutput> {
+        let id = input.instance_id.clone();
+        let _instance_lock = super::object_lock::lock(&self.paths, &id)?;
+        let instance = self.store.read(|db| db.instance(&id))?.ok_or_else(|| {
+            Error::new(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{id}' does not exist"),
+            )
+        })?;
+        let fits = match mode {
+            "live" => matches!(instance.state.as_str(), "running" | "pending"),
+            _ => instance.state == "stopped",
+        };
+        if !fits {
+            return Err(Error::new(
+                "IncorrectInstanceState",
+                format!(
+                    "The instance '{id}' became {} meanwhile; try again",
+                    instance.state
+                ),
+            ));
+        }
         let source = self.store.read(|db| db.image(&instance.image_id))?;
         // Which volumes go in, and the new AMI's mappings.
         let mut volumes = Vec::new();
@@ -236,8 +290,16 @@ impl Service {
                 mappings.push((None, m.clone()));
             }
         }
+        let mut locks = Vec::new();
+        for (v, _) in &volumes {
+            locks.push(super::object_lock::lock(&self.paths, &v.volume_id)?);
+        }
         let plans = self.plan_layers(volumes, input.flatten)?;
         let image_id = ids::new_id(IdKind::Image);
+        locks.push(super::object_lock::lock(&self.paths, &image_id)?);
+        for p in &plans {
+            locks.push(super::object_lock::lock(&self.paths, &p.snapshot_id)?);
+        }
         let block_device_mappings: Vec<BlockDeviceMapping> = mappings
             .into_iter()
             .map(|(vol, mut m)| {
@@ -290,17 +352,20 @@ impl Service {
             }
             Ok(())
         })?;
-        let taken = self.take_for_image(caller, &id, mode, &plans);
+        let taken = crate::failpoint::hit("create-image:after-intent")
+            .map_err(Error::from)
+            .and_then(|()| {
+                self.take_layers(
+                    "create-image",
+                    (mode == "live").then_some(id.as_str()),
+                    &plans,
+                )
+            });
         let report = match taken {
             Ok(r) => r,
             Err(e) => {
-                let _ = self.store.write(|db| -> Result<()> {
-                    db.delete_image(&image_id)?;
-                    for s in &records {
-                        db.delete_snapshot(&s.snapshot_id)?;
-                    }
-                    Ok(())
-                });
+                self.settle_failed(&records);
+                let _ = self.store.write(|db| db.delete_image(&image_id));
                 return Err(e);
             }
         };
@@ -310,6 +375,7 @@ impl Service {
             db.put_image(&image)?;
             Ok(())
         })?;
+        drop(locks);
         Ok(CreateImageOutput {
             image_id,
             report: CreateImageReport {
@@ -320,31 +386,6 @@ impl Service {
                 snapshots: report.layers,
             },
         })
-    }
-
-    /// Take the layers for CreateImage in `mode`; a rebooted instance is
-    /// started again whatever happened.
-    fn take_for_image(
-        &mut self,
-        caller: &Caller,
-        id: &str,
-        mode: &str,
-        plans: &[super::layers::LayerPlan],
-    ) -> Result<LayerReport> {
-        match mode {
-            "live" => self.take_layers(Some(id), plans),
-            "reboot" => {
-                self.stop_instances(caller, &[id.to_string()], false)?;
-                let taken = self
-                    .wait_stopped(caller, id)
-                    .and_then(|_| self.take_layers(None, plans));
-                let started = self.start_instances(caller, &[id.to_string()]);
-                let report = taken?;
-                started?;
-                Ok(report)
-            }
-            _ => self.take_layers(None, plans),
-        }
     }
 
     /// Poll until an instance is stopped (the stop timeout plus a margin).
@@ -398,6 +439,7 @@ impl Service {
             .url
             .clone()
             .ok_or_else(|| Error::missing("DiskContainer.Url"))?;
+        let url = self.import_policy.admit("DiskContainer.Url", &url)?;
         let format = input
             .disk_container
             .format

@@ -125,6 +125,12 @@ from_module_error!(
 
 from_module_error!(crate::machine::MachineError, crate::metadata::MetadataError);
 
+impl From<crate::failpoint::Injected> for Error {
+    fn from(e: crate::failpoint::Injected) -> Self {
+        Error::new("InternalError", e.to_string())
+    }
+}
+
 impl From<crate::instance::supervisor::SupervisorError> for Error {
     fn from(e: crate::instance::supervisor::SupervisorError) -> Self {
         Error::new("InternalError", e.to_string()).with_source(e)

@@ -220,6 +220,9 @@ impl Service {
                 .url
                 .clone()
                 .ok_or_else(|| Error::missing(&format!("DiskContainer.{}.Url", i + 1)))?;
+            let url = self
+                .import_policy
+                .admit(&format!("DiskContainer.{}.Url", i + 1), &url)?;
             let format = c.format.as_ref().map(|f| f.to_ascii_lowercase());
             if let Some(f) = &format {
                 check_enum("Format", f, &["raw", "vmdk", "vhd", "vhdx", "qcow2"])?;
@@ -234,6 +237,7 @@ impl Service {
             let blob = self.fetch_source(&source)?;
             disks.push((url, blob));
         }
+        crate::failpoint::hit("import-image:after-fetch")?;
         let image_id = ids::new_id(IdKind::Image);
         let created = now();
         let mut details = Vec::new();
@@ -369,6 +373,7 @@ impl Service {
             )
         };
         if let Some(location) = &input.image_location {
+            let location = &self.import_policy.admit("ImageLocation", location)?;
             let source = SourceSpec {
                 url: location.clone(),
                 sha256: None,
@@ -420,6 +425,15 @@ impl Service {
                             .snapshot(sid)?
                             .filter(|s| s.region == caller.region && s.owner_id == caller.account)
                             .ok_or_else(|| snapshot_not_found(sid))?;
+                        if snap.state != "completed" {
+                            return Err(Error::new(
+                                "IncorrectState",
+                                format!(
+                                    "Snapshot {sid} is {}, not completed; try again later",
+                                    snap.state
+                                ),
+                            ));
+                        }
                         let size = ebs.volume_size.unwrap_or(snap.volume_size_gib);
                         if size < snap.volume_size_gib {
                             return Err(Error::invalid_value(format!(
@@ -477,13 +491,25 @@ impl Service {
         let image = self.owned_image(caller, image_id)?;
         let mut results = Vec::new();
         let mut files = Vec::new();
+        // Snapshots a real file still builds on stay, whatever the records say.
+        let mut backed = std::collections::HashSet::new();
+        if delete_associated_snapshots {
+            for sid in image.snapshot_ids() {
+                let file = self.paths.snapshot(&sid);
+                if file.exists() && !self.files_backing_onto(&file, &[]).is_empty() {
+                    backed.insert(sid);
+                }
+            }
+        }
         self.store.write(|db| -> Result<()> {
             db.delete_image(image_id)?;
             if delete_associated_snapshots {
                 for sid in image.snapshot_ids() {
                     let code = match db.snapshot(&sid)? {
                         Some(s) if s.owner_id == caller.account => {
-                            if !db.images_using_snapshot(&sid)?.is_empty()
+                            if s.state != "completed"
+                                || backed.contains(&sid)
+                                || !db.images_using_snapshot(&sid)?.is_empty()
                                 || !db.child_snapshots(&sid)?.is_empty()
                                 || !db.volumes_on_snapshot(&sid)?.is_empty()
                             {
@@ -524,79 +550,143 @@ impl Service {
             super::Caller::new(caller.account.clone(), input.source_region.clone())?;
         let tags = tags_for(&input.tag_specifications, "image")?;
         let new_id = ids::new_id(IdKind::Image);
-        let mut copied_files: Vec<std::path::PathBuf> = Vec::new();
-        let paths = self.paths.clone();
-        let result = self.store.write(|db| -> Result<()> {
+        let (src, snaps) = self.store.read(|db| -> Result<_> {
             let src = db
                 .image(&input.source_image_id)?
                 .filter(|i| i.region == source_caller.region)
                 .ok_or_else(|| image_not_found(std::slice::from_ref(&input.source_image_id)))?;
             if !can_launch(db, &source_caller, &src)? {
-                return Err(image_not_found(std::slice::from_ref(&input.source_image_id)));
+                return Err(image_not_found(std::slice::from_ref(
+                    &input.source_image_id,
+                )));
             }
             if src.state != "available" {
                 return Err(Error::new(
                     "IncorrectState",
-                    format!("Image {} is in state {}, not available", src.image_id, src.state),
+                    format!(
+                        "Image {} is in state {}, not available",
+                        src.image_id, src.state
+                    ),
                 ));
             }
             check_unique_name(db, caller, &input.name)?;
-            let mut image = src.clone();
-            image.image_id = new_id.clone();
-            image.region = caller.region.clone();
-            image.name = input.name.clone();
-            image.description = input.description.clone().or(src.description.clone());
-            image.owner_id = caller.account.clone();
-            image.owner_alias = None;
-            image.public = false;
-            image.creation_date = now();
-            image.catalog_key = None;
-            image.image_location = None;
-            image.source_image_id = Some(src.image_id.clone());
-            image.source_image_region = Some(src.region.clone());
-            for m in image.block_device_mappings.iter_mut() {
-                let Some(ebs) = m.ebs.as_mut() else { continue };
-                let Some(sid) = ebs.snapshot_id.clone() else { continue };
-                let snap = db.snapshot(&sid)?.ok_or_else(|| snapshot_not_found(&sid))?;
+            let mut snaps = Vec::new();
+            for sid in src.snapshot_ids() {
+                snaps.push(db.snapshot(&sid)?.ok_or_else(|| snapshot_not_found(&sid))?);
+            }
+            Ok((src, snaps))
+        })?;
+        // The new ids stay locked until the records commit: a file of ours
+        // that a crash leaves without a record is then swept (service::recovery).
+        let mut locks = vec![super::object_lock::lock(&self.paths, &new_id)?];
+        let mut copies: Vec<(String, SnapshotState)> = Vec::new();
+        let mut made: Vec<std::path::PathBuf> = Vec::new();
+        let copied = (|| -> Result<()> {
+            for snap in &snaps {
                 let new_sid = ids::new_id(IdKind::Snapshot);
+                locks.push(super::object_lock::lock(&self.paths, &new_sid)?);
                 if snap.has_file {
-                    let to = paths.snapshot(&new_sid);
-                    std::fs::copy(paths.snapshot(&sid), &to).map_err(|e| {
-                        Error::new("InternalError", format!("Cannot copy snapshot {sid}")).with_source(e)
+                    let dir = self.paths.snapshot_dir();
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        Error::new("InternalError", format!("Cannot create {}", dir.display()))
+                            .with_source(e)
                     })?;
-                    copied_files.push(to);
+                    let tmp = self.paths.snapshot_tmp(&new_sid);
+                    let to = self.paths.snapshot(&new_sid);
+                    made.push(tmp.clone());
+                    std::fs::copy(self.paths.snapshot(&snap.snapshot_id), &tmp).map_err(|e| {
+                        Error::new(
+                            "InternalError",
+                            format!("Cannot copy snapshot {}", snap.snapshot_id),
+                        )
+                        .with_source(e)
+                    })?;
+                    crate::failpoint::hit("copy-image:after-copy")?;
+                    std::fs::rename(&tmp, &to).map_err(|e| {
+                        Error::new(
+                            "InternalError",
+                            format!("Cannot move {} into place", to.display()),
+                        )
+                        .with_source(e)
+                    })?;
+                    made.push(to);
+                    crate::failpoint::hit("copy-image:after-rename")?;
                 }
-                db.put_snapshot(&SnapshotState {
-                    snapshot_id: new_sid.clone(),
-                    region: caller.region.clone(),
-                    owner_id: caller.account.clone(),
-                    owner_alias: None,
-                    description: Some(format!(
-                        "Copied for DestinationAmi {new_id} from SourceAmi {} for SourceSnapshot {sid}",
-                        src.image_id
-                    )),
-                    start_time: now(),
-                    catalog_key: None,
-                    ..snap
-                })?;
-                ebs.snapshot_id = Some(new_sid);
-            }
-            db.put_image(&image)?;
-            if input.copy_image_tags {
-                for t in db.tags_of(&src.image_id)? {
-                    db.put_tag(&new_id, &t.key, &t.value)?;
-                }
-            }
-            for (k, v) in &tags {
-                db.put_tag(&new_id, k, v)?;
+                copies.push((
+                    new_sid.clone(),
+                    SnapshotState {
+                        snapshot_id: new_sid,
+                        region: caller.region.clone(),
+                        owner_id: caller.account.clone(),
+                        owner_alias: None,
+                        description: Some(format!(
+                            "Copied for DestinationAmi {new_id} from SourceAmi {} for SourceSnapshot {}",
+                            src.image_id, snap.snapshot_id
+                        )),
+                        start_time: now(),
+                        catalog_key: None,
+                        state: "completed".into(),
+                        ..snap.clone()
+                    },
+                ));
             }
             Ok(())
+        })();
+        let result = copied.and_then(|()| {
+            self.store.write(|db| -> Result<()> {
+                check_unique_name(db, caller, &input.name)?;
+                let mut image = src.clone();
+                image.image_id = new_id.clone();
+                image.region = caller.region.clone();
+                image.name = input.name.clone();
+                image.description = input.description.clone().or(src.description.clone());
+                image.owner_id = caller.account.clone();
+                image.owner_alias = None;
+                image.public = false;
+                image.creation_date = now();
+                image.catalog_key = None;
+                image.image_location = None;
+                image.source_image_id = Some(src.image_id.clone());
+                image.source_image_region = Some(src.region.clone());
+                let mut next = copies.iter();
+                for m in image.block_device_mappings.iter_mut() {
+                    let Some(ebs) = m.ebs.as_mut() else { continue };
+                    if ebs.snapshot_id.is_none() {
+                        continue;
+                    }
+                    let (new_sid, record) = next.next().ok_or_else(|| {
+                        Error::new("InternalError", "Snapshot copies do not match the mappings")
+                    })?;
+                    // The source snapshot must still be there (its copy's chain reads its parent).
+                    if db
+                        .snapshot(ebs.snapshot_id.as_deref().unwrap_or_default())?
+                        .is_none()
+                    {
+                        return Err(snapshot_not_found(
+                            ebs.snapshot_id.as_deref().unwrap_or_default(),
+                        ));
+                    }
+                    db.put_snapshot(record)?;
+                    ebs.snapshot_id = Some(new_sid.clone());
+                }
+                db.put_image(&image)?;
+                if input.copy_image_tags {
+                    for t in db.tags_of(&src.image_id)? {
+                        db.put_tag(&new_id, &t.key, &t.value)?;
+                    }
+                }
+                for (k, v) in &tags {
+                    db.put_tag(&new_id, k, v)?;
+                }
+                Ok(())
+            })
         });
         if result.is_err() {
-            for f in copied_files {
+            for f in made {
                 let _ = std::fs::remove_file(f);
             }
         }
+        drop(locks);
         result.map(|_| new_id)
     }
 

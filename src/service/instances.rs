@@ -14,7 +14,34 @@
 //! record. So a killed supervisor or QEMU never leaves an instance `running`,
 //! and a guest that powers itself off stops (EBS) or terminates
 //! (instance-store, or shutdown behavior `terminate`).
+//!
+//! # Concurrency and crashes
+//!
+//! Every change to an instance happens under its object lock
+//! ([`super::object_lock`]): run-instances holds the locks of its new
+//! instance and volume ids from before their files exist until the records
+//! are committed and each supervisor runs; start, stop, reboot, terminate
+//! (and create-image) hold the instance's lock while they act; the
+//! reconciliation on every read takes it with `try_lock` and leaves an
+//! instance whose lock is held as recorded. So a launch in progress is never
+//! judged dead by another process.
+//!
+//! "The supervisor is gone" is decided only under the fence
+//! ([`supervisor::fence`], the pid file's lock): a supervisor that runs or is
+//! taking its pid file keeps the instance alive; one spawned by a launcher
+//! that was then killed finds its launch spec withdrawn and never starts
+//! QEMU. Before any disk is removed, no QEMU of the instance may be alive.
+//!
+//! A launcher killed with `-9` leaves, depending on the step: nothing; files
+//! without records whose locks are free (removed by the orphan sweep at
+//! store open); or `pending` records whose supervisor never started. Those
+//! are settled like a launch EC2 could not complete: `terminated` with
+//! `Server.InternalError` ("The launch was interrupted before the instance
+//! booted; launch it again"), volumes following DeleteOnTermination. An
+//! interrupted start of a stopped instance goes back to `stopped` with
+//! `Server.InternalError`.
 
+use super::object_lock::{self, ObjectLock};
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::{filter, now, Caller, Error, Result, Service};
 use crate::ids::{self, IdKind};
@@ -24,7 +51,9 @@ use crate::machine::{
     SmbiosIdentity,
 };
 use crate::network::{self, NetworkStatus};
-use crate::store::{BlockDeviceMapping, ImageState, InstanceDevice, InstanceState, VolumeState};
+use crate::store::{
+    BlockDeviceMapping, EbsBlockDevice, ImageState, InstanceDevice, InstanceState, VolumeState,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -161,6 +190,106 @@ impl Drop for Undo {
     }
 }
 
+/// EC2's limit on user data, counted after base64 decoding.
+const USER_DATA_LIMIT: usize = 16 * 1024;
+
+/// The most instances one request launches (EC2 launches up to MaxCount
+/// within the account's quota; this is amirun's quota).
+const LAUNCH_LIMIT: u32 = 64;
+
+/// EC2's MinCount/MaxCount rules: both at least 1, MinCount at most
+/// MaxCount. Returns how many instances to launch: MaxCount, or as many as
+/// the quota allows when that is still at least MinCount.
+fn launch_count(min: u32, max: u32) -> Result<u32> {
+    if min == 0 {
+        return Err(Error::invalid_value(
+            "Minimum instance count must be greater than zero",
+        ));
+    }
+    if max == 0 {
+        return Err(Error::invalid_value(
+            "Maximum instance count must be greater than zero",
+        ));
+    }
+    if min > max {
+        return Err(Error::invalid_value(format!(
+            "Minimum instance count ({min}) must be less than or equal to maximum instance count ({max})"
+        )));
+    }
+    if min > LAUNCH_LIMIT {
+        return Err(Error::new(
+            "InstanceLimitExceeded",
+            format!(
+                "You have requested more instances ({min}) than your current instance limit of {LAUNCH_LIMIT} allows; ask for at most {LAUNCH_LIMIT}"
+            ),
+        ));
+    }
+    Ok(max.min(LAUNCH_LIMIT))
+}
+
+/// EC2's size limits, in GiB, of each EBS volume type.
+fn volume_size_limits(volume_type: &str) -> Result<(u64, u64)> {
+    Ok(match volume_type {
+        "gp2" | "gp3" => (1, 16384),
+        "io1" => (4, 16384),
+        "io2" => (4, 65536),
+        "st1" | "sc1" => (125, 16384),
+        "standard" => (1, 1024),
+        other => {
+            return Err(Error::invalid_value(format!(
+                "Value ({other}) for parameter volumeType is invalid. Valid values: standard, io1, io2, gp2, gp3, sc1, st1"
+            )))
+        }
+    })
+}
+
+/// The size in GiB of a new EBS volume, checked as EC2 checks it: within
+/// its type's limits and not smaller than its snapshot (`snapshot_gib`).
+fn volume_size_gib(device: &str, ebs: &EbsBlockDevice, snapshot_gib: Option<u64>) -> Result<u64> {
+    let volume_type = ebs.volume_type.as_deref().unwrap_or("gp3");
+    let (lo, hi) = volume_size_limits(volume_type)?;
+    let size = match (ebs.volume_size, snapshot_gib) {
+        (Some(size), _) => size,
+        (None, Some(snap)) => snap.max(lo),
+        (None, None) => {
+            return Err(Error::new(
+                "InvalidBlockDeviceMapping",
+                format!("The block device mapping of {device} needs a VolumeSize or a SnapshotId"),
+            ))
+        }
+    };
+    if size < lo {
+        return Err(Error::invalid_value(format!(
+            "Volume of {size}GiB is too small for volume type {volume_type} ({device}); minimum is {lo}GiB"
+        )));
+    }
+    if size > hi {
+        return Err(Error::invalid_value(format!(
+            "Volume of {size}GiB is too large for volume type {volume_type} ({device}); maximum is {hi}GiB"
+        )));
+    }
+    if let (Some(snap), Some(id)) = (snapshot_gib, &ebs.snapshot_id) {
+        if size < snap {
+            return Err(Error::new(
+                "InvalidBlockDeviceMapping",
+                format!("Volume of size {size}GB is smaller than snapshot '{id}', expect size >= {snap}GB"),
+            ));
+        }
+    }
+    Ok(size)
+}
+
+/// GiB to bytes, refusing what does not fit in 64 bits.
+fn gib_to_bytes(gib: u64) -> Result<u64> {
+    gib.checked_mul(1 << 30)
+        .ok_or_else(|| Error::invalid_value(format!("A size of {gib} GiB is too large")))
+}
+
+/// Mark a step of an operation for fault-injection tests (see [`crate::failpoint`]).
+fn failpoint(name: &str) -> Result<()> {
+    crate::failpoint::hit(name).map_err(|e| Error::new("InternalError", e.to_string()))
+}
+
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::new("InternalError", what).with_source(e)
 }
@@ -249,14 +378,14 @@ impl Service {
                 ),
             ));
         }
-        let (min, max) = (
-            input.min_count.max(1),
-            input.max_count.max(input.min_count).max(1),
-        );
-        if min > max || max > 64 {
-            return Err(Error::invalid_value(format!(
-                "MinCount {min} and MaxCount {max} must satisfy 1 <= MinCount <= MaxCount <= 64"
-            )));
+        let count = launch_count(input.min_count, input.max_count)?;
+        if let Some(u) = &input.user_data {
+            if u.len() > USER_DATA_LIMIT {
+                return Err(Error::invalid_value(format!(
+                    "User data is limited to {USER_DATA_LIMIT} bytes (this is {} bytes after base64 decoding)",
+                    u.len()
+                )));
+            }
         }
         let shutdown = input
             .shutdown_behavior
@@ -284,8 +413,33 @@ impl Service {
         // Long work first, with no transaction held: make the AMI's data local.
         let fetched = self.fetch_image(caller, &image.image_id)?;
         let mappings = merge_mappings(&image.block_device_mappings, &input.block_device_mappings);
+        // Every size is checked before anything is made.
+        let mut volume_sizes = Vec::new();
+        for m in &mappings {
+            let Some(ebs) = &m.ebs else { continue };
+            let data = ebs
+                .snapshot_id
+                .as_ref()
+                .and_then(|s| fetched.iter().find(|d| d.snapshot_id.as_deref() == Some(s)));
+            if data.is_none() {
+                if let Some(s) = &ebs.snapshot_id {
+                    return Err(super::snapshot_not_found(s));
+                }
+            }
+            let snapshot_gib = data.map(|d| d.virtual_size.div_ceil(1 << 30));
+            let gib = volume_size_gib(&m.device_name, ebs, snapshot_gib)?;
+            volume_sizes.push((gib, gib_to_bytes(gib)?));
+        }
         let reservation_id = ids::new_id(IdKind::Reservation);
         let launch_time = now();
+        // The locks of every new id, taken before its files exist and held
+        // until its records are committed (and, for an instance, until its
+        // supervisor runs): a process killed at any step leaves either no
+        // record (files whose lock is free: the orphan sweep's) or records
+        // that reconciliation settles. Declared before `undo`, so that
+        // undo's removals happen while the locks are still held.
+        let mut instance_locks: Vec<ObjectLock> = Vec::new();
+        let mut volume_locks: Vec<ObjectLock> = Vec::new();
         let mut undo = Undo::new();
         let vdir = self.paths.volume_dir();
         std::fs::create_dir_all(&vdir)
@@ -293,16 +447,19 @@ impl Service {
         let mut instances = Vec::new();
         let mut volumes = Vec::new();
         let mut taken = self.store.read(|db| db.ports_in_use())?;
-        for index in 0..max {
+        for index in 0..count {
             let instance_id = ids::new_id(IdKind::Instance);
+            instance_locks.push(object_lock::lock(&self.paths, &instance_id)?);
+            failpoint("run-instances:locked")?;
             let dir = self.paths.instance_dir(&instance_id);
+            undo.dirs.push(dir.clone());
             std::fs::create_dir_all(&dir)
                 .map_err(io_error(format!("Cannot create {}", dir.display())))?;
-            undo.dirs.push(dir);
             let rdir = self.paths.instance_runtime_dir(&instance_id);
+            undo.dirs.push(rdir.clone());
             std::fs::create_dir_all(&rdir)
                 .map_err(io_error(format!("Cannot create {}", rdir.display())))?;
-            undo.dirs.push(rdir);
+            failpoint("run-instances:dirs")?;
             let mut devices = Vec::new();
             // Root disk.
             if image.root_device_type == "instance-store" {
@@ -328,35 +485,28 @@ impl Service {
                 });
             }
             let mut ephemeral = 0u32;
+            let mut sizes = volume_sizes.iter();
             for m in &mappings {
                 if let Some(ebs) = &m.ebs {
+                    let &(size_gib, size_bytes) = sizes.next().expect("one size per EBS mapping");
                     let volume_id = ids::new_id(IdKind::Volume);
+                    volume_locks.push(object_lock::lock(&self.paths, &volume_id)?);
                     let path = self.paths.volume(&volume_id);
                     let data = ebs
                         .snapshot_id
                         .as_ref()
                         .and_then(|s| fetched.iter().find(|d| d.snapshot_id.as_deref() == Some(s)));
-                    let snapshot_gib = data.map_or(0, |d| d.virtual_size.div_ceil(1 << 30));
-                    let size_gib = ebs
-                        .volume_size
-                        .unwrap_or(snapshot_gib.max(1))
-                        .max(snapshot_gib)
-                        .max(1);
+                    undo.files.push(path.clone());
                     match data {
                         Some(d) => crate::disk::create_overlay(
                             std::path::Path::new(&d.path),
                             "qcow2",
                             &path,
-                            Some(size_gib << 30),
+                            Some(size_bytes),
                         )?,
-                        None if ebs.snapshot_id.is_some() => {
-                            return Err(super::snapshot_not_found(
-                                ebs.snapshot_id.as_deref().unwrap_or(""),
-                            ))
-                        }
-                        None => crate::disk::create_blank(&path, size_gib << 30)?,
+                        None => crate::disk::create_blank(&path, size_bytes)?,
                     }
-                    undo.files.push(path);
+                    failpoint("run-instances:volume")?;
                     let delete = ebs.delete_on_termination.unwrap_or(true);
                     volumes.push(VolumeState {
                         volume_id: volume_id.clone(),
@@ -439,6 +589,7 @@ impl Service {
                         network_config: None,
                     },
                 )?;
+                failpoint("run-instances:seed")?;
             }
             let ssh_port = free_port(&taken)?;
             taken.push(ssh_port);
@@ -470,6 +621,7 @@ impl Service {
                 updated: launch_time.clone(),
             };
             self.prepare_boot_with(&state, outbound)?;
+            failpoint("run-instances:prepared")?;
             instances.push(state);
         }
         let tags = super::images::tags_for(&input.tag_specifications, "instance")?;
@@ -490,14 +642,21 @@ impl Service {
             Ok(())
         })?;
         undo.disarm();
-        for i in &instances {
-            if let Err(e) = self.spawn_supervisor(&i.instance_id) {
+        drop(volume_locks);
+        failpoint("run-instances:committed")?;
+        // Each instance's lock is held until its supervisor runs (or the
+        // launch is settled), so no other process takes a launch in
+        // progress for a dead instance.
+        for (i, lock) in instances.iter().zip(instance_locks) {
+            if let Err(e) = self.spawn_supervisor(&i.instance_id, "run-instances") {
                 self.record_exit(
                     &i.instance_id,
                     Some("Server.InternalError"),
                     &format!("The supervisor could not start: {e}"),
                 )?;
             }
+            failpoint("run-instances:started")?;
+            drop(lock);
         }
         let shown = self.describe_instances(
             caller,
@@ -538,7 +697,7 @@ impl Service {
                     let p = self.paths.ephemeral_disk(&i.instance_id, ephemeral);
                     ephemeral += 1;
                     if !p.exists() {
-                        crate::disk::create_blank(&p, d.size_gib << 30)?;
+                        crate::disk::create_blank(&p, gib_to_bytes(d.size_gib)?)?;
                     }
                     p
                 }
@@ -690,12 +849,15 @@ impl Service {
         Ok(self.fetch_source(&source)?.path)
     }
 
-    fn spawn_supervisor(&self, instance_id: &str) -> Result<u32> {
+    /// Start an instance's supervisor and wait until it runs; the caller
+    /// holds the instance's lock. `op` names the failpoint `<op>:spawned`.
+    fn spawn_supervisor(&self, instance_id: &str, op: &str) -> Result<u32> {
         let exe = std::env::var_os("AMIRUN_EXE")
             .map(PathBuf::from)
             .or_else(|| std::env::current_exe().ok())
             .ok_or_else(|| Error::new("InternalError", "Cannot find the amirun executable"))?;
         let pid = supervisor::spawn_detached(&exe, &self.paths.launch_spec(instance_id))?;
+        failpoint(&format!("{op}:spawned"))?;
         // The supervisor writes its pid file once it is up; until then the
         // instance would look dead to reconciliation. Wait for a live fact.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -723,6 +885,11 @@ impl Service {
         let Some(mut i) = self.store.read(|db| db.instance(instance_id))? else {
             return Ok(());
         };
+        // A supervisor that came up late after all runs the instance.
+        let Some(_fence) = self.fence(instance_id)? else {
+            return Ok(());
+        };
+        self.withdraw_launch(instance_id);
         let target = if i.root_device_type == "instance-store" {
             "terminated"
         } else {
@@ -736,7 +903,13 @@ impl Service {
     }
 
     /// Move an instance to a final state (`stopped` or `terminated`) and clean up its disks.
+    /// The caller holds the instance's lock and knows its supervisor is
+    /// gone (under [`Self::fence`]); a QEMU left behind is ended first, so no
+    /// disk is removed under a live guest.
     fn settle(&mut self, i: &mut InstanceState, target: &str) -> Result<()> {
+        self.ensure_guest_gone(&i.instance_id)?;
+        // A killed supervisor leaves its guest's namespace mounted.
+        network::release_namespace(&self.paths.netns_file(&i.instance_id));
         i.state = target.to_string();
         i.updated = now();
         let runtime = self.paths.instance_runtime_dir(&i.instance_id);
@@ -781,7 +954,86 @@ impl Service {
         Ok(())
     }
 
-    /// Reconcile recorded states with live facts (supervisor, QEMU, exit record).
+    /// Wait (bounded) until no QEMU of the instance is alive, killing one
+    /// that outlived its supervisor (its parent-death signal is
+    /// asynchronous); refuse to go on while one still runs.
+    fn ensure_guest_gone(&self, instance_id: &str) -> Result<()> {
+        let mut deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut killed = false;
+        loop {
+            let pids = supervisor::qemu_pids(instance_id);
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                if killed {
+                    return Err(Error::new(
+                        "InternalError",
+                        format!(
+                            "QEMU (pid {pids:?}) of {instance_id} does not exit; its disks are kept; end it and retry"
+                        ),
+                    ));
+                }
+                for pid in &pids {
+                    tracing::warn!(
+                        "QEMU {pid} of {instance_id} outlived its supervisor; killing it"
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                killed = true;
+                deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Hold the instance's pid file while no supervisor does (see
+    /// [`supervisor::fence`]); `None` when a supervisor runs it.
+    fn fence(&self, instance_id: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+        supervisor::fence(&self.paths, instance_id).map_err(|e| {
+            Error::new(
+                "InternalError",
+                format!("Cannot lock the pid file of {instance_id}"),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// Remove the launch spec of an instance whose launch or start was
+    /// interrupted (under the fence): a supervisor spawned for it that has
+    /// not taken the pid file yet then never starts QEMU. (Once a
+    /// supervisor has run for the current launch, none other can be on its
+    /// way, and the spec stays for inspection.)
+    fn withdraw_launch(&self, instance_id: &str) {
+        let _ = std::fs::remove_file(self.paths.launch_spec(instance_id));
+    }
+
+    /// Whether a supervisor started for the instance since its record was
+    /// last written (the launch or start that made it `pending`); and
+    /// whether one ever started.
+    fn supervisor_runs(&self, i: &InstanceState) -> (bool, bool) {
+        let started: Vec<chrono::DateTime<chrono::Utc>> =
+            supervisor::read_events(&self.paths.events(&i.instance_id))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| matches!(e.event, supervisor::Event::SupervisorStarted { .. }))
+                .map(|e| e.ts)
+                .collect();
+        let since = match chrono::DateTime::parse_from_rfc3339(&i.updated) {
+            Ok(written) => started.iter().any(|t| *t >= written),
+            // Cannot tell: assume it started, so the usual rules apply.
+            Err(_) => !started.is_empty(),
+        };
+        (since, !started.is_empty())
+    }
+
+    /// Reconcile recorded states with live facts (supervisor, QEMU, exit
+    /// record). Each instance is reconciled under its lock; one whose lock
+    /// another operation holds (a launch, start, stop, terminate or
+    /// create-image in progress) is shown as recorded, never judged dead.
     pub fn refresh_instances(&mut self, caller: &Caller) -> Result<()> {
         let live: Vec<InstanceState> = self
             .store
@@ -789,89 +1041,14 @@ impl Service {
             .into_iter()
             .filter(|i| i.region == caller.region)
             .collect();
-        for mut i in live {
+        for i in live {
             if i.state == "stopped" {
                 continue;
             }
-            let facts = supervisor::probe(&self.paths, &i.instance_id);
-            if facts.supervisor_alive {
-                if i.state == "pending" && (facts.qemu_alive || facts.last_exit.is_none()) {
-                    let running = supervisor::read_events(&self.paths.events(&i.instance_id))
-                        .unwrap_or_default()
-                        .iter()
-                        .rev()
-                        .take_while(|e| {
-                            !matches!(e.event, supervisor::Event::SupervisorStarted { .. })
-                        })
-                        .any(|e| matches!(e.event, supervisor::Event::GuestRunning));
-                    if running {
-                        i.state = "running".into();
-                        i.updated = now();
-                        let s = i.clone();
-                        self.store.write(|db| db.put_instance(&s))?;
-                    }
-                }
+            let Some(_lock) = object_lock::try_lock(&self.paths, &i.instance_id)? else {
                 continue;
-            }
-            // The supervisor is gone: the guest has ended. Decide how.
-            let store_backed = i.root_device_type == "instance-store";
-            let reason = facts.last_exit.as_ref().map(|e| e.reason);
-            let (target, why) = match (i.state.as_str(), reason) {
-                ("shutting-down", _) => (
-                    "terminated",
-                    "Client.UserInitiatedShutdown: User initiated shutdown",
-                ),
-                ("stopping", _) => (
-                    "stopped",
-                    "Client.UserInitiatedShutdown: User initiated shutdown",
-                ),
-                (_, Some(ExitReason::GuestShutdown)) => {
-                    if store_backed || i.shutdown_behavior == "terminate" {
-                        (
-                            "terminated",
-                            "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
-                        )
-                    } else {
-                        (
-                            "stopped",
-                            "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
-                        )
-                    }
-                }
-                (_, Some(ExitReason::StopRequested | ExitReason::Forced)) => {
-                    if store_backed {
-                        (
-                            "terminated",
-                            "Client.UserInitiatedShutdown: User initiated shutdown",
-                        )
-                    } else {
-                        (
-                            "stopped",
-                            "Client.UserInitiatedShutdown: User initiated shutdown",
-                        )
-                    }
-                }
-                (_, r) => {
-                    let what = match r {
-                        Some(ExitReason::QemuKilled) => "QEMU was killed",
-                        Some(ExitReason::QemuCrashed) => "QEMU crashed",
-                        Some(ExitReason::StartFailed) => {
-                            "QEMU failed to start (see supervisor.log)"
-                        }
-                        _ => "the supervisor died",
-                    };
-                    let t = if store_backed {
-                        "terminated"
-                    } else {
-                        "stopped"
-                    };
-                    i.state_reason = Some(format!("Server.InternalError: {what}"));
-                    self.settle(&mut i, t)?;
-                    continue;
-                }
             };
-            i.state_reason = Some(why.to_string());
-            self.settle(&mut i, target)?;
+            self.reconcile_locked(&i.instance_id)?;
         }
         let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1))
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
@@ -884,18 +1061,147 @@ impl Service {
         Ok(())
     }
 
-    fn owned_instances(&mut self, caller: &Caller, ids_: &[String]) -> Result<Vec<InstanceState>> {
-        for id in ids_ {
-            if !ids::is_well_formed(IdKind::Instance, id) {
-                return Err(Error::new(
-                    "InvalidInstanceID.Malformed",
-                    format!("Invalid id: \"{id}\" (expecting \"i-...\")"),
-                ));
+    /// Reconcile one instance with its live facts; the caller holds its lock.
+    ///
+    /// "The supervisor is gone" is decided only under the fence (the pid
+    /// file's lock), never from a missing pid alone: a supervisor that is
+    /// just starting holds the pid file or, if it has not taken it yet, is
+    /// withdrawn. A `pending` instance whose supervisor never started for
+    /// this launch (its launcher was killed) is settled as EC2 settles a
+    /// failed launch: `terminated` with `Server.InternalError`, its volumes
+    /// following DeleteOnTermination; an interrupted start of a stopped
+    /// instance goes back to `stopped`.
+    pub(crate) fn reconcile_locked(&mut self, instance_id: &str) -> Result<()> {
+        let Some(mut i) = self.store.read(|db| db.instance(instance_id))? else {
+            return Ok(());
+        };
+        if matches!(i.state.as_str(), "stopped" | "terminated") {
+            return Ok(());
+        }
+        let facts = supervisor::probe(&self.paths, instance_id);
+        if facts.supervisor_alive {
+            if i.state == "pending" && (facts.qemu_alive || facts.last_exit.is_none()) {
+                let running = supervisor::read_events(&self.paths.events(&i.instance_id))
+                    .unwrap_or_default()
+                    .iter()
+                    .rev()
+                    .take_while(|e| !matches!(e.event, supervisor::Event::SupervisorStarted { .. }))
+                    .any(|e| matches!(e.event, supervisor::Event::GuestRunning));
+                if running {
+                    i.state = "running".into();
+                    i.updated = now();
+                    let s = i.clone();
+                    self.store.write(|db| db.put_instance(&s))?;
+                }
             }
+            return Ok(());
         }
-        if ids_.is_empty() {
-            return Err(Error::missing("InstanceId"));
+        // No live supervisor is named in the pid file. Decide only under the
+        // fence: a supervisor holding its pid file is alive (starting or ending).
+        let Some(_fence) = self.fence(instance_id)? else {
+            return Ok(());
+        };
+        let facts = supervisor::probe(&self.paths, instance_id);
+        let store_backed = i.root_device_type == "instance-store";
+        let (started_since, ever_started) = self.supervisor_runs(&i);
+        if i.state == "pending" && !started_since {
+            // A supervisor its launcher spawned may still be on its way.
+            self.withdraw_launch(instance_id);
+            let (target, why) = if ever_started && !store_backed {
+                (
+                    "stopped",
+                    "Server.InternalError: The start was interrupted before the instance booted; start it again",
+                )
+            } else {
+                (
+                    "terminated",
+                    "Server.InternalError: The launch was interrupted before the instance booted; launch it again",
+                )
+            };
+            i.state_reason = Some(why.to_string());
+            return self.settle(&mut i, target);
         }
+        // The supervisor is gone: the guest has ended. Decide how.
+        let reason = facts.last_exit.as_ref().map(|e| e.reason);
+        let (target, why) = match (i.state.as_str(), reason) {
+            ("shutting-down", _) => (
+                "terminated",
+                "Client.UserInitiatedShutdown: User initiated shutdown",
+            ),
+            ("stopping", _) => (
+                "stopped",
+                "Client.UserInitiatedShutdown: User initiated shutdown",
+            ),
+            (_, Some(ExitReason::GuestShutdown)) => {
+                if store_backed || i.shutdown_behavior == "terminate" {
+                    (
+                        "terminated",
+                        "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                    )
+                } else {
+                    (
+                        "stopped",
+                        "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                    )
+                }
+            }
+            (_, Some(ExitReason::StopRequested | ExitReason::Forced)) => {
+                if store_backed {
+                    (
+                        "terminated",
+                        "Client.UserInitiatedShutdown: User initiated shutdown",
+                    )
+                } else {
+                    (
+                        "stopped",
+                        "Client.UserInitiatedShutdown: User initiated shutdown",
+                    )
+                }
+            }
+            (_, r) => {
+                let what = match r {
+                    Some(ExitReason::QemuKilled) => "QEMU was killed",
+                    Some(ExitReason::QemuCrashed) => "QEMU crashed",
+                    Some(ExitReason::StartFailed) => "QEMU failed to start (see supervisor.log)",
+                    _ => "the supervisor died",
+                };
+                let t = if store_backed {
+                    "terminated"
+                } else {
+                    "stopped"
+                };
+                i.state_reason = Some(format!("Server.InternalError: {what}"));
+                return self.settle(&mut i, t);
+            }
+        };
+        i.state_reason = Some(why.to_string());
+        self.settle(&mut i, target)
+    }
+
+    /// Take the locks of `ids_` (in id order, so two operations on the same
+    /// instances never deadlock) and return them reconciled. Start, stop,
+    /// reboot and terminate hold these locks while they act, so they
+    /// serialise with each other, with launches, create-image and
+    /// reconciliation in every process.
+    fn lock_owned_instances(
+        &mut self,
+        caller: &Caller,
+        ids_: &[String],
+    ) -> Result<(Vec<ObjectLock>, Vec<InstanceState>)> {
+        check_instance_ids(ids_)?;
+        let mut sorted = ids_.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let locks = sorted
+            .iter()
+            .map(|id| object_lock::lock(&self.paths, id))
+            .collect::<Result<Vec<_>>>()?;
+        let instances = self.owned_instances(caller, ids_)?;
+        Ok((locks, instances))
+    }
+
+    fn owned_instances(&mut self, caller: &Caller, ids_: &[String]) -> Result<Vec<InstanceState>> {
+        check_instance_ids(ids_)?;
         self.refresh_instances(caller)?;
         self.store.read(|db| -> Result<Vec<InstanceState>> {
             let mut out = Vec::new();
@@ -1072,7 +1378,7 @@ impl Service {
         instance_ids: &[String],
         force: bool,
     ) -> Result<Value> {
-        let instances = self.owned_instances(caller, instance_ids)?;
+        let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if i.root_device_type == "instance-store" {
                 return Err(Error::new(
@@ -1138,7 +1444,7 @@ impl Service {
 
     /// `StartInstances`: boot stopped EBS-backed instances again.
     pub fn start_instances(&mut self, caller: &Caller, instance_ids: &[String]) -> Result<Value> {
-        let instances = self.owned_instances(caller, instance_ids)?;
+        let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if !matches!(i.state.as_str(), "stopped" | "running" | "pending") {
                 return Err(Error::new(
@@ -1170,7 +1476,7 @@ impl Service {
                 self.prepare_boot(&i)?;
                 let s = i.clone();
                 self.store.write(|db| db.put_instance(&s))?;
-                if let Err(e) = self.spawn_supervisor(&i.instance_id) {
+                if let Err(e) = self.spawn_supervisor(&i.instance_id, "start-instances") {
                     self.record_exit(
                         &i.instance_id,
                         None,
@@ -1189,7 +1495,7 @@ impl Service {
 
     /// `RebootInstances`: a reset of running instances; every disk is kept.
     pub fn reboot_instances(&mut self, caller: &Caller, instance_ids: &[String]) -> Result<()> {
-        let instances = self.owned_instances(caller, instance_ids)?;
+        let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if i.state != "running" && i.state != "pending" {
                 return Err(Error::new(
@@ -1210,13 +1516,22 @@ impl Service {
         caller: &Caller,
         instance_ids: &[String],
     ) -> Result<Value> {
-        let instances = self.owned_instances(caller, instance_ids)?;
+        let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         let mut changes = Vec::new();
         for mut i in instances {
             let previous = i.state.clone();
             match previous.as_str() {
                 "terminated" | "shutting-down" => {}
                 "stopped" => {
+                    let Some(_fence) = self.fence(&i.instance_id)? else {
+                        return Err(Error::new(
+                            "IncorrectInstanceState",
+                            format!(
+                                "The instance '{}' is stopped but its supervisor runs; try again",
+                                i.instance_id
+                            ),
+                        ));
+                    };
                     i.state_reason =
                         Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
                     self.settle(&mut i, "terminated")?;
@@ -1241,9 +1556,8 @@ impl Service {
     /// Terminate one instance without the ACPI grace period and wait until it is
     /// terminated (boot tests and failed bakes clean up with this).
     pub fn terminate_now(&mut self, caller: &Caller, instance_id: &str) -> Result<()> {
-        let mut i = self
-            .owned_instances(caller, &[instance_id.to_string()])?
-            .remove(0);
+        let (_locks, mut found) = self.lock_owned_instances(caller, &[instance_id.to_string()])?;
+        let mut i = found.remove(0);
         if i.state == "terminated" {
             return Ok(());
         }
@@ -1262,6 +1576,12 @@ impl Service {
             .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
         if i.state != "terminated" {
+            let Some(_fence) = self.fence(instance_id)? else {
+                return Err(Error::new(
+                    "IncorrectInstanceState",
+                    format!("The supervisor of '{instance_id}' did not stop; terminate it again"),
+                ));
+            };
             i.state_reason = Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
             self.settle(&mut i, "terminated")?;
         }
@@ -1423,6 +1743,22 @@ impl Service {
     }
 }
 
+/// EC2's checks of an InstanceIds parameter.
+fn check_instance_ids(ids_: &[String]) -> Result<()> {
+    for id in ids_ {
+        if !ids::is_well_formed(IdKind::Instance, id) {
+            return Err(Error::new(
+                "InvalidInstanceID.Malformed",
+                format!("Invalid id: \"{id}\" (expecting \"i-...\")"),
+            ));
+        }
+    }
+    if ids_.is_empty() {
+        return Err(Error::missing("InstanceId"));
+    }
+    Ok(())
+}
+
 fn accel_name(a: Accel) -> &'static str {
     match a {
         Accel::Kvm => "kvm",
@@ -1524,4 +1860,133 @@ fn metadata_options(given: Option<&Value>) -> Result<Value> {
         "HttpProtocolIpv6": "disabled",
         "InstanceMetadataTags": "disabled",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_ec2() {
+        assert_eq!(launch_count(1, 1).unwrap(), 1);
+        assert_eq!(launch_count(1, 3).unwrap(), 3);
+        assert_eq!(launch_count(2, 500).unwrap(), LAUNCH_LIMIT);
+        let e = launch_count(1, 0).unwrap_err();
+        assert_eq!(e.code(), "InvalidParameterValue");
+        assert!(
+            e.message().contains("Maximum instance count"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            launch_count(0, 1).unwrap_err().code(),
+            "InvalidParameterValue"
+        );
+        let e = launch_count(5, 2).unwrap_err();
+        assert_eq!(e.code(), "InvalidParameterValue");
+        assert!(e.message().contains("(5)") && e.message().contains("(2)"));
+        assert_eq!(
+            launch_count(65, 65).unwrap_err().code(),
+            "InstanceLimitExceeded"
+        );
+    }
+
+    #[test]
+    fn volume_sizes_follow_ec2_per_type_and_snapshot() {
+        let ebs = |size: Option<u64>, t: Option<&str>, snap: Option<&str>| EbsBlockDevice {
+            volume_size: size,
+            volume_type: t.map(String::from),
+            snapshot_id: snap.map(String::from),
+            ..Default::default()
+        };
+        let code = |r: Result<u64>| r.unwrap_err().code().to_string();
+        assert_eq!(
+            volume_size_gib("/dev/sdf", &ebs(Some(1), None, None), None).unwrap(),
+            1
+        );
+        assert_eq!(
+            code(volume_size_gib("/dev/sdf", &ebs(Some(0), None, None), None)),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(17179869184), None, None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(3), Some("io1"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            volume_size_gib("/dev/sdf", &ebs(Some(65536), Some("io2"), None), None).unwrap(),
+            65536
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(20000), Some("io1"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(100), Some("st1"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(1025), Some("standard"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib(
+                "/dev/sdf",
+                &ebs(Some(8), Some("gp9"), None),
+                None
+            )),
+            "InvalidParameterValue"
+        );
+        assert_eq!(
+            code(volume_size_gib("/dev/sdf", &ebs(None, None, None), None)),
+            "InvalidBlockDeviceMapping"
+        );
+        // The snapshot's size is the default and the floor.
+        let snap = Some("snap-0123456789abcdef0");
+        assert_eq!(
+            volume_size_gib("/dev/xvda", &ebs(None, None, snap), Some(8)).unwrap(),
+            8
+        );
+        let e = volume_size_gib("/dev/xvda", &ebs(Some(4), None, snap), Some(8)).unwrap_err();
+        assert_eq!(e.code(), "InvalidBlockDeviceMapping");
+        assert!(
+            e.message().contains("expect size >= 8GB"),
+            "{}",
+            e.message()
+        );
+        // A type's minimum applies to a smaller snapshot.
+        assert_eq!(
+            volume_size_gib("/dev/xvda", &ebs(None, Some("st1"), snap), Some(1)).unwrap(),
+            125
+        );
+    }
+
+    #[test]
+    fn gib_to_bytes_refuses_overflow() {
+        assert_eq!(gib_to_bytes(16384).unwrap(), 16384 << 30);
+        assert!(gib_to_bytes(17179869184).is_err());
+    }
 }

@@ -19,20 +19,27 @@
 //! 2. make a fresh empty overlay on the new snapshot at
 //!    `volumes/<vol>.next.qcow2` (`qemu-img create -u`: the size is known,
 //!    the backing file is not opened, so this works while QEMU holds it);
-//! 3. live only: pause the guest (`stop`), switch every disk to its new
-//!    overlay in one QMP `transaction` of `blockdev-snapshot-sync`
-//!    (`mode=existing`), resume (`cont`); the pause is measured;
+//! 3. live only: the supervisor pauses the guest (`stop`), switches every
+//!    disk to its new overlay in one QMP `transaction` of
+//!    `blockdev-snapshot-sync` (`mode=existing`), resumes it (`cont`, always,
+//!    with a deadline) and does step 4 itself
+//!    ([`crate::instance::live_snapshot`]); the pause is measured;
 //! 4. rename the new overlay over `volumes/<vol>.qcow2`. From here the old
 //!    file is reachable only as the snapshot, and nothing writes to it.
 //!
-//! Then one transaction records the snapshot (parent B, root blob of the
-//! chain) and moves V's base to it. If anything fails before step 4, the
-//! link and the new overlay are removed and V is as it was.
+//! The snapshot is recorded `pending` (with parent B, the real chain of the
+//! linked file) before step 1, under the locks of the instance, the volume
+//! and the new id. Then one transaction completes it and moves V's base to
+//! it. Whether the work is kept after a failure or a crash is decided from
+//! the files ([`super::recovery`]): if V's file backs onto the snapshot's
+//! file (step 4 happened), the snapshot is completed; otherwise the link and
+//! the new overlay are removed and V is as it was.
 //!
 //! Chains stay bounded: a new snapshot whose chain would hold more than
 //! `AMIRUN_MAX_CHAIN_DEPTH` layers (default 16) is collapsed, i.e. rewritten
 //! as a standalone qcow2 of its whole chain (no parent). `--flatten` asks for
-//! the same on purpose.
+//! the same on purpose. The collapse comes after step 4, so a failed one
+//! (no space left) keeps the snapshot as a layer, recorded.
 //!
 //! # Deleting a layer others build on
 //!
@@ -43,8 +50,16 @@
 //! see the same disk; then S's record and file go. When S is a blob-backed
 //! snapshot (no layer of its own), its children already point at the
 //! immutable blob and nothing is copied. Refused with
-//! `InvalidSnapshot.InUse` while an AMI uses S, or while a running instance
-//! has a volume whose chain reads S (its QEMU holds those files open).
+//! `InvalidSnapshot.InUse` while an AMI uses S, while a running instance
+//! has a volume whose chain reads S (its QEMU holds those files open), or
+//! while any file the records do not list as S's dependent backs onto S's
+//! file (the real chains, from `qemu-img info`); refused while S or a
+//! child of S is `pending`. S is marked `deleting` first, so a killed
+//! delete is finished by the next process.
+//!
+//! Copies (CopySnapshot, CopyImage) write under a temporary name, rename,
+//! then record, holding the new ids' locks throughout: a crash leaves only
+//! files no record owns, which the orphan sweep removes.
 
 use super::{check_snapshot_id, now, snapshot_not_found, Caller, Error, Result, Service};
 use crate::ids::{self, IdKind};
@@ -53,7 +68,6 @@ use crate::store::{Db, SnapshotState, VolumeState};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Default for `AMIRUN_MAX_CHAIN_DEPTH`: snapshot layers in one chain.
 pub const DEFAULT_MAX_CHAIN_DEPTH: usize = 16;
@@ -218,12 +232,9 @@ impl Service {
                 description: Some(description.to_string()),
                 start_time: start.clone(),
                 source: None,
-                blob_sha256: if p.collapse {
-                    None
-                } else {
-                    p.root_blob.clone()
-                },
-                parent_snapshot_id: if p.collapse { None } else { p.parent.clone() },
+                // The linked file's real chain until a collapse commits.
+                blob_sha256: p.root_blob.clone(),
+                parent_snapshot_id: p.parent.clone(),
                 has_file: true,
                 storage_bytes: None,
                 catalog_key: None,
@@ -232,17 +243,25 @@ impl Service {
     }
 
     /// Steps 1-4 of the module doc for every planned volume at once; with
-    /// `live`, the instance's guest is paused once around the switch. Then
-    /// collapses what the plan says. Returns the report; records nothing.
+    /// `live`, the instance's guest is paused once around the switch (inside
+    /// its supervisor). Then collapses what the plan says. Returns the
+    /// report; records nothing. The caller holds the locks of the instance,
+    /// the volumes and the new snapshot ids, and has recorded the snapshots
+    /// `pending`; failpoints are named `<op>:<step>`.
+    ///
+    /// On error, the caller settles the pending snapshots from the files
+    /// (`Service::settle_snapshot`): what a volume already stands on is
+    /// kept, the rest removed.
     pub(crate) fn take_layers(
         &mut self,
+        op: &str,
         live: Option<&str>,
         plans: &[LayerPlan],
     ) -> Result<LayerReport> {
+        let fail = |step: &str| crate::failpoint::hit(&format!("{op}:{step}"));
         let sdir = self.paths.snapshot_dir();
         std::fs::create_dir_all(&sdir)
             .map_err(io_err(format!("Cannot create {}", sdir.display())))?;
-        let mut undo = Undo(Vec::new());
         let mut switches = Vec::new();
         for p in plans {
             let vol = self.paths.volume(&p.volume.volume_id);
@@ -253,10 +272,10 @@ impl Service {
                 vol.display(),
                 snap.display()
             )))?;
-            undo.0.push(snap.clone());
+            fail("after-link")?;
             let next = self.paths.volume_pending(&p.volume.volume_id);
             crate::disk::create_overlay_unopened(&snap, "qcow2", &next, size)?;
-            undo.0.push(next.clone());
+            fail("after-overlay")?;
             switches.push((p.disk_index, next, vol));
         }
         let mut report = LayerReport {
@@ -268,45 +287,60 @@ impl Service {
             report.mode = "live".into();
             report.pause_ms = Some(pause);
             report.guest_agent = Some(agent);
+        } else {
+            for (_, next, vol) in &switches {
+                std::fs::rename(next, vol).map_err(io_err(format!(
+                    "Cannot move the new overlay {} into place",
+                    next.display()
+                )))?;
+            }
         }
-        for (_, next, vol) in &switches {
-            std::fs::rename(next, vol).map_err(io_err(format!(
-                "Cannot move the new overlay {} into place",
-                next.display()
-            )))?;
-        }
-        // The volumes now stand on the new layers: nothing to undo any more.
-        undo.0.clear();
+        // The volumes now stand on the new layers: from here on the layers
+        // are kept whatever happens (a failed collapse leaves a layer).
+        fail("after-rename")?;
         for p in plans {
             let snap = self.paths.snapshot(&p.snapshot_id);
+            let mut collapsed = false;
             if p.collapse {
                 // A standalone copy of the whole chain replaces the layer (a
                 // running QEMU keeps reading the old inode, same content).
-                crate::disk::convert(&snap, Some("qcow2"), &snap, "qcow2")?;
+                match crate::disk::convert(&snap, Some("qcow2"), &snap, "qcow2")
+                    .map_err(Error::from)
+                    .and_then(|()| fail("after-collapse").map_err(Error::from))
+                {
+                    Ok(()) => collapsed = true,
+                    Err(e) => tracing::warn!(
+                        snapshot = %p.snapshot_id,
+                        "cannot write the snapshot standalone, keeping it as a layer: {e}"
+                    ),
+                }
             }
             report.layers.push(LayerInfo {
                 snapshot_id: p.snapshot_id.clone(),
                 volume_id: p.volume.volume_id.clone(),
-                parent_snapshot_id: if p.collapse { None } else { p.parent.clone() },
+                parent_snapshot_id: if collapsed { None } else { p.parent.clone() },
                 storage_bytes: crate::disk::info(&snap)?.actual_size,
-                collapsed: p.collapse,
+                collapsed,
             });
         }
         Ok(report)
     }
 
-    /// Pause, switch each disk to its new overlay in one QMP transaction,
-    /// resume. Returns the pause in ms and what happened about a guest agent.
+    /// Switch each disk to its new overlay inside the supervisor (pause,
+    /// one QMP transaction, resume whatever happens, rename: see
+    /// [`crate::instance::live_snapshot`]). Returns the pause in ms and what
+    /// happened about a guest agent.
     fn live_switch(
         &mut self,
         instance_id: &str,
         switches: &[(Option<usize>, PathBuf, PathBuf)],
     ) -> Result<(f64, String)> {
+        use crate::instance::live_snapshot::{LiveDisk, LiveSnapshotRequest};
         let socket = self.paths.control_socket(instance_id);
         let mut c = SupervisorClient::connect(&socket)?;
         let blocks = c.qmp("query-block", None)?;
-        let mut actions = Vec::new();
-        for (index, next, _) in switches {
+        let mut disks = Vec::new();
+        for (index, next, vol) in switches {
             let index = index.ok_or_else(|| {
                 Error::new("InternalError", "A live snapshot needs the disk's index")
             })?;
@@ -316,43 +350,40 @@ impl Service {
                     format!("QEMU of {instance_id} shows no disk {index} (query-block)"),
                 )
             })?;
-            let file = std::path::absolute(next)
-                .map_err(io_err(format!("Cannot resolve {}", next.display())))?;
-            actions.push(json!({
-                "type": "blockdev-snapshot-sync",
-                "data": {
-                    "node-name": node,
-                    "snapshot-file": file.display().to_string(),
-                    "snapshot-node-name": format!("disk{index}-{}", &ids::new_id(IdKind::Snapshot)[5..]),
-                    "format": "qcow2",
-                    "mode": "existing",
-                }
-            }));
+            let abs = |p: &PathBuf| {
+                std::path::absolute(p).map_err(io_err(format!("Cannot resolve {}", p.display())))
+            };
+            disks.push(LiveDisk {
+                node,
+                new_node: format!("disk{index}-{}", &ids::new_id(IdKind::Snapshot)[5..]),
+                next: abs(next)?,
+                volume: abs(vol)?,
+            });
         }
         // amirun's machines have no guest agent channel; say so rather than
         // pretend the filesystems were frozen.
         let agent = "none: no guest agent channel, snapshot is crash-consistent".to_string();
-        // Flush what QEMU has written so far to disk before pausing, so the
-        // flush QEMU does inside the pause has little left to write.
-        for (_, _, vol) in switches {
-            if let Ok(f) = std::fs::File::open(vol) {
-                let _ = f.sync_data();
+        let reply = c.live_snapshot(LiveSnapshotRequest { disks })?;
+        if !reply.switched || reply.error.is_some() {
+            return Err(Error::new(
+                "InternalError",
+                format!(
+                    "QEMU of {instance_id} refused the live snapshot: {}",
+                    reply.error.unwrap_or_default()
+                ),
+            ));
+        }
+        Ok((reply.pause_ms, agent))
+    }
+
+    /// After a failed [`Service::take_layers`]: keep what a volume already
+    /// stands on, remove the rest (the caller still holds the locks).
+    pub(crate) fn settle_failed(&mut self, records: &[SnapshotState]) {
+        for r in records {
+            if let Err(e) = self.settle_snapshot(r) {
+                tracing::warn!(snapshot = %r.snapshot_id, "cannot settle after a failure: {e}");
             }
         }
-        let t0 = Instant::now();
-        c.qmp("stop", None)?;
-        let switched = c.qmp("transaction", Some(json!({ "actions": actions })));
-        let resumed = c.qmp("cont", None);
-        let pause = t0.elapsed().as_secs_f64() * 1000.0;
-        switched.map_err(|e| {
-            Error::new(
-                "InternalError",
-                format!("QEMU of {instance_id} refused the live snapshot"),
-            )
-            .with_source(e)
-        })?;
-        resumed?;
-        Ok((pause, agent))
     }
 
     /// Record what [`Service::take_layers`] made: snapshots completed, volume bases moved.
@@ -415,7 +446,17 @@ impl Service {
                 }
             }
         }
+        // Instance, volume, then the new snapshot: held until the commit.
+        let mut locks = Vec::new();
+        if let Some(iid) = &volume.instance_id {
+            locks.push(super::object_lock::lock(&self.paths, iid)?);
+        }
+        locks.push(super::object_lock::lock(&self.paths, &volume.volume_id)?);
         let plans = self.plan_layers(vec![(volume, index)], input.flatten)?;
+        locks.push(super::object_lock::lock(
+            &self.paths,
+            &plans[0].snapshot_id,
+        )?);
         let description = input.description.clone().unwrap_or_default();
         let records = self.pending_snapshots(caller, &plans, &description);
         let tags = super::images::tags_for(&input.tag_specifications, "snapshot")?;
@@ -428,19 +469,15 @@ impl Service {
             }
             Ok(())
         })?;
-        let report = match self.take_layers(live.as_deref(), &plans) {
+        let report = match self.take_layers("create-snapshot", live.as_deref(), &plans) {
             Ok(r) => r,
             Err(e) => {
-                let _ = self.store.write(|db| -> Result<()> {
-                    for s in &records {
-                        db.delete_snapshot(&s.snapshot_id)?;
-                    }
-                    Ok(())
-                });
+                self.settle_failed(&records);
                 return Err(e);
             }
         };
         self.store.write(|db| Self::record_layers(db, &report))?;
+        drop(locks);
         let s = &records[0];
         let l = &report.layers[0];
         Ok(json!({
@@ -477,6 +514,8 @@ impl Service {
             })
             .ok_or_else(|| snapshot_not_found(&input.source_snapshot_id))?;
         let new_id = ids::new_id(IdKind::Snapshot);
+        // Held until the record commits: a file left by a crash is swept.
+        let _lock = super::object_lock::lock(&self.paths, &new_id)?;
         let dst = self.paths.snapshot(&new_id);
         let sdir = self.paths.snapshot_dir();
         std::fs::create_dir_all(&sdir)
@@ -515,10 +554,16 @@ impl Service {
             record.source = None;
             record.storage_bytes = Some(crate::disk::info(&dst)?.actual_size);
         } else if src.has_file {
-            std::fs::copy(self.paths.snapshot(&src.snapshot_id), &dst)
+            let tmp = self.paths.snapshot_tmp(&new_id);
+            undo.0.push(tmp.clone());
+            std::fs::copy(self.paths.snapshot(&src.snapshot_id), &tmp)
                 .map_err(io_err(format!("Cannot copy snapshot {}", src.snapshot_id)))?;
+            crate::failpoint::hit("copy-snapshot:after-copy")?;
+            std::fs::rename(&tmp, &dst)
+                .map_err(io_err(format!("Cannot move {} into place", dst.display())))?;
             undo.0.push(dst.clone());
         }
+        crate::failpoint::hit("copy-snapshot:before-commit")?;
         let tags = super::images::tags_for(&input.tag_specifications, "snapshot")?;
         self.store.write(|db| -> Result<()> {
             db.put_snapshot(&record)?;
@@ -546,10 +591,25 @@ impl Service {
     }
 
     /// `DeleteSnapshot` (see the module doc): merges the layer into what
-    /// builds on it first.
+    /// builds on it first. Refused for a `pending` snapshot, and while a file
+    /// the records do not know of backs onto it (the real chains decide).
+    /// The snapshot is marked `deleting` before any file changes, so a
+    /// killed delete is finished by recovery ([`super::recovery`]).
     pub fn delete_snapshot(&mut self, caller: &Caller, snapshot_id: &str) -> Result<()> {
         check_snapshot_id(snapshot_id)?;
         self.refresh_instances(caller)?;
+        // A pending snapshot's writer holds its lock: refuse at once, not after the wait.
+        if let Some(s) = self.store.read(|db| db.snapshot(snapshot_id))? {
+            if s.state == "pending" && s.region == caller.region && s.owner_id == caller.account {
+                return Err(Error::new(
+                    "IncorrectState",
+                    format!(
+                        "The snapshot {snapshot_id} is pending; try again when it is completed"
+                    ),
+                ));
+            }
+        }
+        let _lock = super::object_lock::lock(&self.paths, snapshot_id)?;
         let (s, children, volumes) = self.store.read(
             |db| -> Result<(SnapshotState, Vec<SnapshotState>, Vec<VolumeState>)> {
                 let s = db
@@ -568,7 +628,28 @@ impl Service {
                         ),
                     ));
                 }
+                if s.state == "pending" {
+                    return Err(Error::new(
+                        "IncorrectState",
+                        format!(
+                            "The snapshot {snapshot_id} is pending; try again when it is completed"
+                        ),
+                    ));
+                }
                 check_unused(db, snapshot_id)?;
+                if let Some(c) = db
+                    .child_snapshots(snapshot_id)?
+                    .into_iter()
+                    .find(|c| c.state != "completed")
+                {
+                    return Err(Error::new(
+                        "IncorrectState",
+                        format!(
+                            "Snapshot {} is being made on {snapshot_id}; try again when it is completed",
+                            c.snapshot_id
+                        ),
+                    ));
+                }
                 Ok((
                     s,
                     db.child_snapshots(snapshot_id)?,
@@ -576,20 +657,58 @@ impl Service {
                 ))
             },
         )?;
+        if s.has_file {
+            let known: Vec<PathBuf> = children
+                .iter()
+                .map(|c| self.paths.snapshot(&c.snapshot_id))
+                .chain(volumes.iter().map(|v| self.paths.volume(&v.volume_id)))
+                .collect();
+            let others = self.files_backing_onto(&self.paths.snapshot(snapshot_id), &known);
+            if !others.is_empty() {
+                return Err(super::recovery::backed_onto(snapshot_id, &others));
+            }
+        }
+        let s = self.store.write(|db| -> Result<SnapshotState> {
+            check_unused(db, snapshot_id)?;
+            let mut s = db
+                .snapshot(snapshot_id)?
+                .ok_or_else(|| snapshot_not_found(snapshot_id))?;
+            s.state = "deleting".into();
+            db.put_snapshot(&s)?;
+            Ok(s)
+        })?;
+        crate::failpoint::hit("delete-snapshot:after-intent")?;
+        self.finish_delete(&s)
+    }
+
+    /// The file work and records of a delete marked `deleting` (the caller
+    /// holds the snapshot's lock): every layer and volume still backed by
+    /// the snapshot's file is rebased onto its backing file, records follow,
+    /// then the record and the file go. Safe to run again after a crash:
+    /// what already points past the snapshot is not rebased twice.
+    pub(crate) fn finish_delete(&mut self, s: &SnapshotState) -> Result<()> {
+        let snapshot_id = s.snapshot_id.as_str();
+        let file = self.paths.snapshot(snapshot_id);
+        let has_file = s.has_file && file.exists();
         // Where S's own data stands: its layer's backing file, if any.
-        let backing: Option<PathBuf> = if s.has_file {
-            crate::disk::info(&self.paths.snapshot(snapshot_id))?.backing_file
+        let backing: Option<PathBuf> = if has_file {
+            crate::disk::info(&file)?.backing_file
         } else {
             None
         };
+        let (children, volumes) = self.store.read(|db| -> Result<_> {
+            Ok((
+                db.child_snapshots(snapshot_id)?,
+                db.volumes_on_snapshot(snapshot_id)?,
+            ))
+        })?;
         for c in &children {
-            if s.has_file {
-                let path = self.paths.snapshot(&c.snapshot_id);
+            let path = self.paths.snapshot(&c.snapshot_id);
+            if has_file && super::recovery::backs_onto(&path, &file) {
                 rebase_onto(&path, backing.as_deref())?;
+                crate::failpoint::hit("delete-snapshot:after-rebase")?;
             }
-            let bytes = crate::disk::info(&self.paths.snapshot(&c.snapshot_id))
-                .map(|i| i.actual_size)
-                .ok();
+            let bytes = crate::disk::info(&path).map(|i| i.actual_size).ok();
             let flat = s.has_file && backing.is_none();
             self.store.write(|db| -> Result<()> {
                 if let Some(mut c) = db.snapshot(&c.snapshot_id)? {
@@ -606,14 +725,15 @@ impl Service {
             })?;
         }
         for v in &volumes {
-            if s.has_file {
-                rebase_onto(&self.paths.volume(&v.volume_id), backing.as_deref())?;
+            let path = self.paths.volume(&v.volume_id);
+            if has_file && super::recovery::backs_onto(&path, &file) {
+                rebase_onto(&path, backing.as_deref())?;
+                crate::failpoint::hit("delete-snapshot:after-rebase")?;
             }
             self.store
                 .write(|db| db.set_volume_base(&v.volume_id, s.parent_snapshot_id.as_deref()))?;
         }
         self.store.write(|db| -> Result<()> {
-            check_unused(db, snapshot_id)?;
             if !db.child_snapshots(snapshot_id)?.is_empty()
                 || !db.volumes_on_snapshot(snapshot_id)?.is_empty()
             {
@@ -625,8 +745,9 @@ impl Service {
             db.delete_snapshot(snapshot_id)?;
             Ok(())
         })?;
+        crate::failpoint::hit("delete-snapshot:after-record")?;
         if s.has_file {
-            let _ = std::fs::remove_file(self.paths.snapshot(snapshot_id));
+            let _ = std::fs::remove_file(&file);
         }
         Ok(())
     }

@@ -9,7 +9,8 @@
 //!
 //! Long work (downloads, conversions) happens outside database transactions:
 //! an operation fetches first, then records everything it made in one
-//! transaction, and removes what it made if recording fails.
+//! transaction, and removes what it made if recording fails. What a killed
+//! process leaves in between is settled at the next open ([`recovery`]).
 
 pub mod bake_recipe;
 pub mod baking;
@@ -18,10 +19,12 @@ pub mod error;
 pub mod filter;
 mod images;
 mod imds;
+pub mod import_policy;
 pub mod instances;
 mod keypairs;
 pub mod layers;
 pub mod object_lock;
+pub mod recovery;
 mod regions;
 pub mod shapes;
 mod snapshots;
@@ -86,6 +89,8 @@ pub struct ServiceOptions {
     pub extra_catalogs: Vec<PathBuf>,
     /// Progress bars for long work.
     pub progress: bool,
+    /// Which image sources callers may name (the HTTP API restricts them).
+    pub import_policy: import_policy::ImportPolicy,
 }
 
 /// The engine: database, blob store, catalog.
@@ -94,6 +99,7 @@ pub struct Service {
     store: Store,
     blobs: BlobStore,
     progress: Progress,
+    import_policy: import_policy::ImportPolicy,
 }
 
 /// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
@@ -106,7 +112,7 @@ pub(crate) fn now() -> String {
 impl Service {
     /// Open the state under `paths` and bring catalog AMIs up to date.
     pub fn open(paths: Paths, options: ServiceOptions) -> Result<Service> {
-        std::fs::create_dir_all(paths.home()).map_err(|e| {
+        crate::private_fs::ensure_private_home(paths.home()).map_err(|e| {
             Error::new(
                 "InternalError",
                 format!(
@@ -116,6 +122,19 @@ impl Service {
             )
             .with_source(e)
         })?;
+        crate::private_fs::ensure_runtime_dir(paths.runtime())
+            .map_err(|e| Error::new("UnsafeRuntimeDirectory", e.to_string()))?;
+        // SQLite gives -wal and -shm the database's mode: make it 0600 first.
+        let [db, wal, shm] = paths.database_files();
+        for (file, create) in [(db, true), (wal, false), (shm, false)] {
+            crate::private_fs::private_file(&file, create).map_err(|e| {
+                Error::new(
+                    "InternalError",
+                    format!("Cannot make {} private", file.display()),
+                )
+                .with_source(e)
+            })?;
+        }
         let store = Store::open(&paths.database(), &paths.database_lock())?;
         let blobs = BlobStore::new(paths.clone());
         let mut service = Service {
@@ -127,9 +146,17 @@ impl Service {
             } else {
                 Progress::Hidden
             },
+            import_policy: options.import_policy.clone(),
         };
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
+        warn_skipped(&catalog);
         service.sync_catalog(&catalog)?;
+        // Settle what dead writers left and sweep orphans (service::recovery).
+        // A pass that cannot finish is retried by the next open; it must
+        // not keep the user from the state.
+        if let Err(e) = service.recover() {
+            tracing::warn!("recovery pass did not finish: {e}");
+        }
         Ok(service)
     }
 
@@ -257,8 +284,11 @@ impl Service {
                     }
                 }
             }
+            // With a file skipped, its AMIs cannot be told from removed ones:
+            // keep every catalog AMI until the file is readable again.
+            let complete = catalog.skipped.is_empty();
             for old in db.catalog_images()? {
-                if !wanted.contains(&old.image_id) {
+                if complete && !wanted.contains(&old.image_id) {
                     db.delete_image(&old.image_id)?;
                 }
             }
@@ -305,6 +335,20 @@ impl Service {
         };
         self.store.write(|db| db.put_blob(&record))?;
         Ok(blob)
+    }
+}
+
+/// Name each skipped catalog file on stderr, once per process and reason
+/// (the API server opens the service for every request).
+fn warn_skipped(catalog: &Catalog) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    for e in &catalog.skipped {
+        let line = format!("warning: skipping catalog file: {e}");
+        if !warned.contains(&line) {
+            eprintln!("{line}; its images are left as they were until it is fixed");
+            warned.push(line);
+        }
     }
 }
 

@@ -6,6 +6,11 @@
 //! pending or missing, lock free" means "its writer is gone" to recovery and
 //! to the orphan sweep.
 //!
+//! Within one thread the lock is re-entrant: an operation that holds an
+//! instance's lock may call another that takes it (create-image stopping
+//! and starting its instance); the inner guard is a no-op and the flock is
+//! released when the outer guard drops. Other threads and processes wait.
+//!
 //! The lock is an `flock` on `$AMIRUN_HOME/locks/<id>.lock` (see
 //! [`crate::paths::Paths::object_lock`]): the kernel drops it when its
 //! holder dies, however it dies, so a killed process never leaves an
@@ -15,8 +20,19 @@
 use super::{Error, Result};
 use crate::paths::Paths;
 use nix::fcntl::{Flock, FlockArg};
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// Objects whose lock this thread holds (for re-entrance).
+    static HELD: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+fn held_here(object_id: &str) -> bool {
+    HELD.with(|h| h.borrow().contains(object_id))
+}
 
 /// How long an operation waits for another one on the same object.
 const WAIT: Duration = Duration::from_secs(300);
@@ -24,8 +40,34 @@ const WAIT: Duration = Duration::from_secs(300);
 /// Proof that this process holds an object's lock; released on drop.
 #[derive(Debug)]
 pub struct ObjectLock {
-    _file: Flock<File>,
+    /// `None` for a nested guard of a lock this thread already holds.
+    file: Option<Flock<File>>,
     object_id: String,
+}
+
+impl ObjectLock {
+    fn owned(file: Flock<File>, object_id: &str) -> Self {
+        HELD.with(|h| h.borrow_mut().insert(object_id.to_string()));
+        ObjectLock {
+            file: Some(file),
+            object_id: object_id.to_string(),
+        }
+    }
+
+    fn nested(object_id: &str) -> Self {
+        ObjectLock {
+            file: None,
+            object_id: object_id.to_string(),
+        }
+    }
+}
+
+impl Drop for ObjectLock {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            HELD.with(|h| h.borrow_mut().remove(&self.object_id));
+        }
+    }
 }
 
 impl ObjectLock {
@@ -57,16 +99,14 @@ fn open(paths: &Paths, object_id: &str) -> Result<File> {
 /// Take `object_id`'s lock, waiting (polling the kernel lock, bounded by
 /// [`WAIT`]) while another process holds it.
 pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
+    if held_here(object_id) {
+        return Ok(ObjectLock::nested(object_id));
+    }
     let deadline = Instant::now() + WAIT;
     let mut file = open(paths, object_id)?;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => {
-                return Ok(ObjectLock {
-                    _file: f,
-                    object_id: object_id.to_string(),
-                })
-            }
+            Ok(f) => return Ok(ObjectLock::owned(f, object_id)),
             Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 file = f;
                 std::thread::sleep(Duration::from_millis(20));
@@ -84,11 +124,11 @@ pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
 
 /// Take `object_id`'s lock only if nobody holds it now.
 pub fn try_lock(paths: &Paths, object_id: &str) -> Result<Option<ObjectLock>> {
+    if held_here(object_id) {
+        return Ok(Some(ObjectLock::nested(object_id)));
+    }
     match Flock::lock(open(paths, object_id)?, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(Some(ObjectLock {
-            _file: f,
-            object_id: object_id.to_string(),
-        })),
+        Ok(f) => Ok(Some(ObjectLock::owned(f, object_id))),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, errno)) => Err(
             Error::new("InternalError", format!("Cannot lock '{object_id}'"))
@@ -107,9 +147,35 @@ mod tests {
         let paths = Paths::new(dir.path().join("home"), dir.path().join("run"));
         let held = lock(&paths, "i-0123456789abcdef0").unwrap();
         assert_eq!(held.object_id(), "i-0123456789abcdef0");
-        assert!(try_lock(&paths, "i-0123456789abcdef0").unwrap().is_none());
+        // Another thread is refused while this one holds it.
+        let p = paths.clone();
+        let other =
+            std::thread::spawn(move || try_lock(&p, "i-0123456789abcdef0").unwrap().is_none());
+        assert!(other.join().unwrap());
         assert!(try_lock(&paths, "i-0fffffffffffffff0").unwrap().is_some());
         drop(held);
-        assert!(try_lock(&paths, "i-0123456789abcdef0").unwrap().is_some());
+        let p = paths.clone();
+        let other =
+            std::thread::spawn(move || try_lock(&p, "i-0123456789abcdef0").unwrap().is_some());
+        assert!(other.join().unwrap());
+    }
+
+    #[test]
+    fn the_holding_thread_may_take_its_lock_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("home"), dir.path().join("run"));
+        let outer = lock(&paths, "i-0123456789abcdef0").unwrap();
+        {
+            let inner = lock(&paths, "i-0123456789abcdef0").unwrap();
+            assert!(try_lock(&paths, "i-0123456789abcdef0").unwrap().is_some());
+            drop(inner);
+        }
+        // The inner guard's drop did not release the flock.
+        let p = paths.clone();
+        let other =
+            std::thread::spawn(move || try_lock(&p, "i-0123456789abcdef0").unwrap().is_none());
+        assert!(other.join().unwrap());
+        drop(outer);
+        assert!(!held_here("i-0123456789abcdef0"));
     }
 }

@@ -8,6 +8,7 @@ would be dropped by botocore without a word, so it fails the run here.
 Exits non-zero on the first failed check.
 """
 import base64
+import datetime
 import json
 import os
 import socket
@@ -312,6 +313,101 @@ def scenario_strict():
     assert (st, error_code(text)) == (401, "AuthFailure"), (st, text)
     # Tampered body with a valid header from another request.
     assert good.describe_images(Owners=["self"])["Images"] == []
+    # Hand-signed requests (botocore's signer at a chosen time), sent raw.
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    describe = b"Action=DescribeKeyPairs&Version=2016-11-15"
+    st, text = raw_post(describe, sign(describe, now))
+    assert st == 200 and "strict-key" in text, (st, text)
+    # Within AWS's 15 minutes either way: accepted (as AWS does).
+    for minutes in (-10, 10):
+        st, text = raw_post(describe, sign(describe, now + datetime.timedelta(minutes=minutes)))
+        assert st == 200, (minutes, st, text)
+    # Stale (an hour old: a captured request replayed later), from 2020, or
+    # 30 days ahead: RequestExpired.
+    for when in (now - datetime.timedelta(hours=1), datetime.datetime(2020, 1, 1, 12, 0, 0),
+                 now + datetime.timedelta(days=30), now - datetime.timedelta(minutes=16)):
+        st, text = raw_post(describe, sign(describe, when))
+        assert (st, error_code(text)) == (400, "RequestExpired"), (when, st, text)
+    # A signed request's body swapped for another, with the original body's
+    # hash in x-amz-content-sha256 (signed too): refused, and nothing happens.
+    headers = sign(describe, now, content_sha256=True)
+    evil = b"Action=CreateKeyPair&KeyName=swapped-in&Version=2016-11-15"
+    st, text = raw_post(evil, headers)
+    assert (st, error_code(text)) == (401, "AuthFailure"), (st, text)
+    assert "x-amz-content-sha256" in text, text
+    # Without the header: the signature covers the real body's hash.
+    st, text = raw_post(evil, sign(describe, now))
+    assert (st, error_code(text)) == (401, "AuthFailure"), (st, text)
+    names = [k["KeyName"] for k in good.describe_key_pairs()["KeyPairs"]]
+    assert names == ["strict-key"], names
+    report()
+
+
+def sign(body, when, key="AKIDSTRICT", secret="right-secret", content_sha256=False):
+    """Headers of a POST of `body` signed by botocore's SigV4 signer as if at `when`."""
+    import hashlib
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    if content_sha256:
+        headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
+    req = AWSRequest(method="POST", url=ENDPOINT, data=body, headers=headers)
+    saved = botocore.auth.get_current_datetime
+    botocore.auth.get_current_datetime = lambda *a, **k: when
+    try:
+        botocore.auth.SigV4Auth(Credentials(key, secret), "ec2", "us-east-1").add_auth(req)
+    finally:
+        botocore.auth.get_current_datetime = saved
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in req.headers.items()}
+
+
+def scenario_import_refused():
+    """Without --import-dir an API caller can name no host file at all."""
+    ec2 = client()
+    secret = os.environ["SECRET_FILE"]
+    url = "file://" + secret
+    e = expect_error(ec2.import_image, "InvalidParameterValue",
+                     DiskContainers=[{"Format": "raw", "Url": url}])
+    msg = e.response["Error"]["Message"]
+    assert url in msg and "http://" in msg and "--import-dir" in msg, msg
+    e = expect_error(ec2.register_image, "InvalidParameterValue",
+                     Name="shadow", ImageLocation="file:///etc/shadow")
+    assert "file:///etc/shadow" in e.response["Error"]["Message"], e
+    names = [i["Name"] for i in ec2.describe_images(Owners=["self"])["Images"]]
+    assert names == [], names
+    report()
+
+
+def scenario_imports():
+    """With --import-dir: files under it and http(s) URLs import; escapes do not."""
+    import functools
+    import http.server
+    import threading
+    ec2 = client()
+    d = os.environ["IMPORT_DIR"]
+    outside = os.environ["OUTSIDE_FILE"]
+    ok = ec2.import_image(DiskContainers=[{"Format": "raw", "Url": "file://" + d + "/disk.raw"}])
+    assert ok["Status"] == "completed" and ok["ImageId"].startswith("ami-"), ok
+    for bad in ("file://" + d + "/../" + os.path.basename(outside),
+                "file://" + d + "/escape",
+                "file://" + outside,
+                "http://169.254.169.254/latest/meta-data/"):
+        e = expect_error(ec2.import_image, "InvalidParameterValue",
+                         DiskContainers=[{"Format": "raw", "Url": bad}])
+        msg = e.response["Error"]["Message"]
+        assert bad in msg and d in msg, msg
+    # Over http from a server on the loopback (serving the import dir).
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=d)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = "http://127.0.0.1:%d" % httpd.server_address[1]
+    ok = ec2.import_image(DiskContainers=[{"Format": "raw", "Url": base + "/disk.raw"}])
+    assert ok["Status"] == "completed", ok
+    ami = ec2.register_image(Name="from-http", ImageLocation=base + "/disk.raw")["ImageId"]
+    img = ec2.describe_images(ImageIds=[ami])["Images"][0]
+    assert img["RootDeviceType"] == "instance-store", img
+    httpd.shutdown()
     report()
 
 
