@@ -11,8 +11,10 @@
 //! own ([`GuestNamespace`]), where loopback is empty, and gets an outbound
 //! leg that is not the host:
 //!
-//! - the namespace is a bind mount of a fresh netns on
-//!   `instances/<id>/netns` (made by the supervisor, root only), with `lo` up,
+//! - the supervisor makes the namespace (root only) and holds it only by a
+//!   file descriptor, which QEMU joins and pasta inherits, so it goes away
+//!   with them and nothing is left behind even when the supervisor is
+//!   killed (QEMU and pasta die with it); `lo` up,
 //!   `prohibit` routes for 169.254.0.0/16 (the host's metadata service and
 //!   every other link-local service) and for each of the host's own IPv4
 //!   addresses, read when the instance starts;
@@ -20,7 +22,8 @@
 //!   alias of the host) and every port forward off (`-t/-u/-T/-U none`, so
 //!   the namespace's loopback is never spliced to the host's), IPv4 only,
 //!   and `--dns-forward` [`DNS_FORWARD`]: queries to that address go to the
-//!   host's first resolver, wherever it listens (127.0.0.53 included);
+//!   host's first resolver (measured with one on an address of the host's
+//!   own, which the guest itself cannot reach);
 //! - QEMU enters the namespace in its `pre_exec` and a private mount
 //!   namespace where `/etc/resolv.conf` names [`DNS_FORWARD`], so slirp's
 //!   DNS relay ends at the host's resolver;
@@ -64,8 +67,6 @@ const LEG_TIMEOUT: Duration = Duration::from_secs(15);
 /// (part of the launch spec).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestNetworkSpec {
-    /// Where the namespace is bind-mounted while the instance runs.
-    pub netns_file: PathBuf,
     /// The `resolv.conf` QEMU sees (written by the supervisor).
     pub resolv_conf: PathBuf,
     /// Where the supervisor records how the network came up ([`NetworkStatus`]).
@@ -187,8 +188,8 @@ fn seal_commands(host: &[Ipv4Addr]) -> String {
 }
 
 /// One guest's network namespace, its outbound leg and its SSH relay; the
-/// supervisor holds it while QEMU runs. Dropping it stops the leg and
-/// removes the namespace.
+/// supervisor holds it while QEMU runs. Dropping it stops the leg; the
+/// namespace ends with the last process in it.
 pub struct GuestNamespace {
     spec: GuestNetworkSpec,
     ns: File,
@@ -197,36 +198,21 @@ pub struct GuestNamespace {
 
 impl GuestNamespace {
     /// Makes the namespace, seals it, starts the leg and records the
-    /// outcome in the status file. An error means no namespace exists (the
-    /// guest must not start); a leg that fails only leaves a reason.
+    /// outcome in the status file. An error means there is no usable
+    /// namespace (the guest must not start); a leg that fails only leaves a
+    /// reason.
     pub fn create(spec: &GuestNetworkSpec) -> std::io::Result<Self> {
         let started = Instant::now();
-        let path = &spec.netns_file;
-        unmount_stale(path);
-        File::create(path)?;
-        let target = cstring(path)?;
-        std::thread::spawn(move || {
-            let src = c"/proc/thread-self/ns/net";
-            // SAFETY: plain system calls on valid C strings; unshare changes
-            // only this thread, which ends right after.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNET) != 0
-                    || libc::mount(
-                        src.as_ptr(),
-                        target.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+        let ns = std::thread::spawn(|| {
+            // SAFETY: unshare changes only this thread, which ends right
+            // after; the open file keeps the namespace alive.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            File::open("/proc/thread-self/ns/net")
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))?;
-        let ns = File::open(path)?;
         let mut me = GuestNamespace {
             spec: spec.clone(),
             ns,
@@ -281,6 +267,10 @@ impl GuestNamespace {
 
     /// Starts pasta on the namespace and waits until it has configured it.
     fn start_leg(&mut self) -> Result<(), String> {
+        // pasta joins the namespace through a descriptor it inherits: it
+        // cannot open another process's /proc/PID/ns/net once it has
+        // dropped its capabilities.
+        let ns_fd = self.ns.as_raw_fd();
         let mut cmd = Command::new("pasta");
         cmd.args(["-f", "-q", "-4", "--config-net", "--no-map-gw"])
             .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
@@ -288,14 +278,17 @@ impl GuestNamespace {
             // pasta drops to `nobody` by default, which may not join a
             // namespace owned by root.
             .args(["--runas", "0", "--netns"])
-            .arg(&self.spec.netns_file)
+            .arg(format!("/proc/self/fd/{ns_fd}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe and allocates nothing.
+        // SAFETY: fcntl and prctl are async-signal-safe and allocate nothing;
+        // clearing FD_CLOEXEC affects only the child's copy of the table.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            cmd.pre_exec(move || {
+                if libc::fcntl(ns_fd, libc::F_SETFD, 0) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -434,29 +427,12 @@ fn splice(a: TcpStream, b: TcpStream) {
     let _ = t.join();
 }
 
-/// Lazily unmounts a namespace left mounted by a supervisor that died.
-fn unmount_stale(path: &Path) {
-    if let Ok(c) = cstring(path) {
-        // SAFETY: umount2 on a valid C string; failure (not mounted) is fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Removes a guest namespace's mount point, also one left by a supervisor
-/// that was killed (its QEMU and pasta die with it, the mount stays), so
-/// that the instance directory can go.
-pub fn release_namespace(netns_file: &Path) {
-    unmount_stale(netns_file);
-    let _ = std::fs::remove_file(netns_file);
-}
-
 impl Drop for GuestNamespace {
     fn drop(&mut self) {
         if let Some(mut leg) = self.leg.take() {
             let _ = leg.kill();
             let _ = leg.wait();
         }
-        release_namespace(&self.spec.netns_file);
         let _ = std::fs::remove_file(&self.spec.resolv_conf);
     }
 }

@@ -364,9 +364,13 @@ fn scenario() {
     for id in [&open, &sealed] {
         env.wait("instance-terminated", id);
     }
-    // The supervisor took the namespace down with the guest.
-    let netns = env.home().join("instances").join(&open).join("netns");
-    assert!(!netns.exists(), "{} outlived its instance", netns.display());
+    // The supervisor cleaned up after the guest's namespace.
+    let resolv = env.home().join("instances").join(&open).join("resolv.conf");
+    assert!(
+        !resolv.exists(),
+        "{} outlived its instance",
+        resolv.display()
+    );
 }
 
 fn scenario_without_leg() {

@@ -832,7 +832,6 @@ impl Service {
         Ok((
             machine::Outbound::Nat,
             Some(network::GuestNetworkSpec {
-                netns_file: self.paths.netns_file(&i.instance_id),
                 resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
                 status_file: status_file.clone(),
                 ssh_port: i.ssh_port,
@@ -908,8 +907,6 @@ impl Service {
     /// disk is removed under a live guest.
     fn settle(&mut self, i: &mut InstanceState, target: &str) -> Result<()> {
         self.ensure_guest_gone(&i.instance_id)?;
-        // A killed supervisor leaves its guest's namespace mounted.
-        network::release_namespace(&self.paths.netns_file(&i.instance_id));
         i.state = target.to_string();
         i.updated = now();
         let runtime = self.paths.instance_runtime_dir(&i.instance_id);
@@ -1055,7 +1052,6 @@ impl Service {
             .to_string();
         let purged = self.store.write(|db| db.purge_terminated(&hour_ago))?;
         for id in purged {
-            network::release_namespace(&self.paths.netns_file(&id));
             let _ = std::fs::remove_dir_all(self.paths.instance_dir(&id));
         }
         Ok(())
