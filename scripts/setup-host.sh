@@ -10,7 +10,9 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 seabios ipxe-qemu; do
+# passt: pasta is a guest's outbound leg from its own network namespace
+# (src/network.rs); iproute2: `ip` sets that namespace up.
+for p in qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 seabios ipxe-qemu passt iproute2; do
   have_pkg "$p" || need+=("$p")
 done
 # scripts/test.sh lints the shell scripts.

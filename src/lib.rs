@@ -49,6 +49,9 @@
 //!   EC2's XML.
 //! - [`metadata`] makes the NoCloud seed (a FAT image labelled `cidata`)
 //!   and answers IMDS for each guest from its supervisor.
+//! - [`network`] is the only module that touches host networking: a guest
+//!   with outbound access runs in a network namespace of its own with an
+//!   outbound leg (pasta) that cannot reach the host's own services.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`ids`] makes and checks EC2-style ids.
 //! - [`error_code`] names every error code (EC2's spelling) and its HTTP status.
@@ -67,6 +70,7 @@ pub mod images;
 pub mod instance;
 pub mod machine;
 pub mod metadata;
+pub mod network;
 pub mod paths;
 pub mod private_fs;
 pub mod service;

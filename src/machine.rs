@@ -16,8 +16,10 @@
 //!   log file; QMP listens on a unix socket.
 //! - SMBIOS says `Amazon EC2` and a `ec2…` UUID, which is how cloud-init and
 //!   friends recognise EC2.
-//! - Network: QEMU user networking on 169.254.0.0/16; see [`NetSpec`] for why
-//!   and for how the guest is kept away from the host's own metadata service.
+//! - Network: QEMU user networking on 169.254.0.0/16, with outbound access
+//!   only where the supervisor runs QEMU in a namespace of the guest's own
+//!   ([`crate::network`]); see [`NetSpec`] for why and for how the guest is
+//!   kept away from the host's loopback and metadata service.
 
 pub mod accel;
 pub mod firmware;
@@ -381,20 +383,33 @@ pub fn disk_node_name(index: usize) -> String {
 /// slirp only accepts a `guestfwd` inside its own network, and 169.254.169.254
 /// must be one so the guest's IMDS requests reach amirun.
 ///
-/// The guest must never reach the host's *own* metadata service at
-/// 169.254.169.254 (on a cloud host it would hand out the host's
-/// credentials). libslirp 4.7 connects out to any address that is neither its
-/// host alias nor a `guestfwd`, even inside its own network, so a guest that
-/// routes 169.254.169.254 via the gateway would otherwise get there (seen on
-/// this host). Hence:
-/// - a `guestfwd` for 169.254.169.254:80 is always present: it is matched
-///   before slirp connects anywhere, whatever route the guest takes; without
-///   [`ImdsForward`] it runs a command that closes the connection at once;
-/// - `ipv6=off`, so the IPv6 endpoint (`fd00:ec2::254`) is unreachable too;
-/// - [`Outbound::None`] (`restrict=on`) cuts every other connection out of
-///   the guest, which is the only way to close other link-local services and
-///   ports for a guest that deliberately routes them via the gateway (an
-///   ordinary guest cannot: slirp answers ARP only for its own addresses).
+/// The guest must never reach the host's own loopback services nor the
+/// host's own metadata service. slirp works against both (libslirp 4.7,
+/// measured by `tests/guest_isolation.rs`): a connection to the gateway
+/// 169.254.0.2, on any port, is made to the host's 127.0.0.1; one to the DNS
+/// address 169.254.0.3 on port 53 goes to the host's first resolver, which
+/// on many hosts is itself a loopback service (systemd-resolved's
+/// 127.0.0.53); any other address is connected to from the host, so
+/// 169.254.169.254 would be the host's own metadata service. libslirp's
+/// `disable_host_loopback` would close the first but QEMU 7.2 does not
+/// expose it, and passt (Debian's 2023-03 build) has `--no-map-gw` but no
+/// way to serve 169.254.169.254 itself. Hence:
+/// - [`Outbound::None`] (`restrict=on`) drops every guest packet except
+///   DHCP and connections that match a `guestfwd`; the `hostfwd` for SSH
+///   keeps working. DHCP then hands out no router and no resolver, and no
+///   alias, port or address leads out of slirp. The price is no DNS and no
+///   outbound access;
+/// - [`Outbound::Nat`] lets slirp connect out like a NAT gateway, DNS
+///   included. Its argv alone would give the guest the host's loopback, so
+///   the service asks for it only together with a network namespace of the
+///   guest's own, where the supervisor runs QEMU ([`crate::network`]:
+///   there slirp's "host" is an empty loopback and the way out is pasta);
+///   where no namespace can be made, the guest gets [`Outbound::None`];
+/// - in both, a `guestfwd` for 169.254.169.254:80 is always present: it is
+///   matched before slirp connects anywhere, whatever route the guest
+///   takes; without [`ImdsForward`] it runs a command that closes the
+///   connection at once;
+/// - `ipv6=off`, so the IPv6 endpoint (`fd00:ec2::254`) is unreachable too.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetSpec {
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
@@ -422,17 +437,48 @@ pub struct ImdsForward {
 /// Whether the guest can reach beyond its host's forwarded ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outbound {
-    /// NAT to anywhere the host reaches (like an EC2 subnet with a NAT gateway).
-    #[default]
+    /// NAT to anywhere the host reaches (like an EC2 subnet with a NAT
+    /// gateway), DNS through the host's resolver. Run in the host's own
+    /// namespace this would also reach the host's loopback through the
+    /// gateway and DNS aliases (see [`NetSpec`]), so it is only ever run in
+    /// a guest namespace ([`crate::network`]).
     Nat,
     /// No outbound connections (`restrict=on`); IMDS and SSH still work.
+    #[default]
     None,
+}
+
+/// The instance tag that chooses [`Outbound`] for the instance's next boot:
+/// `nat` (also when absent; granted where a guest namespace can be made) or
+/// `none`.
+pub const OUTBOUND_TAG: &str = "amirun:outbound";
+
+impl Outbound {
+    /// The value of [`OUTBOUND_TAG`] for this choice.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outbound::Nat => "nat",
+            Outbound::None => "none",
+        }
+    }
+
+    /// Reads a value of [`OUTBOUND_TAG`]; `None` for a value it does not know.
+    pub fn from_tag(value: &str) -> Option<Self> {
+        match value {
+            "nat" => Some(Outbound::Nat),
+            "none" => Some(Outbound::None),
+            _ => None,
+        }
+    }
 }
 
 /// The guest network layout (see [`NetSpec`]).
 pub const GUEST_NET: &str = "169.254.0.0/16";
 /// Address of the host as the guest sees it (slirp's gateway).
 pub const GUEST_GATEWAY: &str = "169.254.0.2";
+/// Address of slirp's DNS relay as the guest sees it (set explicitly: QEMU's
+/// default for a /16 would be 169.254.2.3).
+pub const GUEST_DNS: &str = "169.254.0.3";
 /// First (and in practice only) address slirp's DHCP hands out.
 pub const GUEST_ADDRESS: &str = "169.254.0.15";
 /// The metadata service address.
@@ -776,6 +822,7 @@ fn netdev(net: &NetSpec) -> Result<OptList, ArgError> {
         .switch("ipv6", false)?
         .set("net", GUEST_NET)?
         .set("host", GUEST_GATEWAY)?
+        .set("dns", GUEST_DNS)?
         .set("dhcpstart", GUEST_ADDRESS)?;
     if net.outbound == Outbound::None {
         n = n.switch("restrict", true)?;
@@ -956,7 +1003,7 @@ mod tests {
             "-device virtio-blk-pci,id=disk1-dev,drive=disk1",
             "-blockdev driver=raw,node-name=seed,read-only=on,file.driver=file,file.filename=/s/instances/i-0123456789abcdef0/seed.img",
             "-device virtio-blk-pci,id=seed-dev,drive=seed,serial=cidata",
-            "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775",
+            "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775",
             "-device virtio-net-pci,netdev=net0",
             "-device virtio-rng-pci",
             "-chardev file,id=serial0,path=/s/instances/i-0123456789abcdef0/serial.log",
@@ -1116,7 +1163,7 @@ mod tests {
             .into_iter()
             .map(|l| {
                 if l.starts_with("-netdev") {
-                    "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,guestfwd=tcp:169.254.169.254:80-cmd:/bin/true".to_string()
+                    "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:/bin/true".to_string()
                 } else {
                     l
                 }
@@ -1158,7 +1205,33 @@ mod tests {
         let netdev = &cmd.args[cmd.args.iter().position(|a| a == "-netdev").unwrap() + 1];
         assert_eq!(
             netdev,
-            "user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:'/opt/my tools/relay' 'a,,b'"
+            "user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:'/opt/my tools/relay' 'a,,b'"
+        );
+    }
+
+    /// The `-netdev` value of a spec's argv.
+    fn netdev_of(spec: &MachineSpec) -> String {
+        let cmd = qemu_command(spec).unwrap();
+        cmd.args[cmd.args.iter().position(|a| a == "-netdev").unwrap() + 1].clone()
+    }
+
+    #[test]
+    fn guests_are_isolated_unless_they_opt_in() {
+        let mut spec = base(Arch::X86_64, Boot::LegacyBios);
+        spec.net.outbound = Outbound::default();
+        assert_eq!(netdev_of(&spec), "user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775");
+        spec.net.outbound = Outbound::Nat;
+        assert_eq!(netdev_of(&spec), "user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775");
+    }
+
+    #[test]
+    fn outbound_tag_values() {
+        assert_eq!(Outbound::from_tag("nat"), Some(Outbound::Nat));
+        assert_eq!(Outbound::from_tag("none"), Some(Outbound::None));
+        assert_eq!(Outbound::from_tag("NAT"), None);
+        assert_eq!(
+            Outbound::from_tag(Outbound::Nat.as_str()),
+            Some(Outbound::Nat)
         );
     }
 

@@ -17,6 +17,7 @@
 //!   volumes/<vol-id>.next.qcow2   a volume's next overlay while a snapshot is taken
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
 //!                         launch.json control.sock supervisor.log imds.sock
+//!                         network.json resolv.conf (guest network, src/network.rs)
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else
 //!                         /dev/shm/amirun-<uid>-<16 random hex digits>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
@@ -293,5 +294,15 @@ impl Paths {
     /// guest reaches it through `amirun __imds-relay`).
     pub fn imds_socket(&self, instance_id: &str) -> PathBuf {
         self.instance_dir(instance_id).join("imds.sock")
+    }
+
+    /// The `resolv.conf` QEMU sees inside the guest's namespace.
+    pub fn guest_resolv_conf(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("resolv.conf")
+    }
+
+    /// How the guest's network came up ([`crate::network::NetworkStatus`]).
+    pub fn network_status(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("network.json")
     }
 }

@@ -46,6 +46,7 @@
 //! request is a `system_reset`: a hard reset that keeps every disk, like
 //! EC2's own fallback when a guest ignores the reboot request.
 
+use crate::network::GuestNamespace;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -178,6 +179,10 @@ pub struct LaunchSpec {
     /// ([`crate::metadata::imds::ImdsConfig`]); none without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<Value>,
+    /// The guest's own network namespace and outbound leg
+    /// ([`crate::network`]); none for an isolated guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::GuestNetworkSpec>,
 }
 
 impl LaunchSpec {
@@ -196,6 +201,7 @@ impl LaunchSpec {
             stop_timeout_secs: default_stop_timeout(),
             start_timeout_secs: default_start_timeout(),
             imds: None,
+            network: None,
         }
     }
 
@@ -858,9 +864,27 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     serve_control_socket(sup)?;
     start_imds(spec);
 
-    // Start QEMU.
+    // The guest's network namespace (held until QEMU is gone), then QEMU.
+    let guest_net = match spec
+        .network
+        .as_ref()
+        .map(GuestNamespace::create)
+        .transpose()
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("could not make the guest's network namespace: {e}");
+            return Ok(ExitRecord {
+                reason: ExitReason::StartFailed,
+                exit_status: None,
+                qemu_pid: None,
+                shutdown_reason: None,
+                detail: Some(format!("Could not make the guest's network namespace: {e}")),
+            });
+        }
+    };
     let _ = std::fs::remove_file(&spec.qmp_socket);
-    let child = match spawn_qemu(spec) {
+    let child = match spawn_qemu(spec, guest_net.as_ref()) {
         Ok(child) => child,
         Err(e) => {
             tracing::error!("could not start {}: {e}", spec.program.display());
@@ -882,6 +906,9 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     sup.events.append(Event::QemuStarted { pid: qemu_pid });
     tracing::info!(pid = qemu_pid, "QEMU started");
     spawn_waiter(sup, child)?;
+    if let Some(Err(e)) = guest_net.as_ref().map(GuestNamespace::start_ssh_relay) {
+        tracing::error!("no SSH forward: {e}");
+    }
 
     // Connect to QMP while QEMU lives.
     let deadline = Instant::now() + Duration::from_secs(spec.start_timeout_secs);
@@ -1038,7 +1065,10 @@ fn coordinate(sup: &Arc<Supervisor>) {
 /// supervisor log, its own process group (so signals meant for the
 /// supervisor's group reach only the supervisor, which stops QEMU cleanly),
 /// and SIGKILL when the supervisor dies.
-fn spawn_qemu(spec: &LaunchSpec) -> std::io::Result<std::process::Child> {
+fn spawn_qemu(
+    spec: &LaunchSpec,
+    net: Option<&GuestNamespace>,
+) -> std::io::Result<std::process::Child> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -1061,6 +1091,9 @@ fn spawn_qemu(spec: &LaunchSpec) -> std::io::Result<std::process::Child> {
             }
             Ok(())
         });
+        if let Some(net) = net {
+            cmd.pre_exec(net.pre_exec_hook()?);
+        }
     }
     // std resets the signal mask and SIGPIPE in the child; handlers we
     // installed are reset by exec.

@@ -50,6 +50,7 @@ use crate::machine::{
     self, Accel, AccelRequest, Arch, Boot, DiskFormat, DiskSpec, MachineSpec, NetSpec,
     SmbiosIdentity,
 };
+use crate::network::{self, NetworkStatus};
 use crate::store::{
     BlockDeviceMapping, EbsBlockDevice, ImageState, InstanceDevice, InstanceState, VolumeState,
 };
@@ -293,6 +294,22 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::internal(what).with_source(e)
 }
 
+/// The guest network an instance's tags choose ([`machine::OUTBOUND_TAG`]):
+/// outbound access (`nat`, the default) unless the tag says `none`.
+fn guest_outbound<'a>(
+    mut tags: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<machine::Outbound> {
+    match tags.find(|(k, _)| *k == machine::OUTBOUND_TAG) {
+        None => Ok(machine::Outbound::Nat),
+        Some((_, v)) => machine::Outbound::from_tag(v).ok_or_else(|| {
+            Error::invalid_value(format!(
+                "Invalid value '{v}' for tag {}: use 'nat' (DNS and outbound access, the default) or 'none' (IMDS and SSH only)",
+                machine::OUTBOUND_TAG
+            ))
+        }),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 not recorded for another instance.
 fn free_port(taken: &[u16]) -> Result<u16> {
     for _ in 0..32 {
@@ -379,6 +396,11 @@ impl Service {
             Some(k) => vec![self.key_pair(caller, k)?.public_key],
             None => Vec::new(),
         };
+        let outbound = guest_outbound(
+            super::images::tags_for(&input.tag_specifications, "instance")?
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         let arch = Arch::from_ec2(&image.architecture)?;
         machine::find_qemu(arch)?;
         let accel = machine::choose_accel(input.accel, arch, &self.paths.accel_probe_cache())?;
@@ -592,7 +614,7 @@ impl Service {
                 devices,
                 updated: launch_time.clone(),
             };
-            self.prepare_boot(&state)?;
+            self.prepare_boot_with(&state, outbound)?;
             failpoint("run-instances:prepared")?;
             instances.push(state);
         }
@@ -646,8 +668,15 @@ impl Service {
         Ok(reservation)
     }
 
-    /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
+    /// [`Self::prepare_boot_with`] the guest network its tags choose now.
     fn prepare_boot(&mut self, i: &InstanceState) -> Result<()> {
+        let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
+        let outbound = guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))?;
+        self.prepare_boot_with(i, outbound)
+    }
+
+    /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
+    fn prepare_boot_with(&mut self, i: &InstanceState, outbound: machine::Outbound) -> Result<()> {
         let arch = Arch::from_ec2(&i.architecture)?;
         let rdir = self.paths.instance_runtime_dir(&i.instance_id);
         std::fs::create_dir_all(&rdir)
@@ -722,6 +751,7 @@ impl Service {
             ))
         })?;
         let (imds, imds_forward) = self.imds_for_boot(i)?;
+        let (outbound, guest_net) = self.guest_network(i, outbound)?;
         let spec = MachineSpec {
             instance_id: i.instance_id.clone(),
             arch,
@@ -739,7 +769,7 @@ impl Service {
             net: NetSpec {
                 ssh_port: i.ssh_port,
                 imds: Some(imds_forward),
-                outbound: Default::default(),
+                outbound,
             },
             qmp_socket: self.paths.qmp_socket(&i.instance_id),
             serial_log: self.paths.serial_log(&i.instance_id),
@@ -757,8 +787,47 @@ impl Service {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60);
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
+        launch.network = guest_net;
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
+    }
+
+    /// The guest network for the next boot of `i`: outbound access needs a
+    /// network namespace of the guest's own ([`network`]), made by its
+    /// supervisor, which records how the leg came up; without one the guest
+    /// is sealed instead, and the status file says why.
+    fn guest_network(
+        &self,
+        i: &InstanceState,
+        wanted: machine::Outbound,
+    ) -> Result<(machine::Outbound, Option<network::GuestNetworkSpec>)> {
+        let status_file = self.paths.network_status(&i.instance_id);
+        let sealed = |why: String| -> Result<_> {
+            NetworkStatus::new("none", why)
+                .write(&status_file)
+                .map_err(io_error(format!("write {}", status_file.display())))?;
+            Ok((machine::Outbound::None, None))
+        };
+        if wanted == machine::Outbound::None {
+            return sealed(format!(
+                "Launched with {}=none: IMDS and SSH only",
+                machine::OUTBOUND_TAG
+            ));
+        }
+        if let Err(why) = network::namespaces_available() {
+            return sealed(format!(
+                "Sealed instead of outbound access: {why}; the guest has IMDS and SSH only"
+            ));
+        }
+        let _ = std::fs::remove_file(&status_file);
+        Ok((
+            machine::Outbound::Nat,
+            Some(network::GuestNetworkSpec {
+                resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
+                status_file: status_file.clone(),
+                ssh_port: i.ssh_port,
+            }),
+        ))
     }
 
     /// Fetch a kernel or ramdisk (a file, not a disk image) and return its path.
@@ -1195,6 +1264,7 @@ impl Service {
 
     fn render_instance(&self, i: &InstanceState, tags: &[crate::store::TagState]) -> Value {
         let itype = machine::instance_type(&i.instance_type);
+        let net_status = NetworkStatus::read(&self.paths.network_status(&i.instance_id));
         let bdm: Vec<Value> = i
             .devices
             .iter()
@@ -1245,6 +1315,10 @@ impl Service {
                 "Accelerator": i.accel,
                 "AcceleratorReason": i.accel_reason,
                 "SshEndpoint": i.ssh_port.filter(|_| i.state != "terminated").map(|p| format!("127.0.0.1:{p}")),
+                "GuestOutbound": net_status.as_ref().map_or_else(
+                    || guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))).map_or("invalid", machine::Outbound::as_str).to_string(),
+                    |s| s.outbound.clone()),
+                "GuestOutboundReason": net_status.and_then(|s| s.reason),
                 "ConsoleLog": self.paths.serial_log(&i.instance_id).display().to_string(),
             },
         });
