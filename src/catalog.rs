@@ -7,6 +7,7 @@
 //! and validation are separate steps: [`CatalogFile::parse`] reads JSON with
 //! unknown keys refused, [`CatalogFile::validate`] checks the meaning.
 
+use crate::domain::{Architecture, BootMode, RootDeviceType};
 use crate::store::SourceSpec;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -98,13 +99,13 @@ pub struct CatalogEntry {
     #[serde(default)]
     pub owner_id: Option<String>,
     /// `x86_64`, `arm64` or `i386`.
-    pub architecture: String,
+    pub architecture: Architecture,
     /// `uefi`, `legacy-bios` or `uefi-preferred`.
     #[serde(default)]
-    pub boot_mode: Option<String>,
+    pub boot_mode: Option<BootMode>,
     /// `ebs` or `instance-store`.
     #[serde(default = "default_root_device_type")]
-    pub root_device_type: String,
+    pub root_device_type: RootDeviceType,
     #[serde(default = "default_root_device_name")]
     pub root_device_name: String,
     /// Regions it appears in (default [`DEFAULT_REGIONS`]).
@@ -130,8 +131,8 @@ pub struct CatalogEntry {
     pub tags: BTreeMap<String, String>,
 }
 
-fn default_root_device_type() -> String {
-    "ebs".into()
+fn default_root_device_type() -> RootDeviceType {
+    RootDeviceType::Ebs
 }
 
 fn default_root_device_name() -> String {
@@ -172,9 +173,6 @@ pub fn alias_account(alias: &str) -> String {
     }
 }
 
-const ARCHITECTURES: &[&str] = &["x86_64", "arm64", "i386"];
-const BOOT_MODES: &[&str] = &["uefi", "legacy-bios", "uefi-preferred"];
-const ROOT_DEVICE_TYPES: &[&str] = &["ebs", "instance-store"];
 const FORMATS: &[&str] = &["qcow2", "raw", "vmdk", "vhd", "vhdx"];
 
 impl CatalogFile {
@@ -207,32 +205,6 @@ impl CatalogFile {
         for e in &self.images {
             if e.key.is_empty() || !keys.insert(e.key.as_str()) {
                 return Err(invalid(&e.key, "keys must be non-empty and unique".into()));
-            }
-            if !ARCHITECTURES.contains(&e.architecture.as_str()) {
-                return Err(invalid(
-                    &e.key,
-                    format!(
-                        "architecture '{}' is not one of {ARCHITECTURES:?}",
-                        e.architecture
-                    ),
-                ));
-            }
-            if let Some(b) = &e.boot_mode {
-                if !BOOT_MODES.contains(&b.as_str()) {
-                    return Err(invalid(
-                        &e.key,
-                        format!("boot_mode '{b}' is not one of {BOOT_MODES:?}"),
-                    ));
-                }
-            }
-            if !ROOT_DEVICE_TYPES.contains(&e.root_device_type.as_str()) {
-                return Err(invalid(
-                    &e.key,
-                    format!(
-                        "root_device_type '{}' is not one of {ROOT_DEVICE_TYPES:?}",
-                        e.root_device_type
-                    ),
-                ));
             }
             for (what, src) in [
                 ("source", Some(&e.source)),

@@ -50,6 +50,11 @@
 //! - [`metadata`] makes the NoCloud seed (a FAT image labelled `cidata`)
 //!   and answers IMDS for each guest from its supervisor.
 //! - [`paths`] is the only module that knows file names on disk.
+//! - [`domain`] holds EC2's closed sets as enums (instance, volume, image
+//!   and snapshot states, root device type, shutdown behavior, boot mode,
+//!   architecture, accelerator) with EC2's spellings, the instance state
+//!   machine, and the pure `reconcile(recorded, live) -> Transition` the
+//!   service applies on every read.
 //! - [`ids`] makes and checks EC2-style ids.
 //! - [`failpoint`] names crash points for fault-injection tests (`AMIRUN_FAILPOINTS`).
 //! - [`private_fs`] keeps state private on disk (0700 directories, 0600
@@ -58,6 +63,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod disk;
+pub mod domain;
 pub mod failpoint;
 pub mod http;
 pub mod ids;

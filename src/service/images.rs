@@ -7,6 +7,7 @@ use super::{
     check_image_id, check_snapshot_id, image_not_found, now, snapshot_not_found, Caller, Error,
     Result, Service,
 };
+use crate::domain::{Architecture, BootMode, ImageStateName, RootDeviceType, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, Db, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
 
@@ -37,9 +38,6 @@ const IMAGE_FILTERS: &[&str] = &[
     "usage-operation",
     "virtualization-type",
 ];
-
-const ARCHITECTURES: &[&str] = &["x86_64", "arm64", "i386"];
-const BOOT_MODES: &[&str] = &["uefi", "legacy-bios", "uefi-preferred"];
 
 /// Whether `caller` may see (and launch) `image`: own, public or shared.
 pub(crate) fn can_launch(
@@ -95,6 +93,20 @@ fn check_enum(what: &str, value: &str, allowed: &[&str]) -> Result<()> {
             allowed.join(", ")
         )))
     }
+}
+
+/// `value` as one of a closed set, or EC2's InvalidParameterValue naming `what`.
+fn parse_enum<T: Copy + std::fmt::Display>(what: &str, value: &str, all: &[T]) -> Result<T> {
+    all.iter()
+        .copied()
+        .find(|v| v.to_string() == value)
+        .ok_or_else(|| {
+            let allowed: Vec<String> = all.iter().map(T::to_string).collect();
+            Error::invalid_value(format!(
+                "Value ({value}) for parameter {what} is invalid; use one of {}",
+                allowed.join(", ")
+            ))
+        })
 }
 
 /// Tags from tag specifications for one resource type.
@@ -199,19 +211,15 @@ impl Service {
         if input.disk_containers.is_empty() {
             return Err(Error::missing("DiskContainers"));
         }
-        let architecture = input
-            .architecture
-            .clone()
-            .unwrap_or_else(|| "x86_64".into());
-        check_enum("Architecture", &architecture, ARCHITECTURES)?;
-        let boot_mode = input.boot_mode.clone().unwrap_or_else(|| {
-            if architecture == "arm64" {
-                "uefi".into()
-            } else {
-                "uefi-preferred".into()
-            }
-        });
-        check_enum("BootMode", &boot_mode, BOOT_MODES)?;
+        let architecture: Architecture = match &input.architecture {
+            Some(a) => parse_enum("Architecture", a, Architecture::ALL)?,
+            None => Architecture::X86_64,
+        };
+        let boot_mode: BootMode = match &input.boot_mode {
+            Some(b) => parse_enum("BootMode", b, BootMode::ALL)?,
+            None if architecture == Architecture::Arm64 => BootMode::Uefi,
+            None => BootMode::UefiPreferred,
+        };
         let task_id = ids::new_id(IdKind::ImportTask);
         // Fetch every disk first; nothing is recorded until all are in the blob store.
         let mut disks = Vec::new();
@@ -258,7 +266,7 @@ impl Service {
                 owner_alias: None,
                 volume_id: None,
                 volume_size_gib: gib,
-                state: "completed".into(),
+                state: SnapshotStateName::Completed,
                 description: Some(format!("Created by AWS-VMImport service for {task_id}")),
                 start_time: created.clone(),
                 source: None,
@@ -291,7 +299,7 @@ impl Service {
         }
         let image = ImageState {
             description: input.description.clone(),
-            boot_mode: Some(boot_mode.clone()),
+            boot_mode: Some(boot_mode),
             root_device_name: "/dev/sda1".into(),
             block_device_mappings: bdm,
             ..ImageState::private(
@@ -299,7 +307,7 @@ impl Service {
                 &caller.region,
                 &caller.account,
                 &task_id,
-                &architecture,
+                architecture,
                 &created,
             )
         };
@@ -343,14 +351,15 @@ impl Service {
         input: &RegisterImageInput,
     ) -> Result<String> {
         check_name(&input.name)?;
-        let architecture = input
-            .architecture
-            .clone()
-            .unwrap_or_else(|| "x86_64".into());
-        check_enum("Architecture", &architecture, ARCHITECTURES)?;
-        if let Some(b) = &input.boot_mode {
-            check_enum("BootMode", b, BOOT_MODES)?;
-        }
+        let architecture: Architecture = match &input.architecture {
+            Some(a) => parse_enum("Architecture", a, Architecture::ALL)?,
+            None => Architecture::X86_64,
+        };
+        let boot_mode: Option<BootMode> = input
+            .boot_mode
+            .as_deref()
+            .map(|b| parse_enum("BootMode", b, BootMode::ALL))
+            .transpose()?;
         let virtualization = input
             .virtualization_type
             .clone()
@@ -359,7 +368,7 @@ impl Service {
         let image_id = ids::new_id(IdKind::Image);
         let mut image = ImageState {
             description: input.description.clone(),
-            boot_mode: input.boot_mode.clone(),
+            boot_mode,
             root_device_name: String::new(),
             virtualization_type: virtualization,
             block_device_mappings: input.block_device_mappings.clone(),
@@ -368,7 +377,7 @@ impl Service {
                 &caller.region,
                 &caller.account,
                 &input.name,
-                &architecture,
+                architecture,
                 &now(),
             )
         };
@@ -387,7 +396,7 @@ impl Service {
                 )
             })?;
             let blob = self.fetch_source(&source)?;
-            image.root_device_type = "instance-store".into();
+            image.root_device_type = RootDeviceType::InstanceStore;
             image.root_device_name = input
                 .root_device_name
                 .clone()
@@ -425,7 +434,7 @@ impl Service {
                             .snapshot(sid)?
                             .filter(|s| s.region == caller.region && s.owner_id == caller.account)
                             .ok_or_else(|| snapshot_not_found(sid))?;
-                        if snap.state != "completed" {
+                        if snap.state != SnapshotStateName::Completed {
                             return Err(Error::new(
                                 "IncorrectState",
                                 format!(
@@ -507,7 +516,7 @@ impl Service {
                 for sid in image.snapshot_ids() {
                     let code = match db.snapshot(&sid)? {
                         Some(s) if s.owner_id == caller.account => {
-                            if s.state != "completed"
+                            if s.state != SnapshotStateName::Completed
                                 || backed.contains(&sid)
                                 || !db.images_using_snapshot(&sid)?.is_empty()
                                 || !db.child_snapshots(&sid)?.is_empty()
@@ -560,7 +569,7 @@ impl Service {
                     &input.source_image_id,
                 )));
             }
-            if src.state != "available" {
+            if src.state != ImageStateName::Available {
                 return Err(Error::new(
                     "IncorrectState",
                     format!(
@@ -625,7 +634,7 @@ impl Service {
                         )),
                         start_time: now(),
                         catalog_key: None,
-                        state: "completed".into(),
+                        state: SnapshotStateName::Completed,
                         ..snap.clone()
                     },
                 ));
@@ -812,7 +821,9 @@ impl Service {
                 out.description = Some(AttributeValue { value: image.description.unwrap_or_default() })
             }
             "bootMode" => {
-                out.boot_mode = image.boot_mode.map(|value| AttributeValue { value });
+                out.boot_mode = image.boot_mode.map(|b| AttributeValue {
+                    value: b.to_string(),
+                });
             }
             "blockDeviceMapping" => out.block_device_mappings = Some(image.block_device_mappings),
             "sriovNetSupport" => out.sriov_net_support = Some(AttributeValue { value: "simple".into() }),
@@ -866,7 +877,7 @@ impl Service {
     pub fn fetch_image(&mut self, caller: &Caller, image_id: &str) -> Result<Vec<FetchedDisk>> {
         let image = self.launchable_image(caller, image_id)?;
         let mut out = Vec::new();
-        if image.root_device_type == "instance-store" {
+        if image.root_device_type == RootDeviceType::InstanceStore {
             let source = image.root_source.clone().ok_or_else(|| {
                 Error::new(
                     "InternalError",
@@ -962,8 +973,8 @@ fn image_filter_values(
             .filter_map(|m| m.ebs.as_ref())
     };
     match name {
-        "architecture" => one(&image.architecture),
-        "boot-mode" => opt(&image.boot_mode),
+        "architecture" => one(image.architecture.as_str()),
+        "boot-mode" => image.boot_mode.iter().map(|b| b.to_string()).collect(),
         "description" => opt(&image.description),
         "hypervisor" => one("xen"),
         "image-id" => one(&image.image_id),
@@ -975,11 +986,11 @@ fn image_filter_values(
         "platform-details" => one("Linux/UNIX"),
         "usage-operation" => one("RunInstances"),
         "root-device-name" => one(&image.root_device_name),
-        "root-device-type" => one(&image.root_device_type),
+        "root-device-type" => one(image.root_device_type.as_str()),
         "source-image-id" => opt(&image.source_image_id),
         "source-image-region" => opt(&image.source_image_region),
         "source-instance-id" => opt(&image.source_instance_id),
-        "state" => one(&image.state),
+        "state" => one(image.state.as_str()),
         "virtualization-type" => one(&image.virtualization_type),
         "block-device-mapping.device-name" => image
             .block_device_mappings
@@ -1000,7 +1011,7 @@ fn image_filter_values(
 
 fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
     Image {
-        architecture: image.architecture.clone(),
+        architecture: image.architecture,
         creation_date: image.creation_date.clone(),
         image_id: image.image_id.clone(),
         image_location: image.image_location.clone(),
@@ -1009,7 +1020,7 @@ fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
         owner_id: image.owner_id.clone(),
         platform_details: "Linux/UNIX".into(),
         usage_operation: "RunInstances".into(),
-        state: image.state.clone(),
+        state: image.state,
         block_device_mappings: image.block_device_mappings.clone(),
         description: image.description.clone(),
         ena_support: true,
@@ -1017,10 +1028,10 @@ fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
         image_owner_alias: image.owner_alias.clone(),
         name: image.name.clone(),
         root_device_name: image.root_device_name.clone(),
-        root_device_type: image.root_device_type.clone(),
+        root_device_type: image.root_device_type,
         sriov_net_support: "simple".into(),
         state_reason: image.state_reason.as_ref().map(|m| StateReason {
-            code: image.state.clone(),
+            code: image.state.to_string(),
             message: m.clone(),
         }),
         tags: tags
@@ -1031,7 +1042,7 @@ fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
             })
             .collect(),
         virtualization_type: image.virtualization_type.clone(),
-        boot_mode: image.boot_mode.clone(),
+        boot_mode: image.boot_mode,
         source_instance_id: image.source_instance_id.clone(),
         source_image_id: image.source_image_id.clone(),
         source_image_region: image.source_image_region.clone(),

@@ -91,7 +91,7 @@ fn snapshot_filter_values(
         "progress" => one("100%"),
         "snapshot-id" => one(&s.snapshot_id),
         "start-time" => one(&s.start_time),
-        "status" => one(&s.state),
+        "status" => one(s.state.as_str()),
         "volume-id" => one(s.volume_id.as_deref().unwrap_or("vol-ffffffff")),
         "volume-size" => one(&s.volume_size_gib.to_string()),
         n => filter::tag_values(tags, n).unwrap_or_default(),
