@@ -99,13 +99,13 @@ pub struct CatalogEntry {
     #[serde(default)]
     pub owner_id: Option<String>,
     /// `x86_64`, `arm64` or `i386`.
-    pub architecture: Architecture,
+    pub architecture: String,
     /// `uefi`, `legacy-bios` or `uefi-preferred`.
     #[serde(default)]
-    pub boot_mode: Option<BootMode>,
+    pub boot_mode: Option<String>,
     /// `ebs` or `instance-store`.
     #[serde(default = "default_root_device_type")]
-    pub root_device_type: RootDeviceType,
+    pub root_device_type: String,
     #[serde(default = "default_root_device_name")]
     pub root_device_name: String,
     /// Regions it appears in (default [`DEFAULT_REGIONS`]).
@@ -131,8 +131,38 @@ pub struct CatalogEntry {
     pub tags: BTreeMap<String, String>,
 }
 
-fn default_root_device_type() -> RootDeviceType {
-    RootDeviceType::Ebs
+fn default_root_device_type() -> String {
+    RootDeviceType::Ebs.to_string()
+}
+
+/// `value` as one of `all`, or the message naming `field` and the choices.
+fn one_of<T: Copy + std::fmt::Display>(field: &str, value: &str, all: &[T]) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|v| v.to_string() == value)
+        .ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(T::to_string).collect();
+            format!("{field} '{value}' is not one of {names:?}")
+        })
+}
+
+impl CatalogEntry {
+    /// The entry's architecture, boot mode and root device type, parsed
+    /// (the catalog file keeps what was written; [`CatalogFile::validate`]
+    /// refuses entries where this fails).
+    pub fn kinds(&self) -> Result<(Architecture, Option<BootMode>, RootDeviceType), String> {
+        Ok((
+            one_of("architecture", &self.architecture, Architecture::ALL)?,
+            (self.boot_mode.as_deref())
+                .map(|b| one_of("boot_mode", b, BootMode::ALL))
+                .transpose()?,
+            one_of(
+                "root_device_type",
+                &self.root_device_type,
+                RootDeviceType::ALL,
+            )?,
+        ))
+    }
 }
 
 fn default_root_device_name() -> String {
@@ -206,6 +236,7 @@ impl CatalogFile {
             if e.key.is_empty() || !keys.insert(e.key.as_str()) {
                 return Err(invalid(&e.key, "keys must be non-empty and unique".into()));
             }
+            e.kinds().map_err(|m| invalid(&e.key, m))?;
             for (what, src) in [
                 ("source", Some(&e.source)),
                 ("kernel", e.kernel.as_ref()),

@@ -146,10 +146,10 @@ impl Service {
         if instance.state == InstanceStateName::Stopping {
             instance = self.wait_stopped(caller, &id)?;
         }
-        let mode = match (instance.state.as_str(), input.no_reboot) {
-            ("stopped", _) => "stopped",
-            ("running" | "pending", true) => "live",
-            ("running" | "pending", false) => "reboot",
+        let mode = match (instance.state, input.no_reboot) {
+            (InstanceStateName::Stopped, _) => "stopped",
+            (s, true) if s.is_up() => "live",
+            (s, false) if s.is_up() => "reboot",
             (s, _) => {
                 return Err(Error::new(
                     "IncorrectInstanceState",
@@ -318,8 +318,8 @@ impl Service {
             description: input.description.clone(),
             boot_mode: source
                 .as_ref()
-                .and_then(|s| s.boot_mode.clone())
-                .or(Some(instance.boot_mode.clone())),
+                .and_then(|s| s.boot_mode)
+                .or(Some(instance.boot_mode)),
             root_device_name: instance.root_device_name.clone(),
             state: ImageStateName::Pending,
             image_location: Some(format!("{}/{}", caller.account, input.name)),

@@ -584,9 +584,9 @@ impl Service {
                 reservation_id: reservation_id.clone(),
                 image_id: image.image_id.clone(),
                 instance_type: type_name.clone(),
-                architecture: image.architecture.clone(),
-                boot_mode: boot_mode.clone(),
-                root_device_type: image.root_device_type.clone(),
+                architecture: image.architecture,
+                boot_mode,
+                root_device_type: image.root_device_type,
                 root_device_name: image.root_device_name.clone(),
                 state: InstanceStateName::Pending,
                 state_reason: None,
@@ -594,7 +594,7 @@ impl Service {
                 launch_time: launch_time.clone(),
                 key_name: input.key_name.clone(),
                 user_data: input.user_data.clone(),
-                shutdown_behavior: shutdown.clone(),
+                shutdown_behavior: shutdown,
                 accel: accel.accel,
                 accel_reason: accel.reason.clone(),
                 ssh_port: Some(ssh_port),
@@ -1322,8 +1322,13 @@ impl Service {
         }
         let mut changes = Vec::new();
         for mut i in instances {
-            let previous = i.state.clone();
-            if matches!(previous.as_str(), "pending" | "running" | "stopping") {
+            let previous = i.state;
+            if matches!(
+                previous,
+                InstanceStateName::Pending
+                    | InstanceStateName::Running
+                    | InstanceStateName::Stopping
+            ) {
                 i.state = InstanceStateName::Stopping;
                 i.updated = now();
                 let s = i.clone();
@@ -1387,7 +1392,7 @@ impl Service {
         }
         let mut changes = Vec::new();
         for mut i in instances {
-            let previous = i.state.clone();
+            let previous = i.state;
             if previous == InstanceStateName::Stopped {
                 let taken = self.store.read(|db| db.ports_in_use())?;
                 let taken: Vec<u16> = taken
@@ -1454,10 +1459,10 @@ impl Service {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         let mut changes = Vec::new();
         for mut i in instances {
-            let previous = i.state.clone();
-            match previous.as_str() {
-                "terminated" | "shutting-down" => {}
-                "stopped" => {
+            let previous = i.state;
+            match previous {
+                InstanceStateName::Terminated | InstanceStateName::ShuttingDown => {}
+                InstanceStateName::Stopped => {
                     let Some(_fence) = self.fence(&i.instance_id)? else {
                         return Err(Error::new(
                             "IncorrectInstanceState",

@@ -424,9 +424,11 @@ impl Service {
                 .devices
                 .iter()
                 .position(|d| d.volume_id.as_deref() == Some(&volume.volume_id));
-            match i.state.as_str() {
-                "stopped" | "terminated" => {}
-                "running" | "pending" => live = Some(iid.clone()),
+            match i.state {
+                InstanceStateName::Stopped | InstanceStateName::Terminated => {}
+                InstanceStateName::Running | InstanceStateName::Pending => {
+                    live = Some(iid.clone())
+                }
                 s => {
                     return Err(Error::new(
                         "IncorrectState",

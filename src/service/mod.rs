@@ -141,7 +141,7 @@ impl ServiceOptions {
                 .and_then(|s| s.parse::<usize>().ok())
                 .unwrap_or(defaults.max_chain_depth)
                 .max(1),
-            nocloud_seed: var(imds::NOCLOUD_SEED_ENV).map_or(true, |v| v != "0"),
+            nocloud_seed: var(imds::NOCLOUD_SEED_ENV).is_none_or(|v| v != "0"),
             ..defaults
         }
     }
@@ -237,6 +237,10 @@ impl Service {
             let now = now();
             let mut wanted = std::collections::HashSet::new();
             for (_, entry) in &catalog.entries {
+                // Loading validated every entry: this does not fail.
+                let (architecture, boot_mode, root_device_type) = entry.kinds().map_err(|m| {
+                    Error::new("InternalError", format!("Catalog entry {}: {m}", entry.key))
+                })?;
                 for region in entry.regions() {
                     let image_id = entry.image_ids.get(&region).cloned().unwrap_or_else(|| {
                         ids::derived_id(IdKind::Image, &format!("{}/{region}", entry.key))
@@ -245,7 +249,7 @@ impl Service {
                     let existing = db.image(&image_id)?;
                     let mut bdm = Vec::new();
                     let (mut root_source, mut root_blob) = (None, None);
-                    if entry.root_device_type == RootDeviceType::Ebs {
+                    if root_device_type == RootDeviceType::Ebs {
                         let snapshot_id =
                             ids::derived_id(IdKind::Snapshot, &format!("{}/{region}", entry.key));
                         let old = db.snapshot(&snapshot_id)?;
@@ -311,9 +315,9 @@ impl Service {
                         description: entry.description.clone(),
                         owner_id: entry.owner_id(),
                         owner_alias: Some(entry.owner_alias.clone()),
-                        architecture: entry.architecture,
-                        boot_mode: entry.boot_mode,
-                        root_device_type: entry.root_device_type,
+                        architecture,
+                        boot_mode,
+                        root_device_type,
                         root_device_name: entry.root_device_name.clone(),
                         virtualization_type: "hvm".into(),
                         state: ImageStateName::Available,

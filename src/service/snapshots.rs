@@ -107,7 +107,7 @@ fn render_snapshot(s: &SnapshotState, tags: &[crate::store::TagState], depth: us
         progress: "100%".into(),
         snapshot_id: s.snapshot_id.clone(),
         start_time: s.start_time.clone(),
-        state: s.state.clone(),
+        state: s.state,
         volume_id: s.volume_id.clone().unwrap_or_else(|| "vol-ffffffff".into()),
         volume_size: s.volume_size_gib,
         storage_tier: "standard".into(),
