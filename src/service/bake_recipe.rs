@@ -288,7 +288,7 @@ impl RecipeSpec {
             }
         };
         for u in &config.launch_permissions.users {
-            if u.len() != 12 || !u.bytes().all(|b| b.is_ascii_digit()) {
+            if !crate::domain::AccountId::is_valid(u) {
                 return Err(recipe_error(
                     path,
                     format!("launch permission user {u} is not a 12-digit account id"),

@@ -474,7 +474,7 @@ impl Service {
         let record = SnapshotState {
             snapshot_id: snapshot_id.clone(),
             region: caller.region.clone(),
-            owner_id: caller.account.clone(),
+            owner_id: caller.account.to_string(),
             owner_alias: None,
             volume_id: None,
             volume_size_gib: blob.virtual_size.div_ceil(1 << 30).max(1),

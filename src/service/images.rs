@@ -7,7 +7,9 @@ use super::{
     check_image_id, check_snapshot_id, image_not_found, now, snapshot_not_found, Caller, Error,
     Result, Service,
 };
-use crate::domain::{Architecture, BootMode, ImageStateName, RootDeviceType, SnapshotStateName};
+use crate::domain::{
+    AccountId, Architecture, BootMode, ImageStateName, RootDeviceType, SnapshotStateName,
+};
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, Db, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
 
@@ -47,7 +49,10 @@ pub(crate) fn can_launch(
 ) -> crate::store::Result<bool> {
     Ok(image.owner_id == caller.account
         || image.public
-        || db.launch_users(&image.image_id)?.contains(&caller.account))
+        || db
+            .launch_users(&image.image_id)?
+            .iter()
+            .any(|u| *u == caller.account))
 }
 
 pub(super) fn check_name(name: &str) -> Result<()> {
@@ -137,10 +142,7 @@ impl Service {
         }
         filter::check_names(&input.filters, IMAGE_FILTERS)?;
         for u in &input.executable_users {
-            if u != "self"
-                && u != "all"
-                && !(u.len() == 12 && u.bytes().all(|b| b.is_ascii_digit()))
-            {
+            if u != "self" && u != "all" && !AccountId::is_valid(u) {
                 return Err(Error::invalid_value(format!(
                     "Executable user '{u}' is not self, all or a 12-digit account id"
                 )));
@@ -262,7 +264,7 @@ impl Service {
             snapshots.push(SnapshotState {
                 snapshot_id: snapshot_id.clone(),
                 region: caller.region.clone(),
-                owner_id: caller.account.clone(),
+                owner_id: caller.account.to_string(),
                 owner_alias: None,
                 volume_id: None,
                 volume_size_gib: gib,
@@ -556,7 +558,7 @@ impl Service {
         check_image_id(&input.source_image_id)?;
         check_name(&input.name)?;
         let source_caller =
-            super::Caller::new(caller.account.clone(), input.source_region.clone())?;
+            super::Caller::new(caller.account.to_string(), input.source_region.clone())?;
         let tags = tags_for(&input.tag_specifications, "image")?;
         let new_id = ids::new_id(IdKind::Image);
         let (src, snaps) = self.store.read(|db| -> Result<_> {
@@ -626,7 +628,7 @@ impl Service {
                     SnapshotState {
                         snapshot_id: new_sid,
                         region: caller.region.clone(),
-                        owner_id: caller.account.clone(),
+                        owner_id: caller.account.to_string(),
                         owner_alias: None,
                         description: Some(format!(
                             "Copied for DestinationAmi {new_id} from SourceAmi {} for SourceSnapshot {}",
@@ -649,7 +651,7 @@ impl Service {
                 image.region = caller.region.clone();
                 image.name = input.name.clone();
                 image.description = input.description.clone().or(src.description.clone());
-                image.owner_id = caller.account.clone();
+                image.owner_id = caller.account.to_string();
                 image.owner_alias = None;
                 image.public = false;
                 image.creation_date = now();
@@ -750,8 +752,7 @@ impl Service {
                 }
                 for p in add.iter().chain(remove.iter()) {
                     match (&p.user_id, &p.group) {
-                        (Some(u), None)
-                            if u.len() == 12 && u.bytes().all(|b| b.is_ascii_digit()) => {}
+                        (Some(u), None) if AccountId::is_valid(u) => {}
                         (None, Some(g)) if g == "all" => {}
                         _ => {
                             return Err(Error::invalid_value(format!(

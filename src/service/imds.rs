@@ -29,10 +29,7 @@ impl Service {
                 .unwrap_or(default)
                 .to_string()
         };
-        let owner = Caller {
-            account: i.owner_id.clone(),
-            region: i.region.clone(),
-        };
+        let owner = Caller::new(i.owner_id.clone(), i.region.clone())?;
         // A key pair deleted since launch still shows on EC2; here it is gone.
         let public_keys = match &i.key_name {
             Some(k) => self

@@ -8,6 +8,11 @@
 //! pending|running|stopping|stopped -> shutting-down(32) -> terminated(48)
 //! ```
 //!
+//! The states, their codes and allowed transitions are
+//! [`crate::domain::InstanceStateName`]; the decision of reconciliation is
+//! the pure [`crate::domain::reconcile`], which [`Service::reconcile_locked`]
+//! feeds with probed facts and applies.
+//!
 //! The database holds the last state amirun recorded (the intent); what is
 //! shown is reconciled with live facts on every read ([`Service::refresh_instances`]):
 //! whether the supervisor and QEMU are alive, and the supervisor's `exited`
@@ -495,7 +500,7 @@ impl Service {
                     volumes.push(VolumeState {
                         volume_id: volume_id.clone(),
                         region: caller.region.clone(),
-                        owner_id: caller.account.clone(),
+                        owner_id: caller.account.to_string(),
                         size_gib,
                         snapshot_id: ebs.snapshot_id.clone(),
                         state: VolumeStateName::InUse,
@@ -580,7 +585,7 @@ impl Service {
             let state = InstanceState {
                 instance_id: instance_id.clone(),
                 region: caller.region.clone(),
-                owner_id: caller.account.clone(),
+                owner_id: caller.account.to_string(),
                 reservation_id: reservation_id.clone(),
                 image_id: image.image_id.clone(),
                 instance_type: type_name.clone(),

@@ -216,7 +216,7 @@ impl Service {
             .map(|p| SnapshotState {
                 snapshot_id: p.snapshot_id.clone(),
                 region: caller.region.clone(),
-                owner_id: caller.account.clone(),
+                owner_id: caller.account.to_string(),
                 owner_alias: None,
                 volume_id: Some(p.volume.volume_id.clone()),
                 volume_size_gib: p.volume.size_gib,
@@ -518,7 +518,7 @@ impl Service {
         let mut record = SnapshotState {
             snapshot_id: new_id.clone(),
             region: caller.region.clone(),
-            owner_id: caller.account.clone(),
+            owner_id: caller.account.to_string(),
             owner_alias: None,
             description: Some(input.description.clone().unwrap_or_else(|| {
                 format!("[Copied {} from {source_region}]", input.source_snapshot_id)

@@ -36,6 +36,7 @@ pub use error::{Error, Result};
 pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
 
 use crate::catalog::{self, Catalog};
+use crate::domain::AccountId;
 use crate::domain::{ImageStateName, RootDeviceType, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::images::{BlobStore, Progress};
@@ -47,7 +48,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// 12-digit account id.
-    pub account: String,
+    pub account: AccountId,
     /// Region name, e.g. `us-east-1`.
     pub region: String,
 }
@@ -56,12 +57,12 @@ impl Caller {
     /// A caller, with the account and region checked for shape.
     pub fn new(account: impl Into<String>, region: impl Into<String>) -> Result<Caller> {
         let (account, region) = (account.into(), region.into());
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        let Ok(account) = account.parse::<AccountId>() else {
             return Err(Error::new(
                 "InvalidParameterValue",
                 format!("Account id '{account}' is not 12 digits"),
             ));
-        }
+        };
         if !is_region_name(&region) {
             return Err(Error::new(
                 "InvalidParameterValue",
