@@ -10,7 +10,7 @@
 //!
 //! The states, their codes and allowed transitions are
 //! [`crate::domain::InstanceStateName`]; the decision of reconciliation is
-//! the pure [`crate::domain::reconcile`], which [`Service::reconcile_locked`]
+//! the pure [`crate::domain::reconcile`], which `Service::reconcile_locked`
 //! feeds with probed facts and applies.
 //!
 //! The database holds the last state amirun recorded (the intent); what is
