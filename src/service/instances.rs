@@ -1033,13 +1033,8 @@ impl Service {
     /// following DeleteOnTermination; an interrupted start of a stopped
     /// instance goes back to `stopped`.
     pub(crate) fn reconcile_locked(&mut self, instance_id: &str) -> Result<()> {
-        let Some(mut i) = self.store.read(|db| db.instance(instance_id))? else {
+        let Some(i) = self.store.read(|db| db.instance(instance_id))? else {
             return Ok(());
-        };
-        let recorded = Recorded {
-            state: i.state,
-            root_device_type: i.root_device_type,
-            shutdown_behavior: i.shutdown_behavior,
         };
         if matches!(
             i.state,
@@ -1047,36 +1042,58 @@ impl Service {
         ) {
             return Ok(());
         }
-        let facts = supervisor::probe(&self.paths, instance_id);
-        // Held until the transition is applied: "gone" is decided under it.
-        let mut _fence = None;
-        let live = if facts.supervisor_alive {
-            LiveFacts {
+        // The fence (if taken) is held until the transition is applied.
+        let Some((live, _fence)) = self.live_facts(&i)? else {
+            return Ok(());
+        };
+        let recorded = Recorded {
+            state: i.state,
+            root_device_type: i.root_device_type,
+            shutdown_behavior: i.shutdown_behavior,
+        };
+        let transition = reconcile(&recorded, &live);
+        self.apply_transition(i, transition)
+    }
+
+    /// Probe an instance's supervisor and guest. When no live supervisor is
+    /// named in the pid file, the facts are gathered under the fence, which
+    /// is returned to be held while acting on them; `None` when a
+    /// supervisor holds the pid file (starting or ending: alive).
+    fn live_facts(
+        &self,
+        i: &InstanceState,
+    ) -> Result<Option<(LiveFacts, Option<nix::fcntl::Flock<std::fs::File>>)>> {
+        let facts = supervisor::probe(&self.paths, &i.instance_id);
+        if facts.supervisor_alive {
+            let live = LiveFacts {
                 supervisor_alive: true,
                 qemu_alive: facts.qemu_alive,
                 last_exit: facts.last_exit.as_ref().map(|e| e.reason),
-                guest_running: i.state == InstanceStateName::Pending && self.guest_running(&i),
+                guest_running: i.state == InstanceStateName::Pending && self.guest_running(i),
                 ..LiveFacts::default()
-            }
-        } else {
-            // No live supervisor is named in the pid file. Decide only under the
-            // fence: a supervisor holding its pid file is alive (starting or ending).
-            let Some(fence) = self.fence(instance_id)? else {
-                return Ok(());
             };
-            _fence = Some(fence);
-            let facts = supervisor::probe(&self.paths, instance_id);
-            let (started_since, ever_started) = self.supervisor_runs(&i);
-            LiveFacts {
-                supervisor_alive: false,
-                qemu_alive: facts.qemu_alive,
-                last_exit: facts.last_exit.as_ref().map(|e| e.reason),
-                guest_running: false,
-                started_since,
-                ever_started,
-            }
+            return Ok(Some((live, None)));
+        }
+        let Some(fence) = self.fence(&i.instance_id)? else {
+            return Ok(None);
         };
-        match reconcile(&recorded, &live) {
+        let facts = supervisor::probe(&self.paths, &i.instance_id);
+        let (started_since, ever_started) = self.supervisor_runs(i);
+        let live = LiveFacts {
+            supervisor_alive: false,
+            qemu_alive: facts.qemu_alive,
+            last_exit: facts.last_exit.as_ref().map(|e| e.reason),
+            guest_running: false,
+            started_since,
+            ever_started,
+        };
+        Ok(Some((live, Some(fence))))
+    }
+
+    /// Apply what [`reconcile`] decided to the record (and, when the guest
+    /// is gone, to its files); the caller holds the lock and any fence.
+    fn apply_transition(&mut self, mut i: InstanceState, transition: Transition) -> Result<()> {
+        match transition {
             Transition::Keep => Ok(()),
             Transition::Running => {
                 i.state = InstanceStateName::Running;
@@ -1091,7 +1108,7 @@ impl Service {
             } => {
                 if withdraw_launch {
                     // A supervisor its launcher spawned may still be on its way.
-                    self.withdraw_launch(instance_id);
+                    self.withdraw_launch(&i.instance_id);
                 }
                 i.state_reason = Some(reason);
                 self.settle(&mut i, to)
