@@ -9,13 +9,13 @@
 //! # The instance state machine
 //!
 //! ```text
-//!                 start                    stop
-//!   pending(0) ---------> running(16) ---------> stopping(64) ---> stopped(80)
-//!      ^                      |                                       |
-//!      +----------------------|---------------- start ----------------+
-//!                             |                                       |
-//!   pending|running|stopping  +--> shutting-down(32) --> terminated(48) <--+
-//!   stopped ------------- terminate -----^
+//!              start/launch         stop                             start
+//!   pending(0) -----------> running(16) ---> stopping(64) ---> stopped(80) ---> pending(0)
+//!
+//!   pending | running | stopping --- terminate ---> shutting-down(32) ---> terminated(48)
+//!   stopped ------------------------ terminate ----------------------------> terminated(48)
+//!
+//!   pending | running ---- the guest ended (reconcile) ----> stopped(80) | terminated(48)
 //! ```
 //!
 //! [`InstanceStateName::can_become`] is that diagram as a table. The state a
@@ -611,202 +611,49 @@ mod tests {
         };
         let interrupted_start = "Server.InternalError: The start was interrupted before the instance booted; start it again";
         let interrupted_launch = "Server.InternalError: The launch was interrupted before the instance booted; launch it again";
-        let rows: Vec<(
+        type Row = (
             InstanceStateName,
             RootDeviceType,
             ShutdownBehavior,
             LiveFacts,
             Transition,
-        )> = vec![
+        );
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
             // Settled states are never changed.
             (Stopped, Ebs, Stop, dead(None), Transition::Keep),
             (Terminated, Ebs, Stop, dead(None), Transition::Keep),
             (Stopped, Ebs, Stop, alive, Transition::Keep),
             // Alive supervisor: pending becomes running once the guest booted.
-            (
-                Pending,
-                Ebs,
-                Stop,
-                LiveFacts {
-                    guest_running: true,
-                    ..alive
-                },
-                Transition::Running,
-            ),
+            (Pending, Ebs, Stop, LiveFacts { guest_running: true, ..alive }, Transition::Running),
             (Pending, Ebs, Stop, alive, Transition::Keep),
-            (
-                Pending,
-                Ebs,
-                Stop,
-                LiveFacts {
-                    qemu_alive: false,
-                    guest_running: true,
-                    ..alive
-                },
-                Transition::Running,
-            ),
-            (
-                Pending,
-                Ebs,
-                Stop,
-                LiveFacts {
-                    qemu_alive: false,
-                    guest_running: true,
-                    last_exit: Some(QemuCrashed),
-                    ..alive
-                },
-                Transition::Keep,
-            ),
-            (
-                Running,
-                Ebs,
-                Stop,
-                LiveFacts {
-                    guest_running: true,
-                    ..alive
-                },
-                Transition::Keep,
-            ),
+            (Pending, Ebs, Stop, LiveFacts { qemu_alive: false, guest_running: true, ..alive }, Transition::Running),
+            (Pending, Ebs, Stop, LiveFacts { qemu_alive: false, guest_running: true, last_exit: Some(QemuCrashed), ..alive }, Transition::Keep),
+            (Running, Ebs, Stop, LiveFacts { guest_running: true, ..alive }, Transition::Keep),
             (Stopping, Ebs, Stop, alive, Transition::Keep),
             (ShuttingDown, Ebs, Stop, alive, Transition::Keep),
-            // Pending whose supervisor never started for this launch/start.
-            (
-                Pending,
-                Ebs,
-                Stop,
-                LiveFacts::default(),
-                settle(Terminated, interrupted_launch, true),
-            ),
-            (
-                Pending,
-                Ebs,
-                Stop,
-                LiveFacts {
-                    ever_started: true,
-                    ..LiveFacts::default()
-                },
-                settle(Stopped, interrupted_start, true),
-            ),
-            (
-                Pending,
-                InstanceStore,
-                Stop,
-                LiveFacts {
-                    ever_started: true,
-                    ..LiveFacts::default()
-                },
-                settle(Terminated, interrupted_launch, true),
-            ),
-            // A stop or terminate in progress completes.
-            (
-                ShuttingDown,
-                Ebs,
-                Stop,
-                dead(Some(Forced)),
-                settle(Terminated, USER_SHUTDOWN, false),
-            ),
-            (
-                Stopping,
-                Ebs,
-                Stop,
-                dead(Some(QemuCrashed)),
-                settle(Stopped, USER_SHUTDOWN, false),
-            ),
+            // Pending whose supervisor never started for this launch or start.
+            (Pending, Ebs, Stop, LiveFacts::default(), settle(Terminated, interrupted_launch, true)),
+            (Pending, Ebs, Stop, LiveFacts { ever_started: true, ..LiveFacts::default() }, settle(Stopped, interrupted_start, true)),
+            (Pending, InstanceStore, Stop, LiveFacts { ever_started: true, ..LiveFacts::default() }, settle(Terminated, interrupted_launch, true)),
+            // A stop or terminate in progress completes, whatever the exit.
+            (ShuttingDown, Ebs, Stop, dead(Some(Forced)), settle(Terminated, USER_SHUTDOWN, false)),
+            (Stopping, Ebs, Stop, dead(Some(QemuCrashed)), settle(Stopped, USER_SHUTDOWN, false)),
             // The guest powered itself off.
-            (
-                Running,
-                Ebs,
-                Stop,
-                dead(Some(GuestShutdown)),
-                settle(Stopped, GUEST_SHUTDOWN, false),
-            ),
-            (
-                Running,
-                Ebs,
-                Terminate,
-                dead(Some(GuestShutdown)),
-                settle(Terminated, GUEST_SHUTDOWN, false),
-            ),
-            (
-                Running,
-                InstanceStore,
-                Stop,
-                dead(Some(GuestShutdown)),
-                settle(Terminated, GUEST_SHUTDOWN, false),
-            ),
-            (
-                Pending,
-                Ebs,
-                Stop,
-                dead(Some(GuestShutdown)),
-                settle(Stopped, GUEST_SHUTDOWN, false),
-            ),
+            (Running, Ebs, Stop, dead(Some(GuestShutdown)), settle(Stopped, GUEST_SHUTDOWN, false)),
+            (Running, Ebs, Terminate, dead(Some(GuestShutdown)), settle(Terminated, GUEST_SHUTDOWN, false)),
+            (Running, InstanceStore, Stop, dead(Some(GuestShutdown)), settle(Terminated, GUEST_SHUTDOWN, false)),
+            (Pending, Ebs, Stop, dead(Some(GuestShutdown)), settle(Stopped, GUEST_SHUTDOWN, false)),
             // A stop asked for or forced (e.g. SIGTERM to the supervisor).
-            (
-                Running,
-                Ebs,
-                Stop,
-                dead(Some(StopRequested)),
-                settle(Stopped, USER_SHUTDOWN, false),
-            ),
-            (
-                Running,
-                Ebs,
-                Terminate,
-                dead(Some(Forced)),
-                settle(Stopped, USER_SHUTDOWN, false),
-            ),
-            (
-                Running,
-                InstanceStore,
-                Stop,
-                dead(Some(Forced)),
-                settle(Terminated, USER_SHUTDOWN, false),
-            ),
+            (Running, Ebs, Stop, dead(Some(StopRequested)), settle(Stopped, USER_SHUTDOWN, false)),
+            (Running, Ebs, Terminate, dead(Some(Forced)), settle(Stopped, USER_SHUTDOWN, false)),
+            (Running, InstanceStore, Stop, dead(Some(Forced)), settle(Terminated, USER_SHUTDOWN, false)),
             // The guest died without being asked.
-            (
-                Running,
-                Ebs,
-                Stop,
-                dead(Some(QemuKilled)),
-                settle(Stopped, "Server.InternalError: QEMU was killed", false),
-            ),
-            (
-                Running,
-                Ebs,
-                Stop,
-                dead(Some(QemuCrashed)),
-                settle(Stopped, "Server.InternalError: QEMU crashed", false),
-            ),
-            (
-                Running,
-                Ebs,
-                Stop,
-                dead(Some(StartFailed)),
-                settle(
-                    Stopped,
-                    "Server.InternalError: QEMU failed to start (see supervisor.log)",
-                    false,
-                ),
-            ),
-            (
-                Running,
-                Ebs,
-                Stop,
-                dead(None),
-                settle(Stopped, "Server.InternalError: the supervisor died", false),
-            ),
-            (
-                Running,
-                InstanceStore,
-                Stop,
-                dead(None),
-                settle(
-                    Terminated,
-                    "Server.InternalError: the supervisor died",
-                    false,
-                ),
-            ),
+            (Running, Ebs, Stop, dead(Some(QemuKilled)), settle(Stopped, "Server.InternalError: QEMU was killed", false)),
+            (Running, Ebs, Stop, dead(Some(QemuCrashed)), settle(Stopped, "Server.InternalError: QEMU crashed", false)),
+            (Running, Ebs, Stop, dead(Some(StartFailed)), settle(Stopped, "Server.InternalError: QEMU failed to start (see supervisor.log)", false)),
+            (Running, Ebs, Stop, dead(None), settle(Stopped, "Server.InternalError: the supervisor died", false)),
+            (Running, InstanceStore, Stop, dead(None), settle(Terminated, "Server.InternalError: the supervisor died", false)),
         ];
         for (state, root_device_type, shutdown_behavior, live, want) in rows {
             let recorded = Recorded {
