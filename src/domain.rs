@@ -131,8 +131,10 @@ impl InstanceStateName {
 
     /// The states this one may become: the state machine in the module doc.
     /// A `pending` instance may also settle directly to `stopped` or
-    /// `terminated` (an interrupted start or launch), and a running guest
-    /// that powers itself off goes straight to `stopped` or `terminated`.
+    /// `terminated` (an interrupted start or launch), a running guest that
+    /// powers itself off goes straight to `stopped` or `terminated`, and an
+    /// instance whose supervisor is already gone terminates without passing
+    /// through `shutting-down` (`Service::terminate_now`).
     pub fn successors(self) -> &'static [InstanceStateName] {
         use InstanceStateName::*;
         match self {
