@@ -1033,8 +1033,7 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
     let interval = std::time::Duration::from_millis(500);
     // Each waiter's wanted state and the states it can never leave for it.
-    let instance = |want, hopeless: &'static [Instance]| Some((want, hopeless));
-    let (want, hopeless) = match a.waiter.as_str() {
+    let (want, hopeless): (Instance, &[Instance]) = match a.waiter.as_str() {
         "image-available" => {
             let read = |service: &mut Service| {
                 let input = DescribeImagesInput {
@@ -1051,23 +1050,22 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
                 service.wait_for_state(Image::Available, &[Image::Failed], deadline, interval, read);
             return waiter_result(a, outcome.map(drop));
         }
-        "instance-running" => instance(
+        "instance-running" => (
             Instance::Running,
             &[Instance::Terminated, Instance::ShuttingDown, Instance::Stopped, Instance::Stopping],
         ),
-        "instance-stopped" => instance(
+        "instance-stopped" => (
             Instance::Stopped,
             &[Instance::Terminated, Instance::ShuttingDown, Instance::Pending],
         ),
-        "instance-terminated" => instance(Instance::Terminated, &[]),
-        _ => None,
-    }
-    .ok_or_else(|| {
-        Failure::Param(
-            "waiter".into(),
-            format!("unknown waiter {}; use instance-running, instance-stopped, instance-terminated or image-available", a.waiter),
-        )
-    })?;
+        "instance-terminated" => (Instance::Terminated, &[]),
+        other => {
+            return Err(Failure::Param(
+                "waiter".into(),
+                format!("unknown waiter {other}; use instance-running, instance-stopped, instance-terminated or image-available"),
+            ))
+        }
+    };
     let read = |service: &mut Service| {
         let v = service.describe_instances(caller, &a.instance_ids, &[])?;
         Ok(v["Reservations"]
