@@ -7,6 +7,7 @@
 //! and validation are separate steps: [`CatalogFile::parse`] reads JSON with
 //! unknown keys refused, [`CatalogFile::validate`] checks the meaning.
 
+use crate::domain::{Architecture, BootMode, RootDeviceType};
 use crate::error_code::ErrorCode;
 use crate::store::SourceSpec;
 use serde::Deserialize;
@@ -132,7 +133,37 @@ pub struct CatalogEntry {
 }
 
 fn default_root_device_type() -> String {
-    "ebs".into()
+    RootDeviceType::Ebs.to_string()
+}
+
+/// `value` as one of `all`, or the message naming `field` and the choices.
+fn one_of<T: Copy + std::fmt::Display>(field: &str, value: &str, all: &[T]) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|v| v.to_string() == value)
+        .ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(T::to_string).collect();
+            format!("{field} '{value}' is not one of {names:?}")
+        })
+}
+
+impl CatalogEntry {
+    /// The entry's architecture, boot mode and root device type, parsed
+    /// (the catalog file keeps what was written; [`CatalogFile::validate`]
+    /// refuses entries where this fails).
+    pub fn kinds(&self) -> Result<(Architecture, Option<BootMode>, RootDeviceType), String> {
+        Ok((
+            one_of("architecture", &self.architecture, Architecture::ALL)?,
+            (self.boot_mode.as_deref())
+                .map(|b| one_of("boot_mode", b, BootMode::ALL))
+                .transpose()?,
+            one_of(
+                "root_device_type",
+                &self.root_device_type,
+                RootDeviceType::ALL,
+            )?,
+        ))
+    }
 }
 
 fn default_root_device_name() -> String {
@@ -173,9 +204,6 @@ pub fn alias_account(alias: &str) -> String {
     }
 }
 
-const ARCHITECTURES: &[&str] = &["x86_64", "arm64", "i386"];
-const BOOT_MODES: &[&str] = &["uefi", "legacy-bios", "uefi-preferred"];
-const ROOT_DEVICE_TYPES: &[&str] = &["ebs", "instance-store"];
 const FORMATS: &[&str] = &["qcow2", "raw", "vmdk", "vhd", "vhdx"];
 
 impl CatalogFile {
@@ -209,32 +237,7 @@ impl CatalogFile {
             if e.key.is_empty() || !keys.insert(e.key.as_str()) {
                 return Err(invalid(&e.key, "keys must be non-empty and unique".into()));
             }
-            if !ARCHITECTURES.contains(&e.architecture.as_str()) {
-                return Err(invalid(
-                    &e.key,
-                    format!(
-                        "architecture '{}' is not one of {ARCHITECTURES:?}",
-                        e.architecture
-                    ),
-                ));
-            }
-            if let Some(b) = &e.boot_mode {
-                if !BOOT_MODES.contains(&b.as_str()) {
-                    return Err(invalid(
-                        &e.key,
-                        format!("boot_mode '{b}' is not one of {BOOT_MODES:?}"),
-                    ));
-                }
-            }
-            if !ROOT_DEVICE_TYPES.contains(&e.root_device_type.as_str()) {
-                return Err(invalid(
-                    &e.key,
-                    format!(
-                        "root_device_type '{}' is not one of {ROOT_DEVICE_TYPES:?}",
-                        e.root_device_type
-                    ),
-                ));
-            }
+            e.kinds().map_err(|m| invalid(&e.key, m))?;
             for (what, src) in [
                 ("source", Some(&e.source)),
                 ("kernel", e.kernel.as_ref()),

@@ -53,6 +53,11 @@
 //!   with outbound access runs in a network namespace of its own with an
 //!   outbound leg (pasta) that cannot reach the host's own services.
 //! - [`paths`] is the only module that knows file names on disk.
+//! - [`domain`] holds EC2's closed sets as enums (instance, volume, image
+//!   and snapshot states, root device type, shutdown behavior, boot mode,
+//!   architecture, accelerator) with EC2's spellings, the instance state
+//!   machine, and the pure `reconcile(recorded, live) -> Transition` the
+//!   service applies on every read.
 //! - [`ids`] makes and checks EC2-style ids.
 //! - [`error_code`] names every error code (EC2's spelling) and its HTTP status.
 //! - [`failpoint`] names crash points for fault-injection tests (`AMIRUN_FAILPOINTS`).
@@ -62,6 +67,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod disk;
+pub mod domain;
 pub mod error_code;
 pub mod failpoint;
 pub mod http;

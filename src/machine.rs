@@ -161,10 +161,9 @@ pub enum Arch {
 impl Arch {
     /// Parses an EC2 architecture name; `i386` runs on x86_64 QEMU.
     pub fn from_ec2(name: &str) -> Result<Self, MachineError> {
-        match name {
-            "x86_64" | "i386" => Ok(Arch::X86_64),
-            "arm64" => Ok(Arch::Arm64),
-            _ => Err(MachineError::InvalidValue {
+        match name.parse::<crate::domain::Architecture>() {
+            Ok(a) => Ok(a.machine()),
+            Err(_) => Err(MachineError::InvalidValue {
                 what: "architecture",
                 value: name.to_string(),
                 expected: "x86_64, i386 or arm64",

@@ -11,7 +11,12 @@
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] holds
 //! one SQL batch per version, applied in order inside one transaction.
 
+use crate::domain::{
+    Accel, Architecture, BootMode, ImageStateName, InstanceStateName, RootDeviceType,
+    ShutdownBehavior, SnapshotStateName, VolumeStateName,
+};
 use crate::error_code::ErrorCode;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -278,12 +283,12 @@ pub struct ImageState {
     pub description: Option<String>,
     pub owner_id: String,
     pub owner_alias: Option<String>,
-    pub architecture: String,
-    pub boot_mode: Option<String>,
-    pub root_device_type: String,
+    pub architecture: Architecture,
+    pub boot_mode: Option<BootMode>,
+    pub root_device_type: RootDeviceType,
     pub root_device_name: String,
     pub virtualization_type: String,
-    pub state: String,
+    pub state: ImageStateName,
     pub state_reason: Option<String>,
     pub creation_date: String,
     pub public: bool,
@@ -311,7 +316,7 @@ impl ImageState {
         region: &str,
         owner_id: &str,
         name: &str,
-        architecture: &str,
+        architecture: Architecture,
         created: &str,
     ) -> ImageState {
         ImageState {
@@ -321,12 +326,12 @@ impl ImageState {
             description: None,
             owner_id: owner_id.to_string(),
             owner_alias: None,
-            architecture: architecture.to_string(),
+            architecture,
             boot_mode: None,
-            root_device_type: "ebs".into(),
+            root_device_type: RootDeviceType::Ebs,
             root_device_name: "/dev/xvda".into(),
             virtualization_type: "hvm".into(),
-            state: "available".into(),
+            state: ImageStateName::Available,
             state_reason: None,
             creation_date: created.to_string(),
             public: false,
@@ -362,7 +367,7 @@ pub struct SnapshotState {
     pub owner_alias: Option<String>,
     pub volume_id: Option<String>,
     pub volume_size_gib: u64,
-    pub state: String,
+    pub state: SnapshotStateName,
     pub description: Option<String>,
     pub start_time: String,
     /// Where its data comes from while it is not yet fetched (catalog AMIs).
@@ -423,12 +428,12 @@ pub struct InstanceState {
     pub reservation_id: String,
     pub image_id: String,
     pub instance_type: String,
-    pub architecture: String,
-    pub boot_mode: String,
-    pub root_device_type: String,
+    pub architecture: Architecture,
+    pub boot_mode: BootMode,
+    pub root_device_type: RootDeviceType,
     pub root_device_name: String,
     /// EC2 state name: pending, running, stopping, stopped, shutting-down, terminated.
-    pub state: String,
+    pub state: InstanceStateName,
     /// `Code: message` of the last transition (EC2's StateReason).
     pub state_reason: Option<String>,
     pub state_transition_reason: Option<String>,
@@ -436,9 +441,9 @@ pub struct InstanceState {
     pub key_name: Option<String>,
     pub user_data: Option<Vec<u8>>,
     /// `stop` or `terminate`.
-    pub shutdown_behavior: String,
+    pub shutdown_behavior: ShutdownBehavior,
     /// `kvm` or `tcg`.
-    pub accel: String,
+    pub accel: Accel,
     pub accel_reason: String,
     pub ssh_port: Option<u16>,
     pub imds_port: Option<u16>,
@@ -459,7 +464,7 @@ pub struct VolumeState {
     pub size_gib: u64,
     pub snapshot_id: Option<String>,
     /// creating, available, in-use, deleting.
-    pub state: String,
+    pub state: VolumeStateName,
     pub create_time: String,
     pub availability_zone: String,
     pub volume_type: String,
@@ -488,6 +493,38 @@ pub struct KeyPairState {
 pub struct Store {
     conn: Connection,
 }
+
+/// The domain enums are TEXT columns holding EC2's spellings (the same
+/// strings the columns held before the enums existed).
+macro_rules! text_column {
+    ($($ty:ty),+) => {$(
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl FromSql for $ty {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    )+};
+}
+
+text_column!(
+    Accel,
+    Architecture,
+    BootMode,
+    ImageStateName,
+    InstanceStateName,
+    RootDeviceType,
+    ShutdownBehavior,
+    SnapshotStateName,
+    VolumeStateName
+);
 
 /// A view of the database inside one transaction; all statements live here.
 pub struct Db<'c> {
@@ -858,7 +895,7 @@ impl Db<'_> {
     }
 
     /// AMIs in a state, in any region (recovery looks for `pending` ones).
-    pub fn images_in_state(&self, state: &str) -> Result<Vec<ImageState>> {
+    pub fn images_in_state(&self, state: ImageStateName) -> Result<Vec<ImageState>> {
         self.images_where("state = ?1 ORDER BY image_id", [state])
     }
 
@@ -985,7 +1022,7 @@ impl Db<'_> {
 
     /// Snapshots in a state, in any region (recovery looks for `pending`
     /// and `deleting` ones).
-    pub fn snapshots_in_state(&self, state: &str) -> Result<Vec<SnapshotState>> {
+    pub fn snapshots_in_state(&self, state: SnapshotStateName) -> Result<Vec<SnapshotState>> {
         self.snapshots_where("state = ?1 ORDER BY snapshot_id", [state])
     }
 
@@ -1439,12 +1476,12 @@ mod tests {
             description: None,
             owner_id: "000000000000".into(),
             owner_alias: None,
-            architecture: "x86_64".into(),
-            boot_mode: Some("uefi".into()),
-            root_device_type: "ebs".into(),
+            architecture: Architecture::X86_64,
+            boot_mode: Some(BootMode::Uefi),
+            root_device_type: RootDeviceType::Ebs,
             root_device_name: "/dev/xvda".into(),
             virtualization_type: "hvm".into(),
-            state: "available".into(),
+            state: ImageStateName::Available,
             state_reason: None,
             creation_date: "2026-01-01T00:00:00.000Z".into(),
             public: false,

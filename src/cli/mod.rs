@@ -694,6 +694,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 import_policy: ImportPolicy::Remote {
                     import_dir: a.import_dir.clone(),
                 },
+                ..ServiceOptions::from_env()
             },
             default_region: cli.region.clone(),
             credentials: crate::http::Credentials {
@@ -727,6 +728,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 progress: std::io::stderr().is_terminal(),
                 // The CLI acts as the local user: any file:// URL.
                 import_policy: ImportPolicy::LocalUser,
+                ..ServiceOptions::from_env()
             },
         )
     };
@@ -1017,12 +1019,36 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
 
 /// Poll until the waiter's condition holds, as the aws CLI's waiters do.
 fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Failure> {
+    use crate::domain::{ImageStateName as Image, InstanceStateName as Instance};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
-    let want = match a.waiter.as_str() {
-        "instance-running" => "running",
-        "instance-stopped" => "stopped",
-        "instance-terminated" => "terminated",
-        "image-available" => "available",
+    let interval = std::time::Duration::from_millis(500);
+    // Each waiter's wanted state and the states it can never leave for it.
+    let (want, hopeless): (Instance, &[Instance]) = match a.waiter.as_str() {
+        "image-available" => {
+            let read = |service: &mut Service| {
+                let input = DescribeImagesInput {
+                    image_ids: a.image_ids.clone(),
+                    ..Default::default()
+                };
+                Ok(service
+                    .describe_images(caller, &input)?
+                    .into_iter()
+                    .map(|i| (i.image_id, i.state))
+                    .collect())
+            };
+            let outcome =
+                service.wait_for_state(Image::Available, &[Image::Failed], deadline, interval, read);
+            return waiter_result(a, outcome.map(drop));
+        }
+        "instance-running" => (
+            Instance::Running,
+            &[Instance::Terminated, Instance::ShuttingDown, Instance::Stopped, Instance::Stopping],
+        ),
+        "instance-stopped" => (
+            Instance::Stopped,
+            &[Instance::Terminated, Instance::ShuttingDown, Instance::Pending],
+        ),
+        "instance-terminated" => (Instance::Terminated, &[]),
         other => {
             return Err(Failure::Param(
                 "waiter".into(),
@@ -1030,61 +1056,53 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
             ))
         }
     };
-    loop {
-        let states: Vec<(String, String)> = if want == "available" {
-            let input = DescribeImagesInput {
-                image_ids: a.image_ids.clone(),
-                ..Default::default()
-            };
-            service
-                .describe_images(caller, &input)?
-                .into_iter()
-                .map(|i| (i.image_id, i.state))
-                .collect()
-        } else {
-            let v = service.describe_instances(caller, &a.instance_ids, &[])?;
-            v["Reservations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
-                .map(|i| {
-                    (
-                        i["InstanceId"].as_str().unwrap_or_default().to_string(),
-                        i["State"]["Name"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        };
-        if !states.is_empty() && states.iter().all(|(_, s)| s == want) {
-            return Ok(());
-        }
+    let read = |service: &mut Service| {
+        let v = service.describe_instances(caller, &a.instance_ids, &[])?;
+        Ok(v["Reservations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
+            .filter_map(|i| {
+                let state = i["State"]["Name"].as_str()?.parse().ok()?;
+                Some((
+                    i["InstanceId"].as_str().unwrap_or_default().to_string(),
+                    state,
+                ))
+            })
+            .collect())
+    };
+    let outcome = service.wait_for_state(want, hopeless, deadline, interval, read);
+    waiter_result(a, outcome.map(drop))
+}
+
+/// A waiter's outcome as the aws CLI reports it.
+fn waiter_result<S: std::fmt::Display>(
+    a: &WaitArgs,
+    outcome: Result<(), crate::service::instances::WaitFailure<S>>,
+) -> Result<(), Failure> {
+    use crate::service::instances::WaitFailure;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(WaitFailure::Error(e)) => Err(e.into()),
         // A state the waiter can never leave for the wanted one is a failure, as in the aws CLI.
-        let hopeless = states.iter().find(|(_, s)| match want {
-            "running" => matches!(
-                s.as_str(),
-                "terminated" | "shutting-down" | "stopped" | "stopping"
-            ),
-            "stopped" => matches!(s.as_str(), "terminated" | "shutting-down" | "pending"),
-            "available" => s == "failed",
-            _ => false,
-        });
-        if let Some((id, s)) = hopeless {
-            return Err(Failure::Service(Error::new(
-                ErrorCode::WaiterFailed,
-                format!("Waiter {} failed: {id} is {s}", a.waiter),
-            )));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Failure::Service(Error::new(
+        Err(WaitFailure::Hopeless { id, state }) => Err(Failure::Service(Error::new(
+            ErrorCode::WaiterFailed,
+            format!("Waiter {} failed: {id} is {state}", a.waiter),
+        ))),
+        Err(WaitFailure::TimedOut { last }) => {
+            let states: Vec<(String, String)> = last
+                .into_iter()
+                .map(|(id, s)| (id, s.to_string()))
+                .collect();
+            Err(Failure::Service(Error::new(
                 ErrorCode::WaiterTimedOut,
                 format!(
                     "Waiter {} timed out after {} s: {states:?}",
                     a.waiter, a.timeout
                 ),
-            )));
+            )))
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

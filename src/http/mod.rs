@@ -74,7 +74,7 @@ impl std::str::FromStr for AccessKey {
         let secret = parts.next().filter(|x| !x.is_empty()).map(String::from);
         let account = parts.next().filter(|x| !x.is_empty()).map(String::from);
         if let Some(a) = &account {
-            if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+            if !crate::domain::AccountId::is_valid(a) {
                 return Err(format!(
                     "account '{a}' of key {access_key_id} is not 12 digits"
                 ));
@@ -111,7 +111,7 @@ impl Credentials {
         {
             return a;
         }
-        if access_key.len() == 12 && access_key.bytes().all(|b| b.is_ascii_digit()) {
+        if crate::domain::AccountId::is_valid(access_key) {
             return access_key.to_string();
         }
         self.default_account.clone()

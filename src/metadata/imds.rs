@@ -102,7 +102,7 @@ pub struct ImdsConfig {
     pub availability_zone: String,
     pub reservation_id: String,
     pub launch_index: u32,
-    pub architecture: String,
+    pub architecture: crate::domain::Architecture,
     /// When the instance was launched (identity document's `pendingTime`).
     pub pending_time: String,
     pub hostname: String,
@@ -600,7 +600,7 @@ mod tests {
             availability_zone: "us-east-1a".into(),
             reservation_id: "r-0123456789abcdef0".into(),
             launch_index: 0,
-            architecture: "x86_64".into(),
+            architecture: crate::domain::Architecture::X86_64,
             pending_time: "2024-01-01T00:00:00Z".into(),
             hostname: "ip-169-254-0-15.ec2.internal".into(),
             local_ipv4: "169.254.0.15".into(),

@@ -27,12 +27,13 @@
 //! and fails with `BakeFailed` naming the step, with the console's tail.
 
 use super::baking::CreateImageInput;
-use super::instances::RunInstancesInput;
+use super::instances::{RunInstancesInput, WaitFailure};
 use super::shapes::{
     DescribeImagesInput, Filter, LaunchPermission, LaunchPermissionModifications,
     ModifyImageAttributeInput, Tag, TagSpecification,
 };
 use super::{Caller, Error, ErrorCode, Result, Service};
+use crate::domain::InstanceStateName;
 use crate::machine::AccelRequest;
 use crate::store::{BlockDeviceMapping, EbsBlockDevice};
 use regex::Regex;
@@ -287,7 +288,7 @@ impl RecipeSpec {
             }
         };
         for u in &config.launch_permissions.users {
-            if u.len() != 12 || !u.bytes().all(|b| b.is_ascii_digit()) {
+            if !crate::domain::AccountId::is_valid(u) {
                 return Err(recipe_error(
                     path,
                     format!("launch permission user {u} is not a 12-digit account id"),
@@ -579,7 +580,7 @@ impl Service {
         b.enter("done-when", "");
         match &recipe.done {
             DoneRule::Poweroff if recipe.config.ssh.is_empty() => {
-                self.wait_state(caller, id, "stopped", deadline)?;
+                self.wait_state(caller, id, InstanceStateName::Stopped, deadline)?;
             }
             DoneRule::Poweroff => {}
             DoneRule::Console(re) => {
@@ -594,9 +595,9 @@ impl Service {
             }
         }
         b.enter("stop", "");
-        if self.instance_state(caller, id)? != "stopped" {
+        if self.instance_state(caller, id)? != InstanceStateName::Stopped {
             self.stop_instances(caller, &[id.to_string()], false)?;
-            self.wait_state(caller, id, "stopped", deadline)?;
+            self.wait_state(caller, id, InstanceStateName::Stopped, deadline)?;
         }
         b.enter("create-image", "");
         let i = self
@@ -724,39 +725,39 @@ impl Service {
         })
     }
 
-    fn instance_state(&mut self, caller: &Caller, id: &str) -> Result<String> {
+    fn instance_state(&mut self, caller: &Caller, id: &str) -> Result<InstanceStateName> {
         self.refresh_instances(caller)?;
         Ok(self
             .store
             .read(|db| db.instance(id))?
             .map(|i| i.state)
-            .unwrap_or_else(|| "terminated".into()))
+            .unwrap_or(InstanceStateName::Terminated))
     }
 
     fn wait_state(
         &mut self,
         caller: &Caller,
         id: &str,
-        want: &str,
+        want: InstanceStateName,
         deadline: Instant,
     ) -> Result<()> {
-        loop {
-            let s = self.instance_state(caller, id)?;
-            if s == want {
-                return Ok(());
-            }
-            if s == "terminated" || s == "shutting-down" {
-                return Err(Error::incorrect_instance_state(format!(
-                    "The instance is {s}"
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::new(
+        use InstanceStateName::{ShuttingDown, Terminated};
+        let read = |svc: &mut Service| Ok(vec![(id.to_string(), svc.instance_state(caller, id)?)]);
+        let interval = Duration::from_millis(250);
+        match self.wait_for_state(want, &[Terminated, ShuttingDown], deadline, interval, read) {
+            Ok(_) => Ok(()),
+            Err(WaitFailure::Error(e)) => Err(e),
+            Err(WaitFailure::Hopeless { state, .. }) => Err(Error::new(
+                ErrorCode::IncorrectInstanceState,
+                format!("The instance is {state}"),
+            )),
+            Err(WaitFailure::TimedOut { last }) => {
+                let s = last.first().map_or(Terminated, |(_, s)| *s);
+                Err(Error::new(
                     ErrorCode::Timeout,
                     format!("The instance did not become {want} in time (it is {s})"),
-                ));
+                ))
             }
-            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
@@ -787,7 +788,7 @@ impl Service {
             if last_state.elapsed() > Duration::from_secs(1) {
                 last_state = Instant::now();
                 let s = self.instance_state(caller, id)?;
-                if !stop_ok && matches!(s.as_str(), "stopped" | "terminated" | "shutting-down") {
+                if !stop_ok && (s == InstanceStateName::Stopped || s.is_terminating()) {
                     // One last look: the marker may have landed just before.
                     let text =
                         String::from_utf8_lossy(&self.console_bytes(caller, id)?).into_owned();

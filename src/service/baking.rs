@@ -30,9 +30,11 @@
 //! background worker); `wait image-available` then returns at once.
 
 use super::images::{check_name, check_unique_name, tags_for};
+use super::instances::WaitFailure;
 use super::layers::LayerInfo;
 use super::shapes::{DiskContainer, Tag, TagSpecification};
 use super::{check_image_id, image_not_found, now, Caller, Error, ErrorCode, Result, Service};
+use crate::domain::{ImageStateName, InstanceStateName, RootDeviceType, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
 use serde::Serialize;
@@ -135,19 +137,19 @@ impl Service {
                     format!("The instance ID '{id}' does not exist"),
                 )
             })?;
-        if instance.root_device_type != "ebs" {
+        if instance.root_device_type != RootDeviceType::Ebs {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,
                 format!("The instance '{id}' is instance store-backed; CreateImage needs an EBS-backed instance"),
             ));
         }
-        if instance.state == "stopping" {
+        if instance.state == InstanceStateName::Stopping {
             instance = self.wait_stopped(caller, &id)?;
         }
-        let mode = match (instance.state.as_str(), input.no_reboot) {
-            ("stopped", _) => "stopped",
-            ("running" | "pending", true) => "live",
-            ("running" | "pending", false) => "reboot",
+        let mode = match (instance.state, input.no_reboot) {
+            (InstanceStateName::Stopped, _) => "stopped",
+            (s, true) if s.is_up() => "live",
+            (s, false) if s.is_up() => "reboot",
             (s, _) => {
                 return Err(Error::incorrect_instance_state(format!(
                     "The instance '{id}' is {s}; CreateImage needs it running or stopped"
@@ -189,8 +191,11 @@ impl Service {
             )
         })?;
         let fits = match mode {
-            "live" => matches!(instance.state.as_str(), "running" | "pending"),
-            _ => instance.state == "stopped",
+            "live" => matches!(
+                instance.state,
+                InstanceStateName::Running | InstanceStateName::Pending
+            ),
+            _ => instance.state == InstanceStateName::Stopped,
         };
         if !fits {
             return Err(Error::incorrect_instance_state(format!(
@@ -309,10 +314,10 @@ impl Service {
             description: input.description.clone(),
             boot_mode: source
                 .as_ref()
-                .and_then(|s| s.boot_mode.clone())
-                .or(Some(instance.boot_mode.clone())),
+                .and_then(|s| s.boot_mode)
+                .or(Some(instance.boot_mode)),
             root_device_name: instance.root_device_name.clone(),
-            state: "pending".into(),
+            state: ImageStateName::Pending,
             image_location: Some(format!("{}/{}", caller.account, input.name)),
             source_image_id: Some(instance.image_id.clone()),
             source_image_region: Some(instance.region.clone()),
@@ -323,7 +328,7 @@ impl Service {
                 &caller.region,
                 &caller.account,
                 &input.name,
-                &instance.architecture,
+                instance.architecture,
                 &now(),
             )
         };
@@ -365,7 +370,7 @@ impl Service {
                 return Err(e);
             }
         };
-        image.state = "available".into();
+        image.state = ImageStateName::Available;
         self.store.write(|db| -> Result<()> {
             Self::record_layers(db, &report)?;
             db.put_image(&image)?;
@@ -386,36 +391,40 @@ impl Service {
 
     /// Poll until an instance is stopped (the stop timeout plus a margin).
     fn wait_stopped(&mut self, caller: &Caller, id: &str) -> Result<crate::store::InstanceState> {
-        let secs = std::env::var("AMIRUN_STOP_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(60)
-            + 30;
+        use InstanceStateName::{ShuttingDown, Stopped, Terminated};
+        let secs = self.options.stop_timeout_secs + 30;
         let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            self.refresh_instances(caller)?;
-            let i = self.store.read(|db| db.instance(id))?.ok_or_else(|| {
+        let mut last = None;
+        let read = |svc: &mut Service| {
+            svc.refresh_instances(caller)?;
+            let i = svc.store.read(|db| db.instance(id))?.ok_or_else(|| {
                 Error::new(
                     ErrorCode::InvalidInstanceIdNotFound,
                     format!("The instance ID '{id}' does not exist"),
                 )
             })?;
-            match i.state.as_str() {
-                "stopped" => return Ok(i),
-                "terminated" | "shutting-down" => {
-                    return Err(Error::incorrect_instance_state(format!(
-                        "The instance '{id}' is {} while waiting for it to stop",
-                        i.state
-                    )))
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::incorrect_instance_state(format!(
-                    "The instance '{id}' did not stop within {secs} s"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            let state = i.state;
+            last = Some(i);
+            Ok(vec![(id.to_string(), state)])
+        };
+        let interval = Duration::from_millis(200);
+        match self.wait_for_state(
+            Stopped,
+            &[Terminated, ShuttingDown],
+            deadline,
+            interval,
+            read,
+        ) {
+            Ok(_) => Ok(last.expect("read before reaching the state")),
+            Err(WaitFailure::Error(e)) => Err(e),
+            Err(WaitFailure::Hopeless { state, .. }) => Err(Error::new(
+                ErrorCode::IncorrectInstanceState,
+                format!("The instance '{id}' is {state} while waiting for it to stop"),
+            )),
+            Err(WaitFailure::TimedOut { .. }) => Err(Error::new(
+                ErrorCode::IncorrectInstanceState,
+                format!("The instance '{id}' did not stop within {secs} s"),
+            )),
         }
     }
 
@@ -461,11 +470,11 @@ impl Service {
         let record = SnapshotState {
             snapshot_id: snapshot_id.clone(),
             region: caller.region.clone(),
-            owner_id: caller.account.clone(),
+            owner_id: caller.account.to_string(),
             owner_alias: None,
             volume_id: None,
             volume_size_gib: blob.virtual_size.div_ceil(1 << 30).max(1),
-            state: "completed".into(),
+            state: SnapshotStateName::Completed,
             description: Some(description.clone()),
             start_time: now(),
             source: None,

@@ -5,6 +5,7 @@
 
 use super::instances::RunInstancesInput;
 use super::{Caller, Result, Service};
+use crate::domain::InstanceStateName;
 use crate::machine::AccelRequest;
 use regex::Regex;
 use serde::Serialize;
@@ -201,7 +202,8 @@ impl Service {
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                if state != "pending" && state != "running" {
+                let up = state.parse::<InstanceStateName>().is_ok_and(|s| s.is_up());
+                if !up {
                     report.failure_reason = Some(format!(
                         "The instance became {state} before the console matched: {}",
                         v["Reservations"][0]["Instances"][0]["StateReason"]["Message"]

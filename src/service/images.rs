@@ -7,6 +7,9 @@ use super::{
     check_image_id, check_snapshot_id, image_not_found, now, snapshot_not_found, Caller, Error,
     ErrorCode, Result, Service,
 };
+use crate::domain::{
+    AccountId, Architecture, BootMode, ImageStateName, RootDeviceType, SnapshotStateName,
+};
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, Db, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
 
@@ -38,9 +41,6 @@ const IMAGE_FILTERS: &[&str] = &[
     "virtualization-type",
 ];
 
-const ARCHITECTURES: &[&str] = &["x86_64", "arm64", "i386"];
-const BOOT_MODES: &[&str] = &["uefi", "legacy-bios", "uefi-preferred"];
-
 /// Whether `caller` may see (and launch) `image`: own, public or shared.
 pub(crate) fn can_launch(
     db: &Db,
@@ -49,7 +49,10 @@ pub(crate) fn can_launch(
 ) -> crate::store::Result<bool> {
     Ok(image.owner_id == caller.account
         || image.public
-        || db.launch_users(&image.image_id)?.contains(&caller.account))
+        || db
+            .launch_users(&image.image_id)?
+            .iter()
+            .any(|u| *u == caller.account))
 }
 
 pub(super) fn check_name(name: &str) -> Result<()> {
@@ -97,6 +100,20 @@ fn check_enum(what: &str, value: &str, allowed: &[&str]) -> Result<()> {
     }
 }
 
+/// `value` as one of a closed set, or EC2's InvalidParameterValue naming `what`.
+fn parse_enum<T: Copy + std::fmt::Display>(what: &str, value: &str, all: &[T]) -> Result<T> {
+    all.iter()
+        .copied()
+        .find(|v| v.to_string() == value)
+        .ok_or_else(|| {
+            let allowed: Vec<String> = all.iter().map(T::to_string).collect();
+            Error::invalid_value(format!(
+                "Value ({value}) for parameter {what} is invalid; use one of {}",
+                allowed.join(", ")
+            ))
+        })
+}
+
 /// Tags from tag specifications for one resource type.
 pub(crate) fn tags_for(
     specs: &[TagSpecification],
@@ -125,10 +142,7 @@ impl Service {
         }
         filter::check_names(&input.filters, IMAGE_FILTERS)?;
         for u in &input.executable_users {
-            if u != "self"
-                && u != "all"
-                && !(u.len() == 12 && u.bytes().all(|b| b.is_ascii_digit()))
-            {
+            if u != "self" && u != "all" && !AccountId::is_valid(u) {
                 return Err(Error::invalid_value(format!(
                     "Executable user '{u}' is not self, all or a 12-digit account id"
                 )));
@@ -199,19 +213,15 @@ impl Service {
         if input.disk_containers.is_empty() {
             return Err(Error::missing("DiskContainers"));
         }
-        let architecture = input
-            .architecture
-            .clone()
-            .unwrap_or_else(|| "x86_64".into());
-        check_enum("Architecture", &architecture, ARCHITECTURES)?;
-        let boot_mode = input.boot_mode.clone().unwrap_or_else(|| {
-            if architecture == "arm64" {
-                "uefi".into()
-            } else {
-                "uefi-preferred".into()
-            }
-        });
-        check_enum("BootMode", &boot_mode, BOOT_MODES)?;
+        let architecture: Architecture = match &input.architecture {
+            Some(a) => parse_enum("Architecture", a, Architecture::ALL)?,
+            None => Architecture::X86_64,
+        };
+        let boot_mode: BootMode = match &input.boot_mode {
+            Some(b) => parse_enum("BootMode", b, BootMode::ALL)?,
+            None if architecture == Architecture::Arm64 => BootMode::Uefi,
+            None => BootMode::UefiPreferred,
+        };
         let task_id = ids::new_id(IdKind::ImportTask);
         // Fetch every disk first; nothing is recorded until all are in the blob store.
         let mut disks = Vec::new();
@@ -254,11 +264,11 @@ impl Service {
             snapshots.push(SnapshotState {
                 snapshot_id: snapshot_id.clone(),
                 region: caller.region.clone(),
-                owner_id: caller.account.clone(),
+                owner_id: caller.account.to_string(),
                 owner_alias: None,
                 volume_id: None,
                 volume_size_gib: gib,
-                state: "completed".into(),
+                state: SnapshotStateName::Completed,
                 description: Some(format!("Created by AWS-VMImport service for {task_id}")),
                 start_time: created.clone(),
                 source: None,
@@ -291,7 +301,7 @@ impl Service {
         }
         let image = ImageState {
             description: input.description.clone(),
-            boot_mode: Some(boot_mode.clone()),
+            boot_mode: Some(boot_mode),
             root_device_name: "/dev/sda1".into(),
             block_device_mappings: bdm,
             ..ImageState::private(
@@ -299,7 +309,7 @@ impl Service {
                 &caller.region,
                 &caller.account,
                 &task_id,
-                &architecture,
+                architecture,
                 &created,
             )
         };
@@ -343,14 +353,15 @@ impl Service {
         input: &RegisterImageInput,
     ) -> Result<String> {
         check_name(&input.name)?;
-        let architecture = input
-            .architecture
-            .clone()
-            .unwrap_or_else(|| "x86_64".into());
-        check_enum("Architecture", &architecture, ARCHITECTURES)?;
-        if let Some(b) = &input.boot_mode {
-            check_enum("BootMode", b, BOOT_MODES)?;
-        }
+        let architecture: Architecture = match &input.architecture {
+            Some(a) => parse_enum("Architecture", a, Architecture::ALL)?,
+            None => Architecture::X86_64,
+        };
+        let boot_mode: Option<BootMode> = input
+            .boot_mode
+            .as_deref()
+            .map(|b| parse_enum("BootMode", b, BootMode::ALL))
+            .transpose()?;
         let virtualization = input
             .virtualization_type
             .clone()
@@ -359,7 +370,7 @@ impl Service {
         let image_id = ids::new_id(IdKind::Image);
         let mut image = ImageState {
             description: input.description.clone(),
-            boot_mode: input.boot_mode.clone(),
+            boot_mode,
             root_device_name: String::new(),
             virtualization_type: virtualization,
             block_device_mappings: input.block_device_mappings.clone(),
@@ -368,7 +379,7 @@ impl Service {
                 &caller.region,
                 &caller.account,
                 &input.name,
-                &architecture,
+                architecture,
                 &now(),
             )
         };
@@ -387,7 +398,7 @@ impl Service {
                 )
             })?;
             let blob = self.fetch_source(&source)?;
-            image.root_device_type = "instance-store".into();
+            image.root_device_type = RootDeviceType::InstanceStore;
             image.root_device_name = input
                 .root_device_name
                 .clone()
@@ -425,7 +436,7 @@ impl Service {
                             .snapshot(sid)?
                             .filter(|s| s.region == caller.region && s.owner_id == caller.account)
                             .ok_or_else(|| snapshot_not_found(sid))?;
-                        if snap.state != "completed" {
+                        if snap.state != SnapshotStateName::Completed {
                             return Err(Error::new(
                                 ErrorCode::IncorrectState,
                                 format!(
@@ -507,7 +518,7 @@ impl Service {
                 for sid in image.snapshot_ids() {
                     let code = match db.snapshot(&sid)? {
                         Some(s) if s.owner_id == caller.account => {
-                            if s.state != "completed"
+                            if s.state != SnapshotStateName::Completed
                                 || backed.contains(&sid)
                                 || !db.images_using_snapshot(&sid)?.is_empty()
                                 || !db.child_snapshots(&sid)?.is_empty()
@@ -547,7 +558,7 @@ impl Service {
         check_image_id(&input.source_image_id)?;
         check_name(&input.name)?;
         let source_caller =
-            super::Caller::new(caller.account.clone(), input.source_region.clone())?;
+            super::Caller::new(caller.account.to_string(), input.source_region.clone())?;
         let tags = tags_for(&input.tag_specifications, "image")?;
         let new_id = ids::new_id(IdKind::Image);
         let (src, snaps) = self.store.read(|db| -> Result<_> {
@@ -560,7 +571,7 @@ impl Service {
                     &input.source_image_id,
                 )));
             }
-            if src.state != "available" {
+            if src.state != ImageStateName::Available {
                 return Err(Error::new(
                     ErrorCode::IncorrectState,
                     format!(
@@ -610,7 +621,7 @@ impl Service {
                     SnapshotState {
                         snapshot_id: new_sid,
                         region: caller.region.clone(),
-                        owner_id: caller.account.clone(),
+                        owner_id: caller.account.to_string(),
                         owner_alias: None,
                         description: Some(format!(
                             "Copied for DestinationAmi {new_id} from SourceAmi {} for SourceSnapshot {}",
@@ -618,7 +629,7 @@ impl Service {
                         )),
                         start_time: now(),
                         catalog_key: None,
-                        state: "completed".into(),
+                        state: SnapshotStateName::Completed,
                         ..snap.clone()
                     },
                 ));
@@ -633,7 +644,7 @@ impl Service {
                 image.region = caller.region.clone();
                 image.name = input.name.clone();
                 image.description = input.description.clone().or(src.description.clone());
-                image.owner_id = caller.account.clone();
+                image.owner_id = caller.account.to_string();
                 image.owner_alias = None;
                 image.public = false;
                 image.creation_date = now();
@@ -734,8 +745,7 @@ impl Service {
                 }
                 for p in add.iter().chain(remove.iter()) {
                     match (&p.user_id, &p.group) {
-                        (Some(u), None)
-                            if u.len() == 12 && u.bytes().all(|b| b.is_ascii_digit()) => {}
+                        (Some(u), None) if AccountId::is_valid(u) => {}
                         (None, Some(g)) if g == "all" => {}
                         _ => {
                             return Err(Error::invalid_value(format!(
@@ -805,7 +815,9 @@ impl Service {
                 out.description = Some(AttributeValue { value: image.description.unwrap_or_default() })
             }
             "bootMode" => {
-                out.boot_mode = image.boot_mode.map(|value| AttributeValue { value });
+                out.boot_mode = image.boot_mode.map(|b| AttributeValue {
+                    value: b.to_string(),
+                });
             }
             "blockDeviceMapping" => out.block_device_mappings = Some(image.block_device_mappings),
             "sriovNetSupport" => out.sriov_net_support = Some(AttributeValue { value: "simple".into() }),
@@ -859,7 +871,7 @@ impl Service {
     pub fn fetch_image(&mut self, caller: &Caller, image_id: &str) -> Result<Vec<FetchedDisk>> {
         let image = self.launchable_image(caller, image_id)?;
         let mut out = Vec::new();
-        if image.root_device_type == "instance-store" {
+        if image.root_device_type == RootDeviceType::InstanceStore {
             let source = image.root_source.clone().ok_or_else(|| {
                 Error::internal(format!("Image {image_id} has no root image location"))
             })?;
@@ -949,8 +961,8 @@ fn image_filter_values(
             .filter_map(|m| m.ebs.as_ref())
     };
     match name {
-        "architecture" => one(&image.architecture),
-        "boot-mode" => opt(&image.boot_mode),
+        "architecture" => one(image.architecture.as_str()),
+        "boot-mode" => image.boot_mode.iter().map(|b| b.to_string()).collect(),
         "description" => opt(&image.description),
         "hypervisor" => one("xen"),
         "image-id" => one(&image.image_id),
@@ -962,11 +974,11 @@ fn image_filter_values(
         "platform-details" => one("Linux/UNIX"),
         "usage-operation" => one("RunInstances"),
         "root-device-name" => one(&image.root_device_name),
-        "root-device-type" => one(&image.root_device_type),
+        "root-device-type" => one(image.root_device_type.as_str()),
         "source-image-id" => opt(&image.source_image_id),
         "source-image-region" => opt(&image.source_image_region),
         "source-instance-id" => opt(&image.source_instance_id),
-        "state" => one(&image.state),
+        "state" => one(image.state.as_str()),
         "virtualization-type" => one(&image.virtualization_type),
         "block-device-mapping.device-name" => image
             .block_device_mappings
@@ -987,7 +999,7 @@ fn image_filter_values(
 
 fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
     Image {
-        architecture: image.architecture.clone(),
+        architecture: image.architecture,
         creation_date: image.creation_date.clone(),
         image_id: image.image_id.clone(),
         image_location: image.image_location.clone(),
@@ -996,7 +1008,7 @@ fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
         owner_id: image.owner_id.clone(),
         platform_details: "Linux/UNIX".into(),
         usage_operation: "RunInstances".into(),
-        state: image.state.clone(),
+        state: image.state,
         block_device_mappings: image.block_device_mappings.clone(),
         description: image.description.clone(),
         ena_support: true,
@@ -1004,10 +1016,10 @@ fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
         image_owner_alias: image.owner_alias.clone(),
         name: image.name.clone(),
         root_device_name: image.root_device_name.clone(),
-        root_device_type: image.root_device_type.clone(),
+        root_device_type: image.root_device_type,
         sriov_net_support: "simple".into(),
         state_reason: image.state_reason.as_ref().map(|m| StateReason {
-            code: image.state.clone(),
+            code: image.state.to_string(),
             message: m.clone(),
         }),
         tags: tags
@@ -1018,7 +1030,7 @@ fn render_image(image: &ImageState, tags: &[crate::store::TagState]) -> Image {
             })
             .collect(),
         virtualization_type: image.virtualization_type.clone(),
-        boot_mode: image.boot_mode.clone(),
+        boot_mode: image.boot_mode,
         source_instance_id: image.source_instance_id.clone(),
         source_image_id: image.source_image_id.clone(),
         source_image_region: image.source_image_region.clone(),

@@ -11,24 +11,11 @@ use crate::metadata::imds::{ImdsConfig, PublicKey, RELAY_SUBCOMMAND};
 use crate::store::InstanceState;
 use base64::Engine;
 use serde_json::Value;
-use std::path::PathBuf;
 
 /// Environment variable that, set to `0` when an instance is launched,
 /// leaves out the NoCloud seed: the guest then learns about itself only
 /// from the metadata service, as on EC2.
 pub const NOCLOUD_SEED_ENV: &str = "AMIRUN_NOCLOUD_SEED";
-
-/// Whether launches make a NoCloud seed (`AMIRUN_NOCLOUD_SEED` is not `0`).
-pub fn nocloud_seed_wanted() -> bool {
-    std::env::var(NOCLOUD_SEED_ENV).map_or(true, |v| v != "0")
-}
-
-/// The amirun executable (for the supervisor and the IMDS relay).
-pub(crate) fn amirun_exe() -> Option<PathBuf> {
-    std::env::var_os("AMIRUN_EXE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_exe().ok())
-}
 
 impl Service {
     /// The metadata service of `i` for its next boot, and the command slirp
@@ -42,10 +29,7 @@ impl Service {
                 .unwrap_or(default)
                 .to_string()
         };
-        let owner = Caller {
-            account: i.owner_id.clone(),
-            region: i.region.clone(),
-        };
+        let owner = Caller::new(i.owner_id.clone(), i.region.clone())?;
         // A key pair deleted since launch still shows on EC2; here it is gone.
         let public_keys = match &i.key_name {
             Some(k) => self
@@ -92,7 +76,7 @@ impl Service {
             availability_zone: format!("{}a", i.region),
             reservation_id: i.reservation_id.clone(),
             launch_index: i.launch_index,
-            architecture: i.architecture.clone(),
+            architecture: i.architecture,
             pending_time: i.launch_time.clone(),
             hostname: "ip-169-254-0-15.ec2.internal".into(),
             local_ipv4: crate::machine::GUEST_ADDRESS.into(),
@@ -104,7 +88,10 @@ impl Service {
                 .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             block_devices,
         };
-        let exe = amirun_exe()
+        let exe = self
+            .options
+            .supervisor_exe
+            .clone()
             .ok_or_else(|| super::Error::internal("Cannot find the amirun executable"))?;
         let forward = ImdsForward {
             argv: vec![

@@ -6,6 +6,7 @@
 use super::filter;
 use super::shapes::Filter;
 use super::{Caller, Error, ErrorCode, Result, Service};
+use crate::domain::{BootMode, InstanceStateName};
 use crate::ids::{self, IdKind};
 use crate::store::InstanceState;
 use base64::Engine;
@@ -62,7 +63,7 @@ impl Service {
         let i = self
             .facts_instances(caller, &[instance_id.to_string()])?
             .remove(0);
-        if i.boot_mode != "uefi" {
+        if i.boot_mode != BootMode::Uefi {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,
                 format!(
@@ -102,7 +103,7 @@ impl Service {
                 .filter(|i| {
                     i.region == caller.region
                         && i.owner_id == caller.account
-                        && i.state != "terminated"
+                        && i.state != InstanceStateName::Terminated
                         && default_cpu_credits(&i.instance_type).is_some()
                 })
                 .collect()

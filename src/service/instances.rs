@@ -8,6 +8,11 @@
 //! pending|running|stopping|stopped -> shutting-down(32) -> terminated(48)
 //! ```
 //!
+//! The states, their codes and allowed transitions are
+//! [`crate::domain::InstanceStateName`]; the decision of reconciliation is
+//! the pure [`crate::domain::reconcile`], which `Service::reconcile_locked`
+//! feeds with probed facts and applies.
+//!
 //! The database holds the last state amirun recorded (the intent); what is
 //! shown is reconciled with live facts on every read ([`Service::refresh_instances`]):
 //! whether the supervisor and QEMU are alive, and the supervisor's `exited`
@@ -44,11 +49,14 @@
 use super::object_lock::{self, ObjectLock};
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
+use crate::domain::{
+    reconcile, BootMode, ImageStateName, InstanceStateName, LiveFacts, Recorded, RootDeviceType,
+    ShutdownBehavior, Transition, VolumeStateName,
+};
 use crate::ids::{self, IdKind};
-use crate::instance::supervisor::{self, ExitReason, LaunchSpec, SupervisorClient};
+use crate::instance::supervisor::{self, LaunchSpec, SupervisorClient};
 use crate::machine::{
-    self, Accel, AccelRequest, Arch, Boot, DiskFormat, DiskSpec, MachineSpec, NetSpec,
-    SmbiosIdentity,
+    self, AccelRequest, Arch, Boot, DiskFormat, DiskSpec, MachineSpec, NetSpec, SmbiosIdentity,
 };
 use crate::network::{self, NetworkStatus};
 use crate::store::{
@@ -58,17 +66,24 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
-/// EC2's numeric code for a state name.
-pub fn state_code(name: &str) -> u16 {
-    match name {
-        "pending" => 0,
-        "running" => 16,
-        "shutting-down" => 32,
-        "terminated" => 48,
-        "stopping" => 64,
-        "stopped" => 80,
-        _ => 0,
-    }
+/// Why [`Service::wait_for_state`] ended without every object in the
+/// wanted state; each waiter turns it into its own error.
+#[derive(Debug)]
+pub enum WaitFailure<S> {
+    /// `id` is in `state`, which it cannot leave for the wanted one.
+    Hopeless {
+        /// The object.
+        id: String,
+        /// Its state.
+        state: S,
+    },
+    /// The deadline passed; `last` is what the last poll read.
+    TimedOut {
+        /// Each object's id and state at the last poll.
+        last: Vec<(String, S)>,
+    },
+    /// Reading the states failed.
+    Error(Error),
 }
 
 /// `run-instances`.
@@ -92,14 +107,14 @@ pub struct RunInstancesInput {
 #[serde(rename_all = "PascalCase")]
 pub struct InstanceStateShape {
     pub code: u16,
-    pub name: String,
+    pub name: InstanceStateName,
 }
 
 impl InstanceStateShape {
-    fn of(name: &str) -> Self {
+    fn of(name: InstanceStateName) -> Self {
         InstanceStateShape {
-            code: state_code(name),
-            name: name.to_string(),
+            code: name.code(),
+            name,
         }
     }
 }
@@ -352,7 +367,7 @@ impl Service {
     /// `RunInstances`: launch `max_count` instances of an AMI; returns the reservation.
     pub fn run_instances(&mut self, caller: &Caller, input: &RunInstancesInput) -> Result<Value> {
         let image = self.launchable_image(caller, &input.image_id)?;
-        if image.state != "available" {
+        if image.state != ImageStateName::Available {
             return Err(Error::new(
                 ErrorCode::InvalidAmiIdUnavailable,
                 format!("Image {} is {}, not available", image.image_id, image.state),
@@ -365,7 +380,7 @@ impl Service {
         let itype = machine::instance_type(&type_name).ok_or_else(|| {
             Error::invalid_value(format!("Invalid value '{type_name}' for InstanceType."))
         })?;
-        if !itype.supports_architecture(&image.architecture) {
+        if !itype.supports_architecture(image.architecture.as_str()) {
             return Err(Error::invalid_value(
                 format!(
                     "The architecture '{}' of the specified instance type does not match the architecture '{}' of the specified AMI. Specify an instance type and an AMI that have matching architectures, and try again. You can use 'describe-instance-types' or 'describe-images' to discover the architecture of the instance type or AMI.",
@@ -383,15 +398,14 @@ impl Service {
                 )));
             }
         }
-        let shutdown = input
-            .shutdown_behavior
-            .clone()
-            .unwrap_or_else(|| "stop".into());
-        if shutdown != "stop" && shutdown != "terminate" {
-            return Err(Error::invalid_value(format!(
-                "Value ({shutdown}) for parameter InstanceInitiatedShutdownBehavior is invalid; use stop or terminate"
-            )));
-        }
+        let shutdown = match input.shutdown_behavior.as_deref() {
+            None => ShutdownBehavior::Stop,
+            Some(given) => given.parse::<ShutdownBehavior>().map_err(|_| {
+                Error::invalid_value(format!(
+                    "Value ({given}) for parameter InstanceInitiatedShutdownBehavior is invalid; use stop or terminate"
+                ))
+            })?,
+        };
         let public_keys = match &input.key_name {
             Some(k) => vec![self.key_pair(caller, k)?.public_key],
             None => Vec::new(),
@@ -401,7 +415,7 @@ impl Service {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         )?;
-        let arch = Arch::from_ec2(&image.architecture)?;
+        let arch = image.architecture.machine();
         machine::find_qemu(arch)?;
         let accel = machine::choose_accel(input.accel, arch, &self.paths.accel_probe_cache())?;
         let boot_mode = resolve_boot_mode(&image, arch)?;
@@ -458,7 +472,7 @@ impl Service {
             failpoint("run-instances:dirs")?;
             let mut devices = Vec::new();
             // Root disk.
-            if image.root_device_type == "instance-store" {
+            if image.root_device_type == RootDeviceType::InstanceStore {
                 let root = fetched
                     .iter()
                     .find(|d| d.snapshot_id.is_none())
@@ -505,10 +519,10 @@ impl Service {
                     volumes.push(VolumeState {
                         volume_id: volume_id.clone(),
                         region: caller.region.clone(),
-                        owner_id: caller.account.clone(),
+                        owner_id: caller.account.to_string(),
                         size_gib,
                         snapshot_id: ebs.snapshot_id.clone(),
-                        state: "in-use".into(),
+                        state: VolumeStateName::InUse,
                         create_time: launch_time.clone(),
                         availability_zone: format!("{}a", caller.region),
                         volume_type: ebs.volume_type.clone().unwrap_or_else(|| "gp3".into()),
@@ -572,7 +586,7 @@ impl Service {
                     ),
                 ));
             }
-            if super::imds::nocloud_seed_wanted() {
+            if self.options.nocloud_seed {
                 crate::metadata::build_seed(
                     &self.paths.seed_image(&instance_id),
                     &crate::metadata::SeedSpec {
@@ -590,22 +604,22 @@ impl Service {
             let state = InstanceState {
                 instance_id: instance_id.clone(),
                 region: caller.region.clone(),
-                owner_id: caller.account.clone(),
+                owner_id: caller.account.to_string(),
                 reservation_id: reservation_id.clone(),
                 image_id: image.image_id.clone(),
                 instance_type: type_name.clone(),
-                architecture: image.architecture.clone(),
-                boot_mode: boot_mode.clone(),
-                root_device_type: image.root_device_type.clone(),
+                architecture: image.architecture,
+                boot_mode,
+                root_device_type: image.root_device_type,
                 root_device_name: image.root_device_name.clone(),
-                state: "pending".into(),
+                state: InstanceStateName::Pending,
                 state_reason: None,
                 state_transition_reason: None,
                 launch_time: launch_time.clone(),
                 key_name: input.key_name.clone(),
                 user_data: input.user_data.clone(),
-                shutdown_behavior: shutdown.clone(),
-                accel: accel_name(accel.accel).into(),
+                shutdown_behavior: shutdown,
+                accel: accel.accel,
                 accel_reason: accel.reason.clone(),
                 ssh_port: Some(ssh_port),
                 imds_port: None,
@@ -677,7 +691,7 @@ impl Service {
 
     /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
     fn prepare_boot_with(&mut self, i: &InstanceState, outbound: machine::Outbound) -> Result<()> {
-        let arch = Arch::from_ec2(&i.architecture)?;
+        let arch = i.architecture.machine();
         let rdir = self.paths.instance_runtime_dir(&i.instance_id);
         std::fs::create_dir_all(&rdir)
             .map_err(io_error(format!("Cannot create {}", rdir.display())))?;
@@ -733,7 +747,7 @@ impl Service {
                     .clone()
                     .unwrap_or_else(|| format!("console={}", arch.console_device())),
             }
-        } else if i.boot_mode == "legacy-bios" {
+        } else if i.boot_mode == BootMode::LegacyBios {
             Boot::LegacyBios
         } else {
             let fw = machine::find_system_uefi_firmware(arch)?;
@@ -756,11 +770,7 @@ impl Service {
             instance_id: i.instance_id.clone(),
             arch,
             boot,
-            accel: if i.accel == "kvm" {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            },
+            accel: i.accel,
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
             disks,
@@ -782,10 +792,7 @@ impl Service {
             PathBuf::from(cmd.program),
             cmd.args,
         );
-        launch.stop_timeout_secs = std::env::var("AMIRUN_STOP_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(60);
+        launch.stop_timeout_secs = self.options.stop_timeout_secs;
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.network = guest_net;
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
@@ -842,9 +849,7 @@ impl Service {
     /// Start an instance's supervisor and wait until it runs; the caller
     /// holds the instance's lock. `op` names the failpoint `<op>:spawned`.
     fn spawn_supervisor(&self, instance_id: &str, op: &str) -> Result<u32> {
-        let exe = std::env::var_os("AMIRUN_EXE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::current_exe().ok())
+        let exe = (self.options.supervisor_exe.clone())
             .ok_or_else(|| Error::internal("Cannot find the amirun executable"))?;
         let pid = supervisor::spawn_detached(&exe, &self.paths.launch_spec(instance_id))?;
         failpoint(&format!("{op}:spawned"))?;
@@ -877,10 +882,10 @@ impl Service {
             return Ok(());
         };
         self.withdraw_launch(instance_id);
-        let target = if i.root_device_type == "instance-store" {
-            "terminated"
+        let target = if i.root_device_type == RootDeviceType::InstanceStore {
+            InstanceStateName::Terminated
         } else {
-            "stopped"
+            InstanceStateName::Stopped
         };
         i.state_reason = Some(format!(
             "{}: {message}",
@@ -893,9 +898,9 @@ impl Service {
     /// The caller holds the instance's lock and knows its supervisor is
     /// gone (under [`Self::fence`]); a QEMU left behind is ended first, so no
     /// disk is removed under a live guest.
-    fn settle(&mut self, i: &mut InstanceState, target: &str) -> Result<()> {
+    fn settle(&mut self, i: &mut InstanceState, target: InstanceStateName) -> Result<()> {
         self.ensure_guest_gone(&i.instance_id)?;
-        i.state = target.to_string();
+        i.state = target;
         i.updated = now();
         let runtime = self.paths.instance_runtime_dir(&i.instance_id);
         // Instance-store disks never survive a stop or terminate.
@@ -905,7 +910,7 @@ impl Service {
         let snapshot = i.clone();
         self.store.write(|db| -> Result<()> {
             db.put_instance(&snapshot)?;
-            if target == "terminated" {
+            if target == InstanceStateName::Terminated {
                 for d in &snapshot.devices {
                     let Some(vid) = &d.volume_id else { continue };
                     let Some(mut v) = db.volume(vid)? else {
@@ -915,7 +920,7 @@ impl Service {
                         db.delete_volume(vid)?;
                         delete_files.push(paths.volume(vid));
                     } else {
-                        v.state = "available".into();
+                        v.state = VolumeStateName::Available;
                         v.instance_id = None;
                         v.device = None;
                         v.attach_time = None;
@@ -928,7 +933,7 @@ impl Service {
         for f in delete_files {
             let _ = std::fs::remove_file(f);
         }
-        if target == "terminated" {
+        if target == InstanceStateName::Terminated {
             for f in [
                 self.paths.seed_image(&i.instance_id),
                 self.paths.uefi_vars(&i.instance_id),
@@ -1022,7 +1027,7 @@ impl Service {
             .filter(|i| i.region == caller.region)
             .collect();
         for i in live {
-            if i.state == "stopped" {
+            if i.state == InstanceStateName::Stopped {
                 continue;
             }
             let Some(_lock) = object_lock::try_lock(&self.paths, &i.instance_id)? else {
@@ -1040,6 +1045,38 @@ impl Service {
         Ok(())
     }
 
+    /// The one state poller, used by every waiter (the CLI's `wait`,
+    /// create-image's wait for a stop, the bake pollers): read the states of
+    /// some objects with `read` every `interval` until all are `want`; fail
+    /// as soon as one is in a `hopeless` state (one it cannot leave for
+    /// `want`), or when `deadline` passes. `read` sees the service, so it
+    /// may refresh, describe or read records as its caller needs.
+    pub fn wait_for_state<S: Copy + PartialEq>(
+        &mut self,
+        want: S,
+        hopeless: &[S],
+        deadline: std::time::Instant,
+        interval: std::time::Duration,
+        mut read: impl FnMut(&mut Service) -> Result<Vec<(String, S)>>,
+    ) -> std::result::Result<Vec<(String, S)>, WaitFailure<S>> {
+        loop {
+            let states = read(self).map_err(WaitFailure::Error)?;
+            if !states.is_empty() && states.iter().all(|(_, s)| *s == want) {
+                return Ok(states);
+            }
+            if let Some((id, s)) = states.iter().find(|(_, s)| hopeless.contains(s)) {
+                return Err(WaitFailure::Hopeless {
+                    id: id.clone(),
+                    state: *s,
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(WaitFailure::TimedOut { last: states });
+            }
+            std::thread::sleep(interval);
+        }
+    }
+
     /// Reconcile one instance with its live facts; the caller holds its lock.
     ///
     /// "The supervisor is gone" is decided only under the fence (the pid
@@ -1051,110 +1088,98 @@ impl Service {
     /// following DeleteOnTermination; an interrupted start of a stopped
     /// instance goes back to `stopped`.
     pub(crate) fn reconcile_locked(&mut self, instance_id: &str) -> Result<()> {
-        let Some(mut i) = self.store.read(|db| db.instance(instance_id))? else {
+        let Some(i) = self.store.read(|db| db.instance(instance_id))? else {
             return Ok(());
         };
-        if matches!(i.state.as_str(), "stopped" | "terminated") {
+        if matches!(
+            i.state,
+            InstanceStateName::Stopped | InstanceStateName::Terminated
+        ) {
             return Ok(());
         }
-        let facts = supervisor::probe(&self.paths, instance_id);
+        // The fence (if taken) is held until the transition is applied.
+        let Some((live, _fence)) = self.live_facts(&i)? else {
+            return Ok(());
+        };
+        let recorded = Recorded {
+            state: i.state,
+            root_device_type: i.root_device_type,
+            shutdown_behavior: i.shutdown_behavior,
+        };
+        let transition = reconcile(&recorded, &live);
+        self.apply_transition(i, transition)
+    }
+
+    /// Probe an instance's supervisor and guest. When no live supervisor is
+    /// named in the pid file, the facts are gathered under the fence, which
+    /// is returned to be held while acting on them; `None` when a
+    /// supervisor holds the pid file (starting or ending: alive).
+    fn live_facts(
+        &self,
+        i: &InstanceState,
+    ) -> Result<Option<(LiveFacts, Option<nix::fcntl::Flock<std::fs::File>>)>> {
+        let facts = supervisor::probe(&self.paths, &i.instance_id);
         if facts.supervisor_alive {
-            if i.state == "pending" && (facts.qemu_alive || facts.last_exit.is_none()) {
-                let running = supervisor::read_events(&self.paths.events(&i.instance_id))
-                    .unwrap_or_default()
-                    .iter()
-                    .rev()
-                    .take_while(|e| !matches!(e.event, supervisor::Event::SupervisorStarted { .. }))
-                    .any(|e| matches!(e.event, supervisor::Event::GuestRunning));
-                if running {
-                    i.state = "running".into();
-                    i.updated = now();
-                    let s = i.clone();
-                    self.store.write(|db| db.put_instance(&s))?;
-                }
-            }
-            return Ok(());
-        }
-        // No live supervisor is named in the pid file. Decide only under the
-        // fence: a supervisor holding its pid file is alive (starting or ending).
-        let Some(_fence) = self.fence(instance_id)? else {
-            return Ok(());
-        };
-        let facts = supervisor::probe(&self.paths, instance_id);
-        let store_backed = i.root_device_type == "instance-store";
-        let (started_since, ever_started) = self.supervisor_runs(&i);
-        if i.state == "pending" && !started_since {
-            // A supervisor its launcher spawned may still be on its way.
-            self.withdraw_launch(instance_id);
-            let (target, why) = if ever_started && !store_backed {
-                (
-                    "stopped",
-                    "Server.InternalError: The start was interrupted before the instance booted; start it again",
-                )
-            } else {
-                (
-                    "terminated",
-                    "Server.InternalError: The launch was interrupted before the instance booted; launch it again",
-                )
+            let live = LiveFacts {
+                supervisor_alive: true,
+                qemu_alive: facts.qemu_alive,
+                last_exit: facts.last_exit.as_ref().map(|e| e.reason),
+                guest_running: i.state == InstanceStateName::Pending && self.guest_running(i),
+                ..LiveFacts::default()
             };
-            i.state_reason = Some(why.to_string());
-            return self.settle(&mut i, target);
+            return Ok(Some((live, None)));
         }
-        // The supervisor is gone: the guest has ended. Decide how.
-        let reason = facts.last_exit.as_ref().map(|e| e.reason);
-        let (target, why) = match (i.state.as_str(), reason) {
-            ("shutting-down", _) => (
-                "terminated",
-                "Client.UserInitiatedShutdown: User initiated shutdown",
-            ),
-            ("stopping", _) => (
-                "stopped",
-                "Client.UserInitiatedShutdown: User initiated shutdown",
-            ),
-            (_, Some(ExitReason::GuestShutdown)) => {
-                if store_backed || i.shutdown_behavior == "terminate" {
-                    (
-                        "terminated",
-                        "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
-                    )
-                } else {
-                    (
-                        "stopped",
-                        "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
-                    )
-                }
-            }
-            (_, Some(ExitReason::StopRequested | ExitReason::Forced)) => {
-                if store_backed {
-                    (
-                        "terminated",
-                        "Client.UserInitiatedShutdown: User initiated shutdown",
-                    )
-                } else {
-                    (
-                        "stopped",
-                        "Client.UserInitiatedShutdown: User initiated shutdown",
-                    )
-                }
-            }
-            (_, r) => {
-                let what = match r {
-                    Some(ExitReason::QemuKilled) => "QEMU was killed",
-                    Some(ExitReason::QemuCrashed) => "QEMU crashed",
-                    Some(ExitReason::StartFailed) => "QEMU failed to start (see supervisor.log)",
-                    _ => "the supervisor died",
-                };
-                let t = if store_backed {
-                    "terminated"
-                } else {
-                    "stopped"
-                };
-                i.state_reason = Some(format!("Server.InternalError: {what}"));
-                return self.settle(&mut i, t);
-            }
+        let Some(fence) = self.fence(&i.instance_id)? else {
+            return Ok(None);
         };
-        i.state_reason = Some(why.to_string());
-        self.settle(&mut i, target)
+        let facts = supervisor::probe(&self.paths, &i.instance_id);
+        let (started_since, ever_started) = self.supervisor_runs(i);
+        let live = LiveFacts {
+            supervisor_alive: false,
+            qemu_alive: facts.qemu_alive,
+            last_exit: facts.last_exit.as_ref().map(|e| e.reason),
+            guest_running: false,
+            started_since,
+            ever_started,
+        };
+        Ok(Some((live, Some(fence))))
+    }
+
+    /// Apply what [`reconcile`] decided to the record (and, when the guest
+    /// is gone, to its files); the caller holds the lock and any fence.
+    fn apply_transition(&mut self, mut i: InstanceState, transition: Transition) -> Result<()> {
+        match transition {
+            Transition::Keep => Ok(()),
+            Transition::Running => {
+                i.state = InstanceStateName::Running;
+                i.updated = now();
+                self.store.write(|db| db.put_instance(&i))?;
+                Ok(())
+            }
+            Transition::Settle {
+                to,
+                reason,
+                withdraw_launch,
+            } => {
+                if withdraw_launch {
+                    // A supervisor its launcher spawned may still be on its way.
+                    self.withdraw_launch(&i.instance_id);
+                }
+                i.state_reason = Some(reason);
+                self.settle(&mut i, to)
+            }
+        }
+    }
+
+    /// Whether the instance's current supervisor reported the guest running
+    /// (a `guest-running` event since its last `supervisor-started`).
+    fn guest_running(&self, i: &InstanceState) -> bool {
+        supervisor::read_events(&self.paths.events(&i.instance_id))
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take_while(|e| !matches!(e.event, supervisor::Event::SupervisorStarted { .. }))
+            .any(|e| matches!(e.event, supervisor::Event::GuestRunning))
     }
 
     /// Take the locks of `ids_` (in id order, so two operations on the same
@@ -1225,16 +1250,16 @@ impl Service {
         for i in wanted {
             let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
             let keep = filter::matches(filters, |name| match name {
-                "architecture" => vec![i.architecture.clone()],
+                "architecture" => vec![i.architecture.to_string()],
                 "availability-zone" => vec![format!("{}a", i.region)],
                 "image-id" => vec![i.image_id.clone()],
                 "instance-id" => vec![i.instance_id.clone()],
-                "instance-state-code" => vec![state_code(&i.state).to_string()],
-                "instance-state-name" => vec![i.state.clone()],
+                "instance-state-code" => vec![i.state.code().to_string()],
+                "instance-state-name" => vec![i.state.to_string()],
                 "instance-type" => vec![i.instance_type.clone()],
                 "key-name" => i.key_name.iter().cloned().collect(),
                 "reservation-id" => vec![i.reservation_id.clone()],
-                "root-device-type" => vec![i.root_device_type.clone()],
+                "root-device-type" => vec![i.root_device_type.to_string()],
                 n => filter::tag_values(&tags, n).unwrap_or_default(),
             });
             if !keep {
@@ -1275,7 +1300,7 @@ impl Service {
                         "Ebs": {
                             "AttachTime": d.attach_time,
                             "DeleteOnTermination": d.delete_on_termination,
-                            "Status": if i.state == "terminated" { "detached" } else { "attached" },
+                            "Status": if i.state == InstanceStateName::Terminated { "detached" } else { "attached" },
                             "VolumeId": v,
                         }
                     })
@@ -1290,11 +1315,11 @@ impl Service {
             "LaunchTime": i.launch_time,
             "Monitoring": {"State": "disabled"},
             "Placement": {"AvailabilityZone": format!("{}a", i.region), "GroupName": "", "Tenancy": "default"},
-            "PrivateDnsName": if i.state == "terminated" { "".to_string() } else { "ip-169-254-0-15.ec2.internal".to_string() },
+            "PrivateDnsName": if i.state == InstanceStateName::Terminated { "".to_string() } else { "ip-169-254-0-15.ec2.internal".to_string() },
             "PrivateIpAddress": "169.254.0.15",
             "ProductCodes": [],
             "PublicDnsName": "",
-            "State": InstanceStateShape::of(&i.state),
+            "State": InstanceStateShape::of(i.state),
             "StateTransitionReason": i.state_reason.as_deref().map(|r| format!("{r} ({})", i.updated)).unwrap_or_default(),
             "Architecture": i.architecture,
             "BlockDeviceMappings": bdm,
@@ -1314,7 +1339,7 @@ impl Service {
             "Amirun": {
                 "Accelerator": i.accel,
                 "AcceleratorReason": i.accel_reason,
-                "SshEndpoint": i.ssh_port.filter(|_| i.state != "terminated").map(|p| format!("127.0.0.1:{p}")),
+                "SshEndpoint": i.ssh_port.filter(|_| i.state != InstanceStateName::Terminated).map(|p| format!("127.0.0.1:{p}")),
                 "GuestOutbound": net_status.as_ref().map_or_else(
                     || guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))).map_or("invalid", machine::Outbound::as_str).to_string(),
                     |s| s.outbound.clone()),
@@ -1359,13 +1384,15 @@ impl Service {
     ) -> Result<Value> {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
-            if i.root_device_type == "instance-store" {
+            if i.root_device_type == RootDeviceType::InstanceStore {
                 return Err(Error::new(
                     ErrorCode::UnsupportedOperation,
                     format!("The instance '{}' does not have an 'ebs' root device type and cannot be stopped.", i.instance_id),
                 ));
             }
-            if i.state == "terminated" || i.state == "shutting-down" {
+            if i.state == InstanceStateName::Terminated
+                || i.state == InstanceStateName::ShuttingDown
+            {
                 return Err(Error::incorrect_instance_state(format!(
                     "The instance '{}' is not in a state from which it can be stopped.",
                     i.instance_id
@@ -1374,18 +1401,23 @@ impl Service {
         }
         let mut changes = Vec::new();
         for mut i in instances {
-            let previous = i.state.clone();
-            if matches!(previous.as_str(), "pending" | "running" | "stopping") {
-                i.state = "stopping".into();
+            let previous = i.state;
+            if matches!(
+                previous,
+                InstanceStateName::Pending
+                    | InstanceStateName::Running
+                    | InstanceStateName::Stopping
+            ) {
+                i.state = InstanceStateName::Stopping;
                 i.updated = now();
                 let s = i.clone();
                 self.store.write(|db| db.put_instance(&s))?;
                 self.ask_supervisor(&i.instance_id, |c| c.stop(force))?;
             }
             changes.push(StateChange {
-                current_state: InstanceStateShape::of(&i.state),
+                current_state: InstanceStateShape::of(i.state),
                 instance_id: i.instance_id.clone(),
-                previous_state: InstanceStateShape::of(&previous),
+                previous_state: InstanceStateShape::of(previous),
             });
         }
         Ok(json!({ "StoppingInstances": changes }))
@@ -1422,7 +1454,12 @@ impl Service {
     pub fn start_instances(&mut self, caller: &Caller, instance_ids: &[String]) -> Result<Value> {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
-            if !matches!(i.state.as_str(), "stopped" | "running" | "pending") {
+            if !matches!(
+                i.state,
+                InstanceStateName::Stopped
+                    | InstanceStateName::Running
+                    | InstanceStateName::Pending
+            ) {
                 return Err(Error::incorrect_instance_state(format!(
                     "The instance '{}' is not in a state from which it can be started.",
                     i.instance_id
@@ -1431,8 +1468,8 @@ impl Service {
         }
         let mut changes = Vec::new();
         for mut i in instances {
-            let previous = i.state.clone();
-            if previous == "stopped" {
+            let previous = i.state;
+            if previous == InstanceStateName::Stopped {
                 let taken = self.store.read(|db| db.ports_in_use())?;
                 let taken: Vec<u16> = taken
                     .into_iter()
@@ -1443,7 +1480,7 @@ impl Service {
                 }) {
                     i.ssh_port = Some(free_port(&taken)?);
                 }
-                i.state = "pending".into();
+                i.state = InstanceStateName::Pending;
                 i.state_reason = None;
                 i.updated = now();
                 self.prepare_boot(&i)?;
@@ -1458,9 +1495,9 @@ impl Service {
                 }
             }
             changes.push(StateChange {
-                current_state: InstanceStateShape::of(&i.state),
+                current_state: InstanceStateShape::of(i.state),
                 instance_id: i.instance_id.clone(),
-                previous_state: InstanceStateShape::of(&previous),
+                previous_state: InstanceStateShape::of(previous),
             });
         }
         Ok(json!({ "StartingInstances": changes }))
@@ -1470,7 +1507,7 @@ impl Service {
     pub fn reboot_instances(&mut self, caller: &Caller, instance_ids: &[String]) -> Result<()> {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
-            if i.state != "running" && i.state != "pending" {
+            if i.state != InstanceStateName::Running && i.state != InstanceStateName::Pending {
                 return Err(Error::incorrect_instance_state(format!(
                     "The instance '{}' is not running.",
                     i.instance_id
@@ -1498,10 +1535,10 @@ impl Service {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         let mut changes = Vec::new();
         for mut i in instances {
-            let previous = i.state.clone();
-            match previous.as_str() {
-                "terminated" | "shutting-down" => {}
-                "stopped" => {
+            let previous = i.state;
+            match previous {
+                InstanceStateName::Terminated | InstanceStateName::ShuttingDown => {}
+                InstanceStateName::Stopped => {
                     let Some(_fence) = self.fence(&i.instance_id)? else {
                         return Err(Error::incorrect_instance_state(format!(
                             "The instance '{}' is stopped but its supervisor runs; try again",
@@ -1510,10 +1547,10 @@ impl Service {
                     };
                     i.state_reason =
                         Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
-                    self.settle(&mut i, "terminated")?;
+                    self.settle(&mut i, InstanceStateName::Terminated)?;
                 }
                 _ => {
-                    i.state = "shutting-down".into();
+                    i.state = InstanceStateName::ShuttingDown;
                     i.updated = now();
                     let s = i.clone();
                     self.store.write(|db| db.put_instance(&s))?;
@@ -1521,9 +1558,9 @@ impl Service {
                 }
             }
             changes.push(StateChange {
-                current_state: InstanceStateShape::of(&i.state),
+                current_state: InstanceStateShape::of(i.state),
                 instance_id: i.instance_id.clone(),
-                previous_state: InstanceStateShape::of(&previous),
+                previous_state: InstanceStateShape::of(previous),
             });
         }
         Ok(json!({ "TerminatingInstances": changes }))
@@ -1534,11 +1571,11 @@ impl Service {
     pub fn terminate_now(&mut self, caller: &Caller, instance_id: &str) -> Result<()> {
         let (_locks, mut found) = self.lock_owned_instances(caller, &[instance_id.to_string()])?;
         let mut i = found.remove(0);
-        if i.state == "terminated" {
+        if i.state == InstanceStateName::Terminated {
             return Ok(());
         }
         if supervisor::probe(&self.paths, instance_id).supervisor_alive {
-            i.state = "shutting-down".into();
+            i.state = InstanceStateName::ShuttingDown;
             i.updated = now();
             let s = i.clone();
             self.store.write(|db| db.put_instance(&s))?;
@@ -1551,14 +1588,14 @@ impl Service {
         let mut i = self
             .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
-        if i.state != "terminated" {
+        if i.state != InstanceStateName::Terminated {
             let Some(_fence) = self.fence(instance_id)? else {
                 return Err(Error::incorrect_instance_state(format!(
                     "The supervisor of '{instance_id}' did not stop; terminate it again"
                 )));
             };
             i.state_reason = Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
-            self.settle(&mut i, "terminated")?;
+            self.settle(&mut i, InstanceStateName::Terminated)?;
         }
         Ok(())
     }
@@ -1607,7 +1644,7 @@ impl Service {
         let i = self
             .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
-        if i.state != "running" {
+        if i.state != InstanceStateName::Running {
             return Err(Error::incorrect_instance_state(format!(
                 "The instance '{instance_id}' is {}, not running",
                 i.state
@@ -1667,7 +1704,7 @@ impl Service {
                 "attachment.device" => v.device.iter().cloned().collect(),
                 "size" => vec![v.size_gib.to_string()],
                 "snapshot-id" => v.snapshot_id.iter().cloned().collect(),
-                "status" => vec![v.state.clone()],
+                "status" => vec![v.state.to_string()],
                 "volume-id" => vec![v.volume_id.clone()],
                 "volume-type" => vec![v.volume_type.clone()],
                 n => filter::tag_values(&tags, n).unwrap_or_default(),
@@ -1737,21 +1774,14 @@ fn check_instance_ids(ids_: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn accel_name(a: Accel) -> &'static str {
-    match a {
-        Accel::Kvm => "kvm",
-        Accel::Tcg => "tcg",
-    }
-}
-
 /// EC2's boot mode rules: `uefi-preferred` boots UEFI where the firmware exists.
-fn resolve_boot_mode(image: &ImageState, arch: Arch) -> Result<String> {
-    let mode = image.boot_mode.as_deref().unwrap_or(match arch {
-        Arch::Arm64 => "uefi",
-        _ => "legacy-bios",
+fn resolve_boot_mode(image: &ImageState, arch: Arch) -> Result<BootMode> {
+    let mode = image.boot_mode.unwrap_or(match arch {
+        Arch::Arm64 => BootMode::Uefi,
+        _ => BootMode::LegacyBios,
     });
     Ok(match (mode, arch) {
-        ("legacy-bios", Arch::Arm64) => {
+        (BootMode::LegacyBios, Arch::Arm64) => {
             return Err(Error::new(
                 ErrorCode::InvalidParameterCombination,
                 format!(
@@ -1760,17 +1790,16 @@ fn resolve_boot_mode(image: &ImageState, arch: Arch) -> Result<String> {
                 ),
             ))
         }
-        ("uefi-preferred", Arch::X86_64) => {
+        (BootMode::UefiPreferred, Arch::X86_64) => {
             if machine::find_system_uefi_firmware(arch).is_ok() {
-                "uefi"
+                BootMode::Uefi
             } else {
-                "legacy-bios"
+                BootMode::LegacyBios
             }
         }
-        ("uefi-preferred", _) => "uefi",
+        (BootMode::UefiPreferred, _) => BootMode::Uefi,
         (m, _) => m,
-    }
-    .to_string())
+    })
 }
 
 /// The AMI's mappings with the launch request's on top (by device name);

@@ -364,7 +364,7 @@ impl Service {
         let state = KeyPairState {
             key_pair_id: ids::new_id(IdKind::KeyPair),
             region: caller.region.clone(),
-            owner_id: caller.account.clone(),
+            owner_id: caller.account.to_string(),
             key_name: key_name.to_string(),
             key_type: key_type.to_string(),
             fingerprint: if key_type == "rsa" {
@@ -442,7 +442,7 @@ impl Service {
         let state = KeyPairState {
             key_pair_id: ids::new_id(IdKind::KeyPair),
             region: caller.region.clone(),
-            owner_id: caller.account.clone(),
+            owner_id: caller.account.to_string(),
             key_name: key_name.to_string(),
             key_type: key_type.into(),
             fingerprint: fingerprint(&public)?,

@@ -64,6 +64,7 @@
 use super::{
     check_snapshot_id, now, snapshot_not_found, Caller, Error, ErrorCode, Result, Service,
 };
+use crate::domain::{InstanceStateName, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::instance::supervisor::SupervisorClient;
 use crate::store::{Db, SnapshotState, VolumeState};
@@ -73,15 +74,6 @@ use std::path::{Path, PathBuf};
 
 /// Default for `AMIRUN_MAX_CHAIN_DEPTH`: snapshot layers in one chain.
 pub const DEFAULT_MAX_CHAIN_DEPTH: usize = 16;
-
-/// The chain depth limit in force (`AMIRUN_MAX_CHAIN_DEPTH`, at least 1).
-pub fn max_chain_depth() -> usize {
-    std::env::var("AMIRUN_MAX_CHAIN_DEPTH")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(DEFAULT_MAX_CHAIN_DEPTH)
-        .max(1)
-}
 
 /// One volume to snapshot, planned before any file is touched.
 #[derive(Debug, Clone)]
@@ -189,7 +181,7 @@ impl Service {
         volumes: Vec<(VolumeState, Option<usize>)>,
         flatten: bool,
     ) -> Result<Vec<LayerPlan>> {
-        let max = max_chain_depth();
+        let max = self.options.max_chain_depth.max(1);
         self.store.read(|db| -> Result<Vec<LayerPlan>> {
             let mut out = Vec::new();
             for (volume, disk_index) in volumes {
@@ -226,11 +218,11 @@ impl Service {
             .map(|p| SnapshotState {
                 snapshot_id: p.snapshot_id.clone(),
                 region: caller.region.clone(),
-                owner_id: caller.account.clone(),
+                owner_id: caller.account.to_string(),
                 owner_alias: None,
                 volume_id: Some(p.volume.volume_id.clone()),
                 volume_size_gib: p.volume.size_gib,
-                state: "pending".into(),
+                state: SnapshotStateName::Pending,
                 description: Some(description.to_string()),
                 start_time: start.clone(),
                 source: None,
@@ -389,7 +381,7 @@ impl Service {
             let mut s = db
                 .snapshot(&l.snapshot_id)?
                 .ok_or_else(|| snapshot_not_found(&l.snapshot_id))?;
-            s.state = "completed".into();
+            s.state = SnapshotStateName::Completed;
             s.storage_bytes = Some(l.storage_bytes);
             if l.collapsed {
                 s.parent_snapshot_id = None;
@@ -429,9 +421,11 @@ impl Service {
                 .devices
                 .iter()
                 .position(|d| d.volume_id.as_deref() == Some(&volume.volume_id));
-            match i.state.as_str() {
-                "stopped" | "terminated" => {}
-                "running" | "pending" => live = Some(iid.clone()),
+            match i.state {
+                InstanceStateName::Stopped | InstanceStateName::Terminated => {}
+                InstanceStateName::Running | InstanceStateName::Pending => {
+                    live = Some(iid.clone())
+                }
                 s => {
                     return Err(Error::new(
                         ErrorCode::IncorrectState,
@@ -507,7 +501,7 @@ impl Service {
             .filter(|s| {
                 s.region == source_region
                     && (s.owner_id == caller.account || s.catalog_key.is_some())
-                    && s.state == "completed"
+                    && s.state == SnapshotStateName::Completed
             })
             .ok_or_else(|| snapshot_not_found(&input.source_snapshot_id))?;
         let new_id = ids::new_id(IdKind::Snapshot);
@@ -521,14 +515,14 @@ impl Service {
         let mut record = SnapshotState {
             snapshot_id: new_id.clone(),
             region: caller.region.clone(),
-            owner_id: caller.account.clone(),
+            owner_id: caller.account.to_string(),
             owner_alias: None,
             description: Some(input.description.clone().unwrap_or_else(|| {
                 format!("[Copied {} from {source_region}]", input.source_snapshot_id)
             })),
             start_time: now(),
             catalog_key: None,
-            state: "completed".into(),
+            state: SnapshotStateName::Completed,
             ..src.clone()
         };
         if input.flatten {
@@ -594,7 +588,10 @@ impl Service {
         self.refresh_instances(caller)?;
         // A pending snapshot's writer holds its lock: refuse at once, not after the wait.
         if let Some(s) = self.store.read(|db| db.snapshot(snapshot_id))? {
-            if s.state == "pending" && s.region == caller.region && s.owner_id == caller.account {
+            if s.state == SnapshotStateName::Pending
+                && s.region == caller.region
+                && s.owner_id == caller.account
+            {
                 return Err(Error::new(
                     ErrorCode::IncorrectState,
                     format!(
@@ -622,7 +619,7 @@ impl Service {
                         ),
                     ));
                 }
-                if s.state == "pending" {
+                if s.state == SnapshotStateName::Pending {
                     return Err(Error::new(
                         ErrorCode::IncorrectState,
                         format!(
@@ -634,7 +631,7 @@ impl Service {
                 if let Some(c) = db
                     .child_snapshots(snapshot_id)?
                     .into_iter()
-                    .find(|c| c.state != "completed")
+                    .find(|c| c.state != SnapshotStateName::Completed)
                 {
                     return Err(Error::new(
                         ErrorCode::IncorrectState,
@@ -667,7 +664,7 @@ impl Service {
             let mut s = db
                 .snapshot(snapshot_id)?
                 .ok_or_else(|| snapshot_not_found(snapshot_id))?;
-            s.state = "deleting".into();
+            s.state = SnapshotStateName::Deleting;
             db.put_snapshot(&s)?;
             Ok(s)
         })?;
@@ -757,7 +754,7 @@ fn check_unused(db: &Db, snapshot_id: &str) -> Result<()> {
         ));
     }
     for i in db.live_instances()? {
-        if i.state == "stopped" {
+        if i.state == InstanceStateName::Stopped {
             continue;
         }
         for d in &i.devices {
@@ -845,6 +842,6 @@ mod tests {
 
     #[test]
     fn chain_depth_setting_has_a_floor() {
-        assert!(max_chain_depth() >= 1);
+        assert!(crate::service::ServiceOptions::from_env().max_chain_depth >= 1);
     }
 }

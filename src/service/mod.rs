@@ -36,6 +36,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
 
 use crate::catalog::{self, Catalog};
+use crate::domain::AccountId;
+use crate::domain::{ImageStateName, RootDeviceType, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::images::{BlobStore, Progress};
 use crate::paths::Paths;
@@ -46,7 +48,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// 12-digit account id.
-    pub account: String,
+    pub account: AccountId,
     /// Region name, e.g. `us-east-1`.
     pub region: String,
 }
@@ -55,11 +57,11 @@ impl Caller {
     /// A caller, with the account and region checked for shape.
     pub fn new(account: impl Into<String>, region: impl Into<String>) -> Result<Caller> {
         let (account, region) = (account.into(), region.into());
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        let Ok(account) = account.parse::<AccountId>() else {
             return Err(Error::invalid_value(format!(
                 "Account id '{account}' is not 12 digits"
             )));
-        }
+        };
         if !is_region_name(&region) {
             return Err(Error::invalid_value(format!(
                 "Region '{region}' is not a region name like us-east-1"
@@ -82,8 +84,10 @@ fn is_region_name(r: &str) -> bool {
             .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Options for opening the service.
-#[derive(Debug, Clone, Default)]
+/// Options for opening the service. The settings taken from the
+/// environment are read once, by [`ServiceOptions::from_env`], where the
+/// front end starts; nothing below reads the environment.
+#[derive(Debug, Clone)]
 pub struct ServiceOptions {
     /// Extra catalog files (`--catalog FILE`).
     pub extra_catalogs: Vec<PathBuf>,
@@ -91,6 +95,55 @@ pub struct ServiceOptions {
     pub progress: bool,
     /// Which image sources callers may name (the HTTP API restricts them).
     pub import_policy: import_policy::ImportPolicy,
+    /// Seconds a graceful stop waits for the guest before forcing it
+    /// (`AMIRUN_STOP_TIMEOUT`, default 60).
+    pub stop_timeout_secs: u64,
+    /// The amirun executable run as supervisor and IMDS relay
+    /// (`AMIRUN_EXE`, default this executable).
+    pub supervisor_exe: Option<PathBuf>,
+    /// Snapshot layers in one chain before a snapshot is flattened
+    /// (`AMIRUN_MAX_CHAIN_DEPTH`, default [`layers::DEFAULT_MAX_CHAIN_DEPTH`], at least 1).
+    pub max_chain_depth: usize,
+    /// Whether launches make a NoCloud seed (`AMIRUN_NOCLOUD_SEED` is not `0`);
+    /// without one the guest learns about itself only from IMDS, as on EC2.
+    pub nocloud_seed: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            extra_catalogs: Vec::new(),
+            progress: false,
+            import_policy: import_policy::ImportPolicy::default(),
+            stop_timeout_secs: 60,
+            supervisor_exe: std::env::current_exe().ok(),
+            max_chain_depth: layers::DEFAULT_MAX_CHAIN_DEPTH,
+            nocloud_seed: true,
+        }
+    }
+}
+
+impl ServiceOptions {
+    /// The defaults with the settings the environment gives: the one place
+    /// amirun's service settings are read from it.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok();
+        let defaults = ServiceOptions::default();
+        ServiceOptions {
+            stop_timeout_secs: var("AMIRUN_STOP_TIMEOUT")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(defaults.stop_timeout_secs),
+            supervisor_exe: std::env::var_os("AMIRUN_EXE")
+                .map(PathBuf::from)
+                .or(defaults.supervisor_exe.clone()),
+            max_chain_depth: var("AMIRUN_MAX_CHAIN_DEPTH")
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(defaults.max_chain_depth)
+                .max(1),
+            nocloud_seed: var(imds::NOCLOUD_SEED_ENV).is_none_or(|v| v != "0"),
+            ..defaults
+        }
+    }
 }
 
 /// The engine: database, blob store, catalog.
@@ -100,6 +153,7 @@ pub struct Service {
     blobs: BlobStore,
     progress: Progress,
     import_policy: import_policy::ImportPolicy,
+    options: ServiceOptions,
 }
 
 /// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
@@ -140,6 +194,7 @@ impl Service {
                 Progress::Hidden
             },
             import_policy: options.import_policy.clone(),
+            options: options.clone(),
         };
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
         warn_skipped(&catalog);
@@ -174,6 +229,10 @@ impl Service {
             let now = now();
             let mut wanted = std::collections::HashSet::new();
             for (_, entry) in &catalog.entries {
+                // Loading validated every entry: this does not fail.
+                let (architecture, boot_mode, root_device_type) = entry
+                    .kinds()
+                    .map_err(|m| Error::internal(format!("Catalog entry {}: {m}", entry.key)))?;
                 for region in entry.regions() {
                     let image_id = entry.image_ids.get(&region).cloned().unwrap_or_else(|| {
                         ids::derived_id(IdKind::Image, &format!("{}/{region}", entry.key))
@@ -182,7 +241,7 @@ impl Service {
                     let existing = db.image(&image_id)?;
                     let mut bdm = Vec::new();
                     let (mut root_source, mut root_blob) = (None, None);
-                    if entry.root_device_type == "ebs" {
+                    if root_device_type == RootDeviceType::Ebs {
                         let snapshot_id =
                             ids::derived_id(IdKind::Snapshot, &format!("{}/{region}", entry.key));
                         let old = db.snapshot(&snapshot_id)?;
@@ -200,7 +259,7 @@ impl Service {
                             owner_alias: Some(entry.owner_alias.clone()),
                             volume_id: None,
                             volume_size_gib: size,
-                            state: "completed".into(),
+                            state: SnapshotStateName::Completed,
                             description: Some(format!("Data of {}", entry.name)),
                             start_time: old.as_ref().map_or(now.clone(), |o| o.start_time.clone()),
                             source: Some(entry.source.clone()),
@@ -248,12 +307,12 @@ impl Service {
                         description: entry.description.clone(),
                         owner_id: entry.owner_id(),
                         owner_alias: Some(entry.owner_alias.clone()),
-                        architecture: entry.architecture.clone(),
-                        boot_mode: entry.boot_mode.clone(),
-                        root_device_type: entry.root_device_type.clone(),
+                        architecture,
+                        boot_mode,
+                        root_device_type,
                         root_device_name: entry.root_device_name.clone(),
                         virtualization_type: "hvm".into(),
-                        state: "available".into(),
+                        state: ImageStateName::Available,
                         state_reason: None,
                         creation_date: existing
                             .as_ref()

@@ -55,6 +55,7 @@
 
 use super::object_lock::try_lock;
 use super::{Error, ErrorCode, Result, Service};
+use crate::domain::{ImageStateName, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::store::SnapshotState;
 use std::collections::HashSet;
@@ -102,9 +103,9 @@ impl Service {
     pub(crate) fn recover(&mut self) -> Result<()> {
         let (pending, deleting, images) = self.store.read(|db| -> Result<_> {
             Ok((
-                db.snapshots_in_state("pending")?,
-                db.snapshots_in_state("deleting")?,
-                db.images_in_state("pending")?,
+                db.snapshots_in_state(SnapshotStateName::Pending)?,
+                db.snapshots_in_state(SnapshotStateName::Deleting)?,
+                db.images_in_state(ImageStateName::Pending)?,
             ))
         })?;
         for s in pending {
@@ -112,7 +113,7 @@ impl Service {
                 continue;
             };
             let fresh = self.store.read(|db| db.snapshot(&s.snapshot_id))?;
-            if let Some(s) = fresh.filter(|s| s.state == "pending") {
+            if let Some(s) = fresh.filter(|s| s.state == SnapshotStateName::Pending) {
                 match self.settle_snapshot(&s) {
                     Ok(kept) => tracing::debug!(
                         snapshot = %s.snapshot_id,
@@ -130,7 +131,7 @@ impl Service {
                 continue;
             };
             let fresh = self.store.read(|db| db.snapshot(&s.snapshot_id))?;
-            if let Some(s) = fresh.filter(|s| s.state == "deleting") {
+            if let Some(s) = fresh.filter(|s| s.state == SnapshotStateName::Deleting) {
                 tracing::debug!(snapshot = %s.snapshot_id, "recovery: finishing an interrupted delete");
                 if let Err(e) = self.finish_delete(&s) {
                     tracing::warn!(snapshot = %s.snapshot_id, "recovery: cannot finish the delete: {e}");
@@ -177,7 +178,7 @@ impl Service {
                     s.parent_snapshot_id = None;
                     s.blob_sha256 = None;
                 }
-                s.state = "completed".into();
+                s.state = SnapshotStateName::Completed;
                 s.storage_bytes = Some(info.actual_size);
                 db.put_snapshot(&s)?;
                 if let Some(v) = &volume {
@@ -208,15 +209,17 @@ impl Service {
             let Some(mut image) = db.image(image_id)? else {
                 return Ok(false);
             };
-            if image.state != "pending" {
+            if image.state != ImageStateName::Pending {
                 return Ok(true);
             }
             let mut whole = true;
             for sid in image.snapshot_ids() {
-                whole &= db.snapshot(&sid)?.is_some_and(|s| s.state == "completed");
+                whole &= db
+                    .snapshot(&sid)?
+                    .is_some_and(|s| s.state == SnapshotStateName::Completed);
             }
             if whole {
-                image.state = "available".into();
+                image.state = ImageStateName::Available;
                 db.put_image(&image)?;
             } else {
                 db.delete_image(image_id)?;
@@ -257,7 +260,7 @@ impl Service {
         }
         let (snap_ids, vol_ids, inst_ids, pending_vols) = self.store.read(|db| -> Result<_> {
             let pending: HashSet<String> = db
-                .snapshots_in_state("pending")?
+                .snapshots_in_state(SnapshotStateName::Pending)?
                 .into_iter()
                 .filter_map(|s| s.volume_id)
                 .collect();
@@ -309,7 +312,7 @@ impl Service {
                         if canonical {
                             db.volume(&id)?.is_some()
                         } else {
-                            db.snapshots_in_state("pending")?
+                            db.snapshots_in_state(SnapshotStateName::Pending)?
                                 .iter()
                                 .any(|s| s.volume_id.as_deref() == Some(&id))
                         }

@@ -5,6 +5,7 @@
 //! so the CLI's JSON/shorthand options and the HTTP API's parameters map
 //! onto them without translation tables.
 
+use crate::domain::{Architecture, BootMode, ImageStateName, RootDeviceType, SnapshotStateName};
 use crate::store::BlockDeviceMapping;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -66,7 +67,7 @@ pub struct StateReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Image {
-    pub architecture: String,
+    pub architecture: Architecture,
     pub creation_date: String,
     pub image_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,7 +77,7 @@ pub struct Image {
     pub owner_id: String,
     pub platform_details: String,
     pub usage_operation: String,
-    pub state: String,
+    pub state: ImageStateName,
     pub block_device_mappings: Vec<BlockDeviceMapping>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -86,7 +87,7 @@ pub struct Image {
     pub image_owner_alias: Option<String>,
     pub name: String,
     pub root_device_name: String,
-    pub root_device_type: String,
+    pub root_device_type: RootDeviceType,
     pub sriov_net_support: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<StateReason>,
@@ -94,7 +95,7 @@ pub struct Image {
     pub tags: Vec<Tag>,
     pub virtualization_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub boot_mode: Option<String>,
+    pub boot_mode: Option<BootMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_instance_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,7 +117,7 @@ pub struct Snapshot {
     pub progress: String,
     pub snapshot_id: String,
     pub start_time: String,
-    pub state: String,
+    pub state: SnapshotStateName,
     pub volume_id: String,
     pub volume_size: u64,
     pub storage_tier: String,
@@ -192,7 +193,7 @@ pub struct SnapshotDetail {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ImportImageOutput {
-    pub architecture: String,
+    pub architecture: Architecture,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub image_id: String,
@@ -202,7 +203,7 @@ pub struct ImportImageOutput {
     pub snapshot_details: Vec<SnapshotDetail>,
     pub status: String,
     pub status_message: String,
-    pub boot_mode: String,
+    pub boot_mode: BootMode,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
 }
