@@ -8,14 +8,16 @@
 //! Data flows one way: front ends -> service -> domain modules -> host tools.
 //!
 //! ```text
-//! cli/                      translate input to service calls, render output
-//!   |
+//! cli/   http/              translate input to service calls, render output
+//!    \   /                  (http: SigV4, server limits, import policy forced)
 //! service/                  one method per EC2 operation (images, snapshots, tags,
-//!   |                       key pairs, instances + volumes, boot-test); permissions,
-//!   |                       state rules, reconciliation of instance states
+//!   |                       key pairs, instances + volumes, instance types, boot-test);
+//!   |                       permissions, state rules, object locks, recovery + sweep
+//!   +-- domain (EC2 enums, state machine, pure reconcile)   error_code
 //!   +-- catalog   images   disk (qemu-img)   machine (QEMU argv)   metadata (seed)
 //!   +-- instance::supervisor (spawned detached; the only spawner of QEMU) + qmp
-//!   +-- store (SQLite)      paths (every file name)
+//!   |       +-- network (per-guest namespace + outbound leg, ssh relay)
+//!   +-- store (SQLite)      paths (every file name)      private_fs (modes)
 //! ```
 //!
 //! - [`cli`] translates the command line into [`service`] calls and renders
@@ -31,7 +33,10 @@
 //!   runs `amirun bake RECIPE`. Operations that change files and records
 //!   go lock -> intent -> act -> commit; a recovery pass at every open
 //!   settles what a killed process left, from the real qcow2 chains, and
-//!   sweeps files no record owns (`service::recovery`).
+//!   sweeps files no record owns (`service::recovery`). One operation at a
+//!   time per object: an `flock` per id (`service::object_lock`), held by
+//!   whatever changes or makes the object and by reconciliation. Callers
+//!   over HTTP name no host paths (`service::import_policy`).
 //! - [`store`] is the only module that touches the database (SQLite, WAL,
 //!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).

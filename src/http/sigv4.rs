@@ -44,7 +44,7 @@ pub struct Authorization {
 /// How far `X-Amz-Date` may be from the server's clock, either way (AWS: 15 minutes).
 pub const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
-/// Why an `Authorization` header was refused (the message; see [`AuthError::code`]).
+/// Why an `Authorization` header was refused (the message; its code is `AuthFailure`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthError(pub String);

@@ -118,7 +118,7 @@ fn still_named(paths: &Paths, object_id: &str, locked: &File) -> bool {
 }
 
 /// Take `object_id`'s lock, waiting (polling the kernel lock, bounded by
-/// [`WAIT`]) while another process holds it.
+/// five minutes) while another process holds it.
 pub fn lock(paths: &Paths, object_id: &str) -> Result<ObjectLock> {
     if held_here(object_id) {
         return Ok(ObjectLock::nested(object_id));
