@@ -26,53 +26,6 @@ fn amirun(env: &Env, args: &[&str]) -> Run {
         .into()
 }
 
-/// The instance id (`i-` + 17 hex digits) inside `s`, if any.
-fn instance_id_in(s: &str) -> Option<String> {
-    s.match_indices("i-").find_map(|(start, _)| {
-        let id: String = s[start..].chars().take(19).collect();
-        (id.len() == 19 && id[2..].chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
-    })
-}
-
-/// Live QEMU and supervisor processes of this environment: (pid, instance, is QEMU).
-fn processes(env: &Env) -> Vec<(u32, String, bool)> {
-    let home = env.home().display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        if stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            == Some("Z")
-        {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.iter().any(|a| a.contains(&home)) {
-            continue;
-        }
-        let qemu = args[0].contains("qemu-system");
-        if !(qemu || args.iter().any(|a| a == "__supervise")) {
-            continue;
-        }
-        if let Some(id) = args.iter().find_map(|a| instance_id_in(a)) {
-            out.push((pid, id, qemu));
-        }
-    }
-    out
-}
-
 /// QEMU pids by instance.
 fn qemus(env: &Env) -> HashMap<String, HashSet<u32>> {
     let mut m: HashMap<String, HashSet<u32>> = HashMap::new();

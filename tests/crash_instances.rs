@@ -24,55 +24,6 @@ fn amirun(env: &Env, args: &[&str], failpoints: &str) -> Run {
         .into()
 }
 
-/// The instance id (`i-` + 17 hex digits) inside `s`, if any.
-fn instance_id_in(s: &str) -> Option<String> {
-    s.match_indices("i-").find_map(|(start, _)| {
-        let id: String = s[start..].chars().take(19).collect();
-        (id.len() == 19 && id[2..].chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
-    })
-}
-
-/// Live processes of this environment (argv names its state directory):
-/// (pid, instance id, is QEMU).
-fn processes(env: &Env) -> Vec<(u32, String, bool)> {
-    let home = env.home().display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        if stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            == Some("Z")
-        {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.iter().any(|a| a.contains(&home)) {
-            continue;
-        }
-        let qemu = args[0].contains("qemu-system");
-        let supervisor = args.iter().any(|a| a == "__supervise");
-        if !(qemu || supervisor) {
-            continue;
-        }
-        if let Some(id) = args.iter().find_map(|a| instance_id_in(a)) {
-            out.push((pid, id, qemu));
-        }
-    }
-    out
-}
-
 /// Whether the object lock of `id` is free (no process is making `id`).
 fn lock_free(env: &Env, id: &str) -> bool {
     let path = env.home().join("locks").join(format!("{id}.lock"));
