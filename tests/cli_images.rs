@@ -386,6 +386,43 @@ fn launch_permissions_control_visibility() {
         "launchPermission",
     ]);
     assert!(seen_by_b(&env).is_empty());
+    // Packer's ami_users: the structure and the same ids as UserId.N, with
+    // no OperationType.
+    env.ok(&[
+        "--account",
+        a,
+        "modify-image-attribute",
+        "--image-id",
+        &ami,
+        "--launch-permission",
+        &format!("Add=[{{UserId={b}}}]"),
+        "--user-ids",
+        b,
+    ]);
+    assert_eq!(seen_by_b(&env), vec![ami.clone()]);
+    // Without the structure, UserId.N still needs an OperationType.
+    env.fails(
+        &[
+            "--account",
+            a,
+            "modify-image-attribute",
+            "--image-id",
+            &ami,
+            "--user-ids",
+            b,
+        ],
+        "MissingParameter",
+    );
+    env.ok(&[
+        "--account",
+        a,
+        "reset-image-attribute",
+        "--image-id",
+        &ami,
+        "--attribute",
+        "launchPermission",
+    ]);
+    assert!(seen_by_b(&env).is_empty());
     env.ok(&[
         "--account",
         a,

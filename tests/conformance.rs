@@ -617,8 +617,60 @@ fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
         c["InstanceCreditSpecifications"],
         serde_json::json!([{"InstanceId": t2, "CpuCredits": "standard"}])
     );
+    // Instances and volumes take tags after launch, and describe-tags
+    // filters them by resource type (Ansible tags instances this way).
+    let vol = i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&[
+        "create-tags",
+        "--resources",
+        &id,
+        &vol,
+        "--tags",
+        "Key=role,Value=web",
+    ]);
+    assert!(env.instance(&id)["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["Key"] == "role" && t["Value"] == "web"));
+    let tagged = env.ok(&[
+        "describe-tags",
+        "--filters",
+        "Name=resource-type,Values=instance",
+        "Name=key,Values=role",
+    ]);
+    assert_eq!(
+        tagged["Tags"],
+        serde_json::json!([{"Key": "role", "ResourceId": id, "ResourceType": "instance", "Value": "web"}])
+    );
+    let tagged = env.ok(&[
+        "describe-tags",
+        "--filters",
+        "Name=resource-type,Values=volume",
+    ]);
+    assert_eq!(tagged["Tags"][0]["ResourceId"], vol.as_str());
+    env.fails(
+        &[
+            "create-tags",
+            "--resources",
+            "i-0123456789abcdef0",
+            "--tags",
+            "Key=a,Value=b",
+        ],
+        "InvalidInstanceID.NotFound",
+    );
     env.ok(&["terminate-instances", "--instance-ids", &id, &t2, &bios]);
     for i in [&id, &t2, &bios] {
         env.wait("instance-terminated", i);
     }
+    // EC2's wording of a user's terminate.
+    let reason = env.instance(&id)["StateTransitionReason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let re = regex::Regex::new(r"^User initiated \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GMT\)$").unwrap();
+    assert!(re.is_match(&reason), "{reason}");
 }

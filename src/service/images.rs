@@ -737,6 +737,10 @@ impl Service {
                                 "Value ({other}) for parameter OperationType is invalid; use add or remove"
                             )))
                         }
+                        // Packer's `ami_users` sends `LaunchPermission.Add.N.UserId`
+                        // and the same ids as `UserId.N` without an OperationType:
+                        // the structure already says what to do.
+                        None if input.launch_permission.is_some() => {}
                         None => return Err(Error::missing("OperationType")),
                     }
                 }

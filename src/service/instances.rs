@@ -1320,7 +1320,7 @@ impl Service {
             "ProductCodes": [],
             "PublicDnsName": "",
             "State": InstanceStateShape::of(i.state),
-            "StateTransitionReason": i.state_reason.as_deref().map(|r| format!("{r} ({})", i.updated)).unwrap_or_default(),
+            "StateTransitionReason": i.state_reason.as_deref().map(|r| state_transition_reason(r, &i.updated)).unwrap_or_default(),
             "Architecture": i.architecture,
             "BlockDeviceMappings": bdm,
             "EbsOptimized": false,
@@ -1774,6 +1774,20 @@ fn check_instance_ids(ids_: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// EC2's `StateTransitionReason` for a state reason recorded at `when`
+/// (`2026-11-22T18:44:25.000Z`): "User initiated (2026-11-22 18:44:25 GMT)"
+/// for a user's stop or terminate, else the reason with its time.
+fn state_transition_reason(reason: &str, when: &str) -> String {
+    let at = chrono::DateTime::parse_from_rfc3339(when)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S GMT").to_string())
+        .unwrap_or_else(|_| when.to_string());
+    if reason.starts_with("Client.UserInitiatedShutdown") {
+        format!("User initiated ({at})")
+    } else {
+        format!("{reason} ({at})")
+    }
+}
+
 /// EC2's boot mode rules: `uefi-preferred` boots UEFI where the firmware exists.
 fn resolve_boot_mode(image: &ImageState, arch: Arch) -> Result<BootMode> {
     let mode = image.boot_mode.unwrap_or(match arch {
@@ -1871,6 +1885,21 @@ fn metadata_options(given: Option<&Value>) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn state_transition_reason_reads_as_ec2_writes_it() {
+        assert_eq!(
+            super::state_transition_reason(
+                "Client.UserInitiatedShutdown: User initiated shutdown",
+                "2026-11-22T18:44:25.000Z"
+            ),
+            "User initiated (2026-11-22 18:44:25 GMT)"
+        );
+        assert_eq!(
+            super::state_transition_reason("Server.InternalError: x", "2026-11-22T18:44:25.000Z"),
+            "Server.InternalError: x (2026-11-22 18:44:25 GMT)"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -25,6 +25,8 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         "image" => crate::ids::is_well_formed(crate::ids::IdKind::Image, id),
         "snapshot" => crate::ids::is_well_formed(crate::ids::IdKind::Snapshot, id),
         "key-pair" => crate::ids::is_well_formed(crate::ids::IdKind::KeyPair, id),
+        "instance" => crate::ids::is_well_formed(crate::ids::IdKind::Instance, id),
+        "volume" => crate::ids::is_well_formed(crate::ids::IdKind::Volume, id),
         _ => true,
     };
     if !well_formed {
@@ -51,6 +53,12 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         "snapshot" => db
             .snapshot(id)?
             .is_some_and(|s| s.region == caller.region && s.owner_id == caller.account),
+        "instance" => db
+            .instance(id)?
+            .is_some_and(|i| i.region == caller.region && i.owner_id == caller.account),
+        "volume" => db
+            .volume(id)?
+            .is_some_and(|v| v.region == caller.region && v.owner_id == caller.account),
         _ => {
             return Err(Error::new(
                 ErrorCode::InvalidId,
@@ -58,12 +66,18 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
             ))
         }
     };
-    if owned {
-        Ok(())
-    } else if resource_type(id) == "image" {
-        Err(image_not_found(&[id.to_string()]))
-    } else {
-        Err(snapshot_not_found(id))
+    match resource_type(id) {
+        _ if owned => Ok(()),
+        "image" => Err(image_not_found(&[id.to_string()])),
+        "instance" => Err(Error::new(
+            ErrorCode::InvalidInstanceIdNotFound,
+            format!("The instance ID '{id}' does not exist"),
+        )),
+        "volume" => Err(Error::new(
+            ErrorCode::InvalidVolumeNotFound,
+            format!("The volume '{id}' does not exist."),
+        )),
+        _ => Err(snapshot_not_found(id)),
     }
 }
 
