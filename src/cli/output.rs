@@ -16,12 +16,61 @@ pub enum Format {
 /// Apply `query` (JMESPath) to `value`.
 pub fn apply_query(value: Value, query: Option<&str>) -> Result<Value, String> {
     let Some(q) = query else { return Ok(value) };
-    let expr = jmespath::compile(q).map_err(|e| format!("Bad value for --query {q}: {e}"))?;
+    let expr = jmespath::compile(&legacy_literals(q))
+        .map_err(|e| format!("Bad value for --query {q}: {e}"))?;
     let data = jmespath::Variable::from_serializable(&value).map_err(|e| e.to_string())?;
     let result = expr
         .search(data)
         .map_err(|e| format!("Bad value for --query {q}: {e}"))?;
     serde_json::to_value(&*result).map_err(|e| e.to_string())
+}
+
+/// The aws CLI's JMESPath (jmespath.py) still takes a backtick literal that
+/// is not JSON as a string (`` `arm64` `` for `` `"arm64"` ``), and scripts
+/// rely on it: rewrite such literals into JSON strings. Raw strings
+/// (`'…'`) and quoted identifiers (`"…"`) are copied as they are.
+fn legacy_literals(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let mut chars = q.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(c);
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == '\\' {
+                        if let Some(e) = chars.next() {
+                            out.push(e);
+                        }
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '`' => {
+                let mut lexeme = String::new();
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' if chars.peek() == Some(&'`') => {
+                            lexeme.push(chars.next().unwrap_or('`'))
+                        }
+                        '`' => break,
+                        _ => lexeme.push(d),
+                    }
+                }
+                let body = if serde_json::from_str::<Value>(&lexeme).is_ok() {
+                    lexeme
+                } else {
+                    Value::String(lexeme.trim_start().to_string()).to_string()
+                };
+                out.push('`');
+                out.push_str(&body.replace('`', "\\`"));
+                out.push('`');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Render `value` to `out`; `title` is the operation name (table header).
@@ -231,6 +280,26 @@ fn grid(title: &str, header: &[String], rows: &[Vec<String>], out: &mut Vec<Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backtick_literals_that_are_not_json_are_strings_as_in_the_aws_cli() {
+        use super::{apply_query, legacy_literals};
+        assert_eq!(
+            legacy_literals("Images[?Architecture==`arm64`]"),
+            "Images[?Architecture==`\"arm64\"`]"
+        );
+        assert_eq!(legacy_literals("a[?n==`3`]"), "a[?n==`3`]");
+        assert_eq!(legacy_literals("a[?s=='`x`']"), "a[?s=='`x`']");
+        let v = serde_json::json!({"I": [{"A": "x86_64", "N": 1}, {"A": "arm64", "N": 2}]});
+        assert_eq!(
+            apply_query(v.clone(), Some("I[?A==`arm64`].N")).unwrap(),
+            serde_json::json!([2])
+        );
+        assert_eq!(
+            apply_query(v, Some("I[?N==`1`].A")).unwrap(),
+            serde_json::json!(["x86_64"])
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -1332,7 +1332,8 @@ impl Service {
             "BootMode": i.boot_mode,
             "CurrentInstanceBootMode": i.boot_mode,
             "CpuOptions": {"CoreCount": itype.map_or(1, |t| t.vcpus), "ThreadsPerCore": 1},
-            "MetadataOptions": i.metadata_options,
+            // EC2 says `pending` until the options are in force on a running instance.
+            "MetadataOptions": metadata_options_shown(&i.metadata_options, i.state),
             "PlatformDetails": "Linux/UNIX",
             "UsageOperation": "RunInstances",
             "InstanceLifecycle": null,
@@ -1849,6 +1850,21 @@ fn merge_mappings(
     out
 }
 
+/// The recorded metadata options as EC2 shows them: `State` is `pending`
+/// while the instance is, `applied` after.
+fn metadata_options_shown(recorded: &Value, state: InstanceStateName) -> Value {
+    let mut shown = recorded.clone();
+    if let Some(o) = shown.as_object_mut() {
+        let s = if state == InstanceStateName::Pending {
+            "pending"
+        } else {
+            "applied"
+        };
+        o.insert("State".into(), s.into());
+    }
+    shown
+}
+
 /// EC2's MetadataOptions with defaults filled in.
 fn metadata_options(given: Option<&Value>) -> Result<Value> {
     let tokens = given
@@ -1885,6 +1901,17 @@ fn metadata_options(given: Option<&Value>) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metadata_options_are_pending_while_the_instance_is() {
+        use crate::domain::InstanceStateName;
+        let recorded = super::metadata_options(None).unwrap();
+        let shown = super::metadata_options_shown(&recorded, InstanceStateName::Pending);
+        assert_eq!(shown["State"], "pending");
+        assert_eq!(shown["HttpPutResponseHopLimit"], 1);
+        let shown = super::metadata_options_shown(&recorded, InstanceStateName::Running);
+        assert_eq!(shown["State"], "applied");
+    }
+
     #[test]
     fn state_transition_reason_reads_as_ec2_writes_it() {
         assert_eq!(
