@@ -90,6 +90,8 @@ fn in_private_namespace(test: &str, setup: &str, scenario: fn()) {
         .arg(&exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(INSIDE, "1")
+        // Inside its own namespace, the default guest gets its outbound leg.
+        .env("AMIRUN_GUEST_OUTBOUND", "nat")
         .status()
         .expect("run unshare");
     assert!(

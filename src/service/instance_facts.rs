@@ -7,8 +7,6 @@ use super::filter;
 use super::shapes::Filter;
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::domain::{BootMode, InstanceStateName};
-use crate::ids::{self, IdKind};
-use crate::store::InstanceState;
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -23,45 +21,10 @@ pub fn default_cpu_credits(instance_type: &str) -> Option<&'static str> {
 }
 
 impl Service {
-    /// The caller's instances with these ids, or `InvalidInstanceID.*`.
-    fn facts_instances(&mut self, caller: &Caller, ids_: &[String]) -> Result<Vec<InstanceState>> {
-        for id in ids_ {
-            if !ids::is_well_formed(IdKind::Instance, id) {
-                return Err(Error::new(
-                    ErrorCode::InvalidInstanceIdMalformed,
-                    format!("Invalid id: \"{id}\" (expecting \"i-...\")"),
-                ));
-            }
-        }
-        self.store.read(|db| -> Result<Vec<InstanceState>> {
-            let mut out = Vec::new();
-            let mut missing = Vec::new();
-            for id in ids_ {
-                match db.instance(id)? {
-                    Some(i) if i.region == caller.region && i.owner_id == caller.account => {
-                        out.push(i)
-                    }
-                    _ => missing.push(id.as_str()),
-                }
-            }
-            match missing.as_slice() {
-                [] => Ok(out),
-                [one] => Err(Error::new(
-                    ErrorCode::InvalidInstanceIdNotFound,
-                    format!("The instance ID '{one}' does not exist"),
-                )),
-                many => Err(Error::new(
-                    ErrorCode::InvalidInstanceIdNotFound,
-                    format!("The instance IDs '{}' do not exist", many.join(", ")),
-                )),
-            }
-        })
-    }
-
     /// `GetInstanceUefiData`: base64 of the instance's UEFI variable store.
     pub fn get_instance_uefi_data(&mut self, caller: &Caller, instance_id: &str) -> Result<Value> {
         let i = self
-            .facts_instances(caller, &[instance_id.to_string()])?
+            .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
         if i.boot_mode != BootMode::Uefi {
             return Err(Error::new(
@@ -108,7 +71,7 @@ impl Service {
                 })
                 .collect()
         } else {
-            self.facts_instances(caller, instance_ids)?
+            self.owned_instances(caller, instance_ids)?
         };
         let mut out = Vec::new();
         for i in instances {

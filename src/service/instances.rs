@@ -313,9 +313,10 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
 /// outbound access (`nat`, the default) unless the tag says `none`.
 fn guest_outbound<'a>(
     mut tags: impl Iterator<Item = (&'a str, &'a str)>,
+    default: machine::Outbound,
 ) -> Result<machine::Outbound> {
     match tags.find(|(k, _)| *k == machine::OUTBOUND_TAG) {
-        None => Ok(machine::Outbound::Nat),
+        None => Ok(default),
         Some((_, v)) => machine::Outbound::from_tag(v).ok_or_else(|| {
             Error::invalid_value(format!(
                 "Invalid value '{v}' for tag {}: use 'nat' (DNS and outbound access, the default) or 'none' (IMDS and SSH only)",
@@ -414,6 +415,7 @@ impl Service {
             super::images::tags_for(&input.tag_specifications, "instance")?
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
+            self.options.default_outbound,
         )?;
         let arch = image.architecture.machine();
         machine::find_qemu(arch)?;
@@ -685,7 +687,10 @@ impl Service {
     /// [`Self::prepare_boot_with`] the guest network its tags choose now.
     fn prepare_boot(&mut self, i: &InstanceState) -> Result<()> {
         let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
-        let outbound = guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))?;
+        let outbound = guest_outbound(
+            tags.iter().map(|t| (t.key.as_str(), t.value.as_str())),
+            self.options.default_outbound,
+        )?;
         self.prepare_boot_with(i, outbound)
     }
 
@@ -817,7 +822,7 @@ impl Service {
         };
         if wanted == machine::Outbound::None {
             return sealed(format!(
-                "Launched with {}=none: IMDS and SSH only",
+                "Outbound access is off ({}=none, or AMIRUN_GUEST_OUTBOUND=none without the tag): IMDS and SSH only",
                 machine::OUTBOUND_TAG
             ));
         }
@@ -1204,7 +1209,13 @@ impl Service {
         Ok((locks, instances))
     }
 
-    fn owned_instances(&mut self, caller: &Caller, ids_: &[String]) -> Result<Vec<InstanceState>> {
+    /// The caller's instances with these ids (states reconciled first), or
+    /// `InvalidInstanceID.Malformed` / `.NotFound` naming the ids.
+    pub(super) fn owned_instances(
+        &mut self,
+        caller: &Caller,
+        ids_: &[String],
+    ) -> Result<Vec<InstanceState>> {
         check_instance_ids(ids_)?;
         self.refresh_instances(caller)?;
         self.store.read(|db| -> Result<Vec<InstanceState>> {
@@ -1218,13 +1229,17 @@ impl Service {
                     _ => missing.push(id.clone()),
                 }
             }
-            if !missing.is_empty() {
-                return Err(Error::new(
+            match missing.as_slice() {
+                [] => Ok(out),
+                [one] => Err(Error::new(
                     ErrorCode::InvalidInstanceIdNotFound,
-                    format!("The instance ID '{}' does not exist", missing.join(", ")),
-                ));
+                    format!("The instance ID '{one}' does not exist"),
+                )),
+                many => Err(Error::new(
+                    ErrorCode::InvalidInstanceIdNotFound,
+                    format!("The instance IDs '{}' do not exist", many.join(", ")),
+                )),
             }
-            Ok(out)
         })
     }
 
@@ -1342,7 +1357,7 @@ impl Service {
                 "AcceleratorReason": i.accel_reason,
                 "SshEndpoint": i.ssh_port.filter(|_| i.state != InstanceStateName::Terminated).map(|p| format!("127.0.0.1:{p}")),
                 "GuestOutbound": net_status.as_ref().map_or_else(
-                    || guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))).map_or("invalid", machine::Outbound::as_str).to_string(),
+                    || guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())), self.options.default_outbound).map_or("invalid", machine::Outbound::as_str).to_string(),
                     |s| s.outbound.clone()),
                 "GuestOutboundReason": net_status.and_then(|s| s.reason),
                 "ConsoleLog": self.paths.serial_log(&i.instance_id).display().to_string(),

@@ -107,6 +107,11 @@ pub struct ServiceOptions {
     /// Whether launches make a NoCloud seed (`AMIRUN_NOCLOUD_SEED` is not `0`);
     /// without one the guest learns about itself only from IMDS, as on EC2.
     pub nocloud_seed: bool,
+    /// Outbound access of a guest launched without the
+    /// [`crate::machine::OUTBOUND_TAG`] tag (`AMIRUN_GUEST_OUTBOUND`=`nat`|`none`,
+    /// default `nat`). Test suites set `none` so that no guest outside a
+    /// network namespace of their own can send a packet off the machine.
+    pub default_outbound: crate::machine::Outbound,
 }
 
 impl Default for ServiceOptions {
@@ -119,6 +124,7 @@ impl Default for ServiceOptions {
             supervisor_exe: std::env::current_exe().ok(),
             max_chain_depth: layers::DEFAULT_MAX_CHAIN_DEPTH,
             nocloud_seed: true,
+            default_outbound: crate::machine::Outbound::Nat,
         }
     }
 }
@@ -141,6 +147,15 @@ impl ServiceOptions {
                 .unwrap_or(defaults.max_chain_depth)
                 .max(1),
             nocloud_seed: var(imds::NOCLOUD_SEED_ENV).is_none_or(|v| v != "0"),
+            default_outbound: match var("AMIRUN_GUEST_OUTBOUND") {
+                None => defaults.default_outbound,
+                Some(v) => crate::machine::Outbound::from_tag(&v).unwrap_or_else(|| {
+                    tracing::warn!(
+                        "AMIRUN_GUEST_OUTBOUND={v} is neither 'nat' nor 'none'; using 'nat'"
+                    );
+                    defaults.default_outbound
+                }),
+            },
             ..defaults
         }
     }

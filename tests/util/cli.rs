@@ -67,6 +67,12 @@ impl Env {
             .env_remove("AMIRUN_ACCOUNT")
             .env_remove("AMIRUN_OUTPUT")
             .stdin(Stdio::null());
+        // Guests get no outbound leg unless a test asks for one, from inside
+        // a network namespace of its own (tests/guest_isolation.rs): no
+        // guest of the suite can send a packet off this machine.
+        if std::env::var_os("AMIRUN_GUEST_OUTBOUND").is_none() {
+            c.env("AMIRUN_GUEST_OUTBOUND", "none");
+        }
         c
     }
 
