@@ -1041,6 +1041,11 @@ impl Db<'_> {
         self.id_set("SELECT instance_id FROM instances")
     }
 
+    /// Ids of every image record.
+    pub fn image_id_set(&self) -> Result<std::collections::HashSet<String>> {
+        self.id_set("SELECT image_id FROM images")
+    }
+
     fn id_set(&self, sql: &str) -> Result<std::collections::HashSet<String>> {
         let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| r.get(0))?;

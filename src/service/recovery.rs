@@ -347,6 +347,18 @@ impl Service {
     /// set of objects that exist.
     fn sweep_locks(&mut self, locks: Vec<(String, PathBuf)>) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
+        if locks.is_empty() {
+            return Ok(removed);
+        }
+        // One read for every id that has a record; only the rest are
+        // candidates, read again one by one under their lock.
+        let known = self.store.read(|db| -> Result<HashSet<String>> {
+            let mut known = db.instance_id_set()?;
+            known.extend(db.volume_id_set()?);
+            known.extend(db.snapshot_id_set()?);
+            known.extend(db.image_id_set()?);
+            Ok(known)
+        })?;
         for (name, path) in locks {
             let Some(id) = name.strip_suffix(".lock") else {
                 continue;
@@ -368,7 +380,7 @@ impl Service {
                     _ => db.image(id)?.is_some(),
                 })
             };
-            if self.store.read(exists)? {
+            if known.contains(id) {
                 continue;
             }
             let Some(lock) = try_lock(&self.paths, id)? else {
