@@ -23,12 +23,27 @@ OPERATIONS = [
     "CreateImage", "ExportImage",
     # Snapshots and volumes
     "DescribeSnapshots", "DeleteSnapshot", "CreateSnapshot", "CopySnapshot",
-    "DescribeVolumes",
+    "DescribeVolumes", "CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume",
+    "ModifyVolume", "DescribeVolumesModifications", "CreateSnapshots",
+    "DescribeSnapshotAttribute", "ModifySnapshotAttribute", "ResetSnapshotAttribute",
     # Tags
     "CreateTags", "DeleteTags", "DescribeTags",
     # Instances
     "RunInstances", "DescribeInstances", "StartInstances", "StopInstances",
     "RebootInstances", "TerminateInstances", "GetConsoleOutput",
+    "DescribeInstanceStatus", "DescribeInstanceAttribute", "ModifyInstanceAttribute",
+    "ModifyInstanceMetadataOptions",
+    # Launch templates
+    "CreateLaunchTemplate", "CreateLaunchTemplateVersion", "DescribeLaunchTemplates",
+    "DescribeLaunchTemplateVersions", "ModifyLaunchTemplate", "DeleteLaunchTemplate",
+    "DeleteLaunchTemplateVersions",
+    # VPC networking
+    "CreateVpc", "DeleteVpc", "DescribeVpcs", "CreateSubnet", "DeleteSubnet",
+    "DescribeSubnets", "DescribeAccountAttributes", "CreateSecurityGroup",
+    "DeleteSecurityGroup", "DescribeSecurityGroups", "DescribeSecurityGroupRules",
+    "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress",
+    "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
+    "DescribeNetworkInterfaces", "DescribeInternetGateways", "DescribeRouteTables",
     # Key pairs
     "CreateKeyPair", "ImportKeyPair", "DescribeKeyPairs", "DeleteKeyPair",
     # Regions and zones (SDKs and Terraform's AWS provider ask first)

@@ -452,6 +452,52 @@ fn describe_instance_credit_specifications(c: &mut Context, v: &Value) -> Result
     )?)
 }
 
+/// Operations in `ec2_model.json` that have no handler yet (in model order).
+/// ExportImage stays here: EC2 exports to S3, amirun to a local file.
+#[cfg(test)]
+const NOT_SERVED_YET: &[&str] = &[
+    "AttachVolume",
+    "AuthorizeSecurityGroupEgress",
+    "AuthorizeSecurityGroupIngress",
+    "CreateLaunchTemplate",
+    "CreateLaunchTemplateVersion",
+    "CreateSecurityGroup",
+    "CreateSnapshots",
+    "CreateSubnet",
+    "CreateVolume",
+    "CreateVpc",
+    "DeleteLaunchTemplate",
+    "DeleteLaunchTemplateVersions",
+    "DeleteSecurityGroup",
+    "DeleteSubnet",
+    "DeleteVolume",
+    "DeleteVpc",
+    "DescribeAccountAttributes",
+    "DescribeInstanceAttribute",
+    "DescribeInstanceStatus",
+    "DescribeInternetGateways",
+    "DescribeLaunchTemplateVersions",
+    "DescribeLaunchTemplates",
+    "DescribeNetworkInterfaces",
+    "DescribeRouteTables",
+    "DescribeSecurityGroupRules",
+    "DescribeSecurityGroups",
+    "DescribeSnapshotAttribute",
+    "DescribeSubnets",
+    "DescribeVolumesModifications",
+    "DescribeVpcs",
+    "DetachVolume",
+    "ExportImage",
+    "ModifyInstanceAttribute",
+    "ModifyInstanceMetadataOptions",
+    "ModifyLaunchTemplate",
+    "ModifySnapshotAttribute",
+    "ModifyVolume",
+    "ResetSnapshotAttribute",
+    "RevokeSecurityGroupEgress",
+    "RevokeSecurityGroupIngress",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,8 +520,8 @@ mod tests {
             .collect();
         assert_eq!(
             pending,
-            ["ExportImage"],
-            "operations in ec2_model.json without a handler"
+            NOT_SERVED_YET,
+            "operations in ec2_model.json without a handler (serve one: remove it from NOT_SERVED_YET)"
         );
     }
 }
