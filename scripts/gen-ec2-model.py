@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write src/http/ec2_model.json: the slice of botocore's EC2 service model
+"""Write src/api/ec2_model.json: the slice of botocore's EC2 service model
 (service-2.json) that amirun's HTTP API serves.
 
 Only the operations below and the shapes reachable from their input and
@@ -105,7 +105,7 @@ def main():
         "operations": ops,
         "shapes": keep,
     }
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "http", "ec2_model.json")
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "api", "ec2_model.json")
     with open(out, "w") as f:
         json.dump(doc, f, sort_keys=True, separators=(",", ":"))
         f.write("\n")

@@ -20,6 +20,9 @@
 //!   +-- store (SQLite)      paths (every file name)      private_fs (modes)
 //! ```
 //!
+//! - [`api`] is the contract both front ends speak: one table from EC2
+//!   action to service method, requests and results as JSON with botocore's
+//!   member names, and botocore's EC2 model that names and types them.
 //! - [`cli`] translates the command line into [`service`] calls and renders
 //!   the results as `aws ec2` would (JSON, table, text, `--query`).
 //! - [`service`] is the one door into the engine: one method per EC2
@@ -69,6 +72,7 @@
 //! - [`private_fs`] keeps state private on disk (0700 directories, 0600
 //!   secrets) and checks the runtime directory before use.
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod disk;

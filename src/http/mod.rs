@@ -6,7 +6,7 @@
 //!
 //! 1. read the body (at most [`MAX_BODY`]) and the form parameters of the
 //!    body and the query string; `Action` picks the handler in
-//!    [`actions::ACTIONS`] (`MissingAction`, `InvalidAction` otherwise);
+//!    [`crate::api::ACTIONS`] (`MissingAction`, `InvalidAction` otherwise);
 //! 2. parse the SigV4 `Authorization` header ([`sigv4`]): the access key
 //!    selects the account ([`Credentials::account_for`]), the credential
 //!    scope the region; in strict mode the signature is verified;
@@ -28,7 +28,6 @@
 //! ([`crate::service::import_policy`]). Listening on a non-loopback address
 //! needs `--strict` (or an explicit `--insecure-allow-remote`).
 
-pub mod actions;
 pub mod model;
 pub mod sigv4;
 
@@ -516,7 +515,7 @@ async fn process(
         Ok(c) => c,
         Err(e) => return fail(o, e),
     };
-    let Some(handler) = actions::handler(&action) else {
+    let Some(handler) = crate::api::handler(&action) else {
         return fail(
             o,
             Error::new(
@@ -546,7 +545,7 @@ async fn process(
     let call_action = action.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut service = Service::open(paths, service_options)?;
-        let mut ctx = actions::Context {
+        let mut ctx = crate::api::Context {
             service: &mut service,
             caller: &caller,
             accel,

@@ -1,8 +1,6 @@
-//! botocore's EC2 model, as the HTTP API reads and writes it.
+//! EC2's Query protocol, read and written by botocore's model ([`crate::api::model`]).
 //!
-//! `ec2_model.json` is the slice of botocore's `service-2.json` that amirun
-//! serves (written by `scripts/gen-ec2-model.py`). It is the single source
-//! of truth for names on the wire:
+//! The model is the single source of truth for names on the wire:
 //!
 //! - requests: EC2's Query protocol flattens every list (`ImageId.1`,
 //!   `Filter.1.Value.2`) and names a member by its `queryName`, else its
@@ -15,73 +13,10 @@
 //!   as `<name><item>…</item></name>`. JSON keys the model lacks (amirun's
 //!   own extensions) are left out, since no EC2 client could read them.
 
+use crate::api::model::{model, Model, ShapeRef};
 use crate::service::{Error, ErrorCode};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
-
-/// The operations and shapes amirun uses from botocore's EC2 model.
-#[derive(Debug, Deserialize)]
-pub struct Model {
-    /// Which botocore file this came from.
-    pub source: String,
-    /// Operation name to its input and output shapes.
-    pub operations: BTreeMap<String, Operation>,
-    /// Shape name to shape.
-    pub shapes: BTreeMap<String, Shape>,
-}
-
-/// One operation's shapes.
-#[derive(Debug, Deserialize)]
-pub struct Operation {
-    #[serde(default)]
-    pub input: Option<String>,
-    #[serde(default)]
-    pub output: Option<String>,
-}
-
-/// A reference to a shape from a structure member or list.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ShapeRef {
-    pub shape: String,
-    #[serde(default)]
-    pub location_name: Option<String>,
-    #[serde(default)]
-    pub query_name: Option<String>,
-}
-
-/// A shape: structure, list, map or scalar.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Shape {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub members: BTreeMap<String, ShapeRef>,
-    #[serde(default)]
-    pub member: Option<ShapeRef>,
-    #[serde(default)]
-    pub flattened: bool,
-}
-
-/// The embedded model, parsed once.
-pub fn model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        serde_json::from_str(include_str!("ec2_model.json"))
-            .expect("src/http/ec2_model.json is botocore's model")
-    })
-}
-
-impl Model {
-    fn shape(&self, name: &str) -> &Shape {
-        self.shapes
-            .get(name)
-            .unwrap_or_else(|| panic!("shape {name} missing from ec2_model.json"))
-    }
-}
 
 /// Query parameters as a tree: `Filter.1.Value.2=x` becomes
 /// `Filter -> 1 -> Value -> 2 -> "x"`.

@@ -1,10 +1,15 @@
-//! The EC2 actions the HTTP API serves, one line each in [`ACTIONS`].
+//! The contract both front ends speak: EC2's actions, one line each in [`ACTIONS`].
 //!
-//! Each handler takes the request as the JSON [`super::model::parse_input`]
-//! made (botocore member names, as the CLI's JSON options use them), calls
-//! the same [`Service`] method the CLI calls, and returns the JSON the CLI
-//! would print; [`super::model::render_output`] turns that into EC2's XML.
-//! `None` means the operation has no output (EC2 answers `<return>true</return>`).
+//! A request is JSON with botocore's member names (PascalCase), whichever
+//! front end made it: the HTTP API parses EC2's Query protocol into it
+//! ([`crate::http::model::parse_input`]), the CLI its options. [`invoke`]
+//! finds the action, calls its [`Service`] method and returns the result as
+//! JSON with botocore's member names, which the HTTP API renders as EC2's
+//! XML and the CLI as the aws CLI would. `None` means the operation has no
+//! output (EC2 answers `<return>true</return>`). [`model`] is botocore's
+//! EC2 model, the source of every name and type.
+
+pub mod model;
 
 use crate::machine::AccelRequest;
 use crate::service::shapes::*;
@@ -74,6 +79,18 @@ pub const ACTIONS: &[(&str, Handler)] = &[
 /// The handler for an action name.
 pub fn handler(action: &str) -> Option<Handler> {
     ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h)
+}
+
+/// Run one action on a request: `InvalidAction` for an action amirun does
+/// not serve.
+pub fn invoke(c: &mut Context, action: &str, input: &Value) -> Result<Option<Value>> {
+    let Some(h) = handler(action) else {
+        return Err(Error::new(
+            crate::service::ErrorCode::InvalidAction,
+            format!("The action {action} is not valid for this web service."),
+        ));
+    };
+    h(c, input)
 }
 
 fn strs(v: &Value, key: &str) -> Vec<String> {
@@ -506,7 +523,7 @@ mod tests {
     /// the model slice has but amirun does not serve yet is a known gap.
     #[test]
     fn actions_match_the_model() {
-        let model = super::super::model::model();
+        let model = super::model::model();
         for (name, _) in ACTIONS {
             assert!(
                 model.operations.contains_key(*name),
