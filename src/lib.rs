@@ -10,6 +10,7 @@
 //! ```text
 //! cli/   http/              translate input to service calls, render output
 //!    \   /                  (http: SigV4, server limits, import policy forced)
+//!    api/                   the contract: EC2 action -> service method (botocore's model)
 //! service/                  one method per EC2 operation (images, snapshots, tags,
 //!   |                       key pairs, instances + volumes, instance types, boot-test);
 //!   |                       permissions, state rules, object locks, recovery + sweep
