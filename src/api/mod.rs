@@ -76,6 +76,67 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     // to a local file, and the Query API has no member for a path.
 ];
 
+/// A typed service method: the request as its EC2 shape in, the result out.
+pub type Method<I, O> = fn(&mut Service, &Caller, I) -> Result<O>;
+
+/// Run a typed service method on a request: the JSON is deserialized into
+/// the method's request type (botocore's member names), so a member the
+/// type does not know is refused rather than dropped, and the result is
+/// serialized back (`()` means no output). One table row per action:
+/// `("DescribeVpcs", |c, v| typed(c, v, Service::describe_vpcs))`.
+pub fn typed<I: DeserializeOwned, O: serde::Serialize>(
+    c: &mut Context,
+    v: &Value,
+    method: Method<I, O>,
+) -> Result<Option<Value>> {
+    let input = request(v)?;
+    let output = method(c.service, c.caller, input)?;
+    match serde_json::to_value(output).expect("service results serialize") {
+        Value::Null => Ok(None),
+        v => Ok(Some(v)),
+    }
+}
+
+/// A request's JSON as a request type, with EC2's error for what does not fit:
+/// `MissingParameter` for a required member, `UnknownParameter` for a
+/// member amirun does not honour, `InvalidParameterValue` for a value of
+/// the wrong type or out of range.
+pub fn request<I: DeserializeOwned>(v: &Value) -> Result<I> {
+    let v = match v {
+        Value::Null => Value::Object(Default::default()),
+        v => v.clone(),
+    };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let named = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next())
+                .map(|name| {
+                    if path == "." || path.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{path}.{name}")
+                    }
+                })
+        };
+        if let Some(name) = named("missing field `") {
+            Error::missing(&name)
+        } else if let Some(name) = named("unknown field `") {
+            Error::new(
+                crate::service::ErrorCode::UnknownParameter,
+                format!(
+                    "The parameter {name} is not supported by amirun; leave it out of the request"
+                ),
+            )
+        } else {
+            Error::invalid_value(format!("Value for parameter {path} is invalid: {message}"))
+        }
+    })
+}
+
 /// The handler for an action name.
 pub fn handler(action: &str) -> Option<Handler> {
     ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h)
@@ -518,6 +579,51 @@ const NOT_SERVED_YET: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "PascalCase", deny_unknown_fields)]
+    struct Probe {
+        image_id: String,
+        #[serde(default)]
+        max_count: Option<u32>,
+        #[serde(default)]
+        placement: Option<ProbePlacement>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "PascalCase", deny_unknown_fields)]
+    struct ProbePlacement {
+        #[serde(default)]
+        availability_zone: Option<String>,
+    }
+
+    /// A request type refuses what it does not know and names what is missing.
+    #[test]
+    fn requests_refuse_and_name() {
+        let ok: Probe = request(&json!({"ImageId": "ami-1", "MaxCount": 2})).unwrap();
+        assert_eq!((ok.image_id.as_str(), ok.max_count), ("ami-1", Some(2)));
+        let e = request::<Probe>(&json!({"MaxCount": 2})).unwrap_err();
+        assert_eq!(e.code().as_str(), "MissingParameter", "{}", e.message());
+        assert!(e.message().contains("ImageId"), "{}", e.message());
+        let e = request::<Probe>(&json!({"ImageId": "a", "Monitoring": {}})).unwrap_err();
+        assert_eq!(e.code().as_str(), "UnknownParameter", "{}", e.message());
+        assert!(e.message().contains("Monitoring"), "{}", e.message());
+        let e =
+            request::<Probe>(&json!({"ImageId": "a", "Placement": {"Tenancy": "x"}})).unwrap_err();
+        assert!(e.message().contains("Placement.Tenancy"), "{}", e.message());
+        let e = request::<Probe>(&json!({"ImageId": "a", "MaxCount": -1})).unwrap_err();
+        assert_eq!(
+            e.code().as_str(),
+            "InvalidParameterValue",
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains("MaxCount"), "{}", e.message());
+        assert!(request::<Probe>(&Value::Null).is_err());
+        let p: Probe =
+            request(&json!({"ImageId": "a", "Placement": {"AvailabilityZone": "z"}})).unwrap();
+        assert_eq!(p.placement.unwrap().availability_zone.as_deref(), Some("z"));
+    }
 
     /// Every action is in the embedded botocore model, and every operation
     /// the model slice has but amirun does not serve yet is a known gap.
