@@ -40,6 +40,10 @@
 //! interface), the guest keeps IMDS and SSH and its DNS and outbound
 //! connections have nowhere to go; the status says that too.
 
+pub mod attachment;
+
+pub use attachment::{FlowRule, Protocol, VpcAttachment};
+
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
