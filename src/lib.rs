@@ -15,7 +15,7 @@
 //!   |                       key pairs, instances + volumes, instance types, boot-test);
 //!   |                       permissions, state rules, object locks, recovery + sweep
 //!   +-- domain (EC2 enums, state machine, pure reconcile)   error_code
-//!   +-- catalog   images   disk (qemu-img)   machine (QEMU argv)   metadata (seed)
+//!   +-- catalog   blobs   disk (qemu-img)   machine (QEMU argv)   metadata (seed, IMDS)
 //!   +-- instance::supervisor (spawned detached; the only spawner of QEMU) + qmp
 //!   |       +-- network (per-guest namespace + outbound leg, ssh relay)
 //!   +-- store (SQLite)      paths (every file name)      private_fs (modes)
@@ -44,7 +44,8 @@
 //! - [`store`] is the only module that touches the database (SQLite, WAL,
 //!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).
-//! - [`images`] fetches and verifies images into the content-addressed blob store.
+//! - [`blobs`] fetches and verifies disk images into the content-addressed
+//!   blob store (AMI operations are [`service`]'s).
 //! - [`disk`] is the only module that runs `qemu-img`.
 //! - [`instance`] runs instances: the per-instance supervisor process that
 //!   owns QEMU, its serial log and control socket, and the QMP client it
@@ -57,7 +58,8 @@
 //!   requests into the same [`service`] calls the CLI makes and renders
 //!   EC2's XML.
 //! - [`metadata`] makes the NoCloud seed (a FAT image labelled `cidata`)
-//!   and answers IMDS for each guest from its supervisor.
+//!   and answers IMDS for each guest from its supervisor (what it serves is
+//!   gathered at boot by `service::imds_config`).
 //! - [`network`] is the only module that touches host networking: a guest
 //!   with outbound access runs in a network namespace of its own with an
 //!   outbound leg (pasta) that cannot reach the host's own services.
@@ -74,6 +76,7 @@
 //!   secrets) and checks the runtime directory before use.
 
 pub mod api;
+pub mod blobs;
 pub mod catalog;
 pub mod cli;
 pub mod disk;
@@ -82,7 +85,6 @@ pub mod error_code;
 pub mod failpoint;
 pub mod http;
 pub mod ids;
-pub mod images;
 pub mod instance;
 pub mod machine;
 pub mod metadata;

@@ -3,9 +3,9 @@
 
 mod util;
 
+use amirun::blobs::{Blob, BlobStore, Expected, ImageError, Progress, Source};
 use amirun::disk;
 use amirun::error_code::ErrorCode;
-use amirun::images::{Blob, BlobStore, Expected, ImageError, Progress, Source};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use url::Url;

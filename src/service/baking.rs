@@ -574,9 +574,9 @@ impl Service {
     }
 }
 
-fn export_bar(progress: crate::images::Progress) -> Option<indicatif::ProgressBar> {
+fn export_bar(progress: crate::blobs::Progress) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    if progress != crate::images::Progress::Auto || !std::io::stderr().is_terminal() {
+    if progress != crate::blobs::Progress::Auto || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = indicatif::ProgressBar::with_draw_target(

@@ -149,7 +149,7 @@ impl StdError for SourceOnly {
 from_module_error!(
     crate::store::StoreError,
     crate::catalog::CatalogError,
-    crate::images::ImageError,
+    crate::blobs::ImageError,
     crate::disk::DiskError
 );
 

@@ -845,7 +845,7 @@ impl Service {
     /// Fetch a kernel or ramdisk (a file, not a disk image) and return its path.
     fn fetch_opaque(&mut self, source: &crate::store::SourceSpec) -> Result<PathBuf> {
         let source = crate::store::SourceSpec {
-            format: Some(crate::images::OPAQUE_FORMAT.into()),
+            format: Some(crate::blobs::OPAQUE_FORMAT.into()),
             ..source.clone()
         };
         Ok(self.fetch_source(&source)?.path)

@@ -4,7 +4,7 @@
 //! and render what it returns; neither runs `qemu-img`, opens the database or
 //! builds a QEMU argv. The service checks permissions (an account sees its
 //! own AMIs, those shared with it and public ones) and state rules, and is
-//! the only caller of [`crate::store`], [`crate::images`], [`crate::disk`]
+//! the only caller of [`crate::store`], [`crate::blobs`], [`crate::disk`]
 //! and [`crate::catalog`].
 //!
 //! Long work (downloads, conversions) happens outside database transactions:
@@ -18,7 +18,7 @@ pub mod boot_test;
 pub mod error;
 pub mod filter;
 mod images;
-mod imds;
+mod imds_config;
 pub mod import_policy;
 pub mod instance_facts;
 pub mod instance_types;
@@ -35,11 +35,11 @@ mod tags;
 pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
 
+use crate::blobs::{BlobStore, Progress};
 use crate::catalog::{self, Catalog};
 use crate::domain::AccountId;
 use crate::domain::{ImageStateName, RootDeviceType, SnapshotStateName};
 use crate::ids::{self, IdKind};
-use crate::images::{BlobStore, Progress};
 use crate::paths::Paths;
 use crate::store::{BlobState, ImageState, SnapshotState, Store};
 use std::path::PathBuf;
@@ -146,7 +146,7 @@ impl ServiceOptions {
                 .and_then(|s| s.parse::<usize>().ok())
                 .unwrap_or(defaults.max_chain_depth)
                 .max(1),
-            nocloud_seed: var(imds::NOCLOUD_SEED_ENV).is_none_or(|v| v != "0"),
+            nocloud_seed: var(imds_config::NOCLOUD_SEED_ENV).is_none_or(|v| v != "0"),
             default_outbound: match var("AMIRUN_GUEST_OUTBOUND") {
                 None => defaults.default_outbound,
                 Some(v) => crate::machine::Outbound::from_tag(&v).unwrap_or_else(|| {
@@ -370,22 +370,22 @@ impl Service {
     }
 
     /// Fetch a source into the blob store (no transaction held) and record the blob.
-    fn fetch_source(&mut self, source: &crate::store::SourceSpec) -> Result<crate::images::Blob> {
+    fn fetch_source(&mut self, source: &crate::store::SourceSpec) -> Result<crate::blobs::Blob> {
         let url = url::Url::parse(&source.url).map_err(|e| {
             Error::invalid_value(format!("The URL '{}' is not valid", source.url)).with_source(e)
         })?;
         let expected = match (&source.sha256, &source.checksum_url) {
-            (Some(d), _) => crate::images::Expected::Sha256(d.to_ascii_lowercase()),
+            (Some(d), _) => crate::blobs::Expected::Sha256(d.to_ascii_lowercase()),
             (None, Some(c)) => {
-                crate::images::Expected::ChecksumFile(url::Url::parse(c).map_err(|e| {
+                crate::blobs::Expected::ChecksumFile(url::Url::parse(c).map_err(|e| {
                     Error::invalid_value(format!("The checksum URL '{c}' is not valid"))
                         .with_source(e)
                 })?)
             }
-            (None, None) => crate::images::Expected::Unverified,
+            (None, None) => crate::blobs::Expected::Unverified,
         };
         let blob = self.blobs.fetch(
-            &crate::images::Source {
+            &crate::blobs::Source {
                 url,
                 expected,
                 format: source.format.clone(),

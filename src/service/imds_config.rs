@@ -3,7 +3,8 @@
 //! The supervisor answers IMDS without opening the database, so each boot
 //! writes everything it needs ([`ImdsConfig`]) into the launch spec, and
 //! the guest's `guestfwd` command relays to the supervisor's socket (see
-//! [`crate::metadata::imds`]).
+//! [`crate::metadata::imds`], the server itself; this module only builds
+//! its config).
 
 use super::{Caller, Result, Service};
 use crate::machine::ImdsForward;
