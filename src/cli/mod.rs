@@ -61,6 +61,7 @@ struct Cli {
 
 /// Options every verb takes, before or after it.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
 struct Globals {
     /// Region to work in.
     #[arg(
@@ -219,8 +220,8 @@ struct FetchImageArgs {
     image_id: String,
 }
 
-
 /// A failure before or after the service was called.
+#[derive(Debug)]
 enum Failure {
     /// An option's value could not be parsed: "Error parsing parameter '--x'".
     Param(String, String),
@@ -270,8 +271,9 @@ fn command_line(named: Option<&str>) -> (clap::Command, Vec<(&'static str, &'sta
         .get_subcommands()
         .map(|c| c.get_name().to_string())
         .collect();
-    let actions: Vec<(&'static str, &'static str)> =
-        verbs::all().filter(|(_, v)| !own.iter().any(|o| o == v)).collect();
+    let actions: Vec<(&'static str, &'static str)> = verbs::all()
+        .filter(|(_, v)| !own.iter().any(|o| o == v))
+        .collect();
     for (action, verb) in &actions {
         let options = named == Some(*verb);
         cmd = cmd.subcommand(verbs::command(action, verb, options));
@@ -461,8 +463,25 @@ pub fn main() -> ExitCode {
         }
         Err(Failure::Service(e)) => {
             eprintln!("{}", e.chain());
-            ExitCode::from(EXIT_SERVICE_ERROR)
+            ExitCode::from(if request_shape_error(&e) {
+                EXIT_PARAM_ERROR
+            } else {
+                EXIT_SERVICE_ERROR
+            })
         }
+    }
+}
+
+/// Whether the service refused the request for its shape: a member missing,
+/// unknown, or of the wrong type, found when the request is deserialized
+/// into the action's request type ([`crate::api::request`], whose
+/// InvalidParameterValue says "Value for parameter …"). botocore validates
+/// these before sending, so the aws CLI exits 252 for them, not 254.
+fn request_shape_error(e: &Error) -> bool {
+    match e.code() {
+        ErrorCode::MissingParameter | ErrorCode::UnknownParameter => true,
+        ErrorCode::InvalidParameterValue => e.message().starts_with("Value for parameter "),
+        _ => false,
     }
 }
 
@@ -481,11 +500,7 @@ fn open_service(globals: &Globals) -> crate::service::Result<Service> {
 }
 
 /// An EC2 verb: its request goes to the same handler the HTTP API calls.
-fn run_action(
-    globals: &Globals,
-    action: &str,
-    sub: &ArgMatches,
-) -> Result<Option<Value>, Failure> {
+fn run_action(globals: &Globals, action: &str, sub: &ArgMatches) -> Result<Option<Value>, Failure> {
     let call = verbs::request(action, sub)?;
     tracing::debug!(action, request = %call.request, "invoke");
     let caller = Caller::new(globals.account.clone(), globals.region.clone())?;
@@ -637,7 +652,6 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         Command::Baking(b) => baking::dispatch(b, &caller, open),
     }
 }
-
 
 /// Poll until the waiter's condition holds, as the aws CLI's waiters do.
 fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Failure> {

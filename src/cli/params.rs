@@ -46,7 +46,10 @@ fn load(value: &str, paramfile: bool) -> Result<Raw, ParamError> {
     if !paramfile {
         return Ok(Raw::Text(value.to_string()));
     }
-    let (path, binary) = match (value.strip_prefix("file://"), value.strip_prefix("fileb://")) {
+    let (path, binary) = match (
+        value.strip_prefix("file://"),
+        value.strip_prefix("fileb://"),
+    ) {
         (Some(p), _) => (p, false),
         (_, Some(p)) => (p, true),
         _ => return Ok(Raw::Text(value.to_string())),
@@ -169,11 +172,7 @@ fn member_shape(list: &Shape) -> &'static Shape {
 
 /// A scalar given as text, parsed by its model type.
 fn scalar(text: &str, shape: &Shape, path: &str) -> Result<Value, ParamError> {
-    let bad = |what: &str| {
-        ParamError::Parse(format!(
-            "invalid {what} for {path}: '{text}' is not a {what}"
-        ))
-    };
+    let bad = |what: &str| ParamError::Parse(format!("invalid {what} for {path}: '{text}'"));
     Ok(match shape.kind.as_str() {
         "integer" | "long" => Value::from(text.trim().parse::<i64>().map_err(|_| bad("integer"))?),
         "double" | "float" => {
@@ -432,9 +431,12 @@ mod tests {
 
     #[test]
     fn syntax_is_the_shorthand_to_type() {
-        assert_eq!(syntax(shape("FilterList")), "Name=string,Values=string,string");
+        assert_eq!(
+            syntax(shape("FilterList")),
+            "Name=string,Values=string,string"
+        );
         assert_eq!(syntax(shape("String")), "string");
         assert!(syntax(shape("BlockDeviceMappingRequestList"))
-            .contains("Ebs={DeleteOnTermination=boolean,"));
+            .contains(",Ebs={AvailabilityZone=string,"));
     }
 }

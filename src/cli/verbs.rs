@@ -160,14 +160,14 @@ pub fn command(action: &str, verb: &'static str, options: bool) -> Command {
                         .long(long)
                         .action(ArgAction::SetTrue)
                         .overrides_with(negative_id(member))
-                        .help(format!("boolean: {member} true")),
+                        .help(format!("boolean (--{negative} for false)")),
                 )
                 .arg(
                     Arg::new(negative_id(member))
                         .long(negative)
                         .action(ArgAction::SetTrue)
                         .overrides_with(member)
-                        .help(format!("boolean: {member} false")),
+                        .hide(true),
                 );
             continue;
         }
@@ -207,7 +207,9 @@ pub fn command(action: &str, verb: &'static str, options: bool) -> Command {
     cmd
 }
 
-fn input_members(action: &str) -> impl Iterator<Item = (&'static String, &'static crate::api::model::ShapeRef)> {
+fn input_members(
+    action: &str,
+) -> impl Iterator<Item = (&'static String, &'static crate::api::model::ShapeRef)> {
     let m = model();
     let input = m
         .operations
@@ -359,9 +361,9 @@ mod tests {
 
     /// Parse `args` (after the verb) as the verb of `action` and build its request.
     fn req(action: &str, args: &[&str]) -> Result<Value, Failure> {
-        let verb = xform_name(action);
-        let m = command(action, &verb, true)
-            .try_get_matches_from(std::iter::once(verb.as_str()).chain(args.iter().copied()))
+        let verb = cli_name(action);
+        let m = command(action, verb, true)
+            .try_get_matches_from(std::iter::once(verb).chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{action} {args:?}: {e}"));
         request(action, &m).map(|c| c.request)
     }
@@ -369,7 +371,7 @@ mod tests {
     fn param_error(r: Result<Value, Failure>) -> (String, String) {
         match r {
             Err(Failure::Param(o, m)) => (o, m),
-            other => panic!("expected a parameter error, got {:?}", other.map_err(|_| "")),
+            other => panic!("expected a parameter error, got {other:?}"),
         }
     }
 
@@ -381,15 +383,27 @@ mod tests {
             ("DryRun", "dry-run"),
             ("ImageIds", "image-ids"),
             ("Ipv6Addresses", "ipv6-addresses"),
-            ("AmazonProvidedIpv6CidrBlock", "amazon-provided-ipv6-cidr-block"),
+            (
+                "AmazonProvidedIpv6CidrBlock",
+                "amazon-provided-ipv6-cidr-block",
+            ),
             ("Ipv4IpamPoolId", "ipv4-ipam-pool-id"),
             ("S3ExportLocation", "s3-export-location"),
             ("HttpPutResponseHopLimit", "http-put-response-hop-limit"),
-            ("InstanceInitiatedShutdownBehavior", "instance-initiated-shutdown-behavior"),
+            (
+                "InstanceInitiatedShutdownBehavior",
+                "instance-initiated-shutdown-behavior",
+            ),
             ("GetInstanceUefiData", "get-instance-uefi-data"),
-            ("DescribeInstanceTypeOfferings", "describe-instance-type-offerings"),
+            (
+                "DescribeInstanceTypeOfferings",
+                "describe-instance-type-offerings",
+            ),
             ("SecurityGroupRuleIds", "security-group-rule-ids"),
-            ("CreateCapacityReservationBySplitting", "create-capacity-reservation-by-splitting"),
+            (
+                "CreateCapacityReservationBySplitting",
+                "create-capacity-reservation-by-splitting",
+            ),
             ("ListACLs", "list-acls"),
         ] {
             assert_eq!(xform_name(name), want, "{name}");
@@ -399,11 +413,11 @@ mod tests {
     /// Every action is a verb, and every verb builds (clap checks its args).
     #[test]
     fn every_action_is_a_verb() {
-        let verbs: Vec<String> = all().map(|(_, v)| v).collect();
-        assert!(verbs.contains(&"describe-images".to_string()));
+        let verbs: Vec<&str> = all().map(|(_, v)| v).collect();
+        assert!(verbs.contains(&"describe-images"));
         assert_eq!(verbs.len(), crate::api::ACTIONS.len());
         for (action, verb) in all() {
-            command(action, &verb, true).debug_assert();
+            command(action, verb, true).debug_assert();
         }
     }
 
@@ -439,7 +453,12 @@ mod tests {
         // Repeating a list option adds to it, as the old CLI did.
         let r = req(
             "DescribeImages",
-            &["--filters", "Name=a,Values=1", "--filters", "Name=b,Values=2"],
+            &[
+                "--filters",
+                "Name=a,Values=1",
+                "--filters",
+                "Name=b,Values=2",
+            ],
         )
         .unwrap();
         assert_eq!(r["Filters"].as_array().unwrap().len(), 2);
@@ -485,14 +504,18 @@ mod tests {
     fn integers_and_counts() {
         let r = req("DescribeInstanceTypes", &["--max-results", "5"]).unwrap();
         assert_eq!(r, json!({"MaxResults": 5}));
-        let (option, message) = param_error(req("DescribeInstanceTypes", &["--max-results", "five"]));
+        let (option, message) =
+            param_error(req("DescribeInstanceTypes", &["--max-results", "five"]));
         assert_eq!(option, "max-results");
         assert!(message.contains("'five'"), "{message}");
         let counts = |args: &[&str]| {
             let mut a = vec!["--image-id", "ami-1"];
             a.extend(args);
             let r = req("RunInstances", &a).unwrap();
-            (r["MinCount"].as_i64().unwrap(), r["MaxCount"].as_i64().unwrap())
+            (
+                r["MinCount"].as_i64().unwrap(),
+                r["MaxCount"].as_i64().unwrap(),
+            )
         };
         assert_eq!(counts(&[]), (1, 1));
         assert_eq!(counts(&["--count", "3"]), (3, 3));
@@ -510,7 +533,11 @@ mod tests {
         let script = dir.path().join("s.sh");
         std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let r = req("RunInstances", &["--image-id", "a", "--user-data", "#!/bin/sh\necho hi\n"]).unwrap();
+        let r = req(
+            "RunInstances",
+            &["--image-id", "a", "--user-data", "#!/bin/sh\necho hi\n"],
+        )
+        .unwrap();
         assert_eq!(r["UserData"], json!(b64("#!/bin/sh\necho hi\n")));
         let file = format!("file://{}", script.display());
         let r = req("RunInstances", &["--image-id", "a", "--user-data", &file]).unwrap();
@@ -518,43 +545,77 @@ mod tests {
         // A blob member of the model: text, base64-encoded.
         let r = req(
             "ImportKeyPair",
-            &["--key-name", "k", "--public-key-material", "ssh-ed25519 AAAA x"],
+            &[
+                "--key-name",
+                "k",
+                "--public-key-material",
+                "ssh-ed25519 AAAA x",
+            ],
         )
         .unwrap();
         assert_eq!(r["PublicKeyMaterial"], json!(b64("ssh-ed25519 AAAA x")));
         // Any value from a file, a plain string too.
         let name = dir.path().join("name");
         std::fs::write(&name, "from-a-file").unwrap();
-        let r = req("DeleteKeyPair", &["--key-name", &format!("file://{}", name.display())]).unwrap();
+        let r = req(
+            "DeleteKeyPair",
+            &["--key-name", &format!("file://{}", name.display())],
+        )
+        .unwrap();
         assert_eq!(r, json!({"KeyName": "from-a-file"}));
         // ...but a URL member stays a URL.
         let r = req("RegisterImage", &["--name", "n", "--image-location", &file]).unwrap();
         assert_eq!(r["ImageLocation"], json!(file));
-        let (option, message) = param_error(req("DeleteKeyPair", &["--key-name", "file:///nonexistent/x"]));
+        let (option, message) = param_error(req(
+            "DeleteKeyPair",
+            &["--key-name", "file:///nonexistent/x"],
+        ));
         assert_eq!(option, "key-name");
         assert!(message.contains("Unable to load paramfile"), "{message}");
     }
 
     #[test]
     fn single_value_structures_take_plain_text() {
-        let r = req("ModifyImageAttribute", &["--image-id", "ami-1", "--description", "My AMI"]).unwrap();
+        let r = req(
+            "ModifyImageAttribute",
+            &["--image-id", "ami-1", "--description", "My AMI"],
+        )
+        .unwrap();
         assert_eq!(r["Description"], json!({"Value": "My AMI"}));
-        let r = req("ModifyImageAttribute", &["--image-id", "ami-1", "--description", "Value=x"]).unwrap();
+        let r = req(
+            "ModifyImageAttribute",
+            &["--image-id", "ami-1", "--description", "Value=x"],
+        )
+        .unwrap();
         assert_eq!(r["Description"], json!({"Value": "x"}));
         let r = req(
             "ModifyImageAttribute",
-            &["--image-id", "ami-1", "--launch-permission", "Add=[{UserId=123456789012}]"],
+            &[
+                "--image-id",
+                "ami-1",
+                "--launch-permission",
+                "Add=[{UserId=123456789012}]",
+            ],
         )
         .unwrap();
-        assert_eq!(r["LaunchPermission"], json!({"Add": [{"UserId": "123456789012"}]}));
+        assert_eq!(
+            r["LaunchPermission"],
+            json!({"Add": [{"UserId": "123456789012"}]})
+        );
     }
 
     #[test]
     fn console_output_is_decoded_tolerantly() {
         let b64 = base64::engine::general_purpose::STANDARD.encode("boot log\n");
-        let v = display("GetConsoleOutput", json!({"InstanceId": "i-1", "Output": b64}));
+        let v = display(
+            "GetConsoleOutput",
+            json!({"InstanceId": "i-1", "Output": b64}),
+        );
         assert_eq!(v["Output"], "boot log\n");
-        let v = display("GetConsoleOutput", json!({"Output": "plain text, not base64!"}));
+        let v = display(
+            "GetConsoleOutput",
+            json!({"Output": "plain text, not base64!"}),
+        );
         assert_eq!(v["Output"], "plain text, not base64!");
         let v = display("DescribeImages", json!({"Output": b64}));
         assert_eq!(v["Output"], json!(b64));
