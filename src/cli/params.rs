@@ -425,7 +425,14 @@ mod tests {
         assert!(matches!(e, ParamError::Parse(m) if m.contains("fileb://")));
         // With the paramfile off (a URL member) the text is the value.
         let url = format!("file://{}", b.display());
-        let v = unpack(&[url.clone()], shape("String"), "S", false, false).unwrap();
+        let v = unpack(
+            std::slice::from_ref(&url),
+            shape("String"),
+            "S",
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(v, Value::String(url));
     }
 

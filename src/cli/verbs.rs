@@ -266,7 +266,7 @@ pub(super) fn request(action: &str, sub: &ArgMatches) -> Result<Call, Failure> {
         let value = if shape.kind == "boolean" {
             if sub.get_flag(member) {
                 Some(Value::Bool(true))
-            } else if sub.get_flag(&negative_id(member)) {
+            } else if sub.get_flag(negative_id(member)) {
                 Some(Value::Bool(false))
             } else {
                 None
