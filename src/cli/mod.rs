@@ -266,6 +266,11 @@ enum Invocation {
 /// command line names, gets its options built (the others only their names,
 /// for `--help`).
 fn command_line(named: Option<&str>) -> (clap::Command, Vec<(&'static str, &'static str)>) {
+    // The internal verbs (a supervisor, an IMDS relay per guest connection)
+    // start often and need none of them.
+    if named.is_some_and(|n| n.starts_with("__")) {
+        return (Cli::command(), Vec::new());
+    }
     let mut cmd = Cli::command();
     let own: Vec<String> = cmd
         .get_subcommands()
