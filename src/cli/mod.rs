@@ -775,3 +775,50 @@ fn ssh(
         .with_source(e),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &str) -> Vec<String> {
+        w.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn the_verb_is_the_first_word_that_is_no_global_option() {
+        let cmd = Cli::command();
+        let named = |line: &str| named_verb(&cmd, &words(line));
+        assert_eq!(
+            named("amirun describe-images --owners self").as_deref(),
+            Some("describe-images")
+        );
+        assert_eq!(
+            named("amirun --region r --debug --output=text describe-images").as_deref(),
+            Some("describe-images")
+        );
+        assert_eq!(
+            named("amirun --catalog c.json run-instances").as_deref(),
+            Some("run-instances")
+        );
+        assert_eq!(
+            named("amirun help stop-instances").as_deref(),
+            Some("stop-instances")
+        );
+        assert_eq!(named("amirun --help"), None);
+    }
+
+    #[test]
+    fn unknown_options_are_listed_as_the_aws_cli_lists_them() {
+        let (cmd, _) = command_line(Some("describe-images"));
+        let sub = cmd.find_subcommand("describe-images").unwrap();
+        let unknown = |args: &str| unknown_options(&cmd, sub, &words(args));
+        assert!(
+            unknown("--image-ids a b --filters Name=x,Values=y --dry-run --output json").is_empty()
+        );
+        assert_eq!(unknown("--foo bar --owners self"), words("--foo bar"));
+        assert_eq!(unknown("--dry-run stray"), words("stray"));
+        assert_eq!(unknown("--max-results 5 6"), words("6"));
+        assert_eq!(unknown("--next-token=t x"), words("x"));
+        assert_eq!(unknown("--no-dry-run --region r"), Vec::<String>::new());
+    }
+}
