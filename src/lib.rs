@@ -24,8 +24,10 @@
 //! - [`api`] is the contract both front ends speak: one table from EC2
 //!   action to service method, requests and results as JSON with botocore's
 //!   member names, and botocore's EC2 model that names and types them.
-//! - [`cli`] translates the command line into [`service`] calls and renders
-//!   the results as `aws ec2` would (JSON, table, text, `--query`).
+//! - [`cli`] makes one `aws ec2` verb per action of [`api`] from botocore's
+//!   model (options, request, [`api::invoke`]), runs amirun's own verbs on
+//!   [`service`], and renders results as `aws ec2` would (JSON, table,
+//!   text, `--query`).
 //! - [`service`] is the one door into the engine: one method per EC2
 //!   operation; it checks permissions and state rules and is the only caller
 //!   of the modules below. Instance states shown to users are reconciled

@@ -1,23 +1,30 @@
 //! The command line: `aws ec2`'s verbs, options and JSON shapes.
 //!
-//! This module only translates: it parses options (including the aws CLI's
-//! shorthand and JSON forms, see [`shorthand`]) into service inputs, calls
-//! [`crate::service::Service`], and renders the result with [`output`].
-//! Errors print EC2's code, a one-line message and the cause chain, and exit
-//! non-zero (254 for service errors, 252 for unparsable options, as the aws
-//! CLI does).
+//! This module only translates. The EC2 verbs are made from botocore's model
+//! ([`verbs`]): every action of [`crate::api::ACTIONS`] is a verb whose
+//! options are its input shape's members, turned into the same request JSON
+//! the HTTP API parses and given to [`crate::api::invoke`]. amirun's own
+//! verbs (fetch-image, wait, ssh, boot-test, serve, the baking verbs, the
+//! internal ones) are clap-derive commands that call
+//! [`crate::service::Service`]. Results render with [`output`]. Errors are
+//! the aws CLI's: an unknown option or a value that does not parse exits
+//! 252 (with the usage line, or "Error parsing parameter"), a service error
+//! prints EC2's code, a one-line message and the cause chain and exits 254.
 
 pub mod baking;
 pub mod output;
+pub mod params;
 pub mod shorthand;
+pub mod verbs;
 
 use crate::paths::Paths;
 use crate::service::import_policy::ImportPolicy;
 use crate::service::shapes::*;
 use crate::service::{Caller, Error, ErrorCode, Service, ServiceOptions};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,14 +34,35 @@ pub const EXIT_SERVICE_ERROR: u8 = 254;
 /// Exit code for options that could not be parsed.
 pub const EXIT_PARAM_ERROR: u8 = 252;
 
+/// The aws CLI's usage blurb, printed before an error about the command line.
+const USAGE: &str = "usage: amirun [options] <command> [parameters]
+To see help text, you can run:
+
+  amirun --help
+  amirun <command> --help
+";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "amirun",
     version,
     about = "A local EC2 for AMIs: run, bake and boot-test real images with aws ec2's verbs",
-    after_help = "State lives in $AMIRUN_HOME (default ~/.local/share/amirun)."
+    after_help = "State lives in $AMIRUN_HOME (default ~/.local/share/amirun).",
+    subcommand_required = true,
+    arg_required_else_help = true
 )]
 struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    /// amirun's own verbs (the EC2 verbs are added from the model).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Options every verb takes, before or after it.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
+struct Globals {
     /// Region to work in.
     #[arg(
         long,
@@ -69,78 +97,15 @@ struct Cli {
     /// Log what amirun does on stderr.
     #[arg(long, global = true)]
     debug: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
+/// amirun's own verbs. The EC2 verbs are not here: [`verbs`] makes them.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Describe the AMIs the account can see.
-    DescribeImages(DescribeImagesArgs),
-    /// Import a disk image (raw, vmdk, vhd, vhdx, qcow2) as a new private AMI.
-    ImportImage(ImportImageArgs),
-    /// Register an AMI from an image location or from snapshots.
-    RegisterImage(RegisterImageArgs),
-    /// Deregister an AMI (its snapshots are kept unless asked).
-    DeregisterImage(DeregisterImageArgs),
-    /// Copy an AMI from another region into this one.
-    CopyImage(CopyImageArgs),
-    /// Change an AMI's launch permissions or description.
-    ModifyImageAttribute(ModifyImageAttributeArgs),
-    /// Show one attribute of an AMI.
-    DescribeImageAttribute(ImageAttributeArgs),
-    /// Reset an AMI's launch permissions to private.
-    ResetImageAttribute(ImageAttributeArgs),
-    /// Describe EBS snapshots.
-    DescribeSnapshots(DescribeSnapshotsArgs),
-    /// Delete an EBS snapshot.
-    DeleteSnapshot(DeleteSnapshotArgs),
-    /// Add or overwrite tags on resources.
-    CreateTags(TagsArgs),
-    /// Delete tags from resources.
-    DeleteTags(DeleteTagsArgs),
-    /// Describe tags.
-    DescribeTags(FiltersArgs),
     /// Download and verify an AMI's disks now instead of at first launch (amirun's own verb).
     FetchImage(FetchImageArgs),
-    /// Launch instances of an AMI.
-    RunInstances(RunInstancesArgs),
-    /// Describe instances (states reconciled with the running guests).
-    DescribeInstances(DescribeInstancesArgs),
-    /// Start stopped EBS-backed instances.
-    StartInstances(InstanceIdsArgs),
-    /// Stop EBS-backed instances (ACPI power button; --force cuts power).
-    StopInstances(StopInstancesArgs),
-    /// Reboot instances.
-    RebootInstances(InstanceIdsArgs),
-    /// Terminate instances.
-    TerminateInstances(InstanceIdsArgs),
-    /// Print an instance's serial console.
-    GetConsoleOutput(ConsoleArgs),
     /// Wait until instances or images reach a state.
     Wait(WaitArgs),
-    /// Describe EBS volumes.
-    DescribeVolumes(DescribeVolumesArgs),
-    /// Describe regions.
-    DescribeRegions(RegionNamesArgs),
-    /// Describe the availability zones of the region.
-    DescribeAvailabilityZones(ZoneNamesArgs),
-    /// Describe instance types (vCPUs, memory, architectures, instance store).
-    DescribeInstanceTypes(DescribeInstanceTypesArgs),
-    /// List the instance types offered in the region or its zone.
-    DescribeInstanceTypeOfferings(DescribeInstanceTypeOfferingsArgs),
-    /// Print a UEFI instance's variable store (base64).
-    GetInstanceUefiData(InstanceIdArgs),
-    /// Describe the CPU credit option of burstable instances.
-    DescribeInstanceCreditSpecifications(DescribeInstancesArgs),
-    /// Create a key pair (amirun keeps the private key for `amirun ssh`).
-    CreateKeyPair(CreateKeyPairArgs),
-    /// Import an OpenSSH public key as a key pair.
-    ImportKeyPair(ImportKeyPairArgs),
-    /// Describe key pairs.
-    DescribeKeyPairs(DescribeKeyPairsArgs),
-    /// Delete a key pair.
-    DeleteKeyPair(DeleteKeyPairArgs),
     /// Open an ssh session to a running instance (amirun's own verb).
     Ssh(SshArgs),
     /// Boot an AMI, wait for its console (or ssh) to show it works, report timings as JSON, terminate.
@@ -199,69 +164,6 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-struct RunInstancesArgs {
-    #[arg(long)]
-    image_id: String,
-    #[arg(long)]
-    instance_type: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    count: u32,
-    #[arg(long)]
-    min_count: Option<u32>,
-    #[arg(long)]
-    max_count: Option<u32>,
-    #[arg(long)]
-    key_name: Option<String>,
-    /// Text, file://PATH or fileb://PATH.
-    #[arg(long)]
-    user_data: Option<String>,
-    #[arg(long, num_args = 1..)]
-    block_device_mappings: Vec<String>,
-    /// stop or terminate.
-    #[arg(long)]
-    instance_initiated_shutdown_behavior: Option<String>,
-    #[arg(long, num_args = 1..)]
-    tag_specifications: Vec<String>,
-    /// HttpTokens=required|optional,HttpEndpoint=enabled|disabled.
-    #[arg(long)]
-    metadata_options: Option<String>,
-    /// auto, kvm or tcg.
-    #[arg(long, env = "AMIRUN_ACCEL", default_value = "auto")]
-    accel: String,
-}
-
-#[derive(Args, Debug)]
-struct DescribeInstancesArgs {
-    #[arg(long, num_args = 1..)]
-    instance_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct InstanceIdsArgs {
-    #[arg(long, num_args = 1.., required = true)]
-    instance_ids: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct StopInstancesArgs {
-    #[arg(long, num_args = 1.., required = true)]
-    instance_ids: Vec<String>,
-    #[arg(long)]
-    force: bool,
-}
-
-#[derive(Args, Debug)]
-struct ConsoleArgs {
-    #[arg(long)]
-    instance_id: String,
-    /// Only the most recent output (last 64 KiB).
-    #[arg(long)]
-    latest: bool,
-}
-
-#[derive(Args, Debug)]
 struct WaitArgs {
     /// instance-running, instance-stopped, instance-terminated, image-available.
     waiter: String,
@@ -272,100 +174,6 @@ struct WaitArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-}
-
-#[derive(Args, Debug)]
-struct DescribeVolumesArgs {
-    #[arg(long, num_args = 1..)]
-    volume_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct RegionNamesArgs {
-    #[arg(long, num_args = 1..)]
-    region_names: Vec<String>,
-    /// Accepted for compatibility: every region is enabled.
-    #[arg(long)]
-    all_regions: bool,
-}
-
-#[derive(Args, Debug)]
-struct ZoneNamesArgs {
-    #[arg(long, num_args = 1..)]
-    zone_names: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct DescribeInstanceTypesArgs {
-    #[arg(long, num_args = 1..)]
-    instance_types: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-    #[arg(long)]
-    max_results: Option<i64>,
-    #[arg(long)]
-    next_token: Option<String>,
-}
-
-#[derive(Args, Debug)]
-struct DescribeInstanceTypeOfferingsArgs {
-    /// region (default), availability-zone or availability-zone-id.
-    #[arg(long)]
-    location_type: Option<String>,
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-    #[arg(long)]
-    max_results: Option<i64>,
-    #[arg(long)]
-    next_token: Option<String>,
-}
-
-#[derive(Args, Debug)]
-struct InstanceIdArgs {
-    #[arg(long)]
-    instance_id: String,
-}
-
-#[derive(Args, Debug)]
-struct CreateKeyPairArgs {
-    #[arg(long)]
-    key_name: String,
-    /// rsa (default) or ed25519.
-    #[arg(long)]
-    key_type: Option<String>,
-    #[arg(long, num_args = 1..)]
-    tag_specifications: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct ImportKeyPairArgs {
-    #[arg(long)]
-    key_name: String,
-    /// The public key (OpenSSH line, RFC 4716 block, PEM/DER RSA): text, file://PATH or fileb://PATH.
-    #[arg(long)]
-    public_key_material: String,
-    #[arg(long, num_args = 1..)]
-    tag_specifications: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct DescribeKeyPairsArgs {
-    #[arg(long, num_args = 1..)]
-    key_names: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    key_pair_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-    #[arg(long)]
-    include_public_key: bool,
-}
-
-#[derive(Args, Debug)]
-struct DeleteKeyPairArgs {
-    #[arg(long)]
-    key_name: String,
 }
 
 #[derive(Args, Debug)]
@@ -407,168 +215,18 @@ struct BootTestArgs {
 }
 
 #[derive(Args, Debug)]
-struct DescribeImagesArgs {
-    #[arg(long, num_args = 1..)]
-    image_ids: Vec<String>,
-    /// self, amazon (or another alias), or account ids.
-    #[arg(long, num_args = 1..)]
-    owners: Vec<String>,
-    /// self, all, or account ids.
-    #[arg(long, num_args = 1..)]
-    executable_users: Vec<String>,
-    /// Name=…,Values=… (shorthand or JSON); repeatable.
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct ImportImageArgs {
-    /// Url=file:///…,Format=raw (shorthand or JSON).
-    #[arg(long, num_args = 1.., required = true)]
-    disk_containers: Vec<String>,
-    #[arg(long)]
-    description: Option<String>,
-    #[arg(long)]
-    architecture: Option<String>,
-    #[arg(long)]
-    boot_mode: Option<String>,
-    #[arg(long)]
-    platform: Option<String>,
-    #[arg(long, num_args = 1..)]
-    tag_specifications: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct RegisterImageArgs {
-    #[arg(long)]
-    name: String,
-    #[arg(long)]
-    description: Option<String>,
-    #[arg(long)]
-    architecture: Option<String>,
-    /// URL of a disk image (file://, http://, https://): an instance-store AMI.
-    #[arg(long)]
-    image_location: Option<String>,
-    #[arg(long)]
-    root_device_name: Option<String>,
-    /// DeviceName=…,Ebs={SnapshotId=…} (shorthand or JSON); repeatable.
-    #[arg(long, num_args = 1..)]
-    block_device_mappings: Vec<String>,
-    #[arg(long)]
-    boot_mode: Option<String>,
-    #[arg(long)]
-    virtualization_type: Option<String>,
-    #[arg(long, num_args = 1..)]
-    tag_specifications: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct DeregisterImageArgs {
-    #[arg(long)]
-    image_id: String,
-    #[arg(long)]
-    delete_associated_snapshots: bool,
-}
-
-#[derive(Args, Debug)]
-struct CopyImageArgs {
-    #[arg(long)]
-    source_region: String,
-    #[arg(long)]
-    source_image_id: String,
-    #[arg(long)]
-    name: String,
-    #[arg(long)]
-    description: Option<String>,
-    #[arg(long)]
-    copy_image_tags: bool,
-    #[arg(long, num_args = 1..)]
-    tag_specifications: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct ModifyImageAttributeArgs {
-    #[arg(long)]
-    image_id: String,
-    /// launchPermission or description.
-    #[arg(long)]
-    attribute: Option<String>,
-    /// add or remove (with --user-ids / --user-groups).
-    #[arg(long)]
-    operation_type: Option<String>,
-    #[arg(long, num_args = 1..)]
-    user_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    user_groups: Vec<String>,
-    /// Add=[{UserId=…},{Group=all}],Remove=[…] (shorthand or JSON).
-    #[arg(long)]
-    launch_permission: Option<String>,
-    /// Value=… or plain text.
-    #[arg(long)]
-    description: Option<String>,
-    #[arg(long)]
-    value: Option<String>,
-}
-
-#[derive(Args, Debug)]
-struct ImageAttributeArgs {
-    #[arg(long)]
-    image_id: String,
-    #[arg(long)]
-    attribute: String,
-}
-
-#[derive(Args, Debug)]
-struct DescribeSnapshotsArgs {
-    #[arg(long, num_args = 1..)]
-    snapshot_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    owner_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    restorable_by_user_ids: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct DeleteSnapshotArgs {
-    #[arg(long)]
-    snapshot_id: String,
-}
-
-#[derive(Args, Debug)]
-struct TagsArgs {
-    #[arg(long, num_args = 1.., required = true)]
-    resources: Vec<String>,
-    /// Key=…,Value=… (shorthand or JSON); repeatable.
-    #[arg(long, num_args = 1.., required = true)]
-    tags: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct DeleteTagsArgs {
-    #[arg(long, num_args = 1.., required = true)]
-    resources: Vec<String>,
-    #[arg(long, num_args = 1..)]
-    tags: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct FiltersArgs {
-    #[arg(long, num_args = 1..)]
-    filters: Vec<String>,
-}
-
-#[derive(Args, Debug)]
 struct FetchImageArgs {
     #[arg(long)]
     image_id: String,
 }
 
 /// A failure before or after the service was called.
+#[derive(Debug)]
 enum Failure {
-    /// An option could not be parsed.
+    /// An option's value could not be parsed: "Error parsing parameter '--x'".
     Param(String, String),
+    /// A value parsed but does not fit the model: "Parameter validation failed".
+    Validation(String),
     /// The service refused or failed.
     Service(Error),
 }
@@ -595,10 +253,178 @@ fn param_one<T: DeserializeOwned>(option: &str, item: &str) -> Result<T, Failure
     serde_json::from_value(v).map_err(|e| Failure::Param(option.into(), e.to_string()))
 }
 
+/// What the command line asks for.
+enum Invocation {
+    /// An EC2 verb: its action and parsed options.
+    Action(Globals, &'static str, ArgMatches),
+    /// One of amirun's own verbs.
+    Own(Cli),
+}
+
+/// The whole command line: amirun's own verbs (derive) plus one verb per
+/// action of the API that no own verb claims. Only `named`, the verb the
+/// command line names, gets its options built (the others only their names,
+/// for `--help`).
+fn command_line(named: Option<&str>) -> (clap::Command, Vec<(&'static str, &'static str)>) {
+    // The internal verbs (a supervisor, an IMDS relay per guest connection)
+    // start often and need none of them.
+    if named.is_some_and(|n| n.starts_with("__")) {
+        return (Cli::command(), Vec::new());
+    }
+    let mut cmd = Cli::command();
+    let own: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    let actions: Vec<(&'static str, &'static str)> = verbs::all()
+        .filter(|(_, v)| !own.iter().any(|o| o == v))
+        .collect();
+    for (action, verb) in &actions {
+        let options = named == Some(*verb);
+        cmd = cmd.subcommand(verbs::command(action, verb, options));
+    }
+    (cmd, actions)
+}
+
+/// The verb a command line names: its first word that is not a global option
+/// or its value (`amirun --region r describe-images …`, `amirun help VERB`).
+fn named_verb(cmd: &clap::Command, argv: &[String]) -> Option<String> {
+    let takes_value = |long: &str| {
+        cmd.get_arguments()
+            .any(|a| a.get_long() == Some(long) && a.get_action().takes_values())
+    };
+    let mut words = argv.iter().skip(1);
+    while let Some(w) = words.next() {
+        if let Some(long) = w.strip_prefix("--") {
+            if !long.contains('=') && takes_value(long) {
+                words.next();
+            }
+        } else if w == "help" {
+            return words.next().cloned();
+        } else if !w.starts_with('-') {
+            return Some(w.clone());
+        }
+    }
+    None
+}
+
+/// The words after `verb` that are no option of it, as the aws CLI lists
+/// them: an unknown `--x` and the words that follow it, and bare words no
+/// option takes.
+fn unknown_options(top: &clap::Command, sub: &clap::Command, args: &[String]) -> Vec<String> {
+    let find = |long: &str| {
+        sub.get_arguments()
+            .chain(top.get_arguments())
+            .find(|a| a.get_long() == Some(long))
+            .map(|a| {
+                if !a.get_action().takes_values() {
+                    0
+                } else if a.get_num_args().is_some_and(|n| n.max_values() > 1) {
+                    usize::MAX
+                } else {
+                    1
+                }
+            })
+    };
+    let mut unknown = Vec::new();
+    // Values the last option may still take (None: it was unknown).
+    let mut room = Some(0);
+    for w in args {
+        if let Some(long) = w.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, _)) => (n, true),
+                None => (long, false),
+            };
+            room = if name == "help" { Some(0) } else { find(name) };
+            match room {
+                None => unknown.push(w.clone()),
+                Some(_) if inline => room = Some(0),
+                Some(_) => {}
+            }
+        } else if w == "-h" {
+            room = Some(0);
+        } else {
+            match room {
+                Some(0) | None => unknown.push(w.clone()),
+                Some(n) => room = Some(n.saturating_sub(1)),
+            }
+        }
+    }
+    unknown
+}
+
+/// Parse the command line, or exit as clap or the aws CLI would.
+fn parse(argv: Vec<String>) -> Result<Invocation, ExitCode> {
+    let named = named_verb(&Cli::command(), &argv);
+    let (mut cmd, actions) = command_line(named.as_deref());
+    let action = actions
+        .iter()
+        .find(|(_, v)| Some(*v) == named.as_deref())
+        .map(|(a, _)| *a);
+    let usage_error = |message: &str| {
+        eprintln!("{USAGE}\n{message}");
+        ExitCode::from(EXIT_PARAM_ERROR)
+    };
+    if let (Some(verb), Some(_)) = (named.as_deref(), action) {
+        let at = argv.iter().position(|w| w == verb).unwrap_or(argv.len());
+        if argv.get(1).map(String::as_str) != Some("help") {
+            let sub = cmd.find_subcommand(verb).expect("the verb was added");
+            let unknown = unknown_options(&cmd, sub, &argv[at + 1..]);
+            if !unknown.is_empty() {
+                return Err(usage_error(&format!(
+                    "Unknown options: {}",
+                    unknown.join(", ")
+                )));
+            }
+        }
+    }
+    let mut matches = match cmd.try_get_matches_from_mut(&argv) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if action.is_none()
+                || matches!(
+                    e.kind(),
+                    DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                e.exit()
+            }
+            // clap's first line, without its own "error: " prefix.
+            let detail = e.to_string();
+            let first = detail
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            return Err(usage_error(&format!("amirun: error: {first}")));
+        }
+    };
+    if let Some(action) = action {
+        if let Some((_, sub)) = matches.remove_subcommand() {
+            let globals = Globals::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            return Ok(Invocation::Action(globals, action, sub));
+        }
+    }
+    Ok(Invocation::Own(
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
+    ))
+}
+
 /// Run the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = if cli.debug {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a: OsString| a.to_string_lossy().into_owned())
+        .collect();
+    let invocation = match parse(argv) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let globals = match &invocation {
+        Invocation::Action(g, _, _) => g,
+        Invocation::Own(cli) => &cli.globals,
+    };
+    let filter = if globals.debug {
         "amirun=debug"
     } else {
         "amirun=warn"
@@ -610,13 +436,16 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let (title, result) = run(&cli);
+    let (title, result) = match &invocation {
+        Invocation::Action(g, action, sub) => (action.to_string(), run_action(g, action, sub)),
+        Invocation::Own(cli) => run(cli),
+    };
     match result {
         Ok(None) => ExitCode::SUCCESS,
-        Ok(Some(value)) => match output::apply_query(value, cli.query.as_deref()) {
+        Ok(Some(value)) => match output::apply_query(value, globals.query.as_deref()) {
             Ok(v) => {
                 let mut out = std::io::stdout().lock();
-                if let Err(e) = output::render(&mut out, &v, cli.output, &title) {
+                if let Err(e) = output::render(&mut out, &v, globals.output, &title) {
                     if e.kind() != std::io::ErrorKind::BrokenPipe {
                         eprintln!("Cannot write output: {e}");
                         return ExitCode::from(1);
@@ -633,15 +462,66 @@ pub fn main() -> ExitCode {
             eprintln!("Error parsing parameter '--{option}': {message}");
             ExitCode::from(EXIT_PARAM_ERROR)
         }
+        Err(Failure::Validation(message)) => {
+            eprintln!("Parameter validation failed:\n{message}");
+            ExitCode::from(EXIT_PARAM_ERROR)
+        }
         Err(Failure::Service(e)) => {
             eprintln!("{}", e.chain());
-            ExitCode::from(EXIT_SERVICE_ERROR)
+            ExitCode::from(if request_shape_error(&e) {
+                EXIT_PARAM_ERROR
+            } else {
+                EXIT_SERVICE_ERROR
+            })
         }
     }
 }
 
+/// Whether the service refused the request for its shape: a member missing,
+/// unknown, or of the wrong type, found when the request is deserialized
+/// into the action's request type ([`crate::api::request`], whose
+/// InvalidParameterValue says "Value for parameter …"). botocore validates
+/// these before sending, so the aws CLI exits 252 for them, not 254.
+fn request_shape_error(e: &Error) -> bool {
+    match e.code() {
+        ErrorCode::MissingParameter | ErrorCode::UnknownParameter => true,
+        ErrorCode::InvalidParameterValue => e.message().starts_with("Value for parameter "),
+        _ => false,
+    }
+}
+
+/// The service as the CLI opens it: the local user, any file:// URL.
+fn open_service(globals: &Globals) -> crate::service::Result<Service> {
+    Service::open(
+        Paths::from_env(),
+        ServiceOptions {
+            extra_catalogs: globals.catalog.clone(),
+            progress: std::io::stderr().is_terminal(),
+            // The CLI acts as the local user: any file:// URL.
+            import_policy: ImportPolicy::LocalUser,
+            ..ServiceOptions::from_env()
+        },
+    )
+}
+
+/// An EC2 verb: its request goes to the same handler the HTTP API calls.
+fn run_action(globals: &Globals, action: &str, sub: &ArgMatches) -> Result<Option<Value>, Failure> {
+    let call = verbs::request(action, sub)?;
+    tracing::debug!(action, request = %call.request, "invoke");
+    let caller = Caller::new(globals.account.clone(), globals.region.clone())?;
+    let mut service = open_service(globals)?;
+    let mut context = crate::api::Context {
+        service: &mut service,
+        caller: &caller,
+        accel: call.accel,
+    };
+    let result = crate::api::invoke(&mut context, action, &call.request)?;
+    Ok(result.map(|v| verbs::display(action, v)))
+}
+
 fn run(cli: &Cli) -> (String, Result<Option<Value>, Failure>) {
     let title = format!("{:?}", cli.command)
+        .trim_start_matches("Some(")
         .split('(')
         .next()
         .unwrap_or_default()
@@ -649,7 +529,6 @@ fn run(cli: &Cli) -> (String, Result<Option<Value>, Failure>) {
     (title, dispatch(cli))
 }
 
-/// `--user-data` and friends: literal text, `file://PATH` (text) or `fileb://PATH`.
 fn blob_arg(option: &str, value: &str) -> Result<Vec<u8>, Failure> {
     let path = value
         .strip_prefix("fileb://")
@@ -676,19 +555,24 @@ fn accel_arg(value: &str) -> Result<crate::machine::AccelRequest, Failure> {
         .map_err(|e: crate::machine::MachineError| Failure::Param("accel".into(), e.to_string()))
 }
 
+/// amirun's own verbs.
 fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
-    if let Command::ImdsRelay { socket } = &cli.command {
+    let Some(command) = &cli.command else {
+        unreachable!("clap requires a verb")
+    };
+    let g = &cli.globals;
+    if let Command::ImdsRelay { socket } = command {
         // Nothing to say to the guest on failure: closing is the answer.
         let _ = crate::metadata::imds::relay(socket);
         return Ok(None);
     }
-    if let Command::Serve(a) = &cli.command {
-        Caller::new(cli.account.clone(), cli.region.clone())?;
+    if let Command::Serve(a) = command {
+        Caller::new(g.account.clone(), g.region.clone())?;
         crate::http::serve(crate::http::ServeOptions {
             listen: a.listen,
             paths: Paths::from_env(),
             service: ServiceOptions {
-                extra_catalogs: cli.catalog.clone(),
+                extra_catalogs: g.catalog.clone(),
                 progress: false,
                 // `serve` replaces this with the remote policy in any case.
                 import_policy: ImportPolicy::Remote {
@@ -696,10 +580,10 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 },
                 ..ServiceOptions::from_env()
             },
-            default_region: cli.region.clone(),
+            default_region: g.region.clone(),
             credentials: crate::http::Credentials {
                 keys: a.access_keys.clone(),
-                default_account: cli.account.clone(),
+                default_account: g.account.clone(),
                 strict: a.strict,
             },
             accel: accel_arg(&a.accel)?,
@@ -713,265 +597,22 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         })?;
         return Ok(None);
     }
-    if let Command::Supervise { launch_spec } = &cli.command {
+    if let Command::Supervise { launch_spec } = command {
         return match crate::instance::supervisor::run(launch_spec) {
             Ok(_) => Ok(None),
             Err(e) => Err(Failure::Service(e.into())),
         };
     }
-    let caller = Caller::new(cli.account.clone(), cli.region.clone())?;
-    let open = || {
-        Service::open(
-            Paths::from_env(),
-            ServiceOptions {
-                extra_catalogs: cli.catalog.clone(),
-                progress: std::io::stderr().is_terminal(),
-                // The CLI acts as the local user: any file:// URL.
-                import_policy: ImportPolicy::LocalUser,
-                ..ServiceOptions::from_env()
-            },
-        )
-    };
-    let to_value = |v: Value| Ok(Some(v));
-    match &cli.command {
-        Command::DescribeImages(a) => {
-            let input = DescribeImagesInput {
-                image_ids: a.image_ids.clone(),
-                owners: a.owners.clone(),
-                executable_users: a.executable_users.clone(),
-                filters: param("filters", &a.filters)?,
-            };
-            let images = open()?.describe_images(&caller, &input)?;
-            to_value(json!({ "Images": images }))
-        }
-        Command::ImportImage(a) => {
-            let input = ImportImageInput {
-                disk_containers: param("disk-containers", &a.disk_containers)?,
-                description: a.description.clone(),
-                architecture: a.architecture.clone(),
-                boot_mode: a.boot_mode.clone(),
-                platform: a.platform.clone(),
-                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
-            };
-            let out = open()?.import_image(&caller, &input)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
-        }
-        Command::RegisterImage(a) => {
-            let input = RegisterImageInput {
-                name: a.name.clone(),
-                description: a.description.clone(),
-                architecture: a.architecture.clone(),
-                image_location: a.image_location.clone(),
-                root_device_name: a.root_device_name.clone(),
-                block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
-                boot_mode: a.boot_mode.clone(),
-                virtualization_type: a.virtualization_type.clone(),
-                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
-            };
-            let id = open()?.register_image(&caller, &input)?;
-            to_value(json!({ "ImageId": id }))
-        }
-        Command::DeregisterImage(a) => {
-            let out =
-                open()?.deregister_image(&caller, &a.image_id, a.delete_associated_snapshots)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
-        }
-        Command::CopyImage(a) => {
-            let input = CopyImageInput {
-                source_region: a.source_region.clone(),
-                source_image_id: a.source_image_id.clone(),
-                name: a.name.clone(),
-                description: a.description.clone(),
-                copy_image_tags: a.copy_image_tags,
-                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
-            };
-            let id = open()?.copy_image(&caller, &input)?;
-            to_value(json!({ "ImageId": id }))
-        }
-        Command::ModifyImageAttribute(a) => {
-            let description = a.description.as_ref().map(|d| {
-                // aws takes `--description Value=text`; plain text works too.
-                shorthand::parse(d)
-                    .ok()
-                    .and_then(|v| v.get("Value").and_then(|s| s.as_str().map(String::from)))
-                    .unwrap_or_else(|| d.clone())
-            });
-            let input = ModifyImageAttributeInput {
-                image_id: a.image_id.clone(),
-                attribute: a.attribute.clone(),
-                operation_type: a.operation_type.clone(),
-                user_ids: a.user_ids.clone(),
-                user_groups: a.user_groups.clone(),
-                launch_permission: a
-                    .launch_permission
-                    .as_deref()
-                    .map(|l| param_one("launch-permission", l))
-                    .transpose()?,
-                description,
-                value: a.value.clone(),
-            };
-            open()?.modify_image_attribute(&caller, &input)?;
-            Ok(None)
-        }
-        Command::DescribeImageAttribute(a) => {
-            let out = open()?.describe_image_attribute(&caller, &a.image_id, &a.attribute)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
-        }
-        Command::ResetImageAttribute(a) => {
-            open()?.reset_image_attribute(&caller, &a.image_id, &a.attribute)?;
-            Ok(None)
-        }
-        Command::DescribeSnapshots(a) => {
-            let input = DescribeSnapshotsInput {
-                snapshot_ids: a.snapshot_ids.clone(),
-                owner_ids: a.owner_ids.clone(),
-                restorable_by_user_ids: a.restorable_by_user_ids.clone(),
-                filters: param("filters", &a.filters)?,
-            };
-            let snaps = open()?.describe_snapshots(&caller, &input)?;
-            to_value(json!({ "Snapshots": snaps }))
-        }
-        Command::DeleteSnapshot(a) => {
-            open()?.delete_snapshot(&caller, &a.snapshot_id)?;
-            Ok(None)
-        }
-        Command::CreateTags(a) => {
-            let tags: Vec<Tag> = param("tags", &a.tags)?;
-            open()?.create_tags(&caller, &a.resources, &tags)?;
-            Ok(None)
-        }
-        Command::DeleteTags(a) => {
-            let tags: Vec<Tag> = param("tags", &a.tags)?;
-            open()?.delete_tags(&caller, &a.resources, &tags)?;
-            Ok(None)
-        }
-        Command::DescribeTags(a) => {
-            let filters = param("filters", &a.filters)?;
-            let tags = open()?.describe_tags(&caller, &filters)?;
-            to_value(json!({ "Tags": tags }))
-        }
+    let caller = Caller::new(g.account.clone(), g.region.clone())?;
+    let open = || open_service(g);
+    match command {
         Command::FetchImage(a) => {
             let disks = open()?.fetch_image(&caller, &a.image_id)?;
-            to_value(json!({ "ImageId": a.image_id, "Disks": disks }))
-        }
-        Command::RunInstances(a) => {
-            let input = crate::service::instances::RunInstancesInput {
-                image_id: a.image_id.clone(),
-                instance_type: a.instance_type.clone(),
-                min_count: a.min_count.unwrap_or(a.count),
-                // Only --min-count given: launch that many.
-                max_count: a
-                    .max_count
-                    .unwrap_or(a.min_count.unwrap_or(a.count).max(a.count)),
-                key_name: a.key_name.clone(),
-                user_data: a
-                    .user_data
-                    .as_deref()
-                    .map(|u| blob_arg("user-data", u))
-                    .transpose()?,
-                block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
-                shutdown_behavior: a.instance_initiated_shutdown_behavior.clone(),
-                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
-                accel: accel_arg(&a.accel)?,
-                metadata_options: a
-                    .metadata_options
-                    .as_deref()
-                    .map(|m| param_one::<Value>("metadata-options", m))
-                    .transpose()?,
-            };
-            to_value(open()?.run_instances(&caller, &input)?)
-        }
-        Command::DescribeInstances(a) => {
-            let filters: Vec<Filter> = param("filters", &a.filters)?;
-            to_value(open()?.describe_instances(&caller, &a.instance_ids, &filters)?)
-        }
-        Command::StartInstances(a) => to_value(open()?.start_instances(&caller, &a.instance_ids)?),
-        Command::StopInstances(a) => {
-            to_value(open()?.stop_instances(&caller, &a.instance_ids, a.force)?)
-        }
-        Command::RebootInstances(a) => {
-            open()?.reboot_instances(&caller, &a.instance_ids)?;
-            Ok(None)
-        }
-        Command::TerminateInstances(a) => {
-            to_value(open()?.terminate_instances(&caller, &a.instance_ids)?)
-        }
-        Command::GetConsoleOutput(a) => {
-            let out = open()?.get_console_output(&caller, &a.instance_id, a.latest)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
+            Ok(Some(json!({ "ImageId": a.image_id, "Disks": disks })))
         }
         Command::Wait(a) => {
             wait(&mut open()?, &caller, a)?;
             Ok(None)
-        }
-        Command::DescribeVolumes(a) => {
-            let filters: Vec<Filter> = param("filters", &a.filters)?;
-            to_value(open()?.describe_volumes(&caller, &a.volume_ids, &filters)?)
-        }
-        Command::DescribeRegions(a) => {
-            to_value(open()?.describe_regions(&caller, &a.region_names)?)
-        }
-        Command::DescribeAvailabilityZones(a) => {
-            to_value(open()?.describe_availability_zones(&caller, &a.zone_names)?)
-        }
-        Command::DescribeInstanceTypes(a) => {
-            let input = crate::service::instance_types::DescribeInstanceTypesInput {
-                instance_types: a.instance_types.clone(),
-                filters: param("filters", &a.filters)?,
-                paging: crate::service::instance_types::Paging {
-                    max_results: a.max_results,
-                    next_token: a.next_token.clone(),
-                },
-            };
-            to_value(open()?.describe_instance_types(&caller, &input)?)
-        }
-        Command::DescribeInstanceTypeOfferings(a) => {
-            let input = crate::service::instance_types::DescribeInstanceTypeOfferingsInput {
-                location_type: a.location_type.clone(),
-                filters: param("filters", &a.filters)?,
-                paging: crate::service::instance_types::Paging {
-                    max_results: a.max_results,
-                    next_token: a.next_token.clone(),
-                },
-            };
-            to_value(open()?.describe_instance_type_offerings(&caller, &input)?)
-        }
-        Command::GetInstanceUefiData(a) => {
-            to_value(open()?.get_instance_uefi_data(&caller, &a.instance_id)?)
-        }
-        Command::DescribeInstanceCreditSpecifications(a) => {
-            let filters: Vec<Filter> = param("filters", &a.filters)?;
-            to_value(open()?.describe_instance_credit_specifications(
-                &caller,
-                &a.instance_ids,
-                &filters,
-            )?)
-        }
-        Command::CreateKeyPair(a) => {
-            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
-            let out =
-                open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref(), &specs)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
-        }
-        Command::ImportKeyPair(a) => {
-            let material = blob_arg("public-key-material", &a.public_key_material)?;
-            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
-            let out = open()?.import_key_pair(&caller, &a.key_name, &material, &specs)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
-        }
-        Command::DescribeKeyPairs(a) => {
-            let input = crate::service::DescribeKeyPairsInput {
-                key_names: a.key_names.clone(),
-                key_pair_ids: a.key_pair_ids.clone(),
-                filters: param("filters", &a.filters)?,
-                include_public_key: a.include_public_key,
-            };
-            let out = open()?.describe_key_pairs(&caller, &input)?;
-            to_value(json!({ "KeyPairs": out }))
-        }
-        Command::DeleteKeyPair(a) => {
-            open()?.delete_key_pair(&caller, &a.key_name)?;
-            to_value(json!({ "Return": true }))
         }
         Command::Ssh(a) => {
             let target = open()?.ssh_target(&caller, &a.instance_id, a.user.as_deref())?;
@@ -997,10 +638,10 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
             let ok = report.success;
             let value = serde_json::to_value(report).expect("serializable");
             if ok {
-                to_value(value)
+                Ok(Some(value))
             } else {
                 let mut out = std::io::stdout().lock();
-                let _ = output::render(&mut out, &value, cli.output, "BootTest");
+                let _ = output::render(&mut out, &value, g.output, "BootTest");
                 Err(Failure::Service(Error::new(
                     ErrorCode::BootTestFailed,
                     value["FailureReason"]
@@ -1133,4 +774,51 @@ fn ssh(
         )
         .with_source(e),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &str) -> Vec<String> {
+        w.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn the_verb_is_the_first_word_that_is_no_global_option() {
+        let cmd = Cli::command();
+        let named = |line: &str| named_verb(&cmd, &words(line));
+        assert_eq!(
+            named("amirun describe-images --owners self").as_deref(),
+            Some("describe-images")
+        );
+        assert_eq!(
+            named("amirun --region r --debug --output=text describe-images").as_deref(),
+            Some("describe-images")
+        );
+        assert_eq!(
+            named("amirun --catalog c.json run-instances").as_deref(),
+            Some("run-instances")
+        );
+        assert_eq!(
+            named("amirun help stop-instances").as_deref(),
+            Some("stop-instances")
+        );
+        assert_eq!(named("amirun --help"), None);
+    }
+
+    #[test]
+    fn unknown_options_are_listed_as_the_aws_cli_lists_them() {
+        let (cmd, _) = command_line(Some("describe-images"));
+        let sub = cmd.find_subcommand("describe-images").unwrap();
+        let unknown = |args: &str| unknown_options(&cmd, sub, &words(args));
+        assert!(
+            unknown("--image-ids a b --filters Name=x,Values=y --dry-run --output json").is_empty()
+        );
+        assert_eq!(unknown("--foo bar --owners self"), words("--foo bar"));
+        assert_eq!(unknown("--dry-run stray"), words("stray"));
+        assert_eq!(unknown("--max-results 5 6"), words("6"));
+        assert_eq!(unknown("--next-token=t x"), words("x"));
+        assert_eq!(unknown("--no-dry-run --region r"), Vec::<String>::new());
+    }
 }

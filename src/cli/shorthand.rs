@@ -2,9 +2,10 @@
 //! (`Name=x,Values=a,b`, `DeviceName=/dev/sda1,Ebs={SnapshotId=snap-1}`,
 //! `Add=[{UserId=123456789012}]`), JSON, or `file://PATH` holding JSON.
 //!
-//! Shorthand scalars are strings; [`coerce`] turns the few numeric and
-//! boolean members EC2 has into JSON numbers and booleans, so the result
-//! deserializes into the same service input types the HTTP API uses.
+//! Shorthand scalars are strings. The model-driven verbs type them by
+//! botocore's model ([`super::params`]); for amirun's own verbs [`coerce`]
+//! turns the few numeric and boolean members EC2 has into JSON numbers and
+//! booleans, so the result deserializes into the service's input types.
 
 use serde_json::{Map, Value};
 
@@ -39,6 +40,16 @@ pub fn parse(text: &str) -> Result<Value, ShorthandError> {
             return Ok(v);
         }
     }
+    parse_shorthand(text).map(coerce)
+}
+
+/// Parse the shorthand syntax alone: every scalar a string, no JSON, no
+/// files (the model-driven verbs type the result by botocore's model).
+pub fn parse_shorthand(text: &str) -> Result<Value, ShorthandError> {
+    let err = |m: String| ShorthandError {
+        message: m,
+        input: text.to_string(),
+    };
     let mut p = Parser {
         s: text.chars().collect(),
         i: 0,
@@ -50,7 +61,7 @@ pub fn parse(text: &str) -> Result<Value, ShorthandError> {
             p.s[p.i], p.i
         )));
     }
-    Ok(coerce(v))
+    Ok(v)
 }
 
 /// Parse a list option given as several arguments (or one JSON list).
