@@ -661,6 +661,22 @@ fn blob_arg(option: &str, value: &str) -> Result<Vec<u8>, Failure> {
     }
 }
 
+/// An option naming one of EC2's closed sets (`--architecture`, `--boot-mode`, …).
+fn enum_arg<T: std::str::FromStr>(option: &str, value: Option<&str>) -> Result<Option<T>, Failure>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .map(|v| {
+            v.parse().map_err(|e: T::Err| {
+                Failure::Service(Error::invalid_value(format!(
+                    "Value ({v}) for parameter {option} is invalid: {e}"
+                )))
+            })
+        })
+        .transpose()
+}
+
 fn positive_seconds(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
@@ -735,58 +751,66 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
     let to_value = |v: Value| Ok(Some(v));
     match &cli.command {
         Command::DescribeImages(a) => {
-            let input = DescribeImagesInput {
+            let input = DescribeImagesRequest {
                 image_ids: a.image_ids.clone(),
                 owners: a.owners.clone(),
                 executable_users: a.executable_users.clone(),
                 filters: param("filters", &a.filters)?,
+                ..Default::default()
             };
-            let images = open()?.describe_images(&caller, &input)?;
-            to_value(json!({ "Images": images }))
+            to_value(
+                serde_json::to_value(open()?.describe_images(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::ImportImage(a) => {
-            let input = ImportImageInput {
+            let input = ImportImageRequest {
                 disk_containers: param("disk-containers", &a.disk_containers)?,
                 description: a.description.clone(),
-                architecture: a.architecture.clone(),
-                boot_mode: a.boot_mode.clone(),
+                architecture: enum_arg("architecture", a.architecture.as_deref())?,
+                boot_mode: enum_arg("boot-mode", a.boot_mode.as_deref())?,
                 platform: a.platform.clone(),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
             };
-            let out = open()?.import_image(&caller, &input)?;
+            let out = open()?.import_image(&caller, input)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::RegisterImage(a) => {
-            let input = RegisterImageInput {
+            let input = RegisterImageRequest {
                 name: a.name.clone(),
                 description: a.description.clone(),
-                architecture: a.architecture.clone(),
+                architecture: enum_arg("architecture", a.architecture.as_deref())?,
                 image_location: a.image_location.clone(),
                 root_device_name: a.root_device_name.clone(),
                 block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
-                boot_mode: a.boot_mode.clone(),
+                boot_mode: enum_arg("boot-mode", a.boot_mode.as_deref())?,
                 virtualization_type: a.virtualization_type.clone(),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
             };
-            let id = open()?.register_image(&caller, &input)?;
-            to_value(json!({ "ImageId": id }))
+            let out = open()?.register_image(&caller, input)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::DeregisterImage(a) => {
-            let out =
-                open()?.deregister_image(&caller, &a.image_id, a.delete_associated_snapshots)?;
+            let out = open()?.deregister_image(
+                &caller,
+                DeregisterImageRequest {
+                    image_id: a.image_id.clone(),
+                    delete_associated_snapshots: Some(a.delete_associated_snapshots),
+                },
+            )?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::CopyImage(a) => {
-            let input = CopyImageInput {
+            let input = CopyImageRequest {
                 source_region: a.source_region.clone(),
                 source_image_id: a.source_image_id.clone(),
                 name: a.name.clone(),
                 description: a.description.clone(),
-                copy_image_tags: a.copy_image_tags,
+                copy_image_tags: Some(a.copy_image_tags),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
             };
-            let id = open()?.copy_image(&caller, &input)?;
-            to_value(json!({ "ImageId": id }))
+            let out = open()?.copy_image(&caller, input)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::ModifyImageAttribute(a) => {
             let description = a.description.as_ref().map(|d| {
@@ -796,7 +820,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                     .and_then(|v| v.get("Value").and_then(|s| s.as_str().map(String::from)))
                     .unwrap_or_else(|| d.clone())
             });
-            let input = ModifyImageAttributeInput {
+            let input = ModifyImageAttributeRequest {
                 image_id: a.image_id.clone(),
                 attribute: a.attribute.clone(),
                 operation_type: a.operation_type.clone(),
@@ -807,55 +831,84 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                     .as_deref()
                     .map(|l| param_one("launch-permission", l))
                     .transpose()?,
-                description,
+                description: description.map(|value| AttributeValue { value }),
                 value: a.value.clone(),
             };
-            open()?.modify_image_attribute(&caller, &input)?;
+            open()?.modify_image_attribute(&caller, input)?;
             Ok(None)
         }
         Command::DescribeImageAttribute(a) => {
-            let out = open()?.describe_image_attribute(&caller, &a.image_id, &a.attribute)?;
+            let out = open()?.describe_image_attribute(
+                &caller,
+                ImageAttributeRequest {
+                    image_id: a.image_id.clone(),
+                    attribute: a.attribute.clone(),
+                },
+            )?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::ResetImageAttribute(a) => {
-            open()?.reset_image_attribute(&caller, &a.image_id, &a.attribute)?;
+            open()?.reset_image_attribute(
+                &caller,
+                ImageAttributeRequest {
+                    image_id: a.image_id.clone(),
+                    attribute: a.attribute.clone(),
+                },
+            )?;
             Ok(None)
         }
         Command::DescribeSnapshots(a) => {
-            let input = DescribeSnapshotsInput {
+            let input = DescribeSnapshotsRequest {
                 snapshot_ids: a.snapshot_ids.clone(),
                 owner_ids: a.owner_ids.clone(),
                 restorable_by_user_ids: a.restorable_by_user_ids.clone(),
                 filters: param("filters", &a.filters)?,
             };
-            let snaps = open()?.describe_snapshots(&caller, &input)?;
-            to_value(json!({ "Snapshots": snaps }))
+            let out = open()?.describe_snapshots(&caller, input)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::DeleteSnapshot(a) => {
-            open()?.delete_snapshot(&caller, &a.snapshot_id)?;
+            open()?.delete_snapshot(
+                &caller,
+                DeleteSnapshotRequest {
+                    snapshot_id: a.snapshot_id.clone(),
+                },
+            )?;
             Ok(None)
         }
         Command::CreateTags(a) => {
             let tags: Vec<Tag> = param("tags", &a.tags)?;
-            open()?.create_tags(&caller, &a.resources, &tags)?;
+            open()?.create_tags(
+                &caller,
+                TagsRequest {
+                    resources: a.resources.clone(),
+                    tags,
+                },
+            )?;
             Ok(None)
         }
         Command::DeleteTags(a) => {
             let tags: Vec<Tag> = param("tags", &a.tags)?;
-            open()?.delete_tags(&caller, &a.resources, &tags)?;
+            open()?.delete_tags(
+                &caller,
+                TagsRequest {
+                    resources: a.resources.clone(),
+                    tags,
+                },
+            )?;
             Ok(None)
         }
         Command::DescribeTags(a) => {
             let filters = param("filters", &a.filters)?;
-            let tags = open()?.describe_tags(&caller, &filters)?;
-            to_value(json!({ "Tags": tags }))
+            let out = open()?.describe_tags(&caller, DescribeTagsRequest { filters })?;
+            to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::FetchImage(a) => {
             let disks = open()?.fetch_image(&caller, &a.image_id)?;
             to_value(json!({ "ImageId": a.image_id, "Disks": disks }))
         }
         Command::RunInstances(a) => {
-            let input = crate::service::instances::RunInstancesInput {
+            let input = crate::service::instances::RunInstancesRequest {
                 image_id: a.image_id.clone(),
                 instance_type: a.instance_type.clone(),
                 min_count: a.min_count.unwrap_or(a.count),
@@ -867,38 +920,84 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 user_data: a
                     .user_data
                     .as_deref()
-                    .map(|u| blob_arg("user-data", u))
+                    .map(|u| blob_arg("user-data", u).map(crate::domain::Base64Blob))
                     .transpose()?,
                 block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
-                shutdown_behavior: a.instance_initiated_shutdown_behavior.clone(),
+                instance_initiated_shutdown_behavior: enum_arg(
+                    "instance-initiated-shutdown-behavior",
+                    a.instance_initiated_shutdown_behavior.as_deref(),
+                )?,
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
-                accel: accel_arg(&a.accel)?,
                 metadata_options: a
                     .metadata_options
                     .as_deref()
-                    .map(|m| param_one::<Value>("metadata-options", m))
+                    .map(|m| param_one("metadata-options", m))
                     .transpose()?,
+                ..Default::default()
             };
-            to_value(open()?.run_instances(&caller, &input)?)
+            let mut service = open()?;
+            service.set_launch_accel(accel_arg(&a.accel)?);
+            to_value(
+                serde_json::to_value(service.run_instances(&caller, input)?).expect("serializable"),
+            )
         }
         Command::DescribeInstances(a) => {
+            use crate::service::instances::DescribeInstancesRequest;
             let filters: Vec<Filter> = param("filters", &a.filters)?;
-            to_value(open()?.describe_instances(&caller, &a.instance_ids, &filters)?)
+            let input = DescribeInstancesRequest {
+                instance_ids: a.instance_ids.clone(),
+                filters,
+            };
+            to_value(
+                serde_json::to_value(open()?.describe_instances(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
-        Command::StartInstances(a) => to_value(open()?.start_instances(&caller, &a.instance_ids)?),
+        Command::StartInstances(a) => {
+            let input = crate::service::instances::InstanceIdsRequest {
+                instance_ids: a.instance_ids.clone(),
+            };
+            to_value(
+                serde_json::to_value(open()?.start_instances(&caller, input)?)
+                    .expect("serializable"),
+            )
+        }
         Command::StopInstances(a) => {
-            to_value(open()?.stop_instances(&caller, &a.instance_ids, a.force)?)
+            let input = crate::service::instances::StopInstancesRequest {
+                instance_ids: a.instance_ids.clone(),
+                force: Some(a.force),
+            };
+            to_value(
+                serde_json::to_value(open()?.stop_instances(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::RebootInstances(a) => {
-            open()?.reboot_instances(&caller, &a.instance_ids)?;
+            let input = crate::service::instances::InstanceIdsRequest {
+                instance_ids: a.instance_ids.clone(),
+            };
+            open()?.reboot_instances(&caller, input)?;
             Ok(None)
         }
         Command::TerminateInstances(a) => {
-            to_value(open()?.terminate_instances(&caller, &a.instance_ids)?)
+            let input = crate::service::instances::InstanceIdsRequest {
+                instance_ids: a.instance_ids.clone(),
+            };
+            to_value(
+                serde_json::to_value(open()?.terminate_instances(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::GetConsoleOutput(a) => {
-            let out = open()?.get_console_output(&caller, &a.instance_id, a.latest)?;
-            to_value(serde_json::to_value(out).expect("serializable"))
+            let input = crate::service::instances::GetConsoleOutputRequest {
+                instance_id: a.instance_id.clone(),
+                latest: Some(a.latest),
+            };
+            let out = open()?.get_console_output(&caller, input)?;
+            // As the aws CLI does: the wire's base64 decoded for display.
+            let mut v = serde_json::to_value(&out).expect("serializable");
+            v["Output"] = json!(String::from_utf8_lossy(out.output.bytes()));
+            to_value(v)
         }
         Command::Wait(a) => {
             wait(&mut open()?, &caller, a)?;
@@ -906,72 +1005,119 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         }
         Command::DescribeVolumes(a) => {
             let filters: Vec<Filter> = param("filters", &a.filters)?;
-            to_value(open()?.describe_volumes(&caller, &a.volume_ids, &filters)?)
+            let input = crate::service::instances::DescribeVolumesRequest {
+                volume_ids: a.volume_ids.clone(),
+                filters,
+            };
+            to_value(
+                serde_json::to_value(open()?.describe_volumes(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::DescribeRegions(a) => {
-            to_value(open()?.describe_regions(&caller, &a.region_names)?)
+            let input = crate::service::regions::DescribeRegionsRequest {
+                region_names: a.region_names.clone(),
+                all_regions: Some(a.all_regions),
+            };
+            to_value(
+                serde_json::to_value(open()?.describe_regions(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::DescribeAvailabilityZones(a) => {
-            to_value(open()?.describe_availability_zones(&caller, &a.zone_names)?)
+            let input = crate::service::regions::DescribeAvailabilityZonesRequest {
+                zone_names: a.zone_names.clone(),
+                ..Default::default()
+            };
+            to_value(
+                serde_json::to_value(open()?.describe_availability_zones(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::DescribeInstanceTypes(a) => {
-            let input = crate::service::instance_types::DescribeInstanceTypesInput {
+            let input = crate::service::instance_types::DescribeInstanceTypesRequest {
                 instance_types: a.instance_types.clone(),
                 filters: param("filters", &a.filters)?,
-                paging: crate::service::instance_types::Paging {
-                    max_results: a.max_results,
-                    next_token: a.next_token.clone(),
-                },
+                max_results: a.max_results,
+                next_token: a.next_token.clone(),
             };
-            to_value(open()?.describe_instance_types(&caller, &input)?)
+            to_value(
+                serde_json::to_value(open()?.describe_instance_types(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::DescribeInstanceTypeOfferings(a) => {
-            let input = crate::service::instance_types::DescribeInstanceTypeOfferingsInput {
+            let input = crate::service::instance_types::DescribeInstanceTypeOfferingsRequest {
                 location_type: a.location_type.clone(),
                 filters: param("filters", &a.filters)?,
-                paging: crate::service::instance_types::Paging {
-                    max_results: a.max_results,
-                    next_token: a.next_token.clone(),
-                },
+                max_results: a.max_results,
+                next_token: a.next_token.clone(),
             };
-            to_value(open()?.describe_instance_type_offerings(&caller, &input)?)
+            to_value(
+                serde_json::to_value(open()?.describe_instance_type_offerings(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::GetInstanceUefiData(a) => {
-            to_value(open()?.get_instance_uefi_data(&caller, &a.instance_id)?)
+            let input = crate::service::instance_facts::GetInstanceUefiDataRequest {
+                instance_id: a.instance_id.clone(),
+            };
+            to_value(
+                serde_json::to_value(open()?.get_instance_uefi_data(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::DescribeInstanceCreditSpecifications(a) => {
-            let filters: Vec<Filter> = param("filters", &a.filters)?;
-            to_value(open()?.describe_instance_credit_specifications(
-                &caller,
-                &a.instance_ids,
-                &filters,
-            )?)
+            let input =
+                crate::service::instance_facts::DescribeInstanceCreditSpecificationsRequest {
+                    instance_ids: a.instance_ids.clone(),
+                    filters: param("filters", &a.filters)?,
+                };
+            to_value(
+                serde_json::to_value(
+                    open()?.describe_instance_credit_specifications(&caller, input)?,
+                )
+                .expect("serializable"),
+            )
         }
         Command::CreateKeyPair(a) => {
-            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
-            let out =
-                open()?.create_key_pair(&caller, &a.key_name, a.key_type.as_deref(), &specs)?;
+            let input = crate::service::CreateKeyPairRequest {
+                key_name: a.key_name.clone(),
+                key_type: a.key_type.clone(),
+                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+            };
+            let out = open()?.create_key_pair(&caller, input)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::ImportKeyPair(a) => {
-            let material = blob_arg("public-key-material", &a.public_key_material)?;
-            let specs: Vec<TagSpecification> = param("tag-specifications", &a.tag_specifications)?;
-            let out = open()?.import_key_pair(&caller, &a.key_name, &material, &specs)?;
+            let input = crate::service::ImportKeyPairRequest {
+                key_name: a.key_name.clone(),
+                public_key_material: blob_arg("public-key-material", &a.public_key_material)?
+                    .into(),
+                tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+            };
+            let out = open()?.import_key_pair(&caller, input)?;
             to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::DescribeKeyPairs(a) => {
-            let input = crate::service::DescribeKeyPairsInput {
+            let input = crate::service::DescribeKeyPairsRequest {
                 key_names: a.key_names.clone(),
                 key_pair_ids: a.key_pair_ids.clone(),
                 filters: param("filters", &a.filters)?,
-                include_public_key: a.include_public_key,
+                include_public_key: Some(a.include_public_key),
             };
-            let out = open()?.describe_key_pairs(&caller, &input)?;
-            to_value(json!({ "KeyPairs": out }))
+            let out = open()?.describe_key_pairs(&caller, input)?;
+            to_value(serde_json::to_value(out).expect("serializable"))
         }
         Command::DeleteKeyPair(a) => {
-            open()?.delete_key_pair(&caller, &a.key_name)?;
-            to_value(json!({ "Return": true }))
+            let input = crate::service::DeleteKeyPairRequest {
+                key_name: Some(a.key_name.clone()),
+                key_pair_id: None,
+            };
+            to_value(
+                serde_json::to_value(open()?.delete_key_pair(&caller, input)?)
+                    .expect("serializable"),
+            )
         }
         Command::Ssh(a) => {
             let target = open()?.ssh_target(&caller, &a.instance_id, a.user.as_deref())?;
@@ -1026,12 +1172,13 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
     let (want, hopeless): (Instance, &[Instance]) = match a.waiter.as_str() {
         "image-available" => {
             let read = |service: &mut Service| {
-                let input = DescribeImagesInput {
+                let input = DescribeImagesRequest {
                     image_ids: a.image_ids.clone(),
                     ..Default::default()
                 };
                 Ok(service
-                    .describe_images(caller, &input)?
+                    .describe_images(caller, input)?
+                    .images
                     .into_iter()
                     .map(|i| (i.image_id, i.state))
                     .collect())
@@ -1057,7 +1204,12 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
         }
     };
     let read = |service: &mut Service| {
-        let v = service.describe_instances(caller, &a.instance_ids, &[])?;
+        let input = crate::service::instances::DescribeInstancesRequest {
+            instance_ids: a.instance_ids.clone(),
+            filters: Vec::new(),
+        };
+        let v =
+            serde_json::to_value(service.describe_instances(caller, input)?).expect("serializable");
         Ok(v["Reservations"]
             .as_array()
             .into_iter()

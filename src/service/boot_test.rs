@@ -3,9 +3,9 @@
 //! how long each stage took, and terminate it. What a CI job needs to know
 //! whether an image boots, and why not when it does not.
 
-use super::instances::RunInstancesInput;
+use super::instances::RunInstancesRequest;
 use super::{Caller, Result, Service};
-use crate::domain::InstanceStateName;
+use crate::domain::{Base64Blob, InstanceStateName};
 use crate::machine::AccelRequest;
 use regex::Regex;
 use serde::Serialize;
@@ -94,16 +94,16 @@ impl Service {
         let user_re = Regex::new(USERSPACE).expect("valid");
         let start = Instant::now();
         let wall = chrono::Utc::now();
+        self.set_launch_accel(input.accel);
         let reservation = self.run_instances(
             caller,
-            &RunInstancesInput {
+            RunInstancesRequest {
                 image_id: input.image_id.clone(),
                 instance_type: input.instance_type.clone(),
                 min_count: 1,
                 max_count: 1,
                 key_name: input.key_name.clone(),
-                user_data: input.user_data.clone(),
-                accel: input.accel,
+                user_data: input.user_data.clone().map(Base64Blob),
                 ..Default::default()
             },
         )?;
@@ -124,7 +124,7 @@ impl Service {
             final_state: None,
             console_tail: Vec::new(),
         };
-        let inst = &reservation["Instances"][0];
+        let inst = &reservation.instances[0];
         let id = inst["InstanceId"].as_str().unwrap_or_default().to_string();
         report.instance_id = Some(id.clone());
         report.instance_type = inst["InstanceType"].as_str().map(String::from);
@@ -197,7 +197,7 @@ impl Service {
             }
             if last_state_check.elapsed() >= Duration::from_secs(1) {
                 last_state_check = Instant::now();
-                let v = self.describe_instances(caller, std::slice::from_ref(&id), &[])?;
+                let v = self.describe_instance_json(caller, &id)?;
                 let state = v["Reservations"][0]["Instances"][0]["State"]["Name"]
                     .as_str()
                     .unwrap_or("")
@@ -238,7 +238,7 @@ impl Service {
         if !input.keep {
             self.terminate_now(caller, &id)?;
         }
-        let v = self.describe_instances(caller, std::slice::from_ref(&id), &[])?;
+        let v = self.describe_instance_json(caller, &id)?;
         report.final_state = v["Reservations"][0]["Instances"][0]["State"]["Name"]
             .as_str()
             .map(String::from);

@@ -100,20 +100,6 @@ fn check_enum(what: &str, value: &str, allowed: &[&str]) -> Result<()> {
     }
 }
 
-/// `value` as one of a closed set, or EC2's InvalidParameterValue naming `what`.
-fn parse_enum<T: Copy + std::fmt::Display>(what: &str, value: &str, all: &[T]) -> Result<T> {
-    all.iter()
-        .copied()
-        .find(|v| v.to_string() == value)
-        .ok_or_else(|| {
-            let allowed: Vec<String> = all.iter().map(T::to_string).collect();
-            Error::invalid_value(format!(
-                "Value ({value}) for parameter {what} is invalid; use one of {}",
-                allowed.join(", ")
-            ))
-        })
-}
-
 /// Tags from tag specifications for one resource type.
 pub(crate) fn tags_for(
     specs: &[TagSpecification],
@@ -135,8 +121,8 @@ impl Service {
     pub fn describe_images(
         &mut self,
         caller: &Caller,
-        input: &DescribeImagesInput,
-    ) -> Result<Vec<Image>> {
+        input: DescribeImagesRequest,
+    ) -> Result<DescribeImagesResult> {
         for id in &input.image_ids {
             check_image_id(id)?;
         }
@@ -148,59 +134,61 @@ impl Service {
                 )));
             }
         }
-        self.store.read(|db| -> Result<Vec<Image>> {
-            let shared: std::collections::HashSet<String> = db
-                .images_shared_with(&caller.account)?
-                .into_iter()
-                .collect();
-            let mut out = Vec::new();
-            let mut missing: Vec<String> = input.image_ids.clone();
-            for image in db.images_in_region(&caller.region)? {
-                let visible = image.owner_id == caller.account
-                    || image.public
-                    || shared.contains(&image.image_id);
-                if !visible {
-                    continue;
-                }
-                if !input.image_ids.is_empty() {
-                    if !input.image_ids.contains(&image.image_id) {
+        self.store
+            .read(|db| -> Result<Vec<Image>> {
+                let shared: std::collections::HashSet<String> = db
+                    .images_shared_with(&caller.account)?
+                    .into_iter()
+                    .collect();
+                let mut out = Vec::new();
+                let mut missing: Vec<String> = input.image_ids.clone();
+                for image in db.images_in_region(&caller.region)? {
+                    let visible = image.owner_id == caller.account
+                        || image.public
+                        || shared.contains(&image.image_id);
+                    if !visible {
                         continue;
                     }
-                    missing.retain(|m| m != &image.image_id);
+                    if !input.image_ids.is_empty() {
+                        if !input.image_ids.contains(&image.image_id) {
+                            continue;
+                        }
+                        missing.retain(|m| m != &image.image_id);
+                    }
+                    if !filter::owner_selected(
+                        &input.owners,
+                        &caller.account,
+                        &image.owner_id,
+                        image.owner_alias.as_deref(),
+                    ) {
+                        continue;
+                    }
+                    if !input.executable_users.is_empty()
+                        && !input.executable_users.iter().any(|u| match u.as_str() {
+                            "all" => image.public,
+                            "self" => shared.contains(&image.image_id),
+                            acct => db
+                                .launch_users(&image.image_id)
+                                .map(|us| us.iter().any(|x| x == acct))
+                                .unwrap_or(false),
+                        })
+                    {
+                        continue;
+                    }
+                    let tags = db.tags_of(&image.image_id)?;
+                    if !filter::matches(&input.filters, |name| {
+                        image_filter_values(&image, &tags, name)
+                    }) {
+                        continue;
+                    }
+                    out.push(render_image(&image, &tags));
                 }
-                if !filter::owner_selected(
-                    &input.owners,
-                    &caller.account,
-                    &image.owner_id,
-                    image.owner_alias.as_deref(),
-                ) {
-                    continue;
+                if !missing.is_empty() {
+                    return Err(image_not_found(&missing));
                 }
-                if !input.executable_users.is_empty()
-                    && !input.executable_users.iter().any(|u| match u.as_str() {
-                        "all" => image.public,
-                        "self" => shared.contains(&image.image_id),
-                        acct => db
-                            .launch_users(&image.image_id)
-                            .map(|us| us.iter().any(|x| x == acct))
-                            .unwrap_or(false),
-                    })
-                {
-                    continue;
-                }
-                let tags = db.tags_of(&image.image_id)?;
-                if !filter::matches(&input.filters, |name| {
-                    image_filter_values(&image, &tags, name)
-                }) {
-                    continue;
-                }
-                out.push(render_image(&image, &tags));
-            }
-            if !missing.is_empty() {
-                return Err(image_not_found(&missing));
-            }
-            Ok(out)
-        })
+                Ok(out)
+            })
+            .map(|images| DescribeImagesResult { images })
     }
 
     /// `ImportImage`: fetch the disk(s), store them as snapshots and register a
@@ -208,17 +196,14 @@ impl Service {
     pub fn import_image(
         &mut self,
         caller: &Caller,
-        input: &ImportImageInput,
-    ) -> Result<ImportImageOutput> {
+        input: ImportImageRequest,
+    ) -> Result<ImportImageResult> {
         if input.disk_containers.is_empty() {
             return Err(Error::missing("DiskContainers"));
         }
-        let architecture: Architecture = match &input.architecture {
-            Some(a) => parse_enum("Architecture", a, Architecture::ALL)?,
-            None => Architecture::X86_64,
-        };
-        let boot_mode: BootMode = match &input.boot_mode {
-            Some(b) => parse_enum("BootMode", b, BootMode::ALL)?,
+        let architecture = input.architecture.unwrap_or_default();
+        let boot_mode: BootMode = match input.boot_mode {
+            Some(b) => b,
             None if architecture == Architecture::Arm64 => BootMode::Uefi,
             None => BootMode::UefiPreferred,
         };
@@ -324,7 +309,7 @@ impl Service {
             }
             Ok(())
         })?;
-        Ok(ImportImageOutput {
+        Ok(ImportImageResult {
             architecture,
             description: input.description.clone(),
             image_id,
@@ -350,18 +335,11 @@ impl Service {
     pub fn register_image(
         &mut self,
         caller: &Caller,
-        input: &RegisterImageInput,
-    ) -> Result<String> {
+        input: RegisterImageRequest,
+    ) -> Result<RegisterImageResult> {
         check_name(&input.name)?;
-        let architecture: Architecture = match &input.architecture {
-            Some(a) => parse_enum("Architecture", a, Architecture::ALL)?,
-            None => Architecture::X86_64,
-        };
-        let boot_mode: Option<BootMode> = input
-            .boot_mode
-            .as_deref()
-            .map(|b| parse_enum("BootMode", b, BootMode::ALL))
-            .transpose()?;
+        let architecture = input.architecture.unwrap_or_default();
+        let boot_mode = input.boot_mode;
         let virtualization = input
             .virtualization_type
             .clone()
@@ -465,7 +443,7 @@ impl Service {
             }
             Ok(())
         })?;
-        Ok(image_id)
+        Ok(RegisterImageResult { image_id })
     }
 
     /// Look up an AMI the caller owns in the caller's region.
@@ -496,9 +474,10 @@ impl Service {
     pub fn deregister_image(
         &mut self,
         caller: &Caller,
-        image_id: &str,
-        delete_associated_snapshots: bool,
-    ) -> Result<DeregisterImageOutput> {
+        input: DeregisterImageRequest,
+    ) -> Result<DeregisterImageResult> {
+        let image_id = input.image_id.as_str();
+        let delete_associated_snapshots = input.delete_associated_snapshots.unwrap_or(false);
         let image = self.owned_image(caller, image_id)?;
         let mut results = Vec::new();
         let mut files = Vec::new();
@@ -546,7 +525,7 @@ impl Service {
         for f in files {
             let _ = std::fs::remove_file(f);
         }
-        Ok(DeregisterImageOutput {
+        Ok(DeregisterImageResult {
             ret: true,
             delete_snapshot_results: results,
         })
@@ -554,7 +533,11 @@ impl Service {
 
     /// `CopyImage`: a new AMI (new ids, owned by the caller) in the caller's
     /// region from a visible AMI in `source_region`; snapshots are copied.
-    pub fn copy_image(&mut self, caller: &Caller, input: &CopyImageInput) -> Result<String> {
+    pub fn copy_image(
+        &mut self,
+        caller: &Caller,
+        input: CopyImageRequest,
+    ) -> Result<CopyImageResult> {
         check_image_id(&input.source_image_id)?;
         check_name(&input.name)?;
         let source_caller =
@@ -674,7 +657,7 @@ impl Service {
                     ebs.snapshot_id = Some(new_sid.clone());
                 }
                 db.put_image(&image)?;
-                if input.copy_image_tags {
+                if input.copy_image_tags == Some(true) {
                     for t in db.tags_of(&src.image_id)? {
                         db.put_tag(&new_id, &t.key, &t.value)?;
                     }
@@ -691,14 +674,14 @@ impl Service {
             }
         }
         drop(locks);
-        result.map(|_| new_id)
+        result.map(|_| CopyImageResult { image_id: new_id })
     }
 
     /// `ModifyImageAttribute`: launch permissions (accounts, group `all`) and description.
     pub fn modify_image_attribute(
         &mut self,
         caller: &Caller,
-        input: &ModifyImageAttributeInput,
+        input: ModifyImageAttributeRequest,
     ) -> Result<()> {
         let mut image = self.owned_image(caller, &input.image_id)?;
         let mut add: Vec<LaunchPermission> = Vec::new();
@@ -778,8 +761,8 @@ impl Service {
             "description" => {
                 let d = input
                     .description
-                    .clone()
-                    .or(input.value.clone())
+                    .map(|d| d.value)
+                    .or(input.value)
                     .ok_or_else(|| Error::missing("Description"))?;
                 image.description = Some(d);
                 self.store.write(|db| db.put_image(&image))?;
@@ -795,9 +778,9 @@ impl Service {
     pub fn describe_image_attribute(
         &mut self,
         caller: &Caller,
-        image_id: &str,
-        attribute: &str,
+        input: DescribeImageAttributeRequest,
     ) -> Result<ImageAttribute> {
+        let (image_id, attribute) = (input.image_id.as_str(), input.attribute.as_str());
         let image = self.owned_image(caller, image_id)?;
         let mut out = ImageAttribute {
             image_id: image_id.to_string(),
@@ -839,9 +822,9 @@ impl Service {
     pub fn reset_image_attribute(
         &mut self,
         caller: &Caller,
-        image_id: &str,
-        attribute: &str,
+        input: ResetImageAttributeRequest,
     ) -> Result<()> {
+        let (image_id, attribute) = (input.image_id.as_str(), input.attribute.as_str());
         let mut image = self.owned_image(caller, image_id)?;
         if attribute != "launchPermission" {
             return Err(Error::invalid_value(format!(

@@ -50,19 +50,19 @@ use super::object_lock::{self, ObjectLock};
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
 use crate::domain::{
-    reconcile, BootMode, ImageStateName, InstanceStateName, LiveFacts, Recorded, RootDeviceType,
-    ShutdownBehavior, Transition, VolumeStateName,
+    reconcile, Base64Blob, BootMode, ImageStateName, InstanceStateName, LiveFacts, Recorded,
+    RootDeviceType, ShutdownBehavior, Transition, VolumeStateName,
 };
 use crate::ids::{self, IdKind};
 use crate::instance::supervisor::{self, LaunchSpec, SupervisorClient};
 use crate::machine::{
-    self, AccelRequest, Arch, Boot, DiskFormat, DiskSpec, MachineSpec, NetSpec, SmbiosIdentity,
+    self, Arch, Boot, DiskFormat, DiskSpec, MachineSpec, NetSpec, SmbiosIdentity,
 };
 use crate::network::{self, NetworkStatus};
 use crate::store::{
     BlockDeviceMapping, EbsBlockDevice, ImageState, InstanceDevice, InstanceState, VolumeState,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -86,20 +86,202 @@ pub enum WaitFailure<S> {
     Error(Error),
 }
 
-/// `run-instances`.
-#[derive(Debug, Clone, Default)]
-pub struct RunInstancesInput {
+/// `RunInstances`. The accelerator is amirun's own setting, not a member:
+/// [`Service::set_launch_accel`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct RunInstancesRequest {
     pub image_id: String,
+    #[serde(default)]
     pub instance_type: Option<String>,
     pub min_count: u32,
     pub max_count: u32,
+    #[serde(default)]
     pub key_name: Option<String>,
-    pub user_data: Option<Vec<u8>>,
+    #[serde(default)]
+    pub user_data: Option<Base64Blob>,
+    #[serde(default)]
     pub block_device_mappings: Vec<BlockDeviceMapping>,
-    pub shutdown_behavior: Option<String>,
+    #[serde(default)]
+    pub instance_initiated_shutdown_behavior: Option<ShutdownBehavior>,
+    #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
-    pub accel: AccelRequest,
-    pub metadata_options: Option<Value>,
+    #[serde(default)]
+    pub metadata_options: Option<InstanceMetadataOptionsRequest>,
+    /// Only the region's one zone, default tenancy.
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// Only `false`: amirun's volumes have no separate EBS bandwidth.
+    #[serde(default)]
+    pub ebs_optimized: Option<bool>,
+}
+
+/// `MetadataOptions` of `RunInstances` (IMDS settings).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct InstanceMetadataOptionsRequest {
+    /// `optional` (default) or `required` (IMDSv2 only).
+    #[serde(default)]
+    pub http_tokens: Option<String>,
+    /// 1 to 64 (default 1).
+    #[serde(default)]
+    pub http_put_response_hop_limit: Option<i64>,
+    /// `enabled` (default) or `disabled`.
+    #[serde(default)]
+    pub http_endpoint: Option<String>,
+    /// Only `disabled`: IMDS answers on IPv4.
+    #[serde(default)]
+    pub http_protocol_ipv6: Option<String>,
+    /// Only `disabled`: instance tags are not in the metadata.
+    #[serde(default)]
+    pub instance_metadata_tags: Option<String>,
+}
+
+/// `Placement` of `RunInstances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Placement {
+    /// The region's one zone (`<region>a`).
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// Only `default`.
+    #[serde(default)]
+    pub tenancy: Option<String>,
+}
+
+/// What `RunInstances` returns, and one entry of `DescribeInstances`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Reservation {
+    pub groups: Vec<Value>,
+    /// Each instance in EC2's `Instance` shape.
+    pub instances: Vec<Value>,
+    pub owner_id: String,
+    pub reservation_id: String,
+}
+
+/// `DescribeInstances`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeInstancesRequest {
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// What `DescribeInstances` returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstancesResult {
+    pub reservations: Vec<Reservation>,
+}
+
+/// `StartInstances`, `RebootInstances` and `TerminateInstances`: the
+/// instances to act on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct InstanceIdsRequest {
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+}
+
+/// `StartInstances`.
+pub type StartInstancesRequest = InstanceIdsRequest;
+/// `RebootInstances`.
+pub type RebootInstancesRequest = InstanceIdsRequest;
+/// `TerminateInstances`.
+pub type TerminateInstancesRequest = InstanceIdsRequest;
+
+/// `StopInstances`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct StopInstancesRequest {
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    /// Cut the power instead of pressing the ACPI power button.
+    #[serde(default)]
+    pub force: Option<bool>,
+}
+
+/// What `StartInstances` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StartInstancesResult {
+    pub starting_instances: Vec<StateChange>,
+}
+
+/// What `StopInstances` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StopInstancesResult {
+    pub stopping_instances: Vec<StateChange>,
+}
+
+/// What `TerminateInstances` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TerminateInstancesResult {
+    pub terminating_instances: Vec<StateChange>,
+}
+
+/// `GetConsoleOutput`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct GetConsoleOutputRequest {
+    pub instance_id: String,
+    /// Only the most recent output (the last 64 KiB).
+    #[serde(default)]
+    pub latest: Option<bool>,
+}
+
+/// `DescribeVolumes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeVolumesRequest {
+    #[serde(default)]
+    pub volume_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// An attachment of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeAttachment {
+    pub attach_time: Option<String>,
+    pub device: String,
+    pub instance_id: String,
+    pub state: String,
+    pub volume_id: String,
+    pub delete_on_termination: bool,
+}
+
+/// An EBS volume as EC2 shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Volume {
+    pub attachments: Vec<VolumeAttachment>,
+    pub availability_zone: String,
+    pub create_time: String,
+    pub encrypted: bool,
+    pub size: u64,
+    pub snapshot_id: String,
+    pub state: VolumeStateName,
+    pub volume_id: String,
+    pub iops: u32,
+    pub volume_type: String,
+    pub multi_attach_enabled: bool,
+    pub throughput: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// What `DescribeVolumes` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeVolumesResult {
+    pub volumes: Vec<Volume>,
 }
 
 /// An instance's state as EC2 shows it.
@@ -128,13 +310,14 @@ pub struct StateChange {
     pub previous_state: InstanceStateShape,
 }
 
-/// What `get-console-output` returns (Output as text; the HTTP API base64-encodes it).
+/// What `GetConsoleOutput` returns. `Output` is base64, as on EC2's wire
+/// (clients decode it for display).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ConsoleOutput {
+pub struct GetConsoleOutputResult {
     pub instance_id: String,
     pub timestamp: String,
-    pub output: String,
+    pub output: Base64Blob,
 }
 
 /// How to log in to an instance (for `amirun ssh`).
@@ -366,7 +549,12 @@ fn default_user(image: Option<&ImageState>) -> String {
 
 impl Service {
     /// `RunInstances`: launch `max_count` instances of an AMI; returns the reservation.
-    pub fn run_instances(&mut self, caller: &Caller, input: &RunInstancesInput) -> Result<Value> {
+    pub fn run_instances(
+        &mut self,
+        caller: &Caller,
+        input: RunInstancesRequest,
+    ) -> Result<Reservation> {
+        let input = &input;
         let image = self.launchable_image(caller, &input.image_id)?;
         if image.state != ImageStateName::Available {
             return Err(Error::new(
@@ -392,21 +580,23 @@ impl Service {
         }
         let count = launch_count(input.min_count, input.max_count)?;
         if let Some(u) = &input.user_data {
-            if u.len() > USER_DATA_LIMIT {
+            if u.bytes().len() > USER_DATA_LIMIT {
                 return Err(Error::invalid_value(format!(
                     "User data is limited to {USER_DATA_LIMIT} bytes (this is {} bytes after base64 decoding)",
-                    u.len()
+                    u.bytes().len()
                 )));
             }
         }
-        let shutdown = match input.shutdown_behavior.as_deref() {
-            None => ShutdownBehavior::Stop,
-            Some(given) => given.parse::<ShutdownBehavior>().map_err(|_| {
-                Error::invalid_value(format!(
-                    "Value ({given}) for parameter InstanceInitiatedShutdownBehavior is invalid; use stop or terminate"
-                ))
-            })?,
-        };
+        check_placement(input.placement.as_ref(), &caller.region)?;
+        if input.ebs_optimized == Some(true) {
+            return Err(Error::new(
+                ErrorCode::UnsupportedOperation,
+                "EbsOptimized=true is not supported: amirun's volumes have no separate EBS bandwidth; leave it out",
+            ));
+        }
+        let shutdown = input
+            .instance_initiated_shutdown_behavior
+            .unwrap_or(ShutdownBehavior::Stop);
         let public_keys = match &input.key_name {
             Some(k) => vec![self.key_pair(caller, k)?.public_key],
             None => Vec::new(),
@@ -419,7 +609,11 @@ impl Service {
         )?;
         let arch = image.architecture.machine();
         machine::find_qemu(arch)?;
-        let accel = machine::choose_accel(input.accel, arch, &self.paths.accel_probe_cache())?;
+        let accel = machine::choose_accel(
+            self.options.launch_accel,
+            arch,
+            &self.paths.accel_probe_cache(),
+        )?;
         let boot_mode = resolve_boot_mode(&image, arch)?;
         let metadata_options = metadata_options(input.metadata_options.as_ref())?;
         // Long work first, with no transaction held: make the AMI's data local.
@@ -594,7 +788,7 @@ impl Service {
                     &crate::metadata::SeedSpec {
                         instance_id: instance_id.clone(),
                         hostname: "ip-169-254-0-15".into(),
-                        user_data: input.user_data.clone(),
+                        user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
                         public_keys: public_keys.clone(),
                         network_config: None,
                     },
@@ -619,7 +813,7 @@ impl Service {
                 state_transition_reason: None,
                 launch_time: launch_time.clone(),
                 key_name: input.key_name.clone(),
-                user_data: input.user_data.clone(),
+                user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
                 shutdown_behavior: shutdown,
                 accel: accel.accel,
                 accel_reason: accel.reason.clone(),
@@ -670,18 +864,16 @@ impl Service {
         }
         let shown = self.describe_instances(
             caller,
-            &instances
-                .iter()
-                .map(|i| i.instance_id.clone())
-                .collect::<Vec<_>>(),
-            &[],
+            DescribeInstancesRequest {
+                instance_ids: instances.iter().map(|i| i.instance_id.clone()).collect(),
+                filters: Vec::new(),
+            },
         )?;
-        let reservation = shown
-            .get("Reservations")
-            .and_then(|r| r.get(0))
-            .cloned()
-            .unwrap_or(Value::Null);
-        Ok(reservation)
+        shown
+            .reservations
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal(format!("Reservation {reservation_id} is not shown")))
     }
 
     /// [`Self::prepare_boot_with`] the guest network its tags choose now.
@@ -1247,9 +1439,9 @@ impl Service {
     pub fn describe_instances(
         &mut self,
         caller: &Caller,
-        instance_ids: &[String],
-        filters: &[Filter],
-    ) -> Result<Value> {
+        input: DescribeInstancesRequest,
+    ) -> Result<DescribeInstancesResult> {
+        let (instance_ids, filters) = (&input.instance_ids, &input.filters);
         filter::check_names(filters, INSTANCE_FILTERS)?;
         let wanted = if instance_ids.is_empty() {
             self.refresh_instances(caller)?;
@@ -1289,17 +1481,30 @@ impl Service {
                 None => reservations.push((i.reservation_id.clone(), vec![shape])),
             }
         }
-        Ok(json!({
-            "Reservations": reservations
+        Ok(DescribeInstancesResult {
+            reservations: reservations
                 .into_iter()
-                .map(|(r, instances)| json!({
-                    "Groups": [],
-                    "Instances": instances,
-                    "OwnerId": caller.account,
-                    "ReservationId": r,
-                }))
-                .collect::<Vec<_>>()
-        }))
+                .map(|(reservation_id, instances)| Reservation {
+                    groups: Vec::new(),
+                    instances,
+                    owner_id: caller.account.to_string(),
+                    reservation_id,
+                })
+                .collect(),
+        })
+    }
+
+    /// `DescribeInstances` of one instance as JSON (`{"Reservations": [...]}`),
+    /// for amirun's own verbs that read a field or two of it.
+    pub(crate) fn describe_instance_json(&mut self, caller: &Caller, id: &str) -> Result<Value> {
+        let shown = self.describe_instances(
+            caller,
+            DescribeInstancesRequest {
+                instance_ids: vec![id.to_string()],
+                filters: Vec::new(),
+            },
+        )?;
+        Ok(serde_json::to_value(shown).expect("results serialize"))
     }
 
     fn render_instance(&self, i: &InstanceState, tags: &[crate::store::TagState]) -> Value {
@@ -1395,9 +1600,9 @@ impl Service {
     pub fn stop_instances(
         &mut self,
         caller: &Caller,
-        instance_ids: &[String],
-        force: bool,
-    ) -> Result<Value> {
+        input: StopInstancesRequest,
+    ) -> Result<StopInstancesResult> {
+        let (instance_ids, force) = (&input.instance_ids, input.force.unwrap_or(false));
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if i.root_device_type == RootDeviceType::InstanceStore {
@@ -1436,7 +1641,9 @@ impl Service {
                 previous_state: InstanceStateShape::of(previous),
             });
         }
-        Ok(json!({ "StoppingInstances": changes }))
+        Ok(StopInstancesResult {
+            stopping_instances: changes,
+        })
     }
 
     /// Send a request to an instance's supervisor; a supervisor that is already
@@ -1467,7 +1674,12 @@ impl Service {
     }
 
     /// `StartInstances`: boot stopped EBS-backed instances again.
-    pub fn start_instances(&mut self, caller: &Caller, instance_ids: &[String]) -> Result<Value> {
+    pub fn start_instances(
+        &mut self,
+        caller: &Caller,
+        input: StartInstancesRequest,
+    ) -> Result<StartInstancesResult> {
+        let instance_ids = &input.instance_ids;
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if !matches!(
@@ -1516,11 +1728,18 @@ impl Service {
                 previous_state: InstanceStateShape::of(previous),
             });
         }
-        Ok(json!({ "StartingInstances": changes }))
+        Ok(StartInstancesResult {
+            starting_instances: changes,
+        })
     }
 
     /// `RebootInstances`: a reset of running instances; every disk is kept.
-    pub fn reboot_instances(&mut self, caller: &Caller, instance_ids: &[String]) -> Result<()> {
+    pub fn reboot_instances(
+        &mut self,
+        caller: &Caller,
+        input: RebootInstancesRequest,
+    ) -> Result<()> {
+        let instance_ids = &input.instance_ids;
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if i.state != InstanceStateName::Running && i.state != InstanceStateName::Pending {
@@ -1540,8 +1759,9 @@ impl Service {
     pub fn terminate_instances(
         &mut self,
         caller: &Caller,
-        instance_ids: &[String],
-    ) -> Result<Value> {
+        input: TerminateInstancesRequest,
+    ) -> Result<TerminateInstancesResult> {
+        let instance_ids = &input.instance_ids;
         if instance_ids.is_empty() {
             return Err(Error::new(
                 ErrorCode::InvalidParameterCombination,
@@ -1579,7 +1799,9 @@ impl Service {
                 previous_state: InstanceStateShape::of(previous),
             });
         }
-        Ok(json!({ "TerminatingInstances": changes }))
+        Ok(TerminateInstancesResult {
+            terminating_instances: changes,
+        })
     }
 
     /// Terminate one instance without the ACPI grace period and wait until it is
@@ -1621,9 +1843,9 @@ impl Service {
     pub fn get_console_output(
         &mut self,
         caller: &Caller,
-        instance_id: &str,
-        latest: bool,
-    ) -> Result<ConsoleOutput> {
+        input: GetConsoleOutputRequest,
+    ) -> Result<GetConsoleOutputResult> {
+        let (instance_id, latest) = (input.instance_id.as_str(), input.latest.unwrap_or(false));
         let i = self
             .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
@@ -1637,10 +1859,10 @@ impl Service {
             "[amirun] {} {} {} {} accel={} ({})\n",
             i.instance_id, i.instance_type, i.architecture, i.boot_mode, i.accel, i.accel_reason
         );
-        Ok(ConsoleOutput {
+        Ok(GetConsoleOutputResult {
             instance_id: instance_id.to_string(),
             timestamp: now(),
-            output: header + &String::from_utf8_lossy(tail),
+            output: Base64Blob((header + &String::from_utf8_lossy(tail)).into_bytes()),
         })
     }
 
@@ -1700,9 +1922,9 @@ impl Service {
     pub fn describe_volumes(
         &mut self,
         caller: &Caller,
-        volume_ids: &[String],
-        filters: &[Filter],
-    ) -> Result<Value> {
+        input: DescribeVolumesRequest,
+    ) -> Result<DescribeVolumesResult> {
+        let (volume_ids, filters) = (&input.volume_ids, &input.filters);
         filter::check_names(filters, VOLUME_FILTERS)?;
         self.refresh_instances(caller)?;
         let all = self.store.read(|db| db.volumes_in_region(&caller.region))?;
@@ -1728,41 +1950,38 @@ impl Service {
             if !keep {
                 continue;
             }
-            let attachments: Vec<Value> = match (&v.instance_id, &v.device) {
-                (Some(i), Some(d)) => vec![json!({
-                    "AttachTime": v.attach_time,
-                    "Device": d,
-                    "InstanceId": i,
-                    "State": "attached",
-                    "VolumeId": v.volume_id,
-                    "DeleteOnTermination": v.delete_on_termination,
-                })],
+            let attachments = match (&v.instance_id, &v.device) {
+                (Some(i), Some(d)) => vec![VolumeAttachment {
+                    attach_time: v.attach_time.clone(),
+                    device: d.clone(),
+                    instance_id: i.clone(),
+                    state: "attached".into(),
+                    volume_id: v.volume_id.clone(),
+                    delete_on_termination: v.delete_on_termination,
+                }],
                 _ => Vec::new(),
             };
-            let mut shape = json!({
-                "Attachments": attachments,
-                "AvailabilityZone": v.availability_zone,
-                "CreateTime": v.create_time,
-                "Encrypted": false,
-                "Size": v.size_gib,
-                "SnapshotId": v.snapshot_id.clone().unwrap_or_default(),
-                "State": v.state,
-                "VolumeId": v.volume_id,
-                "Iops": 3000,
-                "VolumeType": v.volume_type,
-                "MultiAttachEnabled": false,
-                "Throughput": 125,
-            });
-            if !tags.is_empty() {
-                shape["Tags"] = json!(tags
+            out.push(Volume {
+                attachments,
+                availability_zone: v.availability_zone.clone(),
+                create_time: v.create_time.clone(),
+                encrypted: false,
+                size: v.size_gib,
+                snapshot_id: v.snapshot_id.clone().unwrap_or_default(),
+                state: v.state,
+                volume_id: v.volume_id.clone(),
+                iops: 3000,
+                volume_type: v.volume_type.clone(),
+                multi_attach_enabled: false,
+                throughput: 125,
+                tags: tags
                     .iter()
                     .map(|t| Tag {
                         key: t.key.clone(),
-                        value: Some(t.value.clone())
+                        value: Some(t.value.clone()),
                     })
-                    .collect::<Vec<_>>());
-            }
-            out.push(shape);
+                    .collect(),
+            });
         }
         if let Some(m) = missing.first() {
             return Err(Error::new(
@@ -1770,7 +1989,7 @@ impl Service {
                 format!("The volume '{m}' does not exist."),
             ));
         }
-        Ok(json!({ "Volumes": out }))
+        Ok(DescribeVolumesResult { volumes: out })
     }
 }
 
@@ -1880,20 +2099,67 @@ fn metadata_options_shown(recorded: &Value, state: InstanceStateName) -> Value {
     shown
 }
 
+/// The region's one zone and default tenancy are the only placement.
+fn check_placement(p: Option<&Placement>, region: &str) -> Result<()> {
+    let Some(p) = p else { return Ok(()) };
+    let zone = format!("{region}a");
+    if let Some(z) = p.availability_zone.as_deref().filter(|z| **z != zone) {
+        return Err(Error::invalid_value(format!(
+            "Invalid availability zone: [{z}]; region {region} has {zone}"
+        )));
+    }
+    if let Some(t) = p.tenancy.as_deref().filter(|t| *t != "default") {
+        return Err(Error::new(
+            ErrorCode::UnsupportedOperation,
+            format!("Tenancy '{t}' is not supported; amirun's instances have default tenancy"),
+        ));
+    }
+    Ok(())
+}
+
 /// EC2's MetadataOptions with defaults filled in.
-fn metadata_options(given: Option<&Value>) -> Result<Value> {
+fn metadata_options(given: Option<&InstanceMetadataOptionsRequest>) -> Result<Value> {
     let tokens = given
-        .and_then(|g| g.get("HttpTokens"))
-        .and_then(Value::as_str)
+        .and_then(|g| g.http_tokens.as_deref())
         .unwrap_or("optional");
     let endpoint = given
-        .and_then(|g| g.get("HttpEndpoint"))
-        .and_then(Value::as_str)
+        .and_then(|g| g.http_endpoint.as_deref())
         .unwrap_or("enabled");
     let hops = given
-        .and_then(|g| g.get("HttpPutResponseHopLimit"))
-        .and_then(Value::as_u64)
+        .and_then(|g| g.http_put_response_hop_limit)
         .unwrap_or(1);
+    if !(1..=64).contains(&hops) {
+        return Err(Error::invalid_value(format!(
+            "Value ({hops}) for parameter HttpPutResponseHopLimit is invalid; use 1 to 64"
+        )));
+    }
+    for (member, value) in [
+        (
+            "HttpProtocolIpv6",
+            given.and_then(|g| g.http_protocol_ipv6.as_deref()),
+        ),
+        (
+            "InstanceMetadataTags",
+            given.and_then(|g| g.instance_metadata_tags.as_deref()),
+        ),
+    ] {
+        match value {
+            None | Some("disabled") => {}
+            Some("enabled") => {
+                return Err(Error::new(
+                    ErrorCode::UnsupportedOperation,
+                    format!(
+                        "{member}=enabled is not supported by amirun's IMDS; leave it disabled"
+                    ),
+                ))
+            }
+            Some(other) => {
+                return Err(Error::invalid_value(format!(
+                    "Value ({other}) for parameter {member} is invalid; use enabled or disabled"
+                )))
+            }
+        }
+    }
     if !matches!(tokens, "optional" | "required") {
         return Err(Error::invalid_value(format!(
             "Value ({tokens}) for parameter HttpTokens is invalid; use optional or required"

@@ -27,13 +27,16 @@ mod keypairs;
 pub mod layers;
 pub mod object_lock;
 pub mod recovery;
-mod regions;
+pub mod regions;
 pub mod shapes;
 mod snapshots;
 mod tags;
 
 pub use error::{Error, ErrorCode, Result};
-pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
+pub use keypairs::{
+    CreateKeyPairRequest, DeleteKeyPairRequest, DeleteKeyPairResult, DescribeKeyPairsRequest,
+    DescribeKeyPairsResult, ImportKeyPairRequest, ImportKeyPairResult, KeyPair, KeyPairInfo,
+};
 
 use crate::catalog::{self, Catalog};
 use crate::domain::AccountId;
@@ -112,6 +115,9 @@ pub struct ServiceOptions {
     /// default `nat`). Test suites set `none` so that no guest outside a
     /// network namespace of their own can send a packet off the machine.
     pub default_outbound: crate::machine::Outbound,
+    /// The accelerator `RunInstances` asks for (`--accel` / `AMIRUN_ACCEL`,
+    /// default `auto`): amirun's own setting, never a request member.
+    pub launch_accel: crate::machine::AccelRequest,
 }
 
 impl Default for ServiceOptions {
@@ -125,6 +131,7 @@ impl Default for ServiceOptions {
             max_chain_depth: layers::DEFAULT_MAX_CHAIN_DEPTH,
             nocloud_seed: true,
             default_outbound: crate::machine::Outbound::Nat,
+            launch_accel: crate::machine::AccelRequest::default(),
         }
     }
 }
@@ -221,6 +228,11 @@ impl Service {
             tracing::warn!("recovery pass did not finish: {e}");
         }
         Ok(service)
+    }
+
+    /// The accelerator later launches ask for ([`ServiceOptions::launch_accel`]).
+    pub fn set_launch_accel(&mut self, accel: crate::machine::AccelRequest) {
+        self.options.launch_accel = accel;
     }
 
     /// Where this service keeps its state.

@@ -1,9 +1,12 @@
-//! Inputs and outputs of service operations, in EC2's names and shapes.
+//! Shapes of EC2's model shared by several operations (Tag, Filter,
+//! TagSpecification, launch permissions), and the AMI operations' requests
+//! and results, in botocore's names.
 //!
-//! Outputs serialize to exactly the JSON the aws CLI prints (PascalCase
-//! keys, absent optionals omitted). Inputs deserialize from the same names,
-//! so the CLI's JSON/shorthand options and the HTTP API's parameters map
-//! onto them without translation tables.
+//! Results serialize to exactly the JSON the aws CLI prints (PascalCase
+//! keys, absent optionals omitted). Requests deserialize from the same
+//! names and refuse members they do not know, so the CLI's JSON/shorthand
+//! options and the HTTP API's parameters map onto them without
+//! translation tables ([`crate::api::request`]).
 
 use crate::domain::{Architecture, BootMode, ImageStateName, RootDeviceType, SnapshotStateName};
 use crate::store::BlockDeviceMapping;
@@ -147,9 +150,10 @@ pub struct SnapshotLayer {
     pub base_blob: Option<String>,
 }
 
-/// One disk of an import.
+/// One disk of an import (EC2's `ImageDiskContainer`; `UserBucket`, an S3
+/// location, is not a member: amirun reads `Url`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DiskContainer {
     #[serde(default)]
     pub url: Option<String>,
@@ -161,19 +165,23 @@ pub struct DiskContainer {
     pub device_name: Option<String>,
     #[serde(default)]
     pub snapshot_id: Option<String>,
-    /// Accepted for compatibility; amirun reads `Url`.
-    #[serde(default)]
-    pub user_bucket: Option<serde_json::Value>,
 }
 
-/// `import-image`.
-#[derive(Debug, Clone, Default)]
-pub struct ImportImageInput {
+/// `ImportImage`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ImportImageRequest {
+    #[serde(default)]
     pub disk_containers: Vec<DiskContainer>,
+    #[serde(default)]
     pub description: Option<String>,
-    pub architecture: Option<String>,
-    pub boot_mode: Option<String>,
+    #[serde(default)]
+    pub architecture: Option<Architecture>,
+    #[serde(default)]
+    pub boot_mode: Option<BootMode>,
+    #[serde(default)]
     pub platform: Option<String>,
+    #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
 }
 
@@ -189,10 +197,10 @@ pub struct SnapshotDetail {
     pub url: String,
 }
 
-/// What `import-image` returns (the import has completed when it returns).
+/// What `ImportImage` returns (the import has completed when it returns).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ImportImageOutput {
+pub struct ImportImageResult {
     pub architecture: Architecture,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -208,47 +216,111 @@ pub struct ImportImageOutput {
     pub tags: Vec<Tag>,
 }
 
-/// `register-image`.
-#[derive(Debug, Clone, Default)]
-pub struct RegisterImageInput {
+/// `RegisterImage`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct RegisterImageRequest {
     pub name: String,
+    #[serde(default)]
     pub description: Option<String>,
-    pub architecture: Option<String>,
+    #[serde(default)]
+    pub architecture: Option<Architecture>,
+    #[serde(default)]
     pub image_location: Option<String>,
+    #[serde(default)]
     pub root_device_name: Option<String>,
+    #[serde(default)]
     pub block_device_mappings: Vec<BlockDeviceMapping>,
-    pub boot_mode: Option<String>,
+    #[serde(default)]
+    pub boot_mode: Option<BootMode>,
+    /// Only `hvm`.
+    #[serde(default)]
     pub virtualization_type: Option<String>,
+    #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
 }
 
-/// `copy-image`.
-#[derive(Debug, Clone, Default)]
-pub struct CopyImageInput {
+/// What `RegisterImage` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RegisterImageResult {
+    pub image_id: String,
+}
+
+/// `CopyImage`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CopyImageRequest {
     pub source_region: String,
     pub source_image_id: String,
     pub name: String,
+    #[serde(default)]
     pub description: Option<String>,
-    pub copy_image_tags: bool,
+    #[serde(default)]
+    pub copy_image_tags: Option<bool>,
+    #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
 }
 
-/// `describe-images`.
-#[derive(Debug, Clone, Default)]
-pub struct DescribeImagesInput {
+/// What `CopyImage` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CopyImageResult {
+    pub image_id: String,
+}
+
+/// `DescribeImages`. `IncludeDeprecated` and `IncludeDisabled` are honoured
+/// trivially: amirun never deprecates or disables an AMI.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeImagesRequest {
+    #[serde(default)]
     pub image_ids: Vec<String>,
+    #[serde(default)]
     pub owners: Vec<String>,
+    #[serde(default)]
     pub executable_users: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub include_deprecated: Option<bool>,
+    #[serde(default)]
+    pub include_disabled: Option<bool>,
+}
+
+/// What `DescribeImages` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeImagesResult {
+    pub images: Vec<Image>,
+}
+
+/// `DescribeSnapshots`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeSnapshotsRequest {
+    #[serde(default)]
+    pub snapshot_ids: Vec<String>,
+    #[serde(default)]
+    pub owner_ids: Vec<String>,
+    #[serde(default)]
+    pub restorable_by_user_ids: Vec<String>,
+    #[serde(default)]
     pub filters: Vec<Filter>,
 }
 
-/// `describe-snapshots`.
-#[derive(Debug, Clone, Default)]
-pub struct DescribeSnapshotsInput {
-    pub snapshot_ids: Vec<String>,
-    pub owner_ids: Vec<String>,
-    pub restorable_by_user_ids: Vec<String>,
-    pub filters: Vec<Filter>,
+/// What `DescribeSnapshots` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSnapshotsResult {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `DeleteSnapshot`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DeleteSnapshotRequest {
+    pub snapshot_id: String,
 }
 
 /// One launch permission: an account or the group `all`.
@@ -271,22 +343,53 @@ pub struct LaunchPermissionModifications {
     pub remove: Vec<LaunchPermission>,
 }
 
-/// `modify-image-attribute`.
-#[derive(Debug, Clone, Default)]
-pub struct ModifyImageAttributeInput {
+/// `ModifyImageAttribute`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ModifyImageAttributeRequest {
     pub image_id: String,
+    #[serde(default)]
     pub attribute: Option<String>,
+    #[serde(default)]
     pub operation_type: Option<String>,
+    #[serde(default)]
     pub user_ids: Vec<String>,
+    #[serde(default)]
     pub user_groups: Vec<String>,
+    #[serde(default)]
     pub launch_permission: Option<LaunchPermissionModifications>,
-    pub description: Option<String>,
+    #[serde(default)]
+    pub description: Option<AttributeValue>,
+    #[serde(default)]
     pub value: Option<String>,
 }
 
+/// `DescribeImageAttribute` and `ResetImageAttribute`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ImageAttributeRequest {
+    pub image_id: String,
+    /// `launchPermission`, `description`, `bootMode`, … (EC2's camelCase names).
+    pub attribute: String,
+}
+
+/// `DescribeImageAttribute` (botocore's `DescribeImageAttributeRequest`).
+pub type DescribeImageAttributeRequest = ImageAttributeRequest;
+/// `ResetImageAttribute` (botocore's `ResetImageAttributeRequest`).
+pub type ResetImageAttributeRequest = ImageAttributeRequest;
+
+/// `DeregisterImage`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DeregisterImageRequest {
+    pub image_id: String,
+    #[serde(default)]
+    pub delete_associated_snapshots: Option<bool>,
+}
+
 /// A `{"Value": …}` attribute.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct AttributeValue {
     pub value: String,
 }
@@ -318,14 +421,46 @@ pub struct DeleteSnapshotResult {
     pub return_code: String,
 }
 
-/// What `deregister-image` returns.
+/// What `DeregisterImage` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct DeregisterImageOutput {
+pub struct DeregisterImageResult {
     #[serde(rename = "Return")]
     pub ret: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub delete_snapshot_results: Vec<DeleteSnapshotResult>,
+}
+
+/// `CreateTags` and `DeleteTags` (botocore's `CreateTagsRequest`,
+/// `DeleteTagsRequest`): `DeleteTags` takes tags without values (any
+/// value) or none at all (every tag).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct TagsRequest {
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+/// `CreateTags`.
+pub type CreateTagsRequest = TagsRequest;
+/// `DeleteTags`.
+pub type DeleteTagsRequest = TagsRequest;
+
+/// `DescribeTags`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeTagsRequest {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// What `DescribeTags` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeTagsResult {
+    pub tags: Vec<TagDescription>,
 }
 
 /// A tag as `describe-tags` shows it.

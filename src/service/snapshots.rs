@@ -24,13 +24,13 @@ impl Service {
     pub fn describe_snapshots(
         &mut self,
         caller: &Caller,
-        input: &DescribeSnapshotsInput,
-    ) -> Result<Vec<Snapshot>> {
+        input: DescribeSnapshotsRequest,
+    ) -> Result<DescribeSnapshotsResult> {
         for id in &input.snapshot_ids {
             check_snapshot_id(id)?;
         }
         filter::check_names(&input.filters, SNAPSHOT_FILTERS)?;
-        self.store.read(|db| -> Result<Vec<Snapshot>> {
+        self.store.read(|db| -> Result<DescribeSnapshotsResult> {
             let mut out = Vec::new();
             let mut missing = input.snapshot_ids.clone();
             for s in db.snapshots_in_region(&caller.region)? {
@@ -73,7 +73,7 @@ impl Service {
             if let Some(m) = missing.first() {
                 return Err(snapshot_not_found(m));
             }
-            Ok(out)
+            Ok(DescribeSnapshotsResult { snapshots: out })
         })
     }
 }

@@ -83,12 +83,8 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
 
 impl Service {
     /// `CreateTags`: all resources get all tags, or nothing changes.
-    pub fn create_tags(
-        &mut self,
-        caller: &Caller,
-        resources: &[String],
-        tags: &[Tag],
-    ) -> Result<()> {
+    pub fn create_tags(&mut self, caller: &Caller, input: CreateTagsRequest) -> Result<()> {
+        let (resources, tags) = (&input.resources, &input.tags);
         if resources.is_empty() {
             return Err(Error::missing("resourceIdSet"));
         }
@@ -121,12 +117,8 @@ impl Service {
     }
 
     /// `DeleteTags`: a tag given with a value is deleted only when the value matches.
-    pub fn delete_tags(
-        &mut self,
-        caller: &Caller,
-        resources: &[String],
-        tags: &[Tag],
-    ) -> Result<()> {
+    pub fn delete_tags(&mut self, caller: &Caller, input: DeleteTagsRequest) -> Result<()> {
+        let (resources, tags) = (&input.resources, &input.tags);
         if resources.is_empty() {
             return Err(Error::missing("ResourceId"));
         }
@@ -150,10 +142,11 @@ impl Service {
     pub fn describe_tags(
         &mut self,
         caller: &Caller,
-        filters: &[Filter],
-    ) -> Result<Vec<TagDescription>> {
+        input: DescribeTagsRequest,
+    ) -> Result<DescribeTagsResult> {
+        let filters = &input.filters;
         filter::check_names(filters, TAG_FILTERS)?;
-        self.store.read(|db| -> Result<Vec<TagDescription>> {
+        self.store.read(|db| -> Result<DescribeTagsResult> {
             let mut out = Vec::new();
             for t in db.all_tags()? {
                 if check_owned(db, caller, &t.resource_id).is_err() {
@@ -176,7 +169,7 @@ impl Service {
                     });
                 }
             }
-            Ok(out)
+            Ok(DescribeTagsResult { tags: out })
         })
     }
 }
