@@ -183,8 +183,11 @@ pub fn request<I: DeserializeOwned>(v: &Value) -> Result<I> {
                 .strip_prefix(prefix)
                 .and_then(|rest| rest.split('`').next())
                 .map(|name| {
-                    if path == "." || path.is_empty() {
+                    // The path of an unknown member already ends with it.
+                    if path == "." || path.is_empty() || path == name {
                         name.to_string()
+                    } else if path.ends_with(&format!(".{name}")) {
+                        path.clone()
                     } else {
                         format!("{path}.{name}")
                     }
@@ -314,10 +317,18 @@ mod tests {
         assert!(e.message().contains("ImageId"), "{}", e.message());
         let e = request::<Probe>(&json!({"ImageId": "a", "Monitoring": {}})).unwrap_err();
         assert_eq!(e.code().as_str(), "UnknownParameter", "{}", e.message());
-        assert!(e.message().contains("Monitoring"), "{}", e.message());
+        assert!(
+            e.message().starts_with("The parameter Monitoring is"),
+            "{}",
+            e.message()
+        );
         let e =
             request::<Probe>(&json!({"ImageId": "a", "Placement": {"Tenancy": "x"}})).unwrap_err();
-        assert!(e.message().contains("Placement.Tenancy"), "{}", e.message());
+        assert!(
+            e.message().starts_with("The parameter Placement.Tenancy is"),
+            "{}",
+            e.message()
+        );
         let e = request::<Probe>(&json!({"ImageId": "a", "MaxCount": -1})).unwrap_err();
         assert_eq!(
             e.code().as_str(),

@@ -150,6 +150,7 @@ pub(super) fn dispatch(
                 description: a.description.clone(),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
                 flatten: a.flatten,
+                ..Default::default()
             };
             serde_json::to_value(open()?.copy_snapshot(caller, input)?).expect("serializable")
         }

@@ -808,6 +808,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                 description: a.description.clone(),
                 copy_image_tags: Some(a.copy_image_tags),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
+                client_token: None,
             };
             let out = open()?.copy_image(&caller, input)?;
             to_value(serde_json::to_value(out).expect("serializable"))

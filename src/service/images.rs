@@ -543,7 +543,17 @@ impl Service {
         let source_caller =
             super::Caller::new(caller.account.to_string(), input.source_region.clone())?;
         let tags = tags_for(&input.tag_specifications, "image")?;
-        let new_id = ids::new_id(IdKind::Image);
+        let new_id = match &input.client_token {
+            Some(token) => {
+                let id = super::client_token_id(IdKind::Image, caller, token)?;
+                let copied = self.store.read(|db| db.image(&id))?;
+                if copied.is_some_and(|i| i.owner_id == caller.account) {
+                    return Ok(CopyImageResult { image_id: id });
+                }
+                id
+            }
+            None => ids::new_id(IdKind::Image),
+        };
         let (src, snaps) = self.store.read(|db| -> Result<_> {
             let src = db
                 .image(&input.source_image_id)?

@@ -114,6 +114,11 @@ pub struct RunInstancesRequest {
     /// Only `false`: amirun's volumes have no separate EBS bandwidth.
     #[serde(default)]
     pub ebs_optimized: Option<bool>,
+    /// Idempotency (boto3 and the SDKs send one with every launch): a
+    /// repeated token returns the first launch's reservation instead of
+    /// launching again. The reservation id is derived from the token.
+    #[serde(default)]
+    pub client_token: Option<String>,
 }
 
 /// `MetadataOptions` of `RunInstances` (IMDS settings).
@@ -555,6 +560,16 @@ impl Service {
         input: RunInstancesRequest,
     ) -> Result<Reservation> {
         let input = &input;
+        let reservation_id = match &input.client_token {
+            Some(token) => {
+                let id = super::client_token_id(IdKind::Reservation, caller, token)?;
+                if let Some(done) = self.launched_reservation(caller, &id)? {
+                    return Ok(done);
+                }
+                id
+            }
+            None => ids::new_id(IdKind::Reservation),
+        };
         let image = self.launchable_image(caller, &input.image_id)?;
         if image.state != ImageStateName::Available {
             return Err(Error::new(
@@ -636,7 +651,6 @@ impl Service {
             let gib = volume_size_gib(&m.device_name, ebs, snapshot_gib)?;
             volume_sizes.push((gib, gib_to_bytes(gib)?));
         }
-        let reservation_id = ids::new_id(IdKind::Reservation);
         let launch_time = now();
         // The locks of every new id, taken before its files exist and held
         // until its records are committed (and, for an instance, until its
@@ -874,6 +888,32 @@ impl Service {
             .into_iter()
             .next()
             .ok_or_else(|| Error::internal(format!("Reservation {reservation_id} is not shown")))
+    }
+
+    /// The reservation a launch with this id made earlier, if any.
+    fn launched_reservation(
+        &mut self,
+        caller: &Caller,
+        reservation_id: &str,
+    ) -> Result<Option<Reservation>> {
+        let ids_: Vec<String> = self
+            .store
+            .read(|db| db.instances_in_region(&caller.region))?
+            .into_iter()
+            .filter(|i| i.owner_id == caller.account && i.reservation_id == reservation_id)
+            .map(|i| i.instance_id)
+            .collect();
+        if ids_.is_empty() {
+            return Ok(None);
+        }
+        let shown = self.describe_instances(
+            caller,
+            DescribeInstancesRequest {
+                instance_ids: ids_,
+                filters: Vec::new(),
+            },
+        )?;
+        Ok(shown.reservations.into_iter().next())
     }
 
     /// [`Self::prepare_boot_with`] the guest network its tags choose now.

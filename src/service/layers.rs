@@ -502,6 +502,26 @@ impl Service {
         input: CopySnapshotRequest,
     ) -> Result<CopySnapshotResult> {
         check_snapshot_id(&input.source_snapshot_id)?;
+        if let Some(d) = input.destination_region.as_deref() {
+            if d != caller.region {
+                return Err(Error::invalid_value(format!(
+                    "DestinationRegion {d} is not the region this request went to ({}); send the request to {d}",
+                    caller.region
+                )));
+            }
+        }
+        if let Some(url) = input.presigned_url.as_deref() {
+            let names_source = url::Url::parse(url).is_ok_and(|u| {
+                u.query_pairs()
+                    .any(|(k, v)| k == "SourceSnapshotId" && v == input.source_snapshot_id)
+            });
+            if !names_source {
+                return Err(Error::invalid_value(format!(
+                    "PresignedUrl does not name the snapshot {}",
+                    input.source_snapshot_id
+                )));
+            }
+        }
         let source_region = input
             .source_region
             .clone()
@@ -867,6 +887,15 @@ pub struct CopySnapshotRequest {
     pub description: Option<String>,
     #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
+    /// The region the copy is made in, which the SDKs add: it must be the
+    /// region the request is sent to.
+    #[serde(default)]
+    pub destination_region: Option<String>,
+    /// The source region's presigned request, which the SDKs add: checked to
+    /// name the same snapshot (amirun's regions are one host, so it grants
+    /// nothing beyond the caller's own rights).
+    #[serde(default)]
+    pub presigned_url: Option<String>,
     /// amirun's own (`amirun copy-snapshot --flatten`), not a member of
     /// EC2's request: write the copy standalone (whole chain in one file).
     #[serde(skip)]

@@ -178,6 +178,22 @@ pub struct Service {
     options: ServiceOptions,
 }
 
+/// The id of what a request with an idempotency token (`ClientToken`) makes:
+/// derived from the caller and the token, so a repeated request finds what
+/// the first one made instead of making it again. EC2's tokens are 1 to 64
+/// printable ASCII characters.
+pub(crate) fn client_token_id(kind: IdKind, caller: &Caller, token: &str) -> Result<String> {
+    if token.is_empty() || token.len() > 64 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid_value(format!(
+            "Value ({token}) for parameter ClientToken is invalid; use 1 to 64 printable ASCII characters"
+        )));
+    }
+    Ok(ids::derived_id(
+        kind,
+        &format!("client-token/{}/{}/{token}", caller.account, caller.region),
+    ))
+}
+
 /// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
 pub(crate) fn now() -> String {
     chrono::Utc::now()

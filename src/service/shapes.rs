@@ -260,6 +260,10 @@ pub struct CopyImageRequest {
     pub copy_image_tags: Option<bool>,
     #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
+    /// Idempotency (boto3 sends one with every copy): a repeated token
+    /// returns the first copy; the new AMI's id is derived from it.
+    #[serde(default)]
+    pub client_token: Option<String>,
 }
 
 /// What `CopyImage` returns.
