@@ -571,6 +571,15 @@ mod tests {
     use InstanceStateName::*;
 
     #[test]
+    fn base64_blobs_decode_where_they_enter_and_encode_back() {
+        let b: Base64Blob = serde_json::from_value(serde_json::json!(" aGk= \n")).unwrap();
+        assert_eq!(b.bytes(), b"hi");
+        assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::json!("aGk="));
+        let e = serde_json::from_value::<Base64Blob>(serde_json::json!("a%b")).unwrap_err();
+        assert!(e.to_string().starts_with("Invalid BASE64 encoding"), "{e}");
+    }
+
+    #[test]
     fn spellings_round_trip() {
         fn check<T: FromStr + fmt::Display + serde::Serialize + Copy>(all: &[T])
         where

@@ -1,13 +1,19 @@
 //! The contract both front ends speak: EC2's actions, one line each in [`ACTIONS`].
 //!
-//! A request is JSON with botocore's member names (PascalCase), whichever
-//! front end made it: the HTTP API parses EC2's Query protocol into it
+//! Each action is one [`Service`] method taking botocore's request shape
+//! (`DescribeImagesRequest`, …) and returning its result shape; [`typed`]
+//! turns such a method into a table row. A request arrives as JSON with
+//! botocore's member names (PascalCase), whichever front end made it: the
+//! HTTP API parses EC2's Query protocol into it
 //! ([`crate::http::model::parse_input`]), the CLI its options. [`invoke`]
-//! finds the action, calls its [`Service`] method and returns the result as
-//! JSON with botocore's member names, which the HTTP API renders as EC2's
-//! XML and the CLI as the aws CLI would. `None` means the operation has no
-//! output (EC2 answers `<return>true</return>`). [`model`] is botocore's
-//! EC2 model, the source of every name and type.
+//! finds the action, takes out `DryRun`, deserializes the request into its
+//! type ([`request`]: an unknown member is refused, never dropped), calls
+//! the method and returns the result as JSON with botocore's member names,
+//! which the HTTP API renders as EC2's XML and the CLI as the aws CLI
+//! would. `None` means the operation has no output (EC2 answers
+//! `<return>true</return>`). amirun's own settings (the accelerator) travel
+//! in [`Context`], never in a request. [`model`] is botocore's EC2 model,
+//! the source of every name and type.
 
 pub mod model;
 
@@ -325,7 +331,8 @@ mod tests {
         let e =
             request::<Probe>(&json!({"ImageId": "a", "Placement": {"Tenancy": "x"}})).unwrap_err();
         assert!(
-            e.message().starts_with("The parameter Placement.Tenancy is"),
+            e.message()
+                .starts_with("The parameter Placement.Tenancy is"),
             "{}",
             e.message()
         );
@@ -341,6 +348,95 @@ mod tests {
         let p: Probe =
             request(&json!({"ImageId": "a", "Placement": {"AvailabilityZone": "z"}})).unwrap();
         assert_eq!(p.placement.unwrap().availability_zone.as_deref(), Some("z"));
+    }
+
+    /// A service on a fresh state directory, for requests that never reach a guest.
+    fn service(dir: &std::path::Path) -> Service {
+        let paths = crate::paths::Paths::new(dir.join("home"), dir.join("run"));
+        Service::open(paths, crate::service::ServiceOptions::default()).unwrap()
+    }
+
+    /// `DryRun` is answered in `invoke` for every action: a request that
+    /// fits its type gets DryRunOperation and changes nothing, one that
+    /// does not gets its own error first.
+    #[test]
+    fn dry_run_checks_the_request_and_acts_on_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut service = service(dir.path());
+        let caller = Caller::new("000000000000", "us-east-1").unwrap();
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(
+            &mut c,
+            "CreateKeyPair",
+            &json!({"KeyName": "k", "KeyType": "ed25519", "DryRun": true}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::DryRunOperation);
+        assert_eq!(e.http_status(), 412);
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(&mut c, "CreateKeyPair", &json!({"DryRun": true})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::MissingParameter, "{}", e.message());
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(
+            &mut c,
+            "CreateKeyPair",
+            &json!({"KeyName": "k", "DryRun": "yes"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let listed = invoke(&mut c, "DescribeKeyPairs", &json!({"DryRun": false}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(listed, json!({"KeyPairs": []}), "the dry run made nothing");
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(&mut c, "LaunchRockets", &json!({})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidAction);
+    }
+
+    /// Members real clients send are in the request types; members amirun
+    /// does not honour are refused by name; base64 members are decoded
+    /// where they enter.
+    #[test]
+    fn requests_take_what_clients_send_and_refuse_the_rest() {
+        use crate::service::instances::RunInstancesRequest;
+        let r: RunInstancesRequest = request(&json!({
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 2, "ClientToken": "t",
+            "UserData": "aGVsbG8=", "InstanceInitiatedShutdownBehavior": "terminate",
+            "MetadataOptions": {"HttpTokens": "required"},
+        }))
+        .unwrap();
+        assert_eq!(r.user_data.unwrap().bytes(), b"hello");
+        assert_eq!(
+            r.instance_initiated_shutdown_behavior,
+            Some(crate::domain::ShutdownBehavior::Terminate)
+        );
+        let e = request::<RunInstancesRequest>(
+            &json!({"ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "UserData": "%%%"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        assert!(e.message().contains("UserData"), "{}", e.message());
+        let e = request::<RunInstancesRequest>(&json!({
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 1,
+            "InstanceInitiatedShutdownBehavior": "hibernate",
+        }))
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        let e = request::<RunInstancesRequest>(&json!({
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "Monitoring": {"Enabled": true},
+        }))
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownParameter);
+        let e = request::<crate::service::shapes::ImportImageRequest>(
+            &json!({"DiskContainers": [{"Url": "http://x/d.raw", "UserBucket": {"S3Bucket": "b"}}]}),
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("DiskContainers[0].UserBucket"),
+            "{}",
+            e.message()
+        );
     }
 
     /// Every action is in the embedded botocore model, and every operation

@@ -489,3 +489,33 @@ pub(crate) fn snapshot_not_found(id: &str) -> Error {
         format!("The snapshot '{id}' does not exist."),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token names one thing per caller: the same again, another account's
+    /// or region's different; a malformed token is refused.
+    #[test]
+    fn client_tokens_derive_one_id_per_caller() {
+        let a = Caller::new("000000000000", "us-east-1").unwrap();
+        let b = Caller::new("111111111111", "us-east-1").unwrap();
+        let west = Caller::new("000000000000", "us-west-2").unwrap();
+        let id = client_token_id(IdKind::Reservation, &a, "tok").unwrap();
+        assert!(ids::is_well_formed(IdKind::Reservation, &id), "{id}");
+        assert_eq!(id, client_token_id(IdKind::Reservation, &a, "tok").unwrap());
+        assert_ne!(id, client_token_id(IdKind::Reservation, &b, "tok").unwrap());
+        assert_ne!(
+            id,
+            client_token_id(IdKind::Reservation, &west, "tok").unwrap()
+        );
+        assert_ne!(
+            id,
+            client_token_id(IdKind::Reservation, &a, "tok2").unwrap()
+        );
+        for bad in ["", "with space", &"x".repeat(65)] {
+            let e = client_token_id(IdKind::Image, &a, bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        }
+    }
+}
