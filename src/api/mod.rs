@@ -428,7 +428,7 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(e.code(), ErrorCode::UnknownParameter);
-        let e = request::<crate::service::shapes::ImportImageRequest>(
+        let e = request::<crate::service::images::ImportImageRequest>(
             &json!({"DiskContainers": [{"Url": "http://x/d.raw", "UserBucket": {"S3Bucket": "b"}}]}),
         )
         .unwrap_err();

@@ -12,8 +12,11 @@ pub mod output;
 pub mod shorthand;
 
 use crate::paths::Paths;
+use crate::service::images::*;
 use crate::service::import_policy::ImportPolicy;
 use crate::service::shapes::*;
+use crate::service::snapshots::*;
+use crate::service::tags::*;
 use crate::service::{Caller, Error, ErrorCode, Service, ServiceOptions};
 use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;

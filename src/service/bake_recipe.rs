@@ -27,11 +27,12 @@
 //! and fails with `BakeFailed` naming the step, with the console's tail.
 
 use super::baking::CreateImageRequest;
-use super::instances::{RunInstancesRequest, StopInstancesRequest, WaitFailure};
-use super::shapes::{
-    DeregisterImageRequest, DescribeImagesRequest, Filter, LaunchPermission,
-    LaunchPermissionModifications, ModifyImageAttributeRequest, Tag, TagSpecification,
+use super::images::{
+    DeregisterImageRequest, DescribeImagesRequest, LaunchPermission, LaunchPermissionModifications,
+    ModifyImageAttributeRequest,
 };
+use super::instances::{RunInstancesRequest, StopInstancesRequest, WaitFailure};
+use super::shapes::{Filter, Tag, TagSpecification};
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::domain::{InstanceStateName, ShutdownBehavior};
 use crate::machine::AccelRequest;
@@ -497,10 +498,7 @@ impl Service {
                 ..Default::default()
             },
         )?;
-        let instance_id = reservation.instances[0]["InstanceId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let instance_id = reservation.instances[0].instance_id.clone();
         let mut made_image = None;
         let result = self.bake_instance(caller, &mut b, &instance_id, &base, &mut made_image);
         match result {

@@ -125,13 +125,15 @@ impl Service {
             console_tail: Vec::new(),
         };
         let inst = &reservation.instances[0];
-        let id = inst["InstanceId"].as_str().unwrap_or_default().to_string();
+        let id = inst.instance_id.clone();
         report.instance_id = Some(id.clone());
-        report.instance_type = inst["InstanceType"].as_str().map(String::from);
-        report.architecture = inst["Architecture"].as_str().map(String::from);
-        report.accelerator = inst["Amirun"]["Accelerator"].as_str().map(String::from);
-        let ssh_port = inst["Amirun"]["SshEndpoint"]
-            .as_str()
+        report.instance_type = Some(inst.instance_type.clone());
+        report.architecture = Some(inst.architecture.to_string());
+        report.accelerator = Some(inst.amirun.accelerator.to_string());
+        let ssh_port = inst
+            .amirun
+            .ssh_endpoint
+            .as_deref()
             .and_then(|e| e.rsplit(':').next())
             .and_then(|p| p.parse::<u16>().ok());
         let log = self.paths.serial_log(&id);

@@ -60,11 +60,11 @@
 //! Each room's requests and results are its own and re-exported here.
 
 use super::object_lock::{self, ObjectLock};
-use super::shapes::{Filter, Tag, TagSpecification};
+use super::shapes::{Filter, StateReason, Tag, TagSpecification};
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
 use crate::domain::{
-    reconcile, Base64Blob, BootMode, ImageStateName, InstanceStateName, LiveFacts, Recorded,
-    RootDeviceType, ShutdownBehavior, Transition, VolumeStateName,
+    reconcile, Architecture, Base64Blob, BootMode, ImageStateName, InstanceStateName, LiveFacts,
+    Recorded, RootDeviceType, ShutdownBehavior, Transition, VolumeStateName,
 };
 use crate::ids::{self, IdKind};
 use crate::instance::supervisor::{self, LaunchSpec, SupervisorClient};
@@ -89,8 +89,10 @@ mod volumes;
 
 use boot::free_port;
 pub use describe::{
-    DescribeInstancesRequest, DescribeInstancesResult, GetConsoleOutputRequest,
-    GetConsoleOutputResult, Reservation,
+    CpuOptions, DescribeInstancesRequest, DescribeInstancesResult, EbsInstanceBlockDevice,
+    GetConsoleOutputRequest, GetConsoleOutputResult, GroupIdentifier, Instance,
+    InstanceBlockDeviceMapping, InstanceFacts, InstancePlacement, Monitoring, ProductCode,
+    Reservation,
 };
 pub use launch::{InstanceMetadataOptionsRequest, Placement, RunInstancesRequest};
 use launch_rules::*;

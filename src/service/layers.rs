@@ -61,7 +61,8 @@
 //! then record, holding the new ids' locks throughout: a crash leaves only
 //! files no record owns, which the orphan sweep removes.
 
-use super::shapes::{DeleteSnapshotRequest, Tag, TagSpecification};
+use super::shapes::{Tag, TagSpecification};
+use super::snapshots::DeleteSnapshotRequest;
 use super::{
     check_snapshot_id, now, snapshot_not_found, Caller, Error, ErrorCode, Result, Service,
 };

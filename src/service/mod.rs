@@ -17,7 +17,7 @@ pub mod baking;
 pub mod boot_test;
 pub mod error;
 pub mod filter;
-mod images;
+pub mod images;
 mod imds;
 pub mod import_policy;
 pub mod instance_facts;
@@ -29,8 +29,8 @@ pub mod object_lock;
 pub mod recovery;
 pub mod regions;
 pub mod shapes;
-mod snapshots;
-mod tags;
+pub mod snapshots;
+pub mod tags;
 
 pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{

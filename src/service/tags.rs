@@ -4,6 +4,50 @@ use super::filter;
 use super::shapes::*;
 use super::{image_not_found, snapshot_not_found, Caller, Error, ErrorCode, Result, Service};
 use crate::store::Db;
+use serde::{Deserialize, Serialize};
+
+/// `CreateTags` and `DeleteTags` (botocore's `CreateTagsRequest`,
+/// `DeleteTagsRequest`): `DeleteTags` takes tags without values (any
+/// value) or none at all (every tag).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct TagsRequest {
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+/// `CreateTags`.
+pub type CreateTagsRequest = TagsRequest;
+
+/// `DeleteTags`.
+pub type DeleteTagsRequest = TagsRequest;
+
+/// `DescribeTags`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeTagsRequest {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// What `DescribeTags` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeTagsResult {
+    pub tags: Vec<TagDescription>,
+}
+
+/// A tag as `describe-tags` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagDescription {
+    pub key: String,
+    pub resource_id: String,
+    pub resource_type: String,
+    pub value: String,
+}
 
 const TAG_FILTERS: &[&str] = &["key", "value", "resource-id", "resource-type"];
 

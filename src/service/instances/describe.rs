@@ -8,11 +8,129 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Reservation {
-    pub groups: Vec<Value>,
-    /// Each instance in EC2's `Instance` shape.
-    pub instances: Vec<Value>,
+    /// Security groups (none until instances have VPC networking).
+    pub groups: Vec<GroupIdentifier>,
+    pub instances: Vec<Instance>,
     pub owner_id: String,
     pub reservation_id: String,
+}
+
+/// A security group an instance or reservation is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupIdentifier {
+    pub group_id: String,
+    pub group_name: String,
+}
+
+/// An instance as EC2 shows it (botocore's `Instance`; the members amirun
+/// has facts for), with amirun's own facts under `Amirun`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Instance {
+    pub ami_launch_index: u32,
+    pub image_id: String,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub launch_time: String,
+    pub monitoring: Monitoring,
+    pub placement: InstancePlacement,
+    pub private_dns_name: String,
+    pub private_ip_address: String,
+    pub product_codes: Vec<ProductCode>,
+    pub public_dns_name: String,
+    pub state: InstanceStateShape,
+    pub state_transition_reason: String,
+    pub architecture: Architecture,
+    pub block_device_mappings: Vec<InstanceBlockDeviceMapping>,
+    pub ebs_optimized: bool,
+    pub ena_support: bool,
+    pub hypervisor: String,
+    pub root_device_name: String,
+    pub root_device_type: RootDeviceType,
+    pub virtualization_type: String,
+    pub boot_mode: BootMode,
+    pub current_instance_boot_mode: BootMode,
+    pub cpu_options: CpuOptions,
+    /// EC2's `InstanceMetadataOptionsResponse`, as recorded at launch.
+    pub metadata_options: Value,
+    pub platform_details: String,
+    pub usage_operation: String,
+    #[serde(rename = "Amirun")]
+    pub amirun: InstanceFacts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<StateReason>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// Detailed monitoring (always `disabled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Monitoring {
+    pub state: String,
+}
+
+/// Where an instance runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstancePlacement {
+    pub availability_zone: String,
+    pub group_name: String,
+    pub tenancy: String,
+}
+
+/// A product code (amirun's AMIs have none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProductCode {
+    pub product_code_id: String,
+    pub product_code_type: String,
+}
+
+/// An EBS volume of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceBlockDeviceMapping {
+    pub device_name: String,
+    pub ebs: EbsInstanceBlockDevice,
+}
+
+/// The EBS side of [`InstanceBlockDeviceMapping`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EbsInstanceBlockDevice {
+    pub attach_time: String,
+    pub delete_on_termination: bool,
+    /// `attached`, or `detached` once the instance is terminated.
+    pub status: String,
+    pub volume_id: String,
+}
+
+/// vCPUs as EC2 counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CpuOptions {
+    pub core_count: u32,
+    pub threads_per_core: u32,
+}
+
+/// amirun's own facts about an instance (`Amirun` in its shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceFacts {
+    /// `kvm` or `tcg`, and why.
+    pub accelerator: crate::domain::Accel,
+    pub accelerator_reason: String,
+    /// `127.0.0.1:PORT` of the guest's ssh while it is not terminated.
+    pub ssh_endpoint: Option<String>,
+    /// `nat`, `none` (or `invalid` for a bad tag), and why it is less than asked.
+    pub guest_outbound: String,
+    pub guest_outbound_reason: Option<String>,
+    /// The serial log on the host.
+    pub console_log: String,
 }
 
 /// `DescribeInstances`.
@@ -133,7 +251,7 @@ impl Service {
         } else {
             self.owned_instances(caller, instance_ids)?
         };
-        let mut reservations: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
         for i in wanted {
             let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
             let keep = filter::matches(filters, |name| match name {
@@ -191,92 +309,107 @@ impl Service {
         &self,
         i: &InstanceState,
         tags: &[crate::store::TagState],
-    ) -> Value {
+    ) -> Instance {
         let itype = machine::instance_type(&i.instance_type);
         let net_status = NetworkStatus::read(&self.paths.network_status(&i.instance_id));
-        let bdm: Vec<Value> = i
+        let terminated = i.state == InstanceStateName::Terminated;
+        let block_device_mappings = i
             .devices
             .iter()
             .filter_map(|d| {
-                d.volume_id.as_ref().map(|v| {
-                    json!({
-                        "DeviceName": d.device_name,
-                        "Ebs": {
-                            "AttachTime": d.attach_time,
-                            "DeleteOnTermination": d.delete_on_termination,
-                            "Status": if i.state == InstanceStateName::Terminated { "detached" } else { "attached" },
-                            "VolumeId": v,
-                        }
-                    })
+                d.volume_id.as_ref().map(|v| InstanceBlockDeviceMapping {
+                    device_name: d.device_name.clone(),
+                    ebs: EbsInstanceBlockDevice {
+                        attach_time: d.attach_time.clone(),
+                        delete_on_termination: d.delete_on_termination,
+                        status: if terminated { "detached" } else { "attached" }.into(),
+                        volume_id: v.clone(),
+                    },
                 })
             })
             .collect();
-        let mut v = json!({
-            "AmiLaunchIndex": i.launch_index,
-            "ImageId": i.image_id,
-            "InstanceId": i.instance_id,
-            "InstanceType": i.instance_type,
-            "LaunchTime": i.launch_time,
-            "Monitoring": {"State": "disabled"},
-            "Placement": {"AvailabilityZone": format!("{}a", i.region), "GroupName": "", "Tenancy": "default"},
-            "PrivateDnsName": if i.state == InstanceStateName::Terminated { "".to_string() } else { "ip-169-254-0-15.ec2.internal".to_string() },
-            "PrivateIpAddress": "169.254.0.15",
-            "ProductCodes": [],
-            "PublicDnsName": "",
-            "State": InstanceStateShape::of(i.state),
-            "StateTransitionReason": i.state_reason.as_deref().map(|r| state_transition_reason(r, &i.updated)).unwrap_or_default(),
-            "Architecture": i.architecture,
-            "BlockDeviceMappings": bdm,
-            "EbsOptimized": false,
-            "EnaSupport": true,
-            "Hypervisor": "xen",
-            "RootDeviceName": i.root_device_name,
-            "RootDeviceType": i.root_device_type,
-            "VirtualizationType": "hvm",
-            "BootMode": i.boot_mode,
-            "CurrentInstanceBootMode": i.boot_mode,
-            "CpuOptions": {"CoreCount": itype.map_or(1, |t| t.vcpus), "ThreadsPerCore": 1},
-            // EC2 says `pending` until the options are in force on a running instance.
-            "MetadataOptions": metadata_options_shown(&i.metadata_options, i.state),
-            "PlatformDetails": "Linux/UNIX",
-            "UsageOperation": "RunInstances",
-            "InstanceLifecycle": null,
-            "Amirun": {
-                "Accelerator": i.accel,
-                "AcceleratorReason": i.accel_reason,
-                "SshEndpoint": i.ssh_port.filter(|_| i.state != InstanceStateName::Terminated).map(|p| format!("127.0.0.1:{p}")),
-                "GuestOutbound": net_status.as_ref().map_or_else(
-                    || guest_outbound(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())), self.options.default_outbound).map_or("invalid", machine::Outbound::as_str).to_string(),
-                    |s| s.outbound.clone()),
-                "GuestOutboundReason": net_status.and_then(|s| s.reason),
-                "ConsoleLog": self.paths.serial_log(&i.instance_id).display().to_string(),
+        let guest_outbound = match &net_status {
+            Some(s) => s.outbound.clone(),
+            None => guest_outbound(
+                tags.iter().map(|t| (t.key.as_str(), t.value.as_str())),
+                self.options.default_outbound,
+            )
+            .map_or("invalid", machine::Outbound::as_str)
+            .to_string(),
+        };
+        Instance {
+            ami_launch_index: i.launch_index,
+            image_id: i.image_id.clone(),
+            instance_id: i.instance_id.clone(),
+            instance_type: i.instance_type.clone(),
+            launch_time: i.launch_time.clone(),
+            monitoring: Monitoring {
+                state: "disabled".into(),
             },
-        });
-        let obj = v.as_object_mut().expect("object");
-        obj.remove("InstanceLifecycle");
-        if let Some(k) = &i.key_name {
-            obj.insert("KeyName".into(), json!(k));
+            placement: InstancePlacement {
+                availability_zone: format!("{}a", i.region),
+                group_name: String::new(),
+                tenancy: "default".into(),
+            },
+            private_dns_name: if terminated {
+                String::new()
+            } else {
+                "ip-169-254-0-15.ec2.internal".into()
+            },
+            private_ip_address: "169.254.0.15".into(),
+            product_codes: Vec::new(),
+            public_dns_name: String::new(),
+            state: InstanceStateShape::of(i.state),
+            state_transition_reason: i
+                .state_reason
+                .as_deref()
+                .map(|r| state_transition_reason(r, &i.updated))
+                .unwrap_or_default(),
+            architecture: i.architecture,
+            block_device_mappings,
+            ebs_optimized: false,
+            ena_support: true,
+            hypervisor: "xen".into(),
+            root_device_name: i.root_device_name.clone(),
+            root_device_type: i.root_device_type,
+            virtualization_type: "hvm".into(),
+            boot_mode: i.boot_mode,
+            current_instance_boot_mode: i.boot_mode,
+            cpu_options: CpuOptions {
+                core_count: itype.map_or(1, |t| t.vcpus),
+                threads_per_core: 1,
+            },
+            // EC2 says `pending` until the options are in force on a running instance.
+            metadata_options: metadata_options_shown(&i.metadata_options, i.state),
+            platform_details: "Linux/UNIX".into(),
+            usage_operation: "RunInstances".into(),
+            amirun: InstanceFacts {
+                accelerator: i.accel,
+                accelerator_reason: i.accel_reason.clone(),
+                ssh_endpoint: i
+                    .ssh_port
+                    .filter(|_| !terminated)
+                    .map(|p| format!("127.0.0.1:{p}")),
+                guest_outbound,
+                guest_outbound_reason: net_status.and_then(|s| s.reason),
+                console_log: self.paths.serial_log(&i.instance_id).display().to_string(),
+            },
+            key_name: i.key_name.clone(),
+            state_reason: i.state_reason.as_ref().map(|r| {
+                let (code, message) = r.split_once(": ").unwrap_or((r.as_str(), r.as_str()));
+                StateReason {
+                    code: code.to_string(),
+                    message: message.to_string(),
+                }
+            }),
+            tags: tags
+                .iter()
+                .map(|t| Tag {
+                    key: t.key.clone(),
+                    value: Some(t.value.clone()),
+                })
+                .collect(),
         }
-        if let Some(r) = &i.state_reason {
-            let (code, message) = r.split_once(": ").unwrap_or((r.as_str(), r.as_str()));
-            obj.insert(
-                "StateReason".into(),
-                json!({"Code": code, "Message": message}),
-            );
-        }
-        if !tags.is_empty() {
-            obj.insert(
-                "Tags".into(),
-                json!(tags
-                    .iter()
-                    .map(|t| Tag {
-                        key: t.key.clone(),
-                        value: Some(t.value.clone())
-                    })
-                    .collect::<Vec<_>>()),
-            );
-        }
-        v
     }
 
     /// `GetConsoleOutput`: the serial log (the last 64 KiB with `latest`),

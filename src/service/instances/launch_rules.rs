@@ -370,4 +370,103 @@ mod tests {
         assert_eq!(gib_to_bytes(16384).unwrap(), 16384 << 30);
         assert!(gib_to_bytes(17179869184).is_err());
     }
+
+    fn ebs(device: &str, size: Option<u64>, delete: Option<bool>) -> BlockDeviceMapping {
+        BlockDeviceMapping {
+            device_name: device.into(),
+            ebs: Some(EbsBlockDevice {
+                volume_size: size,
+                delete_on_termination: delete,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A request's mapping changes the AMI's by device name, `NoDevice`
+    /// removes one, a new device is added after the AMI's.
+    #[test]
+    fn mappings_merge_by_device_name() {
+        let image = [
+            ebs("/dev/xvda", Some(8), Some(true)),
+            ebs("/dev/sdb", Some(4), Some(true)),
+        ];
+        let request = [
+            ebs("/dev/xvda", Some(20), None),
+            BlockDeviceMapping {
+                device_name: "/dev/sdb".into(),
+                no_device: Some(String::new()),
+                ..Default::default()
+            },
+            ebs("/dev/sdc", Some(1), Some(false)),
+        ];
+        let merged = merge_mappings(&image, &request);
+        let shown: Vec<(&str, Option<u64>, Option<bool>)> = merged
+            .iter()
+            .map(|m| {
+                let e = m.ebs.as_ref().unwrap();
+                (
+                    m.device_name.as_str(),
+                    e.volume_size,
+                    e.delete_on_termination,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("/dev/xvda", Some(20), Some(true)),
+                ("/dev/sdc", Some(1), Some(false))
+            ]
+        );
+        assert_eq!(merge_mappings(&image, &[]), image.to_vec());
+    }
+
+    #[test]
+    fn placement_is_the_regions_one_zone_with_default_tenancy() {
+        let zone = |z: &str| Placement {
+            availability_zone: Some(z.into()),
+            tenancy: None,
+        };
+        assert!(check_placement(None, "us-east-1").is_ok());
+        assert!(check_placement(Some(&zone("us-east-1a")), "us-east-1").is_ok());
+        let e = check_placement(Some(&zone("us-east-1b")), "us-east-1").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        let dedicated = Placement {
+            availability_zone: None,
+            tenancy: Some("dedicated".into()),
+        };
+        let e = check_placement(Some(&dedicated), "us-east-1").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnsupportedOperation);
+    }
+
+    /// Defaults are EC2's; what amirun's IMDS cannot do is refused, not dropped.
+    #[test]
+    fn metadata_options_default_check_and_refuse() {
+        let shown = metadata_options(None).unwrap();
+        assert_eq!(shown["HttpTokens"], "optional");
+        assert_eq!(shown["HttpEndpoint"], "enabled");
+        assert_eq!(shown["HttpPutResponseHopLimit"], 1);
+        let given = |f: fn(&mut InstanceMetadataOptionsRequest)| {
+            let mut o = InstanceMetadataOptionsRequest::default();
+            f(&mut o);
+            metadata_options(Some(&o))
+        };
+        let v = given(|o| o.http_tokens = Some("required".into())).unwrap();
+        assert_eq!(v["HttpTokens"], "required");
+        let code = |r: Result<Value>| r.unwrap_err().code();
+        assert_eq!(
+            code(given(|o| o.http_tokens = Some("sometimes".into()))),
+            ErrorCode::InvalidParameterValue
+        );
+        assert_eq!(
+            code(given(|o| o.http_put_response_hop_limit = Some(65))),
+            ErrorCode::InvalidParameterValue
+        );
+        assert_eq!(
+            code(given(|o| o.instance_metadata_tags = Some("enabled".into()))),
+            ErrorCode::UnsupportedOperation
+        );
+        assert!(given(|o| o.http_protocol_ipv6 = Some("disabled".into())).is_ok());
+    }
 }
