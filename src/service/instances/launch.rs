@@ -113,6 +113,24 @@ impl Drop for Undo {
 /// EC2's limit on user data, counted after base64 decoding.
 pub(super) const USER_DATA_LIMIT: usize = 16 * 1024;
 
+/// What [`Service::run_instances`] decided before making anything.
+pub(super) struct LaunchPlan {
+    image: ImageState,
+    type_name: String,
+    itype: &'static machine::InstanceType,
+    count: u32,
+    shutdown: ShutdownBehavior,
+    public_keys: Vec<String>,
+    outbound: machine::Outbound,
+    accel: machine::AccelChoice,
+    boot_mode: BootMode,
+    metadata_options: Value,
+    fetched: Vec<crate::service::images::FetchedDisk>,
+    mappings: Vec<BlockDeviceMapping>,
+    /// GiB and bytes of each EBS mapping, in order.
+    volume_sizes: Vec<(u64, u64)>,
+}
+
 impl Service {
     /// `RunInstances`: launch `max_count` instances of an AMI; returns the reservation.
     pub fn run_instances(
@@ -131,6 +149,143 @@ impl Service {
             }
             None => ids::new_id(IdKind::Reservation),
         };
+        let plan = self.plan_launch(caller, input)?;
+        let launch_time = now();
+        // The locks of every new id, taken before its files exist and held
+        // until its records are committed (and, for an instance, until its
+        // supervisor runs): a process killed at any step leaves either no
+        // record (files whose lock is free: the orphan sweep's) or records
+        // that reconciliation settles. Declared before `undo`, so that
+        // undo's removals happen while the locks are still held.
+        let mut instance_locks: Vec<ObjectLock> = Vec::new();
+        let mut volume_locks: Vec<ObjectLock> = Vec::new();
+        let mut undo = Undo::new();
+        let vdir = self.paths.volume_dir();
+        std::fs::create_dir_all(&vdir)
+            .map_err(io_error(format!("Cannot create {}", vdir.display())))?;
+        let mut instances = Vec::new();
+        let mut volumes = Vec::new();
+        let mut taken = self.store.read(|db| db.ports_in_use())?;
+        for index in 0..plan.count {
+            let instance_id = ids::new_id(IdKind::Instance);
+            instance_locks.push(object_lock::lock(&self.paths, &instance_id)?);
+            failpoint("run-instances:locked")?;
+            let dir = self.paths.instance_dir(&instance_id);
+            undo.dirs.push(dir.clone());
+            std::fs::create_dir_all(&dir)
+                .map_err(io_error(format!("Cannot create {}", dir.display())))?;
+            let rdir = self.paths.instance_runtime_dir(&instance_id);
+            undo.dirs.push(rdir.clone());
+            std::fs::create_dir_all(&rdir)
+                .map_err(io_error(format!("Cannot create {}", rdir.display())))?;
+            failpoint("run-instances:dirs")?;
+            let devices = self.make_disks(
+                caller,
+                &plan,
+                &instance_id,
+                &launch_time,
+                &mut undo,
+                &mut volume_locks,
+                &mut volumes,
+            )?;
+            if self.options.nocloud_seed {
+                crate::metadata::build_seed(
+                    &self.paths.seed_image(&instance_id),
+                    &crate::metadata::SeedSpec {
+                        instance_id: instance_id.clone(),
+                        hostname: "ip-169-254-0-15".into(),
+                        user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
+                        public_keys: plan.public_keys.clone(),
+                        network_config: None,
+                    },
+                )?;
+                failpoint("run-instances:seed")?;
+            }
+            let ssh_port = free_port(&taken)?;
+            taken.push(ssh_port);
+            let state = InstanceState {
+                instance_id: instance_id.clone(),
+                region: caller.region.clone(),
+                owner_id: caller.account.to_string(),
+                reservation_id: reservation_id.clone(),
+                image_id: plan.image.image_id.clone(),
+                instance_type: plan.type_name.clone(),
+                architecture: plan.image.architecture,
+                boot_mode: plan.boot_mode,
+                root_device_type: plan.image.root_device_type,
+                root_device_name: plan.image.root_device_name.clone(),
+                state: InstanceStateName::Pending,
+                state_reason: None,
+                state_transition_reason: None,
+                launch_time: launch_time.clone(),
+                key_name: input.key_name.clone(),
+                user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
+                shutdown_behavior: plan.shutdown,
+                accel: plan.accel.accel,
+                accel_reason: plan.accel.reason.clone(),
+                ssh_port: Some(ssh_port),
+                imds_port: None,
+                launch_index: index,
+                metadata_options: plan.metadata_options.clone(),
+                devices,
+                updated: launch_time.clone(),
+            };
+            self.prepare_boot_with(&state, plan.outbound)?;
+            failpoint("run-instances:prepared")?;
+            instances.push(state);
+        }
+        let tags = crate::service::images::tags_for(&input.tag_specifications, "instance")?;
+        let volume_tags = crate::service::images::tags_for(&input.tag_specifications, "volume")?;
+        self.store.write(|db| -> Result<()> {
+            for v in &volumes {
+                db.put_volume(v)?;
+                for (k, val) in &volume_tags {
+                    db.put_tag(&v.volume_id, k, val)?;
+                }
+            }
+            for i in &instances {
+                db.put_instance(i)?;
+                for (k, v) in &tags {
+                    db.put_tag(&i.instance_id, k, v)?;
+                }
+            }
+            Ok(())
+        })?;
+        undo.disarm();
+        drop(volume_locks);
+        failpoint("run-instances:committed")?;
+        // Each instance's lock is held until its supervisor runs (or the
+        // launch is settled), so no other process takes a launch in
+        // progress for a dead instance.
+        for (i, lock) in instances.iter().zip(instance_locks) {
+            if let Err(e) = self.spawn_supervisor(&i.instance_id, "run-instances") {
+                self.record_exit(
+                    &i.instance_id,
+                    Some("Server.InternalError"),
+                    &format!("The supervisor could not start: {e}"),
+                )?;
+            }
+            failpoint("run-instances:started")?;
+            drop(lock);
+        }
+        let shown = self.describe_instances(
+            caller,
+            DescribeInstancesRequest {
+                instance_ids: instances.iter().map(|i| i.instance_id.clone()).collect(),
+                filters: Vec::new(),
+            },
+        )?;
+        shown
+            .reservations
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal(format!("Reservation {reservation_id} is not shown")))
+    }
+
+    /// Everything a launch checks before it makes anything, and what it
+    /// needs from the checks: the AMI (its data made local), the type, the
+    /// merged mappings with each EBS volume's size, the accelerator.
+    fn plan_launch(&mut self, caller: &Caller, input: &RunInstancesRequest) -> Result<LaunchPlan> {
         let image = self.launchable_image(caller, &input.image_id)?;
         if image.state != ImageStateName::Available {
             return Err(Error::new(
@@ -212,243 +367,158 @@ impl Service {
             let gib = volume_size_gib(&m.device_name, ebs, snapshot_gib)?;
             volume_sizes.push((gib, gib_to_bytes(gib)?));
         }
-        let launch_time = now();
-        // The locks of every new id, taken before its files exist and held
-        // until its records are committed (and, for an instance, until its
-        // supervisor runs): a process killed at any step leaves either no
-        // record (files whose lock is free: the orphan sweep's) or records
-        // that reconciliation settles. Declared before `undo`, so that
-        // undo's removals happen while the locks are still held.
-        let mut instance_locks: Vec<ObjectLock> = Vec::new();
-        let mut volume_locks: Vec<ObjectLock> = Vec::new();
-        let mut undo = Undo::new();
-        let vdir = self.paths.volume_dir();
-        std::fs::create_dir_all(&vdir)
-            .map_err(io_error(format!("Cannot create {}", vdir.display())))?;
-        let mut instances = Vec::new();
-        let mut volumes = Vec::new();
-        let mut taken = self.store.read(|db| db.ports_in_use())?;
-        for index in 0..count {
-            let instance_id = ids::new_id(IdKind::Instance);
-            instance_locks.push(object_lock::lock(&self.paths, &instance_id)?);
-            failpoint("run-instances:locked")?;
-            let dir = self.paths.instance_dir(&instance_id);
-            undo.dirs.push(dir.clone());
-            std::fs::create_dir_all(&dir)
-                .map_err(io_error(format!("Cannot create {}", dir.display())))?;
-            let rdir = self.paths.instance_runtime_dir(&instance_id);
-            undo.dirs.push(rdir.clone());
-            std::fs::create_dir_all(&rdir)
-                .map_err(io_error(format!("Cannot create {}", rdir.display())))?;
-            failpoint("run-instances:dirs")?;
-            let mut devices = Vec::new();
-            // Root disk.
-            if image.root_device_type == RootDeviceType::InstanceStore {
-                let root = fetched
-                    .iter()
-                    .find(|d| d.snapshot_id.is_none())
-                    .ok_or_else(|| Error::internal("Instance-store AMI has no root image"))?;
-                crate::disk::create_overlay(
-                    std::path::Path::new(&root.path),
-                    "qcow2",
-                    &self.paths.instance_store_root(&instance_id),
-                    None,
-                )?;
-                devices.push(InstanceDevice {
-                    device_name: image.root_device_name.clone(),
-                    volume_id: None,
-                    virtual_name: Some("root".into()),
-                    size_gib: root.virtual_size.div_ceil(1 << 30),
-                    delete_on_termination: true,
-                    attach_time: launch_time.clone(),
-                });
-            }
-            let mut ephemeral = 0u32;
-            let mut sizes = volume_sizes.iter();
-            for m in &mappings {
-                if let Some(ebs) = &m.ebs {
-                    let &(size_gib, size_bytes) = sizes.next().expect("one size per EBS mapping");
-                    let volume_id = ids::new_id(IdKind::Volume);
-                    volume_locks.push(object_lock::lock(&self.paths, &volume_id)?);
-                    let path = self.paths.volume(&volume_id);
-                    let data = ebs
-                        .snapshot_id
-                        .as_ref()
-                        .and_then(|s| fetched.iter().find(|d| d.snapshot_id.as_deref() == Some(s)));
-                    undo.files.push(path.clone());
-                    match data {
-                        Some(d) => crate::disk::create_overlay(
-                            std::path::Path::new(&d.path),
-                            "qcow2",
-                            &path,
-                            Some(size_bytes),
-                        )?,
-                        None => crate::disk::create_blank(&path, size_bytes)?,
-                    }
-                    failpoint("run-instances:volume")?;
-                    let delete = ebs.delete_on_termination.unwrap_or(true);
-                    volumes.push(VolumeState {
-                        volume_id: volume_id.clone(),
-                        region: caller.region.clone(),
-                        owner_id: caller.account.to_string(),
-                        size_gib,
-                        snapshot_id: ebs.snapshot_id.clone(),
-                        state: VolumeStateName::InUse,
-                        create_time: launch_time.clone(),
-                        availability_zone: format!("{}a", caller.region),
-                        volume_type: ebs.volume_type.clone().unwrap_or_else(|| "gp3".into()),
-                        instance_id: Some(instance_id.clone()),
-                        device: Some(m.device_name.clone()),
-                        attach_time: Some(launch_time.clone()),
-                        delete_on_termination: delete,
-                    });
-                    let dev = InstanceDevice {
-                        device_name: m.device_name.clone(),
-                        volume_id: Some(volume_id),
-                        virtual_name: None,
-                        size_gib,
-                        delete_on_termination: delete,
-                        attach_time: launch_time.clone(),
-                    };
-                    if m.device_name == image.root_device_name {
-                        devices.insert(0, dev);
-                    } else {
-                        devices.push(dev);
-                    }
-                } else if let Some(v) = &m.virtual_name {
-                    if let Some(&gib) = itype.instance_store_gib.get(ephemeral as usize) {
-                        devices.push(InstanceDevice {
-                            device_name: m.device_name.clone(),
-                            volume_id: None,
-                            virtual_name: Some(v.clone()),
-                            size_gib: gib,
-                            delete_on_termination: true,
-                            attach_time: launch_time.clone(),
-                        });
-                        ephemeral += 1;
-                    }
-                }
-            }
-            // Instance-store disks of `d` types that no mapping named.
-            for (n, &gib) in itype
-                .instance_store_gib
+        Ok(LaunchPlan {
+            image,
+            type_name,
+            itype,
+            count,
+            shutdown,
+            public_keys,
+            outbound,
+            accel,
+            boot_mode,
+            metadata_options,
+            fetched,
+            mappings,
+            volume_sizes,
+        })
+    }
+
+    /// One new instance's disks: the instance-store root overlay, one
+    /// volume per EBS mapping (locked, recorded in `volumes`, removed by
+    /// `undo` if the launch fails) and its instance-store disks; the root
+    /// device first.
+    #[allow(clippy::too_many_arguments)]
+    fn make_disks(
+        &mut self,
+        caller: &Caller,
+        plan: &LaunchPlan,
+        instance_id: &str,
+        launch_time: &str,
+        undo: &mut Undo,
+        volume_locks: &mut Vec<ObjectLock>,
+        volumes: &mut Vec<VolumeState>,
+    ) -> Result<Vec<InstanceDevice>> {
+        let mut devices = Vec::new();
+        // Root disk.
+        if plan.image.root_device_type == RootDeviceType::InstanceStore {
+            let root = plan
+                .fetched
                 .iter()
-                .enumerate()
-                .skip(ephemeral as usize)
-            {
-                devices.push(InstanceDevice {
-                    device_name: format!("/dev/sd{}", (b'b' + n as u8) as char),
-                    virtual_name: Some(format!("ephemeral{n}")),
-                    volume_id: None,
-                    size_gib: gib,
-                    delete_on_termination: true,
-                    attach_time: launch_time.clone(),
+                .find(|d| d.snapshot_id.is_none())
+                .ok_or_else(|| Error::internal("Instance-store AMI has no root image"))?;
+            crate::disk::create_overlay(
+                std::path::Path::new(&root.path),
+                "qcow2",
+                &self.paths.instance_store_root(instance_id),
+                None,
+            )?;
+            devices.push(InstanceDevice {
+                device_name: plan.image.root_device_name.clone(),
+                volume_id: None,
+                virtual_name: Some("root".into()),
+                size_gib: root.virtual_size.div_ceil(1 << 30),
+                delete_on_termination: true,
+                attach_time: launch_time.to_string(),
+            });
+        }
+        let mut ephemeral = 0u32;
+        let mut sizes = plan.volume_sizes.iter();
+        for m in &plan.mappings {
+            if let Some(ebs) = &m.ebs {
+                let &(size_gib, size_bytes) = sizes.next().expect("one size per EBS mapping");
+                let volume_id = ids::new_id(IdKind::Volume);
+                volume_locks.push(object_lock::lock(&self.paths, &volume_id)?);
+                let path = self.paths.volume(&volume_id);
+                let data = ebs.snapshot_id.as_ref().and_then(|s| {
+                    plan.fetched
+                        .iter()
+                        .find(|d| d.snapshot_id.as_deref() == Some(s))
                 });
-            }
-            if devices
-                .first()
-                .is_none_or(|d| d.device_name != image.root_device_name)
-            {
-                return Err(Error::new(
-                    ErrorCode::InvalidBlockDeviceMapping,
-                    format!(
-                        "No block device mapping gives the root device {}",
-                        image.root_device_name
-                    ),
-                ));
-            }
-            if self.options.nocloud_seed {
-                crate::metadata::build_seed(
-                    &self.paths.seed_image(&instance_id),
-                    &crate::metadata::SeedSpec {
-                        instance_id: instance_id.clone(),
-                        hostname: "ip-169-254-0-15".into(),
-                        user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
-                        public_keys: public_keys.clone(),
-                        network_config: None,
-                    },
-                )?;
-                failpoint("run-instances:seed")?;
-            }
-            let ssh_port = free_port(&taken)?;
-            taken.push(ssh_port);
-            let state = InstanceState {
-                instance_id: instance_id.clone(),
-                region: caller.region.clone(),
-                owner_id: caller.account.to_string(),
-                reservation_id: reservation_id.clone(),
-                image_id: image.image_id.clone(),
-                instance_type: type_name.clone(),
-                architecture: image.architecture,
-                boot_mode,
-                root_device_type: image.root_device_type,
-                root_device_name: image.root_device_name.clone(),
-                state: InstanceStateName::Pending,
-                state_reason: None,
-                state_transition_reason: None,
-                launch_time: launch_time.clone(),
-                key_name: input.key_name.clone(),
-                user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
-                shutdown_behavior: shutdown,
-                accel: accel.accel,
-                accel_reason: accel.reason.clone(),
-                ssh_port: Some(ssh_port),
-                imds_port: None,
-                launch_index: index,
-                metadata_options: metadata_options.clone(),
-                devices,
-                updated: launch_time.clone(),
-            };
-            self.prepare_boot_with(&state, outbound)?;
-            failpoint("run-instances:prepared")?;
-            instances.push(state);
-        }
-        let tags = crate::service::images::tags_for(&input.tag_specifications, "instance")?;
-        let volume_tags = crate::service::images::tags_for(&input.tag_specifications, "volume")?;
-        self.store.write(|db| -> Result<()> {
-            for v in &volumes {
-                db.put_volume(v)?;
-                for (k, val) in &volume_tags {
-                    db.put_tag(&v.volume_id, k, val)?;
+                undo.files.push(path.clone());
+                match data {
+                    Some(d) => crate::disk::create_overlay(
+                        std::path::Path::new(&d.path),
+                        "qcow2",
+                        &path,
+                        Some(size_bytes),
+                    )?,
+                    None => crate::disk::create_blank(&path, size_bytes)?,
+                }
+                failpoint("run-instances:volume")?;
+                let delete = ebs.delete_on_termination.unwrap_or(true);
+                volumes.push(VolumeState {
+                    volume_id: volume_id.clone(),
+                    region: caller.region.clone(),
+                    owner_id: caller.account.to_string(),
+                    size_gib,
+                    snapshot_id: ebs.snapshot_id.clone(),
+                    state: VolumeStateName::InUse,
+                    create_time: launch_time.to_string(),
+                    availability_zone: format!("{}a", caller.region),
+                    volume_type: ebs.volume_type.clone().unwrap_or_else(|| "gp3".into()),
+                    instance_id: Some(instance_id.to_string()),
+                    device: Some(m.device_name.clone()),
+                    attach_time: Some(launch_time.to_string()),
+                    delete_on_termination: delete,
+                });
+                let dev = InstanceDevice {
+                    device_name: m.device_name.clone(),
+                    volume_id: Some(volume_id),
+                    virtual_name: None,
+                    size_gib,
+                    delete_on_termination: delete,
+                    attach_time: launch_time.to_string(),
+                };
+                if m.device_name == plan.image.root_device_name {
+                    devices.insert(0, dev);
+                } else {
+                    devices.push(dev);
+                }
+            } else if let Some(v) = &m.virtual_name {
+                if let Some(&gib) = plan.itype.instance_store_gib.get(ephemeral as usize) {
+                    devices.push(InstanceDevice {
+                        device_name: m.device_name.clone(),
+                        volume_id: None,
+                        virtual_name: Some(v.clone()),
+                        size_gib: gib,
+                        delete_on_termination: true,
+                        attach_time: launch_time.to_string(),
+                    });
+                    ephemeral += 1;
                 }
             }
-            for i in &instances {
-                db.put_instance(i)?;
-                for (k, v) in &tags {
-                    db.put_tag(&i.instance_id, k, v)?;
-                }
-            }
-            Ok(())
-        })?;
-        undo.disarm();
-        drop(volume_locks);
-        failpoint("run-instances:committed")?;
-        // Each instance's lock is held until its supervisor runs (or the
-        // launch is settled), so no other process takes a launch in
-        // progress for a dead instance.
-        for (i, lock) in instances.iter().zip(instance_locks) {
-            if let Err(e) = self.spawn_supervisor(&i.instance_id, "run-instances") {
-                self.record_exit(
-                    &i.instance_id,
-                    Some("Server.InternalError"),
-                    &format!("The supervisor could not start: {e}"),
-                )?;
-            }
-            failpoint("run-instances:started")?;
-            drop(lock);
         }
-        let shown = self.describe_instances(
-            caller,
-            DescribeInstancesRequest {
-                instance_ids: instances.iter().map(|i| i.instance_id.clone()).collect(),
-                filters: Vec::new(),
-            },
-        )?;
-        shown
-            .reservations
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::internal(format!("Reservation {reservation_id} is not shown")))
+        // Instance-store disks of `d` types that no mapping named.
+        for (n, &gib) in plan
+            .itype
+            .instance_store_gib
+            .iter()
+            .enumerate()
+            .skip(ephemeral as usize)
+        {
+            devices.push(InstanceDevice {
+                device_name: format!("/dev/sd{}", (b'b' + n as u8) as char),
+                virtual_name: Some(format!("ephemeral{n}")),
+                volume_id: None,
+                size_gib: gib,
+                delete_on_termination: true,
+                attach_time: launch_time.to_string(),
+            });
+        }
+        if devices
+            .first()
+            .is_none_or(|d| d.device_name != plan.image.root_device_name)
+        {
+            return Err(Error::new(
+                ErrorCode::InvalidBlockDeviceMapping,
+                format!(
+                    "No block device mapping gives the root device {}",
+                    plan.image.root_device_name
+                ),
+            ));
+        }
+        Ok(devices)
     }
 
     /// The reservation a launch with this id made earlier, if any.
