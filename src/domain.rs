@@ -396,6 +396,54 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// A blob member of a request (`UserData`, `PublicKeyMaterial`): base64
+/// on the wire, the decoded bytes here. Deserializing decodes, so bad
+/// base64 is refused where the request enters ("Invalid BASE64 encoding",
+/// EC2's `InvalidParameterValue` naming the member); serializing encodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Base64Blob(pub Vec<u8>);
+
+impl Base64Blob {
+    /// The decoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes as base64 text.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&self.0)
+    }
+
+    /// Decode base64 text (surrounding white space is ignored).
+    pub fn decode(text: &str) -> Result<Self, base64::DecodeError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map(Base64Blob)
+    }
+}
+
+impl From<Vec<u8>> for Base64Blob {
+    fn from(bytes: Vec<u8>) -> Self {
+        Base64Blob(bytes)
+    }
+}
+
+impl serde::Serialize for Base64Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.encode())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Base64Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Base64Blob::decode(&text)
+            .map_err(|e| serde::de::Error::custom(format!("Invalid BASE64 encoding ({e})")))
+    }
+}
+
 /// What amirun recorded about an instance that reconciliation needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
@@ -521,6 +569,15 @@ pub fn reconcile(recorded: &Recorded, live: &LiveFacts) -> Transition {
 mod tests {
     use super::*;
     use InstanceStateName::*;
+
+    #[test]
+    fn base64_blobs_decode_where_they_enter_and_encode_back() {
+        let b: Base64Blob = serde_json::from_value(serde_json::json!(" aGk= \n")).unwrap();
+        assert_eq!(b.bytes(), b"hi");
+        assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::json!("aGk="));
+        let e = serde_json::from_value::<Base64Blob>(serde_json::json!("a%b")).unwrap_err();
+        assert!(e.to_string().starts_with("Invalid BASE64 encoding"), "{e}");
+    }
 
     #[test]
     fn spellings_round_trip() {

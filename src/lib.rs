@@ -22,8 +22,10 @@
 //! ```
 //!
 //! - [`api`] is the contract both front ends speak: one table from EC2
-//!   action to service method, requests and results as JSON with botocore's
-//!   member names, and botocore's EC2 model that names and types them.
+//!   action to service method; every method takes botocore's typed request
+//!   shape (unknown members refused, `DryRun` answered once in
+//!   `api::invoke`) and returns its typed result shape; botocore's EC2
+//!   model names and types them.
 //! - [`cli`] makes one `aws ec2` verb per action of [`api`] from botocore's
 //!   model (options, request, [`api::invoke`]), runs amirun's own verbs on
 //!   [`service`], and renders results as `aws ec2` would (JSON, table,

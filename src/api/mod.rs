@@ -1,77 +1,144 @@
 //! The contract both front ends speak: EC2's actions, one line each in [`ACTIONS`].
 //!
-//! A request is JSON with botocore's member names (PascalCase), whichever
-//! front end made it: the HTTP API parses EC2's Query protocol into it
+//! Each action is one [`Service`] method taking botocore's request shape
+//! (`DescribeImagesRequest`, …) and returning its result shape; [`typed`]
+//! turns such a method into a table row. A request arrives as JSON with
+//! botocore's member names (PascalCase), whichever front end made it: the
+//! HTTP API parses EC2's Query protocol into it
 //! ([`crate::http::model::parse_input`]), the CLI its options. [`invoke`]
-//! finds the action, calls its [`Service`] method and returns the result as
-//! JSON with botocore's member names, which the HTTP API renders as EC2's
-//! XML and the CLI as the aws CLI would. `None` means the operation has no
-//! output (EC2 answers `<return>true</return>`). [`model`] is botocore's
-//! EC2 model, the source of every name and type.
+//! finds the action, takes out `DryRun`, deserializes the request into its
+//! type ([`request`]: an unknown member is refused, never dropped), calls
+//! the method and returns the result as JSON with botocore's member names,
+//! which the HTTP API renders as EC2's XML and the CLI as the aws CLI
+//! would. `None` means the operation has no output (EC2 answers
+//! `<return>true</return>`). amirun's own settings (the accelerator) travel
+//! in [`Context`], never in a request. [`model`] is botocore's EC2 model,
+//! the source of every name and type.
 
 pub mod model;
 
 use crate::machine::AccelRequest;
-use crate::service::shapes::*;
-use crate::service::{Caller, Error, Result, Service};
-use base64::Engine;
+use crate::service::{Caller, Error, ErrorCode, Result, Service};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// What a handler gets besides the request.
 pub struct Context<'a> {
     pub service: &'a mut Service,
     pub caller: &'a Caller,
-    /// Accelerator for launches (`amirun serve --accel`).
+    /// Accelerator for launches (`amirun serve --accel`, `run-instances
+    /// --accel`): amirun's own setting, never a request member.
     pub accel: AccelRequest,
+    /// Set by [`invoke`] for a request with `DryRun=true`: [`typed`] checks
+    /// the request and answers `DryRunOperation` instead of acting.
+    pub dry_run: bool,
+}
+
+impl<'a> Context<'a> {
+    /// A context for one request (not a dry run).
+    pub fn new(service: &'a mut Service, caller: &'a Caller, accel: AccelRequest) -> Self {
+        Context {
+            service,
+            caller,
+            accel,
+            dry_run: false,
+        }
+    }
 }
 
 /// A handler: request JSON in, response JSON out.
 pub type Handler = fn(&mut Context, &Value) -> Result<Option<Value>>;
 
-/// Every action the API serves. Adding one is one line here (and the
-/// operation's name in `scripts/gen-ec2-model.py` if it is not there yet).
+/// Every action the API serves. Adding one is one service method taking
+/// botocore's request shape and one line here (and the operation's name in
+/// `scripts/gen-ec2-model.py` if it is not there yet).
 pub const ACTIONS: &[(&str, Handler)] = &[
-    ("DescribeImages", describe_images),
-    ("ImportImage", import_image),
-    ("RegisterImage", register_image),
-    ("DeregisterImage", deregister_image),
-    ("CopyImage", copy_image),
-    ("ModifyImageAttribute", modify_image_attribute),
-    ("DescribeImageAttribute", describe_image_attribute),
-    ("ResetImageAttribute", reset_image_attribute),
-    ("DescribeSnapshots", describe_snapshots),
-    ("DeleteSnapshot", delete_snapshot),
-    ("CreateTags", create_tags),
-    ("DeleteTags", delete_tags),
-    ("DescribeTags", describe_tags),
-    ("RunInstances", run_instances),
-    ("DescribeInstances", describe_instances),
-    ("StartInstances", start_instances),
-    ("StopInstances", stop_instances),
-    ("RebootInstances", reboot_instances),
-    ("TerminateInstances", terminate_instances),
-    ("GetConsoleOutput", get_console_output),
-    ("DescribeVolumes", describe_volumes),
-    ("CreateKeyPair", create_key_pair),
-    ("ImportKeyPair", import_key_pair),
-    ("DescribeKeyPairs", describe_key_pairs),
-    ("DeleteKeyPair", delete_key_pair),
-    ("CreateImage", create_image),
-    ("CreateSnapshot", create_snapshot),
-    ("CopySnapshot", copy_snapshot),
-    ("DescribeRegions", describe_regions),
-    ("DescribeAvailabilityZones", describe_availability_zones),
-    ("DescribeInstanceTypes", describe_instance_types),
-    (
-        "DescribeInstanceTypeOfferings",
-        describe_instance_type_offerings,
-    ),
-    ("GetInstanceUefiData", get_instance_uefi_data),
-    (
-        "DescribeInstanceCreditSpecifications",
-        describe_instance_credit_specifications,
-    ),
+    ("DescribeImages", |c, v| {
+        typed(c, v, Service::describe_images)
+    }),
+    ("ImportImage", |c, v| typed(c, v, Service::import_image)),
+    ("RegisterImage", |c, v| typed(c, v, Service::register_image)),
+    ("DeregisterImage", |c, v| {
+        typed(c, v, Service::deregister_image)
+    }),
+    ("CopyImage", |c, v| typed(c, v, Service::copy_image)),
+    ("ModifyImageAttribute", |c, v| {
+        typed(c, v, Service::modify_image_attribute)
+    }),
+    ("DescribeImageAttribute", |c, v| {
+        typed(c, v, Service::describe_image_attribute)
+    }),
+    ("ResetImageAttribute", |c, v| {
+        typed(c, v, Service::reset_image_attribute)
+    }),
+    ("DescribeSnapshots", |c, v| {
+        typed(c, v, Service::describe_snapshots)
+    }),
+    ("DeleteSnapshot", |c, v| {
+        typed(c, v, Service::delete_snapshot)
+    }),
+    ("CreateTags", |c, v| typed(c, v, Service::create_tags)),
+    ("DeleteTags", |c, v| typed(c, v, Service::delete_tags)),
+    ("DescribeTags", |c, v| typed(c, v, Service::describe_tags)),
+    ("RunInstances", |c, v| {
+        // The accelerator is amirun's own setting, not a member of the request.
+        c.service.set_launch_accel(c.accel);
+        typed(c, v, Service::run_instances)
+    }),
+    ("DescribeInstances", |c, v| {
+        typed(c, v, Service::describe_instances)
+    }),
+    ("StartInstances", |c, v| {
+        typed(c, v, Service::start_instances)
+    }),
+    ("StopInstances", |c, v| typed(c, v, Service::stop_instances)),
+    ("RebootInstances", |c, v| {
+        typed(c, v, Service::reboot_instances)
+    }),
+    ("TerminateInstances", |c, v| {
+        typed(c, v, Service::terminate_instances)
+    }),
+    ("GetConsoleOutput", |c, v| {
+        typed(c, v, Service::get_console_output)
+    }),
+    ("DescribeVolumes", |c, v| {
+        typed(c, v, Service::describe_volumes)
+    }),
+    ("CreateKeyPair", |c, v| {
+        typed(c, v, Service::create_key_pair)
+    }),
+    ("ImportKeyPair", |c, v| {
+        typed(c, v, Service::import_key_pair)
+    }),
+    ("DescribeKeyPairs", |c, v| {
+        typed(c, v, Service::describe_key_pairs)
+    }),
+    ("DeleteKeyPair", |c, v| {
+        typed(c, v, Service::delete_key_pair)
+    }),
+    ("CreateImage", |c, v| typed(c, v, Service::create_image)),
+    ("CreateSnapshot", |c, v| {
+        typed(c, v, Service::create_snapshot)
+    }),
+    ("CopySnapshot", |c, v| typed(c, v, Service::copy_snapshot)),
+    ("DescribeRegions", |c, v| {
+        typed(c, v, Service::describe_regions)
+    }),
+    ("DescribeAvailabilityZones", |c, v| {
+        typed(c, v, Service::describe_availability_zones)
+    }),
+    ("DescribeInstanceTypes", |c, v| {
+        typed(c, v, Service::describe_instance_types)
+    }),
+    ("DescribeInstanceTypeOfferings", |c, v| {
+        typed(c, v, Service::describe_instance_type_offerings)
+    }),
+    ("GetInstanceUefiData", |c, v| {
+        typed(c, v, Service::get_instance_uefi_data)
+    }),
+    ("DescribeInstanceCreditSpecifications", |c, v| {
+        typed(c, v, Service::describe_instance_credit_specifications)
+    }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -83,13 +150,20 @@ pub type Method<I, O> = fn(&mut Service, &Caller, I) -> Result<O>;
 /// the method's request type (botocore's member names), so a member the
 /// type does not know is refused rather than dropped, and the result is
 /// serialized back (`()` means no output). One table row per action:
-/// `("DescribeVpcs", |c, v| typed(c, v, Service::describe_vpcs))`.
+/// `("DescribeVpcs", |c, v| typed(c, v, Service::describe_vpcs))`. In a dry
+/// run ([`Context::dry_run`]) the request is checked and not acted on.
 pub fn typed<I: DeserializeOwned, O: serde::Serialize>(
     c: &mut Context,
     v: &Value,
     method: Method<I, O>,
 ) -> Result<Option<Value>> {
     let input = request(v)?;
+    if c.dry_run {
+        return Err(Error::new(
+            ErrorCode::DryRunOperation,
+            "Request would have succeeded, but DryRun flag is set.",
+        ));
+    }
     let output = method(c.service, c.caller, input)?;
     match serde_json::to_value(output).expect("service results serialize") {
         Value::Null => Ok(None),
@@ -115,8 +189,11 @@ pub fn request<I: DeserializeOwned>(v: &Value) -> Result<I> {
                 .strip_prefix(prefix)
                 .and_then(|rest| rest.split('`').next())
                 .map(|name| {
-                    if path == "." || path.is_empty() {
+                    // The path of an unknown member already ends with it.
+                    if path == "." || path.is_empty() || path == name {
                         name.to_string()
+                    } else if path.ends_with(&format!(".{name}")) {
+                        path.clone()
                     } else {
                         format!("{path}.{name}")
                     }
@@ -126,7 +203,7 @@ pub fn request<I: DeserializeOwned>(v: &Value) -> Result<I> {
             Error::missing(&name)
         } else if let Some(name) = named("unknown field `") {
             Error::new(
-                crate::service::ErrorCode::UnknownParameter,
+                ErrorCode::UnknownParameter,
                 format!(
                     "The parameter {name} is not supported by amirun; leave it out of the request"
                 ),
@@ -143,391 +220,29 @@ pub fn handler(action: &str) -> Option<Handler> {
 }
 
 /// Run one action on a request: `InvalidAction` for an action amirun does
-/// not serve.
+/// not serve. `DryRun` is handled here for every action: the member is
+/// taken out of the request, and when it is true the request is checked
+/// against its type and answered with `DryRunOperation`.
 pub fn invoke(c: &mut Context, action: &str, input: &Value) -> Result<Option<Value>> {
     let Some(h) = handler(action) else {
         return Err(Error::new(
-            crate::service::ErrorCode::InvalidAction,
+            ErrorCode::InvalidAction,
             format!("The action {action} is not valid for this web service."),
         ));
     };
-    h(c, input)
-}
-
-fn strs(v: &Value, key: &str) -> Vec<String> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn opt_str(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(String::from)
-}
-
-fn req_str(v: &Value, key: &str) -> Result<String> {
-    opt_str(v, key).ok_or_else(|| Error::missing(key))
-}
-
-fn flag(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// A member deserialized into a service input type (absent: its default).
-fn de<T: DeserializeOwned + Default>(v: &Value, key: &str) -> Result<T> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(T::default()),
-        Some(x) => serde_json::from_value(x.clone()).map_err(|e| {
-            Error::invalid_value(format!("Value for parameter {key} is invalid: {e}"))
-        }),
+    let mut input = input.clone();
+    if let Some(o) = input.as_object_mut() {
+        match o.remove("DryRun") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => c.dry_run = true,
+            Some(other) => {
+                return Err(Error::invalid_value(format!(
+                    "Value ({other}) for parameter DryRun is invalid; use true or false"
+                )))
+            }
+        }
     }
-}
-
-/// A base64 blob parameter (UserData, PublicKeyMaterial).
-fn blob(v: &Value, key: &str) -> Result<Option<Vec<u8>>> {
-    opt_str(v, key)
-        .map(|s| {
-            base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|e| {
-                    Error::invalid_value(format!("Invalid BASE64 encoding of {key}")).with_source(e)
-                })
-        })
-        .transpose()
-}
-
-fn out<T: serde::Serialize>(t: T) -> Result<Option<Value>> {
-    Ok(Some(
-        serde_json::to_value(t).expect("service outputs serialize"),
-    ))
-}
-
-fn describe_images(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = DescribeImagesInput {
-        image_ids: strs(v, "ImageIds"),
-        owners: strs(v, "Owners"),
-        executable_users: strs(v, "ExecutableUsers"),
-        filters: de(v, "Filters")?,
-    };
-    out(json!({ "Images": c.service.describe_images(c.caller, &input)? }))
-}
-
-fn import_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = ImportImageInput {
-        disk_containers: de(v, "DiskContainers")?,
-        description: opt_str(v, "Description"),
-        architecture: opt_str(v, "Architecture"),
-        boot_mode: opt_str(v, "BootMode"),
-        platform: opt_str(v, "Platform"),
-        tag_specifications: de(v, "TagSpecifications")?,
-    };
-    out(c.service.import_image(c.caller, &input)?)
-}
-
-fn register_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = RegisterImageInput {
-        name: req_str(v, "Name")?,
-        description: opt_str(v, "Description"),
-        architecture: opt_str(v, "Architecture"),
-        image_location: opt_str(v, "ImageLocation"),
-        root_device_name: opt_str(v, "RootDeviceName"),
-        block_device_mappings: de(v, "BlockDeviceMappings")?,
-        boot_mode: opt_str(v, "BootMode"),
-        virtualization_type: opt_str(v, "VirtualizationType"),
-        tag_specifications: de(v, "TagSpecifications")?,
-    };
-    out(json!({ "ImageId": c.service.register_image(c.caller, &input)? }))
-}
-
-fn deregister_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let id = req_str(v, "ImageId")?;
-    out(c
-        .service
-        .deregister_image(c.caller, &id, flag(v, "DeleteAssociatedSnapshots"))?)
-}
-
-fn copy_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = CopyImageInput {
-        source_region: req_str(v, "SourceRegion")?,
-        source_image_id: req_str(v, "SourceImageId")?,
-        name: req_str(v, "Name")?,
-        description: opt_str(v, "Description"),
-        copy_image_tags: flag(v, "CopyImageTags"),
-        tag_specifications: de(v, "TagSpecifications")?,
-    };
-    out(json!({ "ImageId": c.service.copy_image(c.caller, &input)? }))
-}
-
-fn modify_image_attribute(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let launch_permission: Option<LaunchPermissionModifications> = match v.get("LaunchPermission") {
-        Some(_) => Some(de(v, "LaunchPermission")?),
-        None => None,
-    };
-    let input = ModifyImageAttributeInput {
-        image_id: req_str(v, "ImageId")?,
-        attribute: opt_str(v, "Attribute"),
-        operation_type: opt_str(v, "OperationType"),
-        user_ids: strs(v, "UserIds"),
-        user_groups: strs(v, "UserGroups"),
-        launch_permission,
-        description: v
-            .pointer("/Description/Value")
-            .and_then(Value::as_str)
-            .map(String::from),
-        value: opt_str(v, "Value"),
-    };
-    c.service.modify_image_attribute(c.caller, &input)?;
-    Ok(None)
-}
-
-fn describe_image_attribute(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let (id, attr) = (req_str(v, "ImageId")?, req_str(v, "Attribute")?);
-    out(c.service.describe_image_attribute(c.caller, &id, &attr)?)
-}
-
-fn reset_image_attribute(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let (id, attr) = (req_str(v, "ImageId")?, req_str(v, "Attribute")?);
-    c.service.reset_image_attribute(c.caller, &id, &attr)?;
-    Ok(None)
-}
-
-fn create_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::baking::CreateImageInput {
-        instance_id: req_str(v, "InstanceId")?,
-        name: req_str(v, "Name")?,
-        description: opt_str(v, "Description"),
-        no_reboot: flag(v, "NoReboot"),
-        block_device_mappings: de(v, "BlockDeviceMappings")?,
-        tag_specifications: de(v, "TagSpecifications")?,
-        flatten: false,
-    };
-    out(c.service.create_image(c.caller, &input)?)
-}
-
-fn create_snapshot(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::layers::CreateSnapshotInput {
-        volume_id: req_str(v, "VolumeId")?,
-        description: opt_str(v, "Description"),
-        tag_specifications: de(v, "TagSpecifications")?,
-        flatten: false,
-    };
-    out(c.service.create_snapshot(c.caller, &input)?)
-}
-
-fn copy_snapshot(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::layers::CopySnapshotInput {
-        source_snapshot_id: req_str(v, "SourceSnapshotId")?,
-        source_region: opt_str(v, "SourceRegion"),
-        description: opt_str(v, "Description"),
-        tag_specifications: de(v, "TagSpecifications")?,
-        flatten: false,
-    };
-    out(json!({ "SnapshotId": c.service.copy_snapshot(c.caller, &input)? }))
-}
-
-fn describe_snapshots(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = DescribeSnapshotsInput {
-        snapshot_ids: strs(v, "SnapshotIds"),
-        owner_ids: strs(v, "OwnerIds"),
-        restorable_by_user_ids: strs(v, "RestorableByUserIds"),
-        filters: de(v, "Filters")?,
-    };
-    out(json!({ "Snapshots": c.service.describe_snapshots(c.caller, &input)? }))
-}
-
-fn delete_snapshot(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    c.service
-        .delete_snapshot(c.caller, &req_str(v, "SnapshotId")?)?;
-    Ok(None)
-}
-
-fn create_tags(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let tags: Vec<Tag> = de(v, "Tags")?;
-    c.service
-        .create_tags(c.caller, &strs(v, "Resources"), &tags)?;
-    Ok(None)
-}
-
-fn delete_tags(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let tags: Vec<Tag> = de(v, "Tags")?;
-    c.service
-        .delete_tags(c.caller, &strs(v, "Resources"), &tags)?;
-    Ok(None)
-}
-
-fn describe_tags(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let filters: Vec<Filter> = de(v, "Filters")?;
-    out(json!({ "Tags": c.service.describe_tags(c.caller, &filters)? }))
-}
-
-fn run_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let count = |key: &str| -> Result<u32> {
-        let n = v
-            .get(key)
-            .and_then(Value::as_i64)
-            .ok_or_else(|| Error::missing(key))?;
-        u32::try_from(n).map_err(|_| {
-            Error::invalid_value(format!("Value ({n}) for parameter {key} is invalid"))
-        })
-    };
-    let input = crate::service::instances::RunInstancesInput {
-        image_id: req_str(v, "ImageId")?,
-        instance_type: opt_str(v, "InstanceType"),
-        min_count: count("MinCount")?,
-        max_count: count("MaxCount")?,
-        key_name: opt_str(v, "KeyName"),
-        user_data: blob(v, "UserData")?,
-        block_device_mappings: de(v, "BlockDeviceMappings")?,
-        shutdown_behavior: opt_str(v, "InstanceInitiatedShutdownBehavior"),
-        tag_specifications: de(v, "TagSpecifications")?,
-        accel: c.accel,
-        metadata_options: v.get("MetadataOptions").cloned(),
-    };
-    out(c.service.run_instances(c.caller, &input)?)
-}
-
-fn describe_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let filters: Vec<Filter> = de(v, "Filters")?;
-    out(c
-        .service
-        .describe_instances(c.caller, &strs(v, "InstanceIds"), &filters)?)
-}
-
-fn start_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .start_instances(c.caller, &strs(v, "InstanceIds"))?)
-}
-
-fn stop_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .stop_instances(c.caller, &strs(v, "InstanceIds"), flag(v, "Force"))?)
-}
-
-fn reboot_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    c.service
-        .reboot_instances(c.caller, &strs(v, "InstanceIds"))?;
-    Ok(None)
-}
-
-fn terminate_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .terminate_instances(c.caller, &strs(v, "InstanceIds"))?)
-}
-
-fn get_console_output(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let o =
-        c.service
-            .get_console_output(c.caller, &req_str(v, "InstanceId")?, flag(v, "Latest"))?;
-    // On the wire the output is base64 (clients decode it).
-    out(json!({
-        "InstanceId": o.instance_id,
-        "Timestamp": o.timestamp,
-        "Output": base64::engine::general_purpose::STANDARD.encode(o.output.as_bytes()),
-    }))
-}
-
-fn describe_volumes(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let filters: Vec<Filter> = de(v, "Filters")?;
-    out(c
-        .service
-        .describe_volumes(c.caller, &strs(v, "VolumeIds"), &filters)?)
-}
-
-fn create_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let key_type = opt_str(v, "KeyType");
-    let specs: Vec<TagSpecification> = de(v, "TagSpecifications")?;
-    out(c.service.create_key_pair(
-        c.caller,
-        &req_str(v, "KeyName")?,
-        key_type.as_deref(),
-        &specs,
-    )?)
-}
-
-fn import_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let material =
-        blob(v, "PublicKeyMaterial")?.ok_or_else(|| Error::missing("PublicKeyMaterial"))?;
-    let specs: Vec<TagSpecification> = de(v, "TagSpecifications")?;
-    out(c
-        .service
-        .import_key_pair(c.caller, &req_str(v, "KeyName")?, &material, &specs)?)
-}
-
-fn describe_key_pairs(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::DescribeKeyPairsInput {
-        key_names: strs(v, "KeyNames"),
-        key_pair_ids: strs(v, "KeyPairIds"),
-        filters: de(v, "Filters")?,
-        include_public_key: flag(v, "IncludePublicKey"),
-    };
-    out(json!({ "KeyPairs": c.service.describe_key_pairs(c.caller, &input)? }))
-}
-
-fn describe_regions(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .describe_regions(c.caller, &strs(v, "RegionNames"))?)
-}
-
-fn describe_availability_zones(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .describe_availability_zones(c.caller, &strs(v, "ZoneNames"))?)
-}
-
-fn delete_key_pair(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    c.service
-        .delete_key_pair(c.caller, &req_str(v, "KeyName")?)?;
-    out(json!({ "Return": true }))
-}
-
-fn paging(v: &Value) -> crate::service::instance_types::Paging {
-    crate::service::instance_types::Paging {
-        max_results: v.get("MaxResults").and_then(Value::as_i64),
-        next_token: opt_str(v, "NextToken"),
-    }
-}
-
-fn describe_instance_types(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::instance_types::DescribeInstanceTypesInput {
-        instance_types: strs(v, "InstanceTypes"),
-        filters: de(v, "Filters")?,
-        paging: paging(v),
-    };
-    out(c.service.describe_instance_types(c.caller, &input)?)
-}
-
-fn describe_instance_type_offerings(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::instance_types::DescribeInstanceTypeOfferingsInput {
-        location_type: opt_str(v, "LocationType"),
-        filters: de(v, "Filters")?,
-        paging: paging(v),
-    };
-    out(c
-        .service
-        .describe_instance_type_offerings(c.caller, &input)?)
-}
-
-fn get_instance_uefi_data(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .get_instance_uefi_data(c.caller, &req_str(v, "InstanceId")?)?)
-}
-
-fn describe_instance_credit_specifications(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let filters: Vec<Filter> = de(v, "Filters")?;
-    out(c.service.describe_instance_credit_specifications(
-        c.caller,
-        &strs(v, "InstanceIds"),
-        &filters,
-    )?)
+    h(c, &input)
 }
 
 /// Operations in `ec2_model.json` that have no handler yet (in model order).
@@ -579,6 +294,7 @@ const NOT_SERVED_YET: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -607,10 +323,19 @@ mod tests {
         assert!(e.message().contains("ImageId"), "{}", e.message());
         let e = request::<Probe>(&json!({"ImageId": "a", "Monitoring": {}})).unwrap_err();
         assert_eq!(e.code().as_str(), "UnknownParameter", "{}", e.message());
-        assert!(e.message().contains("Monitoring"), "{}", e.message());
+        assert!(
+            e.message().starts_with("The parameter Monitoring is"),
+            "{}",
+            e.message()
+        );
         let e =
             request::<Probe>(&json!({"ImageId": "a", "Placement": {"Tenancy": "x"}})).unwrap_err();
-        assert!(e.message().contains("Placement.Tenancy"), "{}", e.message());
+        assert!(
+            e.message()
+                .starts_with("The parameter Placement.Tenancy is"),
+            "{}",
+            e.message()
+        );
         let e = request::<Probe>(&json!({"ImageId": "a", "MaxCount": -1})).unwrap_err();
         assert_eq!(
             e.code().as_str(),
@@ -623,6 +348,95 @@ mod tests {
         let p: Probe =
             request(&json!({"ImageId": "a", "Placement": {"AvailabilityZone": "z"}})).unwrap();
         assert_eq!(p.placement.unwrap().availability_zone.as_deref(), Some("z"));
+    }
+
+    /// A service on a fresh state directory, for requests that never reach a guest.
+    fn service(dir: &std::path::Path) -> Service {
+        let paths = crate::paths::Paths::new(dir.join("home"), dir.join("run"));
+        Service::open(paths, crate::service::ServiceOptions::default()).unwrap()
+    }
+
+    /// `DryRun` is answered in `invoke` for every action: a request that
+    /// fits its type gets DryRunOperation and changes nothing, one that
+    /// does not gets its own error first.
+    #[test]
+    fn dry_run_checks_the_request_and_acts_on_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut service = service(dir.path());
+        let caller = Caller::new("000000000000", "us-east-1").unwrap();
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(
+            &mut c,
+            "CreateKeyPair",
+            &json!({"KeyName": "k", "KeyType": "ed25519", "DryRun": true}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::DryRunOperation);
+        assert_eq!(e.http_status(), 412);
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(&mut c, "CreateKeyPair", &json!({"DryRun": true})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::MissingParameter, "{}", e.message());
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(
+            &mut c,
+            "CreateKeyPair",
+            &json!({"KeyName": "k", "DryRun": "yes"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let listed = invoke(&mut c, "DescribeKeyPairs", &json!({"DryRun": false}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(listed, json!({"KeyPairs": []}), "the dry run made nothing");
+        let mut c = Context::new(&mut service, &caller, AccelRequest::Auto);
+        let e = invoke(&mut c, "LaunchRockets", &json!({})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidAction);
+    }
+
+    /// Members real clients send are in the request types; members amirun
+    /// does not honour are refused by name; base64 members are decoded
+    /// where they enter.
+    #[test]
+    fn requests_take_what_clients_send_and_refuse_the_rest() {
+        use crate::service::instances::RunInstancesRequest;
+        let r: RunInstancesRequest = request(&json!({
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 2, "ClientToken": "t",
+            "UserData": "aGVsbG8=", "InstanceInitiatedShutdownBehavior": "terminate",
+            "MetadataOptions": {"HttpTokens": "required"},
+        }))
+        .unwrap();
+        assert_eq!(r.user_data.unwrap().bytes(), b"hello");
+        assert_eq!(
+            r.instance_initiated_shutdown_behavior,
+            Some(crate::domain::ShutdownBehavior::Terminate)
+        );
+        let e = request::<RunInstancesRequest>(
+            &json!({"ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "UserData": "%%%"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        assert!(e.message().contains("UserData"), "{}", e.message());
+        let e = request::<RunInstancesRequest>(&json!({
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 1,
+            "InstanceInitiatedShutdownBehavior": "hibernate",
+        }))
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        let e = request::<RunInstancesRequest>(&json!({
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "Monitoring": {"Enabled": true},
+        }))
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownParameter);
+        let e = request::<crate::service::images::ImportImageRequest>(
+            &json!({"DiskContainers": [{"Url": "http://x/d.raw", "UserBucket": {"S3Bucket": "b"}}]}),
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("DiskContainers[0].UserBucket"),
+            "{}",
+            e.message()
+        );
     }
 
     /// Every action is in the embedded botocore model, and every operation

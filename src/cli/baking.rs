@@ -3,12 +3,12 @@
 //! Translation only, like the rest of the CLI.
 
 use super::{accel_arg, param, param_one, Failure};
-use crate::service::baking::{CreateImageInput, ExportImageInput, ImportSnapshotInput};
-use crate::service::layers::{CopySnapshotInput, CreateSnapshotInput};
+use crate::service::baking::{CreateImageRequest, ExportImageInput, ImportSnapshotInput};
+use crate::service::layers::{CopySnapshotRequest, CreateSnapshotRequest};
 use crate::service::shapes::DiskContainer;
 use crate::service::{Caller, Service};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 
 /// The baking subcommands (flattened into the top-level command list).
@@ -123,35 +123,36 @@ pub(super) fn dispatch(
 ) -> Result<Option<Value>, Failure> {
     let v = match command {
         BakingCommand::CreateImage(a) => {
-            let input = CreateImageInput {
+            let input = CreateImageRequest {
                 instance_id: a.instance_id.clone(),
                 name: a.name.clone(),
                 description: a.description.clone(),
-                no_reboot: a.no_reboot,
+                no_reboot: Some(a.no_reboot),
                 block_device_mappings: param("block-device-mappings", &a.block_device_mappings)?,
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
                 flatten: a.flatten,
             };
-            serde_json::to_value(open()?.create_image(caller, &input)?).expect("serializable")
+            serde_json::to_value(open()?.create_image(caller, input)?).expect("serializable")
         }
         BakingCommand::CreateSnapshot(a) => {
-            let input = CreateSnapshotInput {
+            let input = CreateSnapshotRequest {
                 volume_id: a.volume_id.clone(),
                 description: a.description.clone(),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
                 flatten: a.flatten,
             };
-            open()?.create_snapshot(caller, &input)?
+            serde_json::to_value(open()?.create_snapshot(caller, input)?).expect("serializable")
         }
         BakingCommand::CopySnapshot(a) => {
-            let input = CopySnapshotInput {
+            let input = CopySnapshotRequest {
                 source_snapshot_id: a.source_snapshot_id.clone(),
                 source_region: a.source_region.clone(),
                 description: a.description.clone(),
                 tag_specifications: param("tag-specifications", &a.tag_specifications)?,
                 flatten: a.flatten,
+                ..Default::default()
             };
-            json!({ "SnapshotId": open()?.copy_snapshot(caller, &input)? })
+            serde_json::to_value(open()?.copy_snapshot(caller, input)?).expect("serializable")
         }
         BakingCommand::ImportSnapshot(a) => {
             let input = ImportSnapshotInput {

@@ -19,7 +19,6 @@ pub mod verbs;
 
 use crate::paths::Paths;
 use crate::service::import_policy::ImportPolicy;
-use crate::service::shapes::*;
 use crate::service::{Caller, Error, ErrorCode, Service, ServiceOptions};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::de::DeserializeOwned;
@@ -510,11 +509,7 @@ fn run_action(globals: &Globals, action: &str, sub: &ArgMatches) -> Result<Optio
     tracing::debug!(action, request = %call.request, "invoke");
     let caller = Caller::new(globals.account.clone(), globals.region.clone())?;
     let mut service = open_service(globals)?;
-    let mut context = crate::api::Context {
-        service: &mut service,
-        caller: &caller,
-        accel: call.accel,
-    };
+    let mut context = crate::api::Context::new(&mut service, &caller, call.accel);
     let result = crate::api::invoke(&mut context, action, &call.request)?;
     Ok(result.map(|v| verbs::display(action, v)))
 }
@@ -667,12 +662,13 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
     let (want, hopeless): (Instance, &[Instance]) = match a.waiter.as_str() {
         "image-available" => {
             let read = |service: &mut Service| {
-                let input = DescribeImagesInput {
+                let input = crate::service::images::DescribeImagesRequest {
                     image_ids: a.image_ids.clone(),
                     ..Default::default()
                 };
                 Ok(service
-                    .describe_images(caller, &input)?
+                    .describe_images(caller, input)?
+                    .images
                     .into_iter()
                     .map(|i| (i.image_id, i.state))
                     .collect())
@@ -698,7 +694,12 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
         }
     };
     let read = |service: &mut Service| {
-        let v = service.describe_instances(caller, &a.instance_ids, &[])?;
+        let input = crate::service::instances::DescribeInstancesRequest {
+            instance_ids: a.instance_ids.clone(),
+            filters: Vec::new(),
+        };
+        let v =
+            serde_json::to_value(service.describe_instances(caller, input)?).expect("serializable");
         Ok(v["Reservations"]
             .as_array()
             .into_iter()

@@ -11,10 +11,10 @@
 //!    selects the account ([`Credentials::account_for`]), the credential
 //!    scope the region; in strict mode the signature is verified;
 //! 3. turn the parameters into the CLI's JSON with botocore's model
-//!    ([`model::parse_input`]); `DryRun=true` stops here with
-//!    `DryRunOperation`;
-//! 4. open a [`Service`] on a blocking thread and call the same method the
-//!    CLI calls;
+//!    ([`model::parse_input`]);
+//! 4. open a [`Service`] on a blocking thread and run the action with
+//!    [`crate::api::invoke`], as the CLI does (which also answers
+//!    `DryRun=true` with `DryRunOperation` once the request is checked);
 //! 5. render the JSON result as EC2's XML ([`model::render_output`]), or
 //!    the error as EC2's error body, and log one line.
 //!
@@ -515,7 +515,7 @@ async fn process(
         Ok(c) => c,
         Err(e) => return fail(o, e),
     };
-    let Some(handler) = crate::api::handler(&action) else {
+    if crate::api::handler(&action).is_none() {
         return fail(
             o,
             Error::new(
@@ -523,34 +523,21 @@ async fn process(
                 format!("The action {action} is not valid for this web service."),
             ),
         );
-    };
+    }
     let input = match model::parse_input(&action, &rest) {
         Ok(v) => v,
         Err(e) => return fail(o, e),
     };
-    if input.get("DryRun").and_then(|d| d.as_bool()) == Some(true) {
-        return fail(
-            o,
-            Error::new(
-                ErrorCode::DryRunOperation,
-                "Request would have succeeded, but DryRun flag is set.",
-            ),
-        );
-    }
     let (paths, service_options, accel) = (
         shared.options.paths.clone(),
         shared.options.service.clone(),
         shared.options.accel,
     );
-    let call_action = action.clone();
+    let (call_action, invoke_action) = (action.clone(), action.clone());
     let result = tokio::task::spawn_blocking(move || {
         let mut service = Service::open(paths, service_options)?;
-        let mut ctx = crate::api::Context {
-            service: &mut service,
-            caller: &caller,
-            accel,
-        };
-        handler(&mut ctx, &input)
+        let mut ctx = crate::api::Context::new(&mut service, &caller, accel);
+        crate::api::invoke(&mut ctx, &invoke_action, &input)
     })
     .await;
     let result = match result {

@@ -26,14 +26,15 @@
 //! A failed bake terminates the instance, deletes the AMI if one was made,
 //! and fails with `BakeFailed` naming the step, with the console's tail.
 
-use super::baking::CreateImageInput;
-use super::instances::{RunInstancesInput, WaitFailure};
-use super::shapes::{
-    DescribeImagesInput, Filter, LaunchPermission, LaunchPermissionModifications,
-    ModifyImageAttributeInput, Tag, TagSpecification,
+use super::baking::CreateImageRequest;
+use super::images::{
+    DeregisterImageRequest, DescribeImagesRequest, LaunchPermission, LaunchPermissionModifications,
+    ModifyImageAttributeRequest,
 };
+use super::instances::{RunInstancesRequest, StopInstancesRequest, WaitFailure};
+use super::shapes::{Filter, Tag, TagSpecification};
 use super::{Caller, Error, ErrorCode, Result, Service};
-use crate::domain::InstanceStateName;
+use crate::domain::{InstanceStateName, ShutdownBehavior};
 use crate::machine::AccelRequest;
 use crate::store::{BlockDeviceMapping, EbsBlockDevice};
 use regex::Regex;
@@ -475,17 +476,18 @@ impl Service {
                 ..Default::default()
             })
             .collect();
+        self.set_launch_accel(accel);
         let reservation = self.run_instances(
             caller,
-            &RunInstancesInput {
+            RunInstancesRequest {
                 image_id: base_id.clone(),
                 instance_type: recipe.config.instance_type.clone(),
                 min_count: 1,
                 max_count: 1,
                 key_name: recipe.config.key_name.clone(),
-                user_data: Some(recipe.provisioning_script().into_bytes()),
+                user_data: Some(recipe.provisioning_script().into_bytes().into()),
                 block_device_mappings: mappings,
-                shutdown_behavior: Some("stop".into()),
+                instance_initiated_shutdown_behavior: Some(ShutdownBehavior::Stop),
                 tag_specifications: vec![TagSpecification {
                     resource_type: "instance".into(),
                     tags: vec![Tag {
@@ -493,14 +495,10 @@ impl Service {
                         value: Some(recipe.config.name.clone()),
                     }],
                 }],
-                accel,
-                metadata_options: None,
+                ..Default::default()
             },
         )?;
-        let instance_id = reservation["Instances"][0]["InstanceId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let instance_id = reservation.instances[0].instance_id.clone();
         let mut made_image = None;
         let result = self.bake_instance(caller, &mut b, &instance_id, &base, &mut made_image);
         match result {
@@ -525,7 +523,13 @@ impl Service {
                     .unwrap_or_default();
                 let _ = self.terminate_now(caller, &instance_id);
                 if let Some(image_id) = made_image {
-                    let _ = self.deregister_image(caller, &image_id, true);
+                    let _ = self.deregister_image(
+                        caller,
+                        DeregisterImageRequest {
+                            image_id,
+                            delete_associated_snapshots: Some(true),
+                        },
+                    );
                 }
                 Err(Error::new(
                     ErrorCode::BakeFailed,
@@ -596,7 +600,13 @@ impl Service {
         }
         b.enter("stop", "");
         if self.instance_state(caller, id)? != InstanceStateName::Stopped {
-            self.stop_instances(caller, &[id.to_string()], false)?;
+            self.stop_instances(
+                caller,
+                StopInstancesRequest {
+                    instance_ids: vec![id.to_string()],
+                    force: None,
+                },
+            )?;
             self.wait_state(caller, id, InstanceStateName::Stopped, deadline)?;
         }
         b.enter("create-image", "");
@@ -636,11 +646,11 @@ impl Service {
             .collect();
         let out = self.create_image(
             caller,
-            &CreateImageInput {
+            CreateImageRequest {
                 instance_id: id.to_string(),
                 name: recipe.config.name.clone(),
                 description: recipe.config.description.clone(),
-                no_reboot: false,
+                no_reboot: None,
                 block_device_mappings: keep,
                 tag_specifications: if tags.is_empty() {
                     Vec::new()
@@ -679,7 +689,7 @@ impl Service {
             }
             self.modify_image_attribute(
                 caller,
-                &ModifyImageAttributeInput {
+                ModifyImageAttributeRequest {
                     image_id: out.image_id.clone(),
                     attribute: Some("launchPermission".into()),
                     operation_type: None,
@@ -709,13 +719,15 @@ impl Service {
             name: "name".into(),
             values: vec![name.to_string()],
         }];
-        let mut images = self.describe_images(
-            caller,
-            &DescribeImagesInput {
-                filters,
-                ..Default::default()
-            },
-        )?;
+        let mut images = self
+            .describe_images(
+                caller,
+                DescribeImagesRequest {
+                    filters,
+                    ..Default::default()
+                },
+            )?
+            .images;
         images.sort_by(|a, b| b.creation_date.cmp(&a.creation_date));
         let own = images.iter().find(|i| i.owner_id == caller.account);
         Ok(match own {

@@ -37,32 +37,39 @@ use super::{check_image_id, image_not_found, now, Caller, Error, ErrorCode, Resu
 use crate::domain::{ImageStateName, InstanceStateName, RootDeviceType, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::store::{BlockDeviceMapping, EbsBlockDevice, ImageState, SnapshotState, SourceSpec};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// `create-image`.
-#[derive(Debug, Clone, Default)]
-pub struct CreateImageInput {
+/// `CreateImage`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CreateImageRequest {
     pub instance_id: String,
     pub name: String,
+    #[serde(default)]
     pub description: Option<String>,
     /// Snapshot a running instance live instead of rebooting it.
-    pub no_reboot: bool,
+    #[serde(default)]
+    pub no_reboot: Option<bool>,
     /// Changes to the instance's mappings: `NoDevice` leaves a volume out,
     /// `DeleteOnTermination` may change, new devices (blank EBS or
     /// `ephemeralN`) are added.
+    #[serde(default)]
     pub block_device_mappings: Vec<BlockDeviceMapping>,
+    #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
-    /// Write every snapshot standalone (no parent layers).
+    /// amirun's own (`amirun create-image --flatten`), not a member of
+    /// EC2's request: write every snapshot standalone (no parent layers).
+    #[serde(skip)]
     pub flatten: bool,
 }
 
-/// What `create-image` returns: EC2's `ImageId` and amirun's report.
+/// What `CreateImage` returns: EC2's `ImageId` and amirun's report.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct CreateImageOutput {
+pub struct CreateImageResult {
     pub image_id: String,
     #[serde(rename = "Amirun")]
     pub report: CreateImageReport,
@@ -112,8 +119,9 @@ impl Service {
     pub fn create_image(
         &mut self,
         caller: &Caller,
-        input: &CreateImageInput,
-    ) -> Result<CreateImageOutput> {
+        input: CreateImageRequest,
+    ) -> Result<CreateImageResult> {
+        let input = &input;
         let started = Instant::now();
         check_name(&input.name)?;
         if !ids::is_well_formed(IdKind::Instance, &input.instance_id) {
@@ -146,7 +154,7 @@ impl Service {
         if instance.state == InstanceStateName::Stopping {
             instance = self.wait_stopped(caller, &id)?;
         }
-        let mode = match (instance.state, input.no_reboot) {
+        let mode = match (instance.state, input.no_reboot.unwrap_or(false)) {
             (InstanceStateName::Stopped, _) => "stopped",
             (s, true) if s.is_up() => "live",
             (s, false) if s.is_up() => "reboot",
@@ -159,11 +167,22 @@ impl Service {
         if mode == "reboot" {
             // EC2 reboots for a consistent image: stop cleanly, snapshot as
             // stopped, start again whatever happened.
-            self.stop_instances(caller, std::slice::from_ref(&id), false)?;
+            self.stop_instances(
+                caller,
+                super::instances::StopInstancesRequest {
+                    instance_ids: vec![id.clone()],
+                    force: None,
+                },
+            )?;
             let made = self
                 .wait_stopped(caller, &id)
                 .and_then(|_| self.create_image_locked(caller, input, "reboot", started));
-            let restarted = self.start_instances(caller, std::slice::from_ref(&id));
+            let restarted = self.start_instances(
+                caller,
+                super::instances::StartInstancesRequest {
+                    instance_ids: vec![id.clone()],
+                },
+            );
             let out = made?;
             restarted?;
             return Ok(out);
@@ -178,10 +197,10 @@ impl Service {
     fn create_image_locked(
         &mut self,
         caller: &Caller,
-        input: &CreateImageInput,
+        input: &CreateImageRequest,
         mode: &str,
         started: Instant,
-    ) -> Result<CreateImageOutput> {
+    ) -> Result<CreateImageResult> {
         let id = input.instance_id.clone();
         let _instance_lock = super::object_lock::lock(&self.paths, &id)?;
         let instance = self.store.read(|db| db.instance(&id))?.ok_or_else(|| {
@@ -377,7 +396,7 @@ impl Service {
             Ok(())
         })?;
         drop(locks);
-        Ok(CreateImageOutput {
+        Ok(CreateImageResult {
             image_id,
             report: CreateImageReport {
                 mode: mode.to_string(),

@@ -3,9 +3,9 @@
 //! how long each stage took, and terminate it. What a CI job needs to know
 //! whether an image boots, and why not when it does not.
 
-use super::instances::RunInstancesInput;
+use super::instances::RunInstancesRequest;
 use super::{Caller, Result, Service};
-use crate::domain::InstanceStateName;
+use crate::domain::{Base64Blob, InstanceStateName};
 use crate::machine::AccelRequest;
 use regex::Regex;
 use serde::Serialize;
@@ -94,16 +94,16 @@ impl Service {
         let user_re = Regex::new(USERSPACE).expect("valid");
         let start = Instant::now();
         let wall = chrono::Utc::now();
+        self.set_launch_accel(input.accel);
         let reservation = self.run_instances(
             caller,
-            &RunInstancesInput {
+            RunInstancesRequest {
                 image_id: input.image_id.clone(),
                 instance_type: input.instance_type.clone(),
                 min_count: 1,
                 max_count: 1,
                 key_name: input.key_name.clone(),
-                user_data: input.user_data.clone(),
-                accel: input.accel,
+                user_data: input.user_data.clone().map(Base64Blob),
                 ..Default::default()
             },
         )?;
@@ -124,14 +124,16 @@ impl Service {
             final_state: None,
             console_tail: Vec::new(),
         };
-        let inst = &reservation["Instances"][0];
-        let id = inst["InstanceId"].as_str().unwrap_or_default().to_string();
+        let inst = &reservation.instances[0];
+        let id = inst.instance_id.clone();
         report.instance_id = Some(id.clone());
-        report.instance_type = inst["InstanceType"].as_str().map(String::from);
-        report.architecture = inst["Architecture"].as_str().map(String::from);
-        report.accelerator = inst["Amirun"]["Accelerator"].as_str().map(String::from);
-        let ssh_port = inst["Amirun"]["SshEndpoint"]
-            .as_str()
+        report.instance_type = Some(inst.instance_type.clone());
+        report.architecture = Some(inst.architecture.to_string());
+        report.accelerator = Some(inst.amirun.accelerator.to_string());
+        let ssh_port = inst
+            .amirun
+            .ssh_endpoint
+            .as_deref()
             .and_then(|e| e.rsplit(':').next())
             .and_then(|p| p.parse::<u16>().ok());
         let log = self.paths.serial_log(&id);
@@ -197,7 +199,7 @@ impl Service {
             }
             if last_state_check.elapsed() >= Duration::from_secs(1) {
                 last_state_check = Instant::now();
-                let v = self.describe_instances(caller, std::slice::from_ref(&id), &[])?;
+                let v = self.describe_instance_json(caller, &id)?;
                 let state = v["Reservations"][0]["Instances"][0]["State"]["Name"]
                     .as_str()
                     .unwrap_or("")
@@ -238,7 +240,7 @@ impl Service {
         if !input.keep {
             self.terminate_now(caller, &id)?;
         }
-        let v = self.describe_instances(caller, std::slice::from_ref(&id), &[])?;
+        let v = self.describe_instance_json(caller, &id)?;
         report.final_state = v["Reservations"][0]["Instances"][0]["State"]["Name"]
             .as_str()
             .map(String::from);

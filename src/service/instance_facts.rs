@@ -8,7 +8,47 @@ use super::shapes::Filter;
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::domain::{BootMode, InstanceStateName};
 use base64::Engine;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+
+/// `GetInstanceUefiData`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct GetInstanceUefiDataRequest {
+    pub instance_id: String,
+}
+
+/// What `GetInstanceUefiData` returns: the variable store as base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetInstanceUefiDataResult {
+    pub instance_id: String,
+    pub uefi_data: String,
+}
+
+/// `DescribeInstanceCreditSpecifications`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeInstanceCreditSpecificationsRequest {
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// One instance's CPU credit mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceCreditSpecification {
+    pub instance_id: String,
+    pub cpu_credits: String,
+}
+
+/// What `DescribeInstanceCreditSpecifications` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstanceCreditSpecificationsResult {
+    pub instance_credit_specifications: Vec<InstanceCreditSpecification>,
+}
 
 /// EC2's default credit mode for a burstable family: `standard` for t2,
 /// `unlimited` for t3, t3a and t4g; `None` for types without CPU credits.
@@ -22,7 +62,12 @@ pub fn default_cpu_credits(instance_type: &str) -> Option<&'static str> {
 
 impl Service {
     /// `GetInstanceUefiData`: base64 of the instance's UEFI variable store.
-    pub fn get_instance_uefi_data(&mut self, caller: &Caller, instance_id: &str) -> Result<Value> {
+    pub fn get_instance_uefi_data(
+        &mut self,
+        caller: &Caller,
+        input: GetInstanceUefiDataRequest,
+    ) -> Result<GetInstanceUefiDataResult> {
+        let instance_id = input.instance_id.as_str();
         let i = self
             .owned_instances(caller, &[instance_id.to_string()])?
             .remove(0);
@@ -44,10 +89,10 @@ impl Service {
             ))
             .with_source(e)
         })?;
-        Ok(json!({
-            "InstanceId": instance_id,
-            "UefiData": base64::engine::general_purpose::STANDARD.encode(data),
-        }))
+        Ok(GetInstanceUefiDataResult {
+            instance_id: instance_id.to_string(),
+            uefi_data: base64::engine::general_purpose::STANDARD.encode(data),
+        })
     }
 
     /// `DescribeInstanceCreditSpecifications`: the named instances (which
@@ -55,9 +100,9 @@ impl Service {
     pub fn describe_instance_credit_specifications(
         &mut self,
         caller: &Caller,
-        instance_ids: &[String],
-        filters: &[Filter],
-    ) -> Result<Value> {
+        input: DescribeInstanceCreditSpecificationsRequest,
+    ) -> Result<DescribeInstanceCreditSpecificationsResult> {
+        let (instance_ids, filters) = (&input.instance_ids, &input.filters);
         filter::check_names(filters, &["instance-id"])?;
         let instances = if instance_ids.is_empty() {
             self.store
@@ -85,10 +130,15 @@ impl Service {
                 )
             })?;
             if filter::matches(filters, |_| vec![i.instance_id.clone()]) {
-                out.push(json!({ "InstanceId": i.instance_id, "CpuCredits": credits }));
+                out.push(InstanceCreditSpecification {
+                    instance_id: i.instance_id,
+                    cpu_credits: credits.to_string(),
+                });
             }
         }
-        Ok(json!({ "InstanceCreditSpecifications": out }))
+        Ok(DescribeInstanceCreditSpecificationsResult {
+            instance_credit_specifications: out,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use super::filter;
 use super::shapes::Filter;
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::machine::{InstanceType, INSTANCE_TYPES};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 const TYPE_FILTERS: &[&str] = &[
@@ -31,30 +32,71 @@ const TYPE_FILTERS: &[&str] = &[
 
 const OFFERING_FILTERS: &[&str] = &["location", "instance-type"];
 
-/// Paging input shared by both actions.
+/// Paging members shared by both actions.
 #[derive(Debug, Clone, Default)]
-pub struct Paging {
+struct Paging {
     /// `MaxResults` (5 to 1000 for types, 5 to 1000 for offerings).
     pub max_results: Option<i64>,
     /// `NextToken` from the previous page.
     pub next_token: Option<String>,
 }
 
-/// `DescribeInstanceTypes` input.
-#[derive(Debug, Clone, Default)]
-pub struct DescribeInstanceTypesInput {
+/// `DescribeInstanceTypes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeInstanceTypesRequest {
+    #[serde(default)]
     pub instance_types: Vec<String>,
+    #[serde(default)]
     pub filters: Vec<Filter>,
-    pub paging: Paging,
+    /// 5 to 100.
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
-/// `DescribeInstanceTypeOfferings` input.
-#[derive(Debug, Clone, Default)]
-pub struct DescribeInstanceTypeOfferingsInput {
+/// What `DescribeInstanceTypes` returns (each type as EC2's `InstanceTypeInfo`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstanceTypesResult {
+    pub instance_types: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// `DescribeInstanceTypeOfferings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeInstanceTypeOfferingsRequest {
     /// `region` (default), `availability-zone` or `availability-zone-id`.
+    #[serde(default)]
     pub location_type: Option<String>,
+    #[serde(default)]
     pub filters: Vec<Filter>,
-    pub paging: Paging,
+    /// 5 to 1000.
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+/// One offering: a type in a location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceTypeOffering {
+    pub instance_type: String,
+    pub location_type: String,
+    pub location: String,
+}
+
+/// What `DescribeInstanceTypeOfferings` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstanceTypeOfferingsResult {
+    pub instance_type_offerings: Vec<InstanceTypeOffering>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 fn info(t: &InstanceType) -> Value {
@@ -128,12 +170,12 @@ fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
 
 /// One page of `items` and the token for the next, EC2-style: the token is
 /// opaque to clients (here the offset, checked on the way back).
-fn page(
-    items: Vec<Value>,
+fn page<T: Clone>(
+    items: Vec<T>,
     paging: &Paging,
     min: i64,
     max: i64,
-) -> Result<(Vec<Value>, Option<String>)> {
+) -> Result<(Vec<T>, Option<String>)> {
     let size = match paging.max_results {
         None => items.len().max(1),
         Some(n) if (min..=max).contains(&n) => n as usize,
@@ -166,8 +208,8 @@ impl Service {
     pub fn describe_instance_types(
         &mut self,
         _caller: &Caller,
-        input: &DescribeInstanceTypesInput,
-    ) -> Result<Value> {
+        input: DescribeInstanceTypesRequest,
+    ) -> Result<DescribeInstanceTypesResult> {
         filter::check_names(&input.filters, TYPE_FILTERS)?;
         let unknown: Vec<&str> = input
             .instance_types
@@ -192,20 +234,23 @@ impl Service {
             .filter(|t| filter::matches(&input.filters, |name| type_values(t, name)))
             .map(info)
             .collect();
-        let (shown, next) = page(items, &input.paging, 5, 100)?;
-        let mut out = json!({ "InstanceTypes": shown });
-        if let Some(n) = next {
-            out["NextToken"] = json!(n);
-        }
-        Ok(out)
+        let paging = Paging {
+            max_results: input.max_results,
+            next_token: input.next_token,
+        };
+        let (instance_types, next_token) = page(items, &paging, 5, 100)?;
+        Ok(DescribeInstanceTypesResult {
+            instance_types,
+            next_token,
+        })
     }
 
     /// `DescribeInstanceTypeOfferings`: every known type, in the region or its zone.
     pub fn describe_instance_type_offerings(
         &mut self,
         caller: &Caller,
-        input: &DescribeInstanceTypeOfferingsInput,
-    ) -> Result<Value> {
+        input: DescribeInstanceTypeOfferingsRequest,
+    ) -> Result<DescribeInstanceTypeOfferingsResult> {
         filter::check_names(&input.filters, OFFERING_FILTERS)?;
         let location_type = input.location_type.as_deref().unwrap_or("region");
         let location = match location_type {
@@ -218,7 +263,7 @@ impl Service {
                 )))
             }
         };
-        let items: Vec<Value> = INSTANCE_TYPES
+        let items: Vec<InstanceTypeOffering> = INSTANCE_TYPES
             .iter()
             .filter(|t| {
                 filter::matches(&input.filters, |name| match name {
@@ -227,20 +272,21 @@ impl Service {
                     _ => Vec::new(),
                 })
             })
-            .map(|t| {
-                json!({
-                    "InstanceType": t.name,
-                    "LocationType": location_type,
-                    "Location": location,
-                })
+            .map(|t| InstanceTypeOffering {
+                instance_type: t.name.to_string(),
+                location_type: location_type.to_string(),
+                location: location.clone(),
             })
             .collect();
-        let (shown, next) = page(items, &input.paging, 5, 1000)?;
-        let mut out = json!({ "InstanceTypeOfferings": shown });
-        if let Some(n) = next {
-            out["NextToken"] = json!(n);
-        }
-        Ok(out)
+        let paging = Paging {
+            max_results: input.max_results,
+            next_token: input.next_token,
+        };
+        let (instance_type_offerings, next_token) = page(items, &paging, 5, 1000)?;
+        Ok(DescribeInstanceTypeOfferingsResult {
+            instance_type_offerings,
+            next_token,
+        })
     }
 }
 

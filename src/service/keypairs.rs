@@ -10,10 +10,11 @@
 use super::filter;
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::{now, Caller, Error, ErrorCode, Result, Service};
+use crate::domain::Base64Blob;
 use crate::ids::{self, IdKind};
 use crate::store::KeyPairState;
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const KEY_PAIR_FILTERS: &[&str] = &[
     "key-name",
@@ -37,10 +38,85 @@ pub struct KeyPairInfo {
     pub tags: Vec<Tag>,
 }
 
-/// What `create-key-pair` returns: the private key, once.
+/// `CreateKeyPair`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CreateKeyPairRequest {
+    pub key_name: String,
+    /// `rsa` (default) or `ed25519`.
+    #[serde(default)]
+    pub key_type: Option<String>,
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
+}
+
+/// `ImportKeyPair`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ImportKeyPairRequest {
+    pub key_name: String,
+    /// An OpenSSH line, an RFC 4716 block, or a PEM/DER RSA public key.
+    pub public_key_material: Base64Blob,
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
+}
+
+/// What `ImportKeyPair` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct CreatedKeyPair {
+pub struct ImportKeyPairResult {
+    pub key_fingerprint: String,
+    pub key_name: String,
+    pub key_pair_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// `DescribeKeyPairs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeKeyPairsRequest {
+    #[serde(default)]
+    pub key_names: Vec<String>,
+    #[serde(default)]
+    pub key_pair_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub include_public_key: Option<bool>,
+}
+
+/// What `DescribeKeyPairs` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeKeyPairsResult {
+    pub key_pairs: Vec<KeyPairInfo>,
+}
+
+/// `DeleteKeyPair`: by name or by id.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DeleteKeyPairRequest {
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub key_pair_id: Option<String>,
+}
+
+/// What `DeleteKeyPair` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteKeyPairResult {
+    #[serde(rename = "Return")]
+    pub ret: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_pair_id: Option<String>,
+}
+
+/// What `CreateKeyPair` returns (botocore's `KeyPair`): the private key, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyPair {
     pub key_fingerprint: String,
     pub key_material: String,
     pub key_name: String,
@@ -334,13 +410,12 @@ impl Service {
     pub fn create_key_pair(
         &mut self,
         caller: &Caller,
-        key_name: &str,
-        key_type: Option<&str>,
-        tag_specifications: &[TagSpecification],
-    ) -> Result<CreatedKeyPair> {
+        input: CreateKeyPairRequest,
+    ) -> Result<KeyPair> {
+        let key_name = input.key_name.as_str();
         check_key_name(key_name)?;
-        let tags = key_pair_tags(tag_specifications)?;
-        let key_type = key_type.unwrap_or("rsa");
+        let tags = key_pair_tags(&input.tag_specifications)?;
+        let key_type = input.key_type.as_deref().unwrap_or("rsa");
         let (material, public) = match key_type {
             "ed25519" => {
                 let private = ssh_key::PrivateKey::random(
@@ -379,7 +454,7 @@ impl Service {
             create_time: now(),
         };
         self.insert_key_pair(caller, &state, &tags)?;
-        Ok(CreatedKeyPair {
+        Ok(KeyPair {
             key_fingerprint: state.fingerprint,
             key_material: material,
             key_name: state.key_name,
@@ -417,12 +492,11 @@ impl Service {
     pub fn import_key_pair(
         &mut self,
         caller: &Caller,
-        key_name: &str,
-        public_key: &[u8],
-        tag_specifications: &[TagSpecification],
-    ) -> Result<KeyPairInfo> {
+        input: ImportKeyPairRequest,
+    ) -> Result<ImportKeyPairResult> {
+        let (key_name, public_key) = (input.key_name.as_str(), input.public_key_material.bytes());
         check_key_name(key_name)?;
-        let tags = key_pair_tags(tag_specifications)?;
+        let tags = key_pair_tags(&input.tag_specifications)?;
         let public = parse_public_key(public_key).map_err(|why| {
             Error::new(
                 ErrorCode::InvalidKeyFormat,
@@ -460,15 +534,21 @@ impl Service {
             create_time: now(),
         };
         self.insert_key_pair(caller, &state, &tags)?;
-        Ok(info(&state, false, tags))
+        Ok(ImportKeyPairResult {
+            key_fingerprint: state.fingerprint,
+            key_name: state.key_name,
+            key_pair_id: state.key_pair_id,
+            tags,
+        })
     }
 
     /// `DescribeKeyPairs`: by name, by id, and by filter.
     pub fn describe_key_pairs(
         &mut self,
         caller: &Caller,
-        input: &DescribeKeyPairsInput,
-    ) -> Result<Vec<KeyPairInfo>> {
+        input: DescribeKeyPairsRequest,
+    ) -> Result<DescribeKeyPairsResult> {
+        let include_public_key = input.include_public_key.unwrap_or(false);
         filter::check_names(&input.filters, KEY_PAIR_FILTERS)?;
         for id in &input.key_pair_ids {
             if !ids::is_well_formed(IdKind::KeyPair, id) {
@@ -500,7 +580,7 @@ impl Service {
         {
             return Err(key_not_found(missing));
         }
-        Ok(all
+        let key_pairs = all
             .iter()
             .zip(tags)
             .filter(|(k, _)| input.key_names.is_empty() || input.key_names.contains(&k.key_name))
@@ -532,22 +612,52 @@ impl Service {
                         value: Some(t.value),
                     })
                     .collect();
-                info(k, input.include_public_key, tags)
+                info(k, include_public_key, tags)
             })
-            .collect())
+            .collect();
+        Ok(DescribeKeyPairsResult { key_pairs })
     }
 
-    /// `DeleteKeyPair` (succeeds when it does not exist, as EC2).
-    pub fn delete_key_pair(&mut self, caller: &Caller, key_name: &str) -> Result<()> {
-        self.store.write(|db| -> Result<()> {
-            let pairs = db.key_pairs(&caller.region, &caller.account)?;
-            if let Some(k) = pairs.iter().find(|k| k.key_name == key_name) {
-                for t in db.tags_of(&k.key_pair_id)? {
-                    db.delete_tag(&k.key_pair_id, &t.key, None)?;
-                }
+    /// `DeleteKeyPair` by name or id (succeeds when it does not exist, as EC2).
+    pub fn delete_key_pair(
+        &mut self,
+        caller: &Caller,
+        input: DeleteKeyPairRequest,
+    ) -> Result<DeleteKeyPairResult> {
+        if input.key_name.is_none() && input.key_pair_id.is_none() {
+            return Err(Error::missing("KeyName"));
+        }
+        if let Some(id) = &input.key_pair_id {
+            if !ids::is_well_formed(IdKind::KeyPair, id) {
+                return Err(Error::new(
+                    ErrorCode::InvalidKeyPairMalformed,
+                    format!("Invalid id: \"{id}\" (expecting \"key-...\")"),
+                ));
             }
-            db.delete_key_pair(&caller.region, &caller.account, key_name)?;
-            Ok(())
+        }
+        self.store.write(|db| -> Result<DeleteKeyPairResult> {
+            let pairs = db.key_pairs(&caller.region, &caller.account)?;
+            let found = pairs.iter().find(|k| {
+                input.key_name.as_ref().is_none_or(|n| *n == k.key_name)
+                    && input
+                        .key_pair_id
+                        .as_ref()
+                        .is_none_or(|i| *i == k.key_pair_id)
+            });
+            let Some(k) = found else {
+                return Ok(DeleteKeyPairResult {
+                    ret: true,
+                    key_pair_id: None,
+                });
+            };
+            for t in db.tags_of(&k.key_pair_id)? {
+                db.delete_tag(&k.key_pair_id, &t.key, None)?;
+            }
+            db.delete_key_pair(&caller.region, &caller.account, &k.key_name)?;
+            Ok(DeleteKeyPairResult {
+                ret: true,
+                key_pair_id: Some(k.key_pair_id.clone()),
+            })
         })
     }
 
@@ -559,15 +669,6 @@ impl Service {
             .find(|k| k.key_name == key_name)
             .ok_or_else(|| key_not_found(key_name))
     }
-}
-
-/// `DescribeKeyPairs` input.
-#[derive(Debug, Clone, Default)]
-pub struct DescribeKeyPairsInput {
-    pub key_names: Vec<String>,
-    pub key_pair_ids: Vec<String>,
-    pub filters: Vec<Filter>,
-    pub include_public_key: bool,
 }
 
 /// `InvalidKeyPair.NotFound`.

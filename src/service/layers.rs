@@ -61,6 +61,8 @@
 //! then record, holding the new ids' locks throughout: a crash leaves only
 //! files no record owns, which the orphan sweep removes.
 
+use super::shapes::{Tag, TagSpecification};
+use super::snapshots::DeleteSnapshotRequest;
 use super::{
     check_snapshot_id, now, snapshot_not_found, Caller, Error, ErrorCode, Result, Service,
 };
@@ -68,8 +70,8 @@ use crate::domain::{InstanceStateName, SnapshotStateName};
 use crate::ids::{self, IdKind};
 use crate::instance::supervisor::SupervisorClient;
 use crate::store::{Db, SnapshotState, VolumeState};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Default for `AMIRUN_MAX_CHAIN_DEPTH`: snapshot layers in one chain.
@@ -397,8 +399,8 @@ impl Service {
     pub fn create_snapshot(
         &mut self,
         caller: &Caller,
-        input: &CreateSnapshotInput,
-    ) -> Result<Value> {
+        input: CreateSnapshotRequest,
+    ) -> Result<CreateSnapshotResult> {
         self.refresh_instances(caller)?;
         let volume = self
             .store
@@ -470,27 +472,57 @@ impl Service {
         self.store.write(|db| Self::record_layers(db, &report))?;
         drop(locks);
         let s = &records[0];
-        let l = &report.layers[0];
-        Ok(json!({
-            "Description": description,
-            "Encrypted": false,
-            "OwnerId": s.owner_id,
-            "Progress": "100%",
-            "SnapshotId": s.snapshot_id,
-            "StartTime": s.start_time,
-            "State": "completed",
-            "VolumeId": l.volume_id,
-            "VolumeSize": s.volume_size_gib,
-            "Tags": tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
-            "Amirun": report,
-        }))
+        let volume_id = report.layers[0].volume_id.clone();
+        Ok(CreateSnapshotResult {
+            description,
+            encrypted: false,
+            owner_id: s.owner_id.clone(),
+            progress: "100%".into(),
+            snapshot_id: s.snapshot_id.clone(),
+            start_time: s.start_time.clone(),
+            state: SnapshotStateName::Completed,
+            volume_id,
+            volume_size: s.volume_size_gib,
+            tags: tags
+                .into_iter()
+                .map(|(key, value)| Tag {
+                    key,
+                    value: Some(value),
+                })
+                .collect(),
+            amirun: report,
+        })
     }
 
     /// `CopySnapshot`: a new snapshot with the same data. A layer is copied
     /// as a layer on the same parent; with `flatten`, the whole chain is
     /// written as one standalone qcow2.
-    pub fn copy_snapshot(&mut self, caller: &Caller, input: &CopySnapshotInput) -> Result<String> {
+    pub fn copy_snapshot(
+        &mut self,
+        caller: &Caller,
+        input: CopySnapshotRequest,
+    ) -> Result<CopySnapshotResult> {
         check_snapshot_id(&input.source_snapshot_id)?;
+        if let Some(d) = input.destination_region.as_deref() {
+            if d != caller.region {
+                return Err(Error::invalid_value(format!(
+                    "DestinationRegion {d} is not the region this request went to ({}); send the request to {d}",
+                    caller.region
+                )));
+            }
+        }
+        if let Some(url) = input.presigned_url.as_deref() {
+            let names_source = url::Url::parse(url).is_ok_and(|u| {
+                u.query_pairs()
+                    .any(|(k, v)| k == "SourceSnapshotId" && v == input.source_snapshot_id)
+            });
+            if !names_source {
+                return Err(Error::invalid_value(format!(
+                    "PresignedUrl does not name the snapshot {}",
+                    input.source_snapshot_id
+                )));
+            }
+        }
         let source_region = input
             .source_region
             .clone()
@@ -564,7 +596,16 @@ impl Service {
             Ok(())
         })?;
         undo.0.clear();
-        Ok(new_id)
+        Ok(CopySnapshotResult {
+            snapshot_id: new_id,
+            tags: tags
+                .into_iter()
+                .map(|(key, value)| Tag {
+                    key,
+                    value: Some(value),
+                })
+                .collect(),
+        })
     }
 
     /// Make a data-less (catalog) snapshot's blob local.
@@ -583,7 +624,8 @@ impl Service {
     /// the records do not know of backs onto it (the real chains decide).
     /// The snapshot is marked `deleting` before any file changes, so a
     /// killed delete is finished by recovery ([`super::recovery`]).
-    pub fn delete_snapshot(&mut self, caller: &Caller, snapshot_id: &str) -> Result<()> {
+    pub fn delete_snapshot(&mut self, caller: &Caller, input: DeleteSnapshotRequest) -> Result<()> {
+        let snapshot_id = input.snapshot_id.as_str();
         check_snapshot_id(snapshot_id)?;
         self.refresh_instances(caller)?;
         // A pending snapshot's writer holds its lock: refuse at once, not after the wait.
@@ -801,30 +843,79 @@ fn active_node(blocks: &Value, index: usize) -> Option<String> {
     })
 }
 
-/// `create-snapshot`.
-#[derive(Debug, Clone, Default)]
-pub struct CreateSnapshotInput {
+/// `CreateSnapshot`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
     pub volume_id: String,
+    #[serde(default)]
     pub description: Option<String>,
-    pub tag_specifications: Vec<super::shapes::TagSpecification>,
-    /// Write the snapshot standalone (whole chain in one file).
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
+    /// amirun's own (`amirun create-snapshot --flatten`), not a member of
+    /// EC2's request: write the snapshot standalone (whole chain in one file).
+    #[serde(skip)]
     pub flatten: bool,
 }
 
-/// `copy-snapshot`.
-#[derive(Debug, Clone, Default)]
-pub struct CopySnapshotInput {
+/// What `CreateSnapshot` returns: botocore's `Snapshot`, with how the
+/// layer was taken under `Amirun`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateSnapshotResult {
+    pub description: String,
+    pub encrypted: bool,
+    pub owner_id: String,
+    pub progress: String,
+    pub snapshot_id: String,
+    pub start_time: String,
+    pub state: SnapshotStateName,
+    pub volume_id: String,
+    pub volume_size: u64,
+    pub tags: Vec<Tag>,
+    #[serde(rename = "Amirun")]
+    pub amirun: LayerReport,
+}
+
+/// `CopySnapshot`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CopySnapshotRequest {
     pub source_snapshot_id: String,
+    #[serde(default)]
     pub source_region: Option<String>,
+    #[serde(default)]
     pub description: Option<String>,
-    pub tag_specifications: Vec<super::shapes::TagSpecification>,
-    /// Write the copy standalone (whole chain in one file).
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
+    /// The region the copy is made in, which the SDKs add: it must be the
+    /// region the request is sent to.
+    #[serde(default)]
+    pub destination_region: Option<String>,
+    /// The source region's presigned request, which the SDKs add: checked to
+    /// name the same snapshot (amirun's regions are one host, so it grants
+    /// nothing beyond the caller's own rights).
+    #[serde(default)]
+    pub presigned_url: Option<String>,
+    /// amirun's own (`amirun copy-snapshot --flatten`), not a member of
+    /// EC2's request: write the copy standalone (whole chain in one file).
+    #[serde(skip)]
     pub flatten: bool,
+}
+
+/// What `CopySnapshot` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CopySnapshotResult {
+    pub snapshot_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn active_node_follows_qdev() {

@@ -17,7 +17,7 @@ pub mod baking;
 pub mod boot_test;
 pub mod error;
 pub mod filter;
-mod images;
+pub mod images;
 mod imds_config;
 pub mod import_policy;
 pub mod instance_facts;
@@ -27,13 +27,16 @@ mod keypairs;
 pub mod layers;
 pub mod object_lock;
 pub mod recovery;
-mod regions;
+pub mod regions;
 pub mod shapes;
-mod snapshots;
-mod tags;
+pub mod snapshots;
+pub mod tags;
 
 pub use error::{Error, ErrorCode, Result};
-pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
+pub use keypairs::{
+    CreateKeyPairRequest, DeleteKeyPairRequest, DeleteKeyPairResult, DescribeKeyPairsRequest,
+    DescribeKeyPairsResult, ImportKeyPairRequest, ImportKeyPairResult, KeyPair, KeyPairInfo,
+};
 
 use crate::blobs::{BlobStore, Progress};
 use crate::catalog::{self, Catalog};
@@ -112,6 +115,9 @@ pub struct ServiceOptions {
     /// default `nat`). Test suites set `none` so that no guest outside a
     /// network namespace of their own can send a packet off the machine.
     pub default_outbound: crate::machine::Outbound,
+    /// The accelerator `RunInstances` asks for (`--accel` / `AMIRUN_ACCEL`,
+    /// default `auto`): amirun's own setting, never a request member.
+    pub launch_accel: crate::machine::AccelRequest,
 }
 
 impl Default for ServiceOptions {
@@ -125,6 +131,7 @@ impl Default for ServiceOptions {
             max_chain_depth: layers::DEFAULT_MAX_CHAIN_DEPTH,
             nocloud_seed: true,
             default_outbound: crate::machine::Outbound::Nat,
+            launch_accel: crate::machine::AccelRequest::default(),
         }
     }
 }
@@ -169,6 +176,22 @@ pub struct Service {
     progress: Progress,
     import_policy: import_policy::ImportPolicy,
     options: ServiceOptions,
+}
+
+/// The id of what a request with an idempotency token (`ClientToken`) makes:
+/// derived from the caller and the token, so a repeated request finds what
+/// the first one made instead of making it again. EC2's tokens are 1 to 64
+/// printable ASCII characters.
+pub(crate) fn client_token_id(kind: IdKind, caller: &Caller, token: &str) -> Result<String> {
+    if token.is_empty() || token.len() > 64 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid_value(format!(
+            "Value ({token}) for parameter ClientToken is invalid; use 1 to 64 printable ASCII characters"
+        )));
+    }
+    Ok(ids::derived_id(
+        kind,
+        &format!("client-token/{}/{}/{token}", caller.account, caller.region),
+    ))
 }
 
 /// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
@@ -221,6 +244,11 @@ impl Service {
             tracing::warn!("recovery pass did not finish: {e}");
         }
         Ok(service)
+    }
+
+    /// The accelerator later launches ask for ([`ServiceOptions::launch_accel`]).
+    pub fn set_launch_accel(&mut self, accel: crate::machine::AccelRequest) {
+        self.options.launch_accel = accel;
     }
 
     /// Where this service keeps its state.
@@ -460,4 +488,34 @@ pub(crate) fn snapshot_not_found(id: &str) -> Error {
         ErrorCode::InvalidSnapshotNotFound,
         format!("The snapshot '{id}' does not exist."),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token names one thing per caller: the same again, another account's
+    /// or region's different; a malformed token is refused.
+    #[test]
+    fn client_tokens_derive_one_id_per_caller() {
+        let a = Caller::new("000000000000", "us-east-1").unwrap();
+        let b = Caller::new("111111111111", "us-east-1").unwrap();
+        let west = Caller::new("000000000000", "us-west-2").unwrap();
+        let id = client_token_id(IdKind::Reservation, &a, "tok").unwrap();
+        assert!(ids::is_well_formed(IdKind::Reservation, &id), "{id}");
+        assert_eq!(id, client_token_id(IdKind::Reservation, &a, "tok").unwrap());
+        assert_ne!(id, client_token_id(IdKind::Reservation, &b, "tok").unwrap());
+        assert_ne!(
+            id,
+            client_token_id(IdKind::Reservation, &west, "tok").unwrap()
+        );
+        assert_ne!(
+            id,
+            client_token_id(IdKind::Reservation, &a, "tok2").unwrap()
+        );
+        for bad in ["", "with space", &"x".repeat(65)] {
+            let e = client_token_id(IdKind::Image, &a, bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+        }
+    }
 }

@@ -4,7 +4,68 @@
 
 use super::{Caller, Error, Result, Service};
 use crate::catalog::DEFAULT_REGIONS;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+
+/// `DescribeRegions`. `AllRegions` changes nothing: every region is enabled.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeRegionsRequest {
+    #[serde(default)]
+    pub region_names: Vec<String>,
+    #[serde(default)]
+    pub all_regions: Option<bool>,
+}
+
+/// A region as EC2 shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Region {
+    pub endpoint: String,
+    pub region_name: String,
+    pub opt_in_status: String,
+}
+
+/// What `DescribeRegions` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeRegionsResult {
+    pub regions: Vec<Region>,
+}
+
+/// `DescribeAvailabilityZones`. `AllAvailabilityZones` changes nothing:
+/// the region's one zone is always opted in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeAvailabilityZonesRequest {
+    #[serde(default)]
+    pub zone_names: Vec<String>,
+    #[serde(default)]
+    pub zone_ids: Vec<String>,
+    #[serde(default)]
+    pub all_availability_zones: Option<bool>,
+}
+
+/// A zone as EC2 shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AvailabilityZone {
+    pub state: String,
+    pub opt_in_status: String,
+    pub messages: Vec<String>,
+    pub region_name: String,
+    pub zone_name: String,
+    pub zone_id: String,
+    pub group_name: String,
+    pub network_border_group: String,
+    pub zone_type: String,
+}
+
+/// What `DescribeAvailabilityZones` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeAvailabilityZonesResult {
+    pub availability_zones: Vec<AvailabilityZone>,
+}
 
 /// EC2's short zone id prefix for a region (`us-east-1` -> `use1`).
 pub(crate) fn zone_id(region: &str) -> String {
@@ -19,7 +80,12 @@ pub(crate) fn zone_id(region: &str) -> String {
 
 impl Service {
     /// `DescribeRegions`: the listed regions (plus the caller's own), or the named ones.
-    pub fn describe_regions(&mut self, caller: &Caller, names: &[String]) -> Result<Value> {
+    pub fn describe_regions(
+        &mut self,
+        caller: &Caller,
+        input: DescribeRegionsRequest,
+    ) -> Result<DescribeRegionsResult> {
+        let names = &input.region_names;
         let mut regions: Vec<String> = DEFAULT_REGIONS.iter().map(|r| r.to_string()).collect();
         if !regions.contains(&caller.region) {
             regions.push(caller.region.clone());
@@ -29,44 +95,51 @@ impl Service {
                 return Err(Error::invalid_value(format!("Invalid region: {n}")));
             }
         }
-        let shown: Vec<Value> = regions
+        let regions = regions
             .iter()
             .filter(|r| names.is_empty() || names.contains(r))
-            .map(|r| {
-                json!({
-                    "Endpoint": format!("ec2.{r}.amazonaws.com"),
-                    "RegionName": r,
-                    "OptInStatus": "opt-in-not-required",
-                })
+            .map(|r| Region {
+                endpoint: format!("ec2.{r}.amazonaws.com"),
+                region_name: r.clone(),
+                opt_in_status: "opt-in-not-required".into(),
             })
             .collect();
-        Ok(json!({ "Regions": shown }))
+        Ok(DescribeRegionsResult { regions })
     }
 
     /// `DescribeAvailabilityZones`: the caller's region has one zone, `<region>a`.
     pub fn describe_availability_zones(
         &mut self,
         caller: &Caller,
-        names: &[String],
-    ) -> Result<Value> {
+        input: DescribeAvailabilityZonesRequest,
+    ) -> Result<DescribeAvailabilityZonesResult> {
         let zone = format!("{}a", caller.region);
-        if let Some(n) = names.iter().find(|n| **n != zone) {
+        let id = zone_id(&caller.region);
+        if let Some(n) = input.zone_names.iter().find(|n| **n != zone) {
             return Err(Error::invalid_value(format!(
                 "The zone '{n}' does not exist in region {}; it has {zone}",
                 caller.region
             )));
         }
-        Ok(json!({ "AvailabilityZones": [{
-            "State": "available",
-            "OptInStatus": "opt-in-not-required",
-            "Messages": [],
-            "RegionName": caller.region,
-            "ZoneName": zone,
-            "ZoneId": zone_id(&caller.region),
-            "GroupName": caller.region,
-            "NetworkBorderGroup": caller.region,
-            "ZoneType": "availability-zone",
-        }]}))
+        if let Some(n) = input.zone_ids.iter().find(|n| **n != id) {
+            return Err(Error::invalid_value(format!(
+                "The zone ID '{n}' does not exist in region {}; it has {id}",
+                caller.region
+            )));
+        }
+        Ok(DescribeAvailabilityZonesResult {
+            availability_zones: vec![AvailabilityZone {
+                state: "available".into(),
+                opt_in_status: "opt-in-not-required".into(),
+                messages: Vec::new(),
+                region_name: caller.region.clone(),
+                zone_name: zone,
+                zone_id: id,
+                group_name: caller.region.clone(),
+                network_border_group: caller.region.clone(),
+                zone_type: "availability-zone".into(),
+            }],
+        })
     }
 }
 

@@ -4,7 +4,80 @@
 use super::filter;
 use super::shapes::*;
 use super::{check_snapshot_id, snapshot_not_found, Caller, Result, Service};
+use crate::domain::SnapshotStateName;
 use crate::store::SnapshotState;
+use serde::{Deserialize, Serialize};
+
+/// An EBS snapshot as `describe-snapshots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Snapshot {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub encrypted: bool,
+    pub owner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_alias: Option<String>,
+    pub progress: String,
+    pub snapshot_id: String,
+    pub start_time: String,
+    pub state: SnapshotStateName,
+    pub volume_id: String,
+    pub volume_size: u64,
+    pub storage_tier: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    /// amirun's own facts: the snapshot's layer, parent and size on disk.
+    #[serde(rename = "Amirun", skip_serializing_if = "Option::is_none")]
+    pub amirun: Option<SnapshotLayer>,
+}
+
+/// How a snapshot is stored (amirun's addition to EC2's Snapshot shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnapshotLayer {
+    /// The snapshot this one is a qcow2 layer on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot_id: Option<String>,
+    /// Whether it has a layer file of its own (else its data is a blob).
+    pub has_layer: bool,
+    /// Bytes on disk: the layer alone (what changed), or the blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+    /// Snapshot layers in its chain, itself included.
+    pub chain_depth: usize,
+    /// The blob at the root of its chain, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_blob: Option<String>,
+}
+
+/// `DescribeSnapshots`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeSnapshotsRequest {
+    #[serde(default)]
+    pub snapshot_ids: Vec<String>,
+    #[serde(default)]
+    pub owner_ids: Vec<String>,
+    #[serde(default)]
+    pub restorable_by_user_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// What `DescribeSnapshots` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSnapshotsResult {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `DeleteSnapshot`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DeleteSnapshotRequest {
+    pub snapshot_id: String,
+}
 
 const SNAPSHOT_FILTERS: &[&str] = &[
     "description",
@@ -24,13 +97,13 @@ impl Service {
     pub fn describe_snapshots(
         &mut self,
         caller: &Caller,
-        input: &DescribeSnapshotsInput,
-    ) -> Result<Vec<Snapshot>> {
+        input: DescribeSnapshotsRequest,
+    ) -> Result<DescribeSnapshotsResult> {
         for id in &input.snapshot_ids {
             check_snapshot_id(id)?;
         }
         filter::check_names(&input.filters, SNAPSHOT_FILTERS)?;
-        self.store.read(|db| -> Result<Vec<Snapshot>> {
+        self.store.read(|db| -> Result<DescribeSnapshotsResult> {
             let mut out = Vec::new();
             let mut missing = input.snapshot_ids.clone();
             for s in db.snapshots_in_region(&caller.region)? {
@@ -73,7 +146,7 @@ impl Service {
             if let Some(m) = missing.first() {
                 return Err(snapshot_not_found(m));
             }
-            Ok(out)
+            Ok(DescribeSnapshotsResult { snapshots: out })
         })
     }
 }

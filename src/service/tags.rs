@@ -4,6 +4,50 @@ use super::filter;
 use super::shapes::*;
 use super::{image_not_found, snapshot_not_found, Caller, Error, ErrorCode, Result, Service};
 use crate::store::Db;
+use serde::{Deserialize, Serialize};
+
+/// `CreateTags` and `DeleteTags` (botocore's `CreateTagsRequest`,
+/// `DeleteTagsRequest`): `DeleteTags` takes tags without values (any
+/// value) or none at all (every tag).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct TagsRequest {
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+/// `CreateTags`.
+pub type CreateTagsRequest = TagsRequest;
+
+/// `DeleteTags`.
+pub type DeleteTagsRequest = TagsRequest;
+
+/// `DescribeTags`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeTagsRequest {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// What `DescribeTags` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeTagsResult {
+    pub tags: Vec<TagDescription>,
+}
+
+/// A tag as `describe-tags` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagDescription {
+    pub key: String,
+    pub resource_id: String,
+    pub resource_type: String,
+    pub value: String,
+}
 
 const TAG_FILTERS: &[&str] = &["key", "value", "resource-id", "resource-type"];
 
@@ -83,12 +127,8 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
 
 impl Service {
     /// `CreateTags`: all resources get all tags, or nothing changes.
-    pub fn create_tags(
-        &mut self,
-        caller: &Caller,
-        resources: &[String],
-        tags: &[Tag],
-    ) -> Result<()> {
+    pub fn create_tags(&mut self, caller: &Caller, input: CreateTagsRequest) -> Result<()> {
+        let (resources, tags) = (&input.resources, &input.tags);
         if resources.is_empty() {
             return Err(Error::missing("resourceIdSet"));
         }
@@ -121,12 +161,8 @@ impl Service {
     }
 
     /// `DeleteTags`: a tag given with a value is deleted only when the value matches.
-    pub fn delete_tags(
-        &mut self,
-        caller: &Caller,
-        resources: &[String],
-        tags: &[Tag],
-    ) -> Result<()> {
+    pub fn delete_tags(&mut self, caller: &Caller, input: DeleteTagsRequest) -> Result<()> {
+        let (resources, tags) = (&input.resources, &input.tags);
         if resources.is_empty() {
             return Err(Error::missing("ResourceId"));
         }
@@ -150,10 +186,11 @@ impl Service {
     pub fn describe_tags(
         &mut self,
         caller: &Caller,
-        filters: &[Filter],
-    ) -> Result<Vec<TagDescription>> {
+        input: DescribeTagsRequest,
+    ) -> Result<DescribeTagsResult> {
+        let filters = &input.filters;
         filter::check_names(filters, TAG_FILTERS)?;
-        self.store.read(|db| -> Result<Vec<TagDescription>> {
+        self.store.read(|db| -> Result<DescribeTagsResult> {
             let mut out = Vec::new();
             for t in db.all_tags()? {
                 if check_owned(db, caller, &t.resource_id).is_err() {
@@ -176,7 +213,7 @@ impl Service {
                     });
                 }
             }
-            Ok(out)
+            Ok(DescribeTagsResult { tags: out })
         })
     }
 }

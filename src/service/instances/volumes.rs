@@ -1,0 +1,141 @@
+//! `DescribeVolumes`: the caller's EBS volumes with their attachments,
+//! after the instances they belong to are reconciled.
+
+use super::*;
+
+/// `DescribeVolumes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct DescribeVolumesRequest {
+    #[serde(default)]
+    pub volume_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// An attachment of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeAttachment {
+    pub attach_time: Option<String>,
+    pub device: String,
+    pub instance_id: String,
+    pub state: String,
+    pub volume_id: String,
+    pub delete_on_termination: bool,
+}
+
+/// An EBS volume as EC2 shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Volume {
+    pub attachments: Vec<VolumeAttachment>,
+    pub availability_zone: String,
+    pub create_time: String,
+    pub encrypted: bool,
+    pub size: u64,
+    pub snapshot_id: String,
+    pub state: VolumeStateName,
+    pub volume_id: String,
+    pub iops: u32,
+    pub volume_type: String,
+    pub multi_attach_enabled: bool,
+    pub throughput: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// What `DescribeVolumes` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeVolumesResult {
+    pub volumes: Vec<Volume>,
+}
+
+pub(super) const VOLUME_FILTERS: &[&str] = &[
+    "attachment.instance-id",
+    "attachment.delete-on-termination",
+    "attachment.device",
+    "size",
+    "snapshot-id",
+    "status",
+    "volume-id",
+    "volume-type",
+    "tag-key",
+];
+
+impl Service {
+    /// `DescribeVolumes`.
+    pub fn describe_volumes(
+        &mut self,
+        caller: &Caller,
+        input: DescribeVolumesRequest,
+    ) -> Result<DescribeVolumesResult> {
+        let (volume_ids, filters) = (&input.volume_ids, &input.filters);
+        filter::check_names(filters, VOLUME_FILTERS)?;
+        self.refresh_instances(caller)?;
+        let all = self.store.read(|db| db.volumes_in_region(&caller.region))?;
+        let mut missing: Vec<&String> = volume_ids.iter().collect();
+        let mut out = Vec::new();
+        for v in all.into_iter().filter(|v| v.owner_id == caller.account) {
+            if !volume_ids.is_empty() && !volume_ids.contains(&v.volume_id) {
+                continue;
+            }
+            missing.retain(|m| **m != v.volume_id);
+            let tags = self.store.read(|db| db.tags_of(&v.volume_id))?;
+            let keep = filter::matches(filters, |name| match name {
+                "attachment.instance-id" => v.instance_id.iter().cloned().collect(),
+                "attachment.delete-on-termination" => vec![v.delete_on_termination.to_string()],
+                "attachment.device" => v.device.iter().cloned().collect(),
+                "size" => vec![v.size_gib.to_string()],
+                "snapshot-id" => v.snapshot_id.iter().cloned().collect(),
+                "status" => vec![v.state.to_string()],
+                "volume-id" => vec![v.volume_id.clone()],
+                "volume-type" => vec![v.volume_type.clone()],
+                n => filter::tag_values(&tags, n).unwrap_or_default(),
+            });
+            if !keep {
+                continue;
+            }
+            let attachments = match (&v.instance_id, &v.device) {
+                (Some(i), Some(d)) => vec![VolumeAttachment {
+                    attach_time: v.attach_time.clone(),
+                    device: d.clone(),
+                    instance_id: i.clone(),
+                    state: "attached".into(),
+                    volume_id: v.volume_id.clone(),
+                    delete_on_termination: v.delete_on_termination,
+                }],
+                _ => Vec::new(),
+            };
+            out.push(Volume {
+                attachments,
+                availability_zone: v.availability_zone.clone(),
+                create_time: v.create_time.clone(),
+                encrypted: false,
+                size: v.size_gib,
+                snapshot_id: v.snapshot_id.clone().unwrap_or_default(),
+                state: v.state,
+                volume_id: v.volume_id.clone(),
+                iops: 3000,
+                volume_type: v.volume_type.clone(),
+                multi_attach_enabled: false,
+                throughput: 125,
+                tags: tags
+                    .iter()
+                    .map(|t| Tag {
+                        key: t.key.clone(),
+                        value: Some(t.value.clone()),
+                    })
+                    .collect(),
+            });
+        }
+        if let Some(m) = missing.first() {
+            return Err(Error::new(
+                ErrorCode::InvalidVolumeNotFound,
+                format!("The volume '{m}' does not exist."),
+            ));
+        }
+        Ok(DescribeVolumesResult { volumes: out })
+    }
+}
