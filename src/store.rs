@@ -11,6 +11,8 @@
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] holds
 //! one SQL batch per version, applied in order inside one transaction.
 
+pub mod vpc;
+
 use crate::domain::{
     Accel, Architecture, BootMode, ImageStateName, InstanceStateName, RootDeviceType,
     ShutdownBehavior, SnapshotStateName, VolumeStateName,
@@ -220,6 +222,8 @@ CREATE TABLE volume_bases (
 );
 CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
 "#,
+    // 4: the VPC model (VPCs, subnets, security groups, network interfaces).
+    vpc::MIGRATION,
 ];
 
 /// Where the data of a disk comes from before it is in the blob store: a

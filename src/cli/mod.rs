@@ -878,6 +878,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                     .as_deref()
                     .map(|m| param_one::<Value>("metadata-options", m))
                     .transpose()?,
+                network: Default::default(),
             };
             to_value(open()?.run_instances(&caller, &input)?)
         }

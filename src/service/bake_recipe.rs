@@ -495,6 +495,7 @@ impl Service {
                 }],
                 accel,
                 metadata_options: None,
+                network: Default::default(),
             },
         )?;
         let instance_id = reservation["Instances"][0]["InstanceId"]

@@ -100,6 +100,8 @@ pub struct RunInstancesInput {
     pub tag_specifications: Vec<TagSpecification>,
     pub accel: AccelRequest,
     pub metadata_options: Option<Value>,
+    /// Where in a VPC the instances go (SubnetId, SecurityGroupIds, …).
+    pub network: super::network_interfaces::LaunchNetworkInput,
 }
 
 /// An instance's state as EC2 shows it.
@@ -422,6 +424,7 @@ impl Service {
         let accel = machine::choose_accel(input.accel, arch, &self.paths.accel_probe_cache())?;
         let boot_mode = resolve_boot_mode(&image, arch)?;
         let metadata_options = metadata_options(input.metadata_options.as_ref())?;
+        let mut net_plan = self.plan_launch_network(caller, &input.network, count)?;
         // Long work first, with no transaction held: make the AMI's data local.
         let fetched = self.fetch_image(caller, &image.image_id)?;
         let mappings = merge_mappings(&image.block_device_mappings, &input.block_device_mappings);
@@ -463,6 +466,7 @@ impl Service {
             let instance_id = ids::new_id(IdKind::Instance);
             instance_locks.push(object_lock::lock(&self.paths, &instance_id)?);
             failpoint("run-instances:locked")?;
+            self.attach_launch_interface(caller, &mut net_plan, &instance_id, &launch_time)?;
             let dir = self.paths.instance_dir(&instance_id);
             undo.dirs.push(dir.clone());
             std::fs::create_dir_all(&dir)
@@ -769,6 +773,7 @@ impl Service {
                 i.instance_type
             ))
         })?;
+        let vpc = self.vpc_attachment_for_boot(&i.instance_id)?;
         let (imds, imds_forward) = self.imds_for_boot(i)?;
         let (outbound, guest_net) = self.guest_network(i, outbound)?;
         let spec = MachineSpec {
@@ -800,6 +805,7 @@ impl Service {
         launch.stop_timeout_secs = self.options.stop_timeout_secs;
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.network = guest_net;
+        launch.vpc = vpc;
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
     }
@@ -938,6 +944,7 @@ impl Service {
         for f in delete_files {
             let _ = std::fs::remove_file(f);
         }
+        self.release_instance_addresses(&i.instance_id, target == InstanceStateName::Terminated)?;
         if target == InstanceStateName::Terminated {
             for f in [
                 self.paths.seed_image(&i.instance_id),
@@ -1250,7 +1257,10 @@ impl Service {
         instance_ids: &[String],
         filters: &[Filter],
     ) -> Result<Value> {
-        filter::check_names(filters, INSTANCE_FILTERS)?;
+        filter::check_names(
+            filters,
+            &[INSTANCE_FILTERS, super::network_interfaces::INSTANCE_NETWORK_FILTERS].concat(),
+        )?;
         let wanted = if instance_ids.is_empty() {
             self.refresh_instances(caller)?;
             self.store
@@ -1262,8 +1272,10 @@ impl Service {
             self.owned_instances(caller, instance_ids)?
         };
         let mut reservations: Vec<(String, Vec<Value>)> = Vec::new();
+        let networks = self.instance_networks(caller)?;
         for i in wanted {
             let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
+            let net = networks.get(&i.instance_id);
             let keep = filter::matches(filters, |name| match name {
                 "architecture" => vec![i.architecture.to_string()],
                 "availability-zone" => vec![format!("{}a", i.region)],
@@ -1275,12 +1287,17 @@ impl Service {
                 "key-name" => i.key_name.iter().cloned().collect(),
                 "reservation-id" => vec![i.reservation_id.clone()],
                 "root-device-type" => vec![i.root_device_type.to_string()],
-                n => filter::tag_values(&tags, n).unwrap_or_default(),
+                n => super::network_interfaces::instance_filter_values(net, &i.region, n)
+                    .or_else(|| filter::tag_values(&tags, n))
+                    .unwrap_or_default(),
             });
             if !keep {
                 continue;
             }
-            let shape = self.render_instance(&i, &tags);
+            let mut shape = self.render_instance(&i, &tags);
+            if let Some(n) = net {
+                super::network_interfaces::add_instance_fields(&mut shape, n, &i.region);
+            }
             match reservations
                 .iter_mut()
                 .find(|(r, _)| *r == i.reservation_id)

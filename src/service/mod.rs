@@ -24,13 +24,17 @@ pub mod instance_facts;
 pub mod instance_types;
 pub mod instances;
 mod keypairs;
+pub mod network_interfaces;
 pub mod layers;
 pub mod object_lock;
 pub mod recovery;
 mod regions;
+pub mod security_groups;
 pub mod shapes;
 mod snapshots;
 mod tags;
+pub mod vpc;
+pub mod instance_attributes;
 
 pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
