@@ -93,7 +93,9 @@ impl Service {
         if let Some(v) = self.imds_network(&i.instance_id, &i.region)? {
             config.hostname = v.local_hostname.clone();
             config.local_ipv4 = v.local_ipv4.clone();
-            config.mac = v.mac.clone();
+            // `mac` stays the MAC the guest's NIC has (QEMU's) until the data
+            // plane gives the NIC the interface's (`v.mac`): cloud-init's Ec2
+            // datasource configures only interfaces whose MAC IMDS lists.
             config.vpc = Some(v);
         }
         let exe = self
