@@ -48,8 +48,7 @@ fn call(svc: &mut Service, action: &str, input: Value) -> Result<Value, (String,
 }
 
 fn ok(svc: &mut Service, action: &str, input: Value) -> Value {
-    call(svc, action, input.clone())
-        .unwrap_or_else(|e| panic!("{action} {input} failed: {e:?}"))
+    call(svc, action, input.clone()).unwrap_or_else(|e| panic!("{action} {input} failed: {e:?}"))
 }
 
 fn fails(svc: &mut Service, action: &str, input: Value, code: &str) -> String {
@@ -94,7 +93,10 @@ fn a_fresh_home_has_a_default_vpc_subnet_group_gateway_and_route_table() {
     assert_eq!(g["VpcId"], vpc_id.as_str());
     assert_eq!(g["IpPermissions"][0]["IpProtocol"], "-1");
     assert_eq!(g["IpPermissions"][0]["UserIdGroupPairs"][0]["GroupId"], gid);
-    assert_eq!(g["IpPermissionsEgress"][0]["IpRanges"][0]["CidrIp"], "0.0.0.0/0");
+    assert_eq!(
+        g["IpPermissionsEgress"][0]["IpRanges"][0]["CidrIp"],
+        "0.0.0.0/0"
+    );
     assert!(g["IpPermissions"][0].get("FromPort").is_none(), "{g}");
 
     let attrs = ok(&mut svc, "DescribeAccountAttributes", json!({}))["AccountAttributes"].clone();
@@ -124,7 +126,10 @@ fn a_fresh_home_has_a_default_vpc_subnet_group_gateway_and_route_table() {
 
     let igws = ok(&mut svc, "DescribeInternetGateways", json!({}))["InternetGateways"].clone();
     assert_eq!(igws[0]["Attachments"][0]["VpcId"], vpc_id.as_str());
-    assert!(igws[0]["InternetGatewayId"].as_str().unwrap().starts_with("igw-"));
+    assert!(igws[0]["InternetGatewayId"]
+        .as_str()
+        .unwrap()
+        .starts_with("igw-"));
     let igw = igws[0]["InternetGatewayId"].clone();
     let tables = ok(
         &mut svc,
@@ -159,7 +164,9 @@ fn a_fresh_home_has_a_default_vpc_subnet_group_gateway_and_route_table() {
     };
     let v = invoke(&mut c, "DescribeVpcs", &json!({})).unwrap().unwrap();
     assert_ne!(v["Vpcs"][0]["VpcId"], vpc_id.as_str());
-    let s = invoke(&mut c, "DescribeSubnets", &json!({})).unwrap().unwrap();
+    let s = invoke(&mut c, "DescribeSubnets", &json!({}))
+        .unwrap()
+        .unwrap();
     assert_eq!(s["Subnets"][0]["AvailabilityZone"], "eu-west-1a");
 }
 
@@ -176,7 +183,12 @@ fn vpcs_and_subnets_follow_ec2s_rules() {
     let vpc_id = vpc["VpcId"].as_str().unwrap().to_string();
     assert_eq!(vpc["IsDefault"], false);
     assert_eq!(vpc["Tags"][0]["Value"], "lab");
-    fails(&mut svc, "CreateVpc", json!({"CidrBlock": "10.0.0.0/8"}), "InvalidVpc.Range");
+    fails(
+        &mut svc,
+        "CreateVpc",
+        json!({"CidrBlock": "10.0.0.0/8"}),
+        "InvalidVpc.Range",
+    );
     fails(
         &mut svc,
         "CreateVpc",
@@ -247,25 +259,58 @@ fn vpcs_and_subnets_follow_ec2s_rules() {
         json!({"VpcId": "vpc-0123456789abcdef0", "CidrBlock": "10.1.2.0/24"}),
         "InvalidVpcID.NotFound",
     );
-    ok(&mut svc, "CreateTags", json!({"Resources": [subnet_id], "Tags": [{"Key": "tier", "Value": "db"}]}));
+    ok(
+        &mut svc,
+        "CreateTags",
+        json!({"Resources": [subnet_id], "Tags": [{"Key": "tier", "Value": "db"}]}),
+    );
     let tags = amirun_tags(&mut svc, "subnet");
     assert_eq!(tags, vec![(subnet_id.clone(), "tier".to_string())]);
 
     // Dependencies: a subnet, then a group of its own, keep the VPC.
-    let m = fails(&mut svc, "DeleteVpc", json!({"VpcId": vpc_id}), "DependencyViolation");
+    let m = fails(
+        &mut svc,
+        "DeleteVpc",
+        json!({"VpcId": vpc_id}),
+        "DependencyViolation",
+    );
     assert!(m.contains(&vpc_id), "{m}");
     ok(&mut svc, "DeleteSubnet", json!({"SubnetId": subnet_id}));
-    fails(&mut svc, "DeleteSubnet", json!({"SubnetId": subnet_id}), "InvalidSubnetID.NotFound");
+    fails(
+        &mut svc,
+        "DeleteSubnet",
+        json!({"SubnetId": subnet_id}),
+        "InvalidSubnetID.NotFound",
+    );
     let g = ok(
         &mut svc,
         "CreateSecurityGroup",
         json!({"GroupName": "web", "Description": "web", "VpcId": vpc_id}),
     );
-    fails(&mut svc, "DeleteVpc", json!({"VpcId": vpc_id}), "DependencyViolation");
-    ok(&mut svc, "DeleteSecurityGroup", json!({"GroupId": g["GroupId"]}));
+    fails(
+        &mut svc,
+        "DeleteVpc",
+        json!({"VpcId": vpc_id}),
+        "DependencyViolation",
+    );
+    ok(
+        &mut svc,
+        "DeleteSecurityGroup",
+        json!({"GroupId": g["GroupId"]}),
+    );
     ok(&mut svc, "DeleteVpc", json!({"VpcId": vpc_id}));
-    fails(&mut svc, "DescribeVpcs", json!({"VpcIds": [vpc_id]}), "InvalidVpcID.NotFound");
-    fails(&mut svc, "DescribeVpcs", json!({"VpcIds": ["nonsense"]}), "InvalidVpcID.Malformed");
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"VpcIds": [vpc_id]}),
+        "InvalidVpcID.NotFound",
+    );
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"VpcIds": ["nonsense"]}),
+        "InvalidVpcID.Malformed",
+    );
     fails(
         &mut svc,
         "DescribeSubnets",
@@ -290,9 +335,24 @@ fn vpcs_and_subnets_follow_ec2s_rules() {
         json!({"RouteTableIds": ["rtb-0123456789abcdef0"]}),
         "InvalidRouteTableID.NotFound",
     );
-    fails(&mut svc, "DescribeVpcs", json!({"Filters": [{"Name": "colour", "Values": ["x"]}]}), "InvalidParameterValue");
-    fails(&mut svc, "DescribeVpcs", json!({"Bogus": 1}), "UnknownParameter");
-    fails(&mut svc, "DescribeVpcs", json!({"DryRun": true}), "DryRunOperation");
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"Filters": [{"Name": "colour", "Values": ["x"]}]}),
+        "InvalidParameterValue",
+    );
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"Bogus": 1}),
+        "UnknownParameter",
+    );
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"DryRun": true}),
+        "DryRunOperation",
+    );
 }
 
 /// (resource id, key) of describe-tags for one resource type.
@@ -336,8 +396,17 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
         "InvalidGroup.Duplicate",
     );
     assert!(m.contains("'web'"), "{m}");
-    fails(&mut svc, "CreateSecurityGroup", json!({"GroupName": "x"}), "MissingParameter");
-    let db = ok(&mut svc, "CreateSecurityGroup", json!({"GroupName": "db", "Description": "db"}));
+    fails(
+        &mut svc,
+        "CreateSecurityGroup",
+        json!({"GroupName": "x"}),
+        "MissingParameter",
+    );
+    let db = ok(
+        &mut svc,
+        "CreateSecurityGroup",
+        json!({"GroupName": "db", "Description": "db"}),
+    );
     let db_id = db["GroupId"].as_str().unwrap().to_string();
 
     // IpPermissions with a block and a group peer.
@@ -352,7 +421,10 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
     assert_eq!(r["Return"], true);
     let rules = r["SecurityGroupRules"].as_array().unwrap().clone();
     assert_eq!(rules.len(), 2, "{r}");
-    assert!(rules[0]["SecurityGroupRuleId"].as_str().unwrap().starts_with("sgr-"));
+    assert!(rules[0]["SecurityGroupRuleId"]
+        .as_str()
+        .unwrap()
+        .starts_with("sgr-"));
     assert_eq!(rules[0]["CidrIpv4"], "10.0.0.0/8");
     assert_eq!(rules[1]["ReferencedGroupInfo"]["GroupId"], db_id.as_str());
     // The legacy top-level form (Packer), by group name in the default VPC.
@@ -367,7 +439,10 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
         json!({"GroupId": web_id, "IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "CidrIp": "0.0.0.0/0"}),
         "InvalidPermission.Duplicate",
     );
-    assert!(m.contains("0.0.0.0/0, TCP, from port: 80, to port: 80"), "{m}");
+    assert!(
+        m.contains("0.0.0.0/0, TCP, from port: 80, to port: 80"),
+        "{m}"
+    );
     fails(
         &mut svc,
         "AuthorizeSecurityGroupIngress",
@@ -398,7 +473,12 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
         "AuthorizeSecurityGroupEgress",
         json!({"GroupId": db_id, "IpPermissions": [{"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "10.0.0.2/32"}]}]}),
     );
-    let shown = ok(&mut svc, "DescribeSecurityGroups", json!({"GroupIds": [web_id]}))["SecurityGroups"][0].clone();
+    let shown = ok(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupIds": [web_id]}),
+    )["SecurityGroups"][0]
+        .clone();
     assert_eq!(shown["GroupName"], "web");
     assert_eq!(shown["Description"], "web servers");
     assert_eq!(shown["Tags"], json!([{"Key": "app", "Value": "shop"}]));
@@ -414,19 +494,46 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
     assert_eq!(perms[1]["FromPort"], 80);
 
     // By name (default VPC) and by filters.
-    let by_name = ok(&mut svc, "DescribeSecurityGroups", json!({"GroupNames": ["db", "default"]}));
+    let by_name = ok(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupNames": ["db", "default"]}),
+    );
     assert_eq!(by_name["SecurityGroups"].as_array().unwrap().len(), 2);
-    let m = fails(&mut svc, "DescribeSecurityGroups", json!({"GroupNames": ["nope"]}), "InvalidGroup.NotFound");
+    let m = fails(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupNames": ["nope"]}),
+        "InvalidGroup.NotFound",
+    );
     assert!(m.contains("default VPC"), "{m}");
-    fails(&mut svc, "DescribeSecurityGroups", json!({"GroupIds": ["sg-0123456789abcdef0"]}), "InvalidGroup.NotFound");
+    fails(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupIds": ["sg-0123456789abcdef0"]}),
+        "InvalidGroup.NotFound",
+    );
     for (filter, want) in [
         (json!({"Name": "group-name", "Values": ["w*"]}), vec!["web"]),
-        (json!({"Name": "ip-permission.from-port", "Values": ["80"]}), vec!["web"]),
-        (json!({"Name": "ip-permission.group-id", "Values": [db_id]}), vec!["web"]),
-        (json!({"Name": "egress.ip-permission.cidr", "Values": ["10.0.0.2/32"]}), vec!["db"]),
+        (
+            json!({"Name": "ip-permission.from-port", "Values": ["80"]}),
+            vec!["web"],
+        ),
+        (
+            json!({"Name": "ip-permission.group-id", "Values": [db_id]}),
+            vec!["web"],
+        ),
+        (
+            json!({"Name": "egress.ip-permission.cidr", "Values": ["10.0.0.2/32"]}),
+            vec!["db"],
+        ),
         (json!({"Name": "tag:app", "Values": ["shop"]}), vec!["web"]),
     ] {
-        let got = ok(&mut svc, "DescribeSecurityGroups", json!({"Filters": [filter]}));
+        let got = ok(
+            &mut svc,
+            "DescribeSecurityGroups",
+            json!({"Filters": [filter]}),
+        );
         let names: Vec<&str> = got["SecurityGroups"]
             .as_array()
             .unwrap()
@@ -442,14 +549,36 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
     )["SecurityGroupRules"]
         .clone();
     assert_eq!(rules.as_array().unwrap().len(), 4, "{rules}");
-    assert!(rules.as_array().unwrap().iter().any(|r| r["IsEgress"] == true && r["IpProtocol"] == "-1"));
-    assert_eq!(amirun_tags(&mut svc, "security-group"), vec![(web_id.clone(), "app".to_string())]);
+    assert!(rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["IsEgress"] == true && r["IpProtocol"] == "-1"));
+    assert_eq!(
+        amirun_tags(&mut svc, "security-group"),
+        vec![(web_id.clone(), "app".to_string())]
+    );
 
     // A referenced group cannot go; the default group never.
-    let m = fails(&mut svc, "DeleteSecurityGroup", json!({"GroupId": db_id}), "DependencyViolation");
+    let m = fails(
+        &mut svc,
+        "DeleteSecurityGroup",
+        json!({"GroupId": db_id}),
+        "DependencyViolation",
+    );
     assert!(m.contains(&db_id), "{m}");
-    fails(&mut svc, "DeleteSecurityGroup", json!({"GroupName": "default"}), "CannotDelete");
-    fails(&mut svc, "DeleteSecurityGroup", json!({"GroupId": "sg-0123456789abcdef0"}), "InvalidGroup.NotFound");
+    fails(
+        &mut svc,
+        "DeleteSecurityGroup",
+        json!({"GroupName": "default"}),
+        "CannotDelete",
+    );
+    fails(
+        &mut svc,
+        "DeleteSecurityGroup",
+        json!({"GroupId": "sg-0123456789abcdef0"}),
+        "InvalidGroup.NotFound",
+    );
 
     // Revoke: by permission, then again (gone), then by rule id.
     let r = ok(
@@ -457,7 +586,10 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
         "RevokeSecurityGroupIngress",
         json!({"GroupId": web_id, "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "UserIdGroupPairs": [{"GroupId": db_id}]}]}),
     );
-    assert_eq!(r["RevokedSecurityGroupRules"][0]["ReferencedGroupId"], db_id.as_str());
+    assert_eq!(
+        r["RevokedSecurityGroupRules"][0]["ReferencedGroupId"],
+        db_id.as_str()
+    );
     fails(
         &mut svc,
         "RevokeSecurityGroupIngress",
@@ -471,7 +603,11 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
         .find(|r| r["FromPort"] == 80)
         .unwrap()["SecurityGroupRuleId"]
         .clone();
-    ok(&mut svc, "RevokeSecurityGroupIngress", json!({"GroupId": web_id, "SecurityGroupRuleIds": [rule80]}));
+    ok(
+        &mut svc,
+        "RevokeSecurityGroupIngress",
+        json!({"GroupId": web_id, "SecurityGroupRuleIds": [rule80]}),
+    );
     fails(
         &mut svc,
         "RevokeSecurityGroupIngress",
@@ -484,12 +620,22 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
         json!({"GroupId": db_id, "IpProtocol": "udp", "FromPort": 54, "ToPort": 54, "CidrIp": "10.0.0.2/32"}),
         "InvalidPermission.NotFound",
     );
-    let left = ok(&mut svc, "DescribeSecurityGroups", json!({"GroupIds": [web_id]}))["SecurityGroups"][0]["IpPermissions"].clone();
+    let left = ok(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupIds": [web_id]}),
+    )["SecurityGroups"][0]["IpPermissions"]
+        .clone();
     assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
     assert_eq!(left[0]["UserIdGroupPairs"], json!([]));
     // No longer referenced: it can go.
     ok(&mut svc, "DeleteSecurityGroup", json!({"GroupId": db_id}));
-    fails(&mut svc, "DescribeSecurityGroups", json!({"GroupIds": [db_id]}), "InvalidGroup.NotFound");
+    fails(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupIds": [db_id]}),
+        "InvalidGroup.NotFound",
+    );
 }
 
 #[test]
@@ -501,9 +647,13 @@ fn run_instances_refuses_bad_network_members_and_makes_nothing() {
         "DescribeImages",
         json!({"Filters": [{"Name": "name", "Values": ["amirun/tiny-x86_64"]}]}),
     );
-    let ami = images["Images"][0]["ImageId"].as_str().expect("the tiny image").to_string();
+    let ami = images["Images"][0]["ImageId"]
+        .as_str()
+        .expect("the tiny image")
+        .to_string();
     let subnet = ok(&mut svc, "DescribeSubnets", json!({}))["Subnets"][0]["SubnetId"].clone();
-    let other = ok(&mut svc, "CreateVpc", json!({"CidrBlock": "10.9.0.0/16"}))["Vpc"]["VpcId"].clone();
+    let other =
+        ok(&mut svc, "CreateVpc", json!({"CidrBlock": "10.9.0.0/16"}))["Vpc"]["VpcId"].clone();
     let other_group = ok(
         &mut svc,
         "CreateSecurityGroup",
@@ -511,18 +661,31 @@ fn run_instances_refuses_bad_network_members_and_makes_nothing() {
     )["GroupId"]
         .clone();
     let run = |extra: Value| {
-        let mut v = json!({"ImageId": ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.micro"});
+        let mut v =
+            json!({"ImageId": ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.micro"});
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
         v
     };
     for (extra, code) in [
-        (json!({"SecurityGroupIds": ["sg-0123456789abcdef0"]}), "InvalidGroup.NotFound"),
-        (json!({"SecurityGroupIds": ["bogus"]}), "InvalidGroupId.Malformed"),
+        (
+            json!({"SecurityGroupIds": ["sg-0123456789abcdef0"]}),
+            "InvalidGroup.NotFound",
+        ),
+        (
+            json!({"SecurityGroupIds": ["bogus"]}),
+            "InvalidGroupId.Malformed",
+        ),
         (json!({"SecurityGroups": ["nope"]}), "InvalidGroup.NotFound"),
-        (json!({"SubnetId": "subnet-0123456789abcdef0"}), "InvalidSubnetID.NotFound"),
-        (json!({"SubnetId": subnet, "SecurityGroupIds": [other_group]}), "InvalidParameter"),
+        (
+            json!({"SubnetId": "subnet-0123456789abcdef0"}),
+            "InvalidSubnetID.NotFound",
+        ),
+        (
+            json!({"SubnetId": subnet, "SecurityGroupIds": [other_group]}),
+            "InvalidParameter",
+        ),
         (
             json!({"SubnetId": subnet, "NetworkInterfaces": [{"DeviceIndex": 0, "SubnetId": subnet}]}),
             "InvalidParameterCombination",
@@ -531,17 +694,36 @@ fn run_instances_refuses_bad_network_members_and_makes_nothing() {
             json!({"SecurityGroupIds": [other_group], "NetworkInterfaces": [{"DeviceIndex": 0}]}),
             "InvalidParameterCombination",
         ),
-        (json!({"Placement": {"AvailabilityZone": "us-east-1q"}}), "InvalidParameterValue"),
-        (json!({"PrivateIpAddress": "10.0.0.9"}), "InvalidParameterValue"),
-        (json!({"PrivateIpAddress": "172.31.0.2"}), "InvalidParameterValue"),
-        (json!({"PrivateIpAddress": "172.31.0.9", "MaxCount": 2}), "InvalidParameterCombination"),
-        (json!({"NetworkInterfaces": [{"DeviceIndex": 0, "Ipv6AddressCount": 1}]}), "UnknownParameter"),
+        (
+            json!({"Placement": {"AvailabilityZone": "us-east-1q"}}),
+            "InvalidParameterValue",
+        ),
+        (
+            json!({"PrivateIpAddress": "10.0.0.9"}),
+            "InvalidParameterValue",
+        ),
+        (
+            json!({"PrivateIpAddress": "172.31.0.2"}),
+            "InvalidParameterValue",
+        ),
+        (
+            json!({"PrivateIpAddress": "172.31.0.9", "MaxCount": 2}),
+            "InvalidParameterCombination",
+        ),
+        (
+            json!({"NetworkInterfaces": [{"DeviceIndex": 0, "Ipv6AddressCount": 1}]}),
+            "UnknownParameter",
+        ),
     ] {
         let m = fails(&mut svc, "RunInstances", run(extra.clone()), code);
         eprintln!("{extra}: {code}: {m}");
     }
     let r = ok(&mut svc, "DescribeInstances", json!({}));
-    assert_eq!(r["Reservations"], json!([]), "a refused launch made an instance");
+    assert_eq!(
+        r["Reservations"],
+        json!([]),
+        "a refused launch made an instance"
+    );
     let enis = ok(&mut svc, "DescribeNetworkInterfaces", json!({}));
     assert_eq!(enis["NetworkInterfaces"], json!([]));
     assert!(TestHome::files_in(&home.dir.path().join("volumes")).is_empty());
@@ -562,7 +744,10 @@ fn child_default_vpc() {
     let paths = amirun::paths::Paths::new(&home, format!("{home}/run"));
     let mut svc = Service::open(paths, ServiceOptions::default()).unwrap();
     let v = ok(&mut svc, "DescribeSecurityGroups", json!({}));
-    println!("\nGROUP {}", v["SecurityGroups"][0]["GroupId"].as_str().unwrap());
+    println!(
+        "\nGROUP {}",
+        v["SecurityGroups"][0]["GroupId"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -572,7 +757,13 @@ fn two_processes_on_a_fresh_home_make_one_default_vpc() {
         let children: Vec<Child> = (0..4)
             .map(|_| {
                 Command::new(std::env::current_exe().unwrap())
-                    .args(["--ignored", "--exact", "child_default_vpc", "--nocapture", "--test-threads=1"])
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        "child_default_vpc",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
                     .env(CHILD_HOME, home.dir.path())
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
@@ -590,14 +781,22 @@ fn two_processes_on_a_fresh_home_make_one_default_vpc() {
                 "{stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let line = stdout.lines().find_map(|l| l.strip_prefix("GROUP ")).unwrap_or_else(|| panic!("{stdout}"));
+            let line = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("GROUP "))
+                .unwrap_or_else(|| panic!("{stdout}"));
             groups.push(line.to_string());
         }
         groups.dedup();
         assert_eq!(groups.len(), 1, "{groups:?}");
         let paths = amirun::paths::Paths::new(home.dir.path(), home.dir.path().join("run"));
         let mut svc = Service::open(paths, ServiceOptions::default()).unwrap();
-        for (action, key) in [("DescribeVpcs", "Vpcs"), ("DescribeSubnets", "Subnets"), ("DescribeSecurityGroups", "SecurityGroups"), ("DescribeSecurityGroupRules", "SecurityGroupRules")] {
+        for (action, key) in [
+            ("DescribeVpcs", "Vpcs"),
+            ("DescribeSubnets", "Subnets"),
+            ("DescribeSecurityGroups", "SecurityGroups"),
+            ("DescribeSecurityGroupRules", "SecurityGroupRules"),
+        ] {
             let v = ok(&mut svc, action, json!({}));
             let want = if key == "SecurityGroupRules" { 2 } else { 1 };
             assert_eq!(v[key].as_array().unwrap().len(), want, "{action}: {v}");
@@ -642,7 +841,11 @@ impl Serve {
 
     fn python(&self, env: &util::Env, scenario: &str) -> String {
         let python = repo().join("target/pyenv/bin/python");
-        assert!(python.exists(), "{} is missing: run scripts/test.sh", python.display());
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/test.sh",
+            python.display()
+        );
         let out = Command::new(python)
             .arg(repo().join("tests/python/ec2_api.py"))
             .arg(scenario)

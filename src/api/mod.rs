@@ -78,7 +78,9 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeVpcs", |c, v| typed(c, v, Service::describe_vpcs)),
     ("CreateSubnet", |c, v| typed(c, v, Service::create_subnet)),
     ("DeleteSubnet", |c, v| typed(c, v, Service::delete_subnet)),
-    ("DescribeSubnets", |c, v| typed(c, v, Service::describe_subnets)),
+    ("DescribeSubnets", |c, v| {
+        typed(c, v, Service::describe_subnets)
+    }),
     ("DescribeAccountAttributes", |c, v| {
         typed(c, v, Service::describe_account_attributes)
     }),

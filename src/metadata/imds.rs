@@ -196,7 +196,11 @@ impl ImdsConfig {
             ("device-number".into(), leaf("0")),
             (
                 "interface-id".into(),
-                leaf(self.vpc.as_ref().map_or("eni-0amirun0000000000", |v| &v.interface_id)),
+                leaf(
+                    self.vpc
+                        .as_ref()
+                        .map_or("eni-0amirun0000000000", |v| &v.interface_id),
+                ),
             ),
             ("local-hostname".into(), leaf(&self.hostname)),
             ("local-ipv4s".into(), leaf(&self.local_ipv4)),

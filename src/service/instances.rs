@@ -1259,7 +1259,11 @@ impl Service {
     ) -> Result<Value> {
         filter::check_names(
             filters,
-            &[INSTANCE_FILTERS, super::network_interfaces::INSTANCE_NETWORK_FILTERS].concat(),
+            &[
+                INSTANCE_FILTERS,
+                super::network_interfaces::INSTANCE_NETWORK_FILTERS,
+            ]
+            .concat(),
         )?;
         let wanted = if instance_ids.is_empty() {
             self.refresh_instances(caller)?;

@@ -300,9 +300,10 @@ pub fn add_instance_fields(shape: &mut Value, net: &InstanceNetwork, region: &st
         .iter()
         .map(|(id, name)| json!({"GroupId": id, "GroupName": name}))
         .collect();
-    let association = e.public_ip.as_ref().map(|p| {
-        json!({"IpOwnerId": "amazon", "PublicDnsName": public_dns, "PublicIp": p})
-    });
+    let association = e
+        .public_ip
+        .as_ref()
+        .map(|p| json!({"IpOwnerId": "amazon", "PublicDnsName": public_dns, "PublicIp": p}));
     let mut address = json!({
         "Primary": true,
         "PrivateDnsName": private_dns,
@@ -352,11 +353,17 @@ pub fn add_instance_fields(shape: &mut Value, net: &InstanceNetwork, region: &st
 
 /// What the data plane needs of one interface.
 fn attachment_of(db: &Db, e: &NetworkInterfaceState) -> Result<VpcAttachment> {
-    let vpc = db
-        .vpc(&e.vpc_id)?
-        .ok_or_else(|| Error::internal(format!("VPC {} of {} is gone", e.vpc_id, e.network_interface_id)))?;
+    let vpc = db.vpc(&e.vpc_id)?.ok_or_else(|| {
+        Error::internal(format!(
+            "VPC {} of {} is gone",
+            e.vpc_id, e.network_interface_id
+        ))
+    })?;
     let subnet = db.subnet(&e.subnet_id)?.ok_or_else(|| {
-        Error::internal(format!("Subnet {} of {} is gone", e.subnet_id, e.network_interface_id))
+        Error::internal(format!(
+            "Subnet {} of {} is gone",
+            e.subnet_id, e.network_interface_id
+        ))
     })?;
     let mut members: HashMap<String, Vec<String>> = HashMap::new();
     let (mut ingress, mut egress) = (Vec::new(), Vec::new());
@@ -391,11 +398,23 @@ fn attachment_of(db: &Db, e: &NetworkInterfaceState) -> Result<VpcAttachment> {
             let port = |p: Option<i64>| p.and_then(|p| u16::try_from(p).ok());
             let rule = FlowRule {
                 protocol,
-                from_port: if protocol == Protocol::All { None } else { port(r.from_port) },
-                to_port: if protocol == Protocol::All { None } else { port(r.to_port) },
+                from_port: if protocol == Protocol::All {
+                    None
+                } else {
+                    port(r.from_port)
+                },
+                to_port: if protocol == Protocol::All {
+                    None
+                } else {
+                    port(r.to_port)
+                },
                 peers,
             };
-            let list = if r.is_egress { &mut egress } else { &mut ingress };
+            let list = if r.is_egress {
+                &mut egress
+            } else {
+                &mut ingress
+            };
             if !list.contains(&rule) {
                 list.push(rule);
             }
@@ -478,14 +497,18 @@ fn render_interface(db: &Db, e: &NetworkInterfaceState, region: &str) -> Result<
         .group_ids
         .iter()
         .map(|g| -> Result<Value> {
-            let name = db.security_group(g)?.map(|g| g.group_name).unwrap_or_default();
+            let name = db
+                .security_group(g)?
+                .map(|g| g.group_name)
+                .unwrap_or_default();
             Ok(json!({"GroupId": g, "GroupName": name}))
         })
         .collect::<Result<_>>()?;
     let association = e.public_ip.as_ref().map(|p| {
         json!({"IpOwnerId": "amazon", "PublicDnsName": public_dns_name(p, region), "PublicIp": p})
     });
-    let mut address = json!({"Primary": true, "PrivateDnsName": private_dns, "PrivateIpAddress": e.private_ip});
+    let mut address =
+        json!({"Primary": true, "PrivateDnsName": private_dns, "PrivateIpAddress": e.private_ip});
     let mut v = json!({
         "AvailabilityZone": e.availability_zone,
         "Description": e.description,
@@ -667,7 +690,9 @@ impl Service {
         };
         if let Some(z) = &zone {
             if !zones(&caller.region).contains(z) {
-                return Err(Error::invalid_value(format!("Invalid availability zone: [{z}]")));
+                return Err(Error::invalid_value(format!(
+                    "Invalid availability zone: [{z}]"
+                )));
             }
         }
         let private_ip = private_ip.as_deref().map(parse_ip).transpose()?;
@@ -850,7 +875,11 @@ impl Service {
     /// instance without an interface (launched before VPCs existed).
     pub fn vpc_attachment_for_boot(&mut self, instance_id: &str) -> Result<Option<VpcAttachment>> {
         let attachment = self.store.write(|db| -> Result<Option<VpcAttachment>> {
-            let Some(mut e) = db.instance_network_interfaces(instance_id)?.into_iter().next() else {
+            let Some(mut e) = db
+                .instance_network_interfaces(instance_id)?
+                .into_iter()
+                .next()
+            else {
                 return Ok(None);
             };
             if e.wants_public_ip && e.public_ip.is_none() {
@@ -870,7 +899,11 @@ impl Service {
     /// After a stop or terminate settled: drop the public address (a new
     /// one comes at the next start), and at terminate the interface with
     /// its private address. The caller holds the instance's lock.
-    pub fn release_instance_addresses(&mut self, instance_id: &str, terminated: bool) -> Result<()> {
+    pub fn release_instance_addresses(
+        &mut self,
+        instance_id: &str,
+        terminated: bool,
+    ) -> Result<()> {
         let groups = self.store.write(|db| -> Result<Vec<String>> {
             let mut groups = Vec::new();
             for e in db.instance_network_interfaces(instance_id)? {
@@ -893,27 +926,31 @@ impl Service {
     }
 
     /// The network of each of the caller's instances that has one.
-    pub fn instance_networks(&mut self, caller: &Caller) -> Result<HashMap<String, InstanceNetwork>> {
-        self.store.read(|db| -> Result<HashMap<String, InstanceNetwork>> {
-            let names: HashMap<String, String> = db
-                .security_groups(&caller.region, &caller.account)?
-                .into_iter()
-                .map(|g| (g.group_id, g.group_name))
-                .collect();
-            let mut out = HashMap::new();
-            for e in db.network_interfaces(&caller.region, &caller.account)? {
-                let Some(id) = e.instance_id.clone() else {
-                    continue;
-                };
-                let groups = e
-                    .group_ids
-                    .iter()
-                    .map(|g| (g.clone(), names.get(g).cloned().unwrap_or_default()))
+    pub fn instance_networks(
+        &mut self,
+        caller: &Caller,
+    ) -> Result<HashMap<String, InstanceNetwork>> {
+        self.store
+            .read(|db| -> Result<HashMap<String, InstanceNetwork>> {
+                let names: HashMap<String, String> = db
+                    .security_groups(&caller.region, &caller.account)?
+                    .into_iter()
+                    .map(|g| (g.group_id, g.group_name))
                     .collect();
-                out.entry(id).or_insert(InstanceNetwork { eni: e, groups });
-            }
-            Ok(out)
-        })
+                let mut out = HashMap::new();
+                for e in db.network_interfaces(&caller.region, &caller.account)? {
+                    let Some(id) = e.instance_id.clone() else {
+                        continue;
+                    };
+                    let groups = e
+                        .group_ids
+                        .iter()
+                        .map(|g| (g.clone(), names.get(g).cloned().unwrap_or_default()))
+                        .collect();
+                    out.entry(id).or_insert(InstanceNetwork { eni: e, groups });
+                }
+                Ok(out)
+            })
     }
 
     /// What IMDS tells a guest about its network (`None` without an interface).
@@ -922,31 +959,40 @@ impl Service {
         instance_id: &str,
         region: &str,
     ) -> Result<Option<crate::metadata::imds::ImdsVpc>> {
-        self.store.read(|db| -> Result<Option<crate::metadata::imds::ImdsVpc>> {
-            let Some(e) = db.instance_network_interfaces(instance_id)?.into_iter().next() else {
-                return Ok(None);
-            };
-            let vpc = db.vpc(&e.vpc_id)?;
-            let subnet = db.subnet(&e.subnet_id)?;
-            let mut names = Vec::new();
-            for g in &e.group_ids {
-                names.push(db.security_group(g)?.map(|g| g.group_name).unwrap_or_default());
-            }
-            Ok(Some(crate::metadata::imds::ImdsVpc {
-                vpc_id: e.vpc_id.clone(),
-                vpc_cidr: vpc.map(|v| v.cidr_block).unwrap_or_default(),
-                subnet_id: e.subnet_id.clone(),
-                subnet_cidr: subnet.map(|s| s.cidr_block).unwrap_or_default(),
-                interface_id: e.network_interface_id.clone(),
-                local_ipv4: e.private_ip.clone(),
-                local_hostname: private_dns_name(&e.private_ip, region),
-                mac: e.mac.clone(),
-                security_group_ids: e.group_ids.clone(),
-                security_groups: names,
-                public_ipv4: e.public_ip.clone(),
-                public_hostname: e.public_ip.as_deref().map(|p| public_dns_name(p, region)),
-            }))
-        })
+        self.store
+            .read(|db| -> Result<Option<crate::metadata::imds::ImdsVpc>> {
+                let Some(e) = db
+                    .instance_network_interfaces(instance_id)?
+                    .into_iter()
+                    .next()
+                else {
+                    return Ok(None);
+                };
+                let vpc = db.vpc(&e.vpc_id)?;
+                let subnet = db.subnet(&e.subnet_id)?;
+                let mut names = Vec::new();
+                for g in &e.group_ids {
+                    names.push(
+                        db.security_group(g)?
+                            .map(|g| g.group_name)
+                            .unwrap_or_default(),
+                    );
+                }
+                Ok(Some(crate::metadata::imds::ImdsVpc {
+                    vpc_id: e.vpc_id.clone(),
+                    vpc_cidr: vpc.map(|v| v.cidr_block).unwrap_or_default(),
+                    subnet_id: e.subnet_id.clone(),
+                    subnet_cidr: subnet.map(|s| s.cidr_block).unwrap_or_default(),
+                    interface_id: e.network_interface_id.clone(),
+                    local_ipv4: e.private_ip.clone(),
+                    local_hostname: private_dns_name(&e.private_ip, region),
+                    mac: e.mac.clone(),
+                    security_group_ids: e.group_ids.clone(),
+                    security_groups: names,
+                    public_ipv4: e.public_ip.clone(),
+                    public_hostname: e.public_ip.as_deref().map(|p| public_dns_name(p, region)),
+                }))
+            })
     }
 
     /// `DescribeNetworkInterfaces`.
@@ -967,74 +1013,80 @@ impl Service {
         }
         self.default_vpc(caller)?;
         self.sweep_interfaces()?;
-        self.store.read(|db| -> Result<DescribeNetworkInterfacesResult> {
-            let all = db.network_interfaces(&caller.region, &caller.account)?;
-            if let Some(missing) = req
-                .network_interface_ids
-                .iter()
-                .find(|id| !all.iter().any(|e| &e.network_interface_id == *id))
-            {
-                return Err(Error::new(
-                    ErrorCode::InvalidNetworkInterfaceIdNotFound,
-                    format!("The networkInterface ID '{missing}' does not exist"),
-                ));
-            }
-            let mut out = Vec::new();
-            for e in &all {
-                if !req.network_interface_ids.is_empty()
-                    && !req.network_interface_ids.contains(&e.network_interface_id)
-                {
-                    continue;
-                }
-                let tags = db.tags_of(&e.network_interface_id)?;
-                let names: Vec<String> = e
-                    .group_ids
+        self.store
+            .read(|db| -> Result<DescribeNetworkInterfacesResult> {
+                let all = db.network_interfaces(&caller.region, &caller.account)?;
+                if let Some(missing) = req
+                    .network_interface_ids
                     .iter()
-                    .map(|g| db.security_group(g).map(|g| g.map(|g| g.group_name).unwrap_or_default()))
-                    .collect::<std::result::Result<_, _>>()?;
-                let region = &caller.region;
-                let keep = filter::matches(&req.filters, |name| {
-                    let one = |s: &str| vec![s.to_string()];
-                    match name {
-                        "addresses.private-ip-address" | "private-ip-address" => one(&e.private_ip),
-                        "addresses.primary" | "source-dest-check" => one("true"),
-                        "association.public-ip" => e.public_ip.iter().cloned().collect(),
-                        "association.public-dns-name" => e
-                            .public_ip
-                            .iter()
-                            .map(|p| public_dns_name(p, region))
-                            .collect(),
-                        "attachment.attachment-id" => e.attachment_id.iter().cloned().collect(),
-                        "attachment.instance-id" => e.instance_id.iter().cloned().collect(),
-                        "attachment.instance-owner-id" | "owner-id" => one(&e.owner_id),
-                        "attachment.device-index" => one(&e.device_index.to_string()),
-                        "attachment.status" => one("attached"),
-                        "attachment.delete-on-termination" => {
-                            one(&e.delete_on_termination.to_string())
-                        }
-                        "availability-zone" => one(&e.availability_zone),
-                        "description" => one(&e.description),
-                        "group-id" => e.group_ids.clone(),
-                        "group-name" => names.clone(),
-                        "interface-type" => one("interface"),
-                        "mac-address" => one(&e.mac),
-                        "network-interface-id" => one(&e.network_interface_id),
-                        "private-dns-name" => one(&private_dns_name(&e.private_ip, region)),
-                        "requester-managed" => one("false"),
-                        "status" => one("in-use"),
-                        "subnet-id" => one(&e.subnet_id),
-                        "vpc-id" => one(&e.vpc_id),
-                        n => filter::tag_values(&tags, n).unwrap_or_default(),
-                    }
-                });
-                if keep {
-                    out.push(render_interface(db, e, &caller.region)?);
+                    .find(|id| !all.iter().any(|e| &e.network_interface_id == *id))
+                {
+                    return Err(Error::new(
+                        ErrorCode::InvalidNetworkInterfaceIdNotFound,
+                        format!("The networkInterface ID '{missing}' does not exist"),
+                    ));
                 }
-            }
-            Ok(DescribeNetworkInterfacesResult {
-                network_interfaces: out,
+                let mut out = Vec::new();
+                for e in &all {
+                    if !req.network_interface_ids.is_empty()
+                        && !req.network_interface_ids.contains(&e.network_interface_id)
+                    {
+                        continue;
+                    }
+                    let tags = db.tags_of(&e.network_interface_id)?;
+                    let names: Vec<String> = e
+                        .group_ids
+                        .iter()
+                        .map(|g| {
+                            db.security_group(g)
+                                .map(|g| g.map(|g| g.group_name).unwrap_or_default())
+                        })
+                        .collect::<std::result::Result<_, _>>()?;
+                    let region = &caller.region;
+                    let keep = filter::matches(&req.filters, |name| {
+                        let one = |s: &str| vec![s.to_string()];
+                        match name {
+                            "addresses.private-ip-address" | "private-ip-address" => {
+                                one(&e.private_ip)
+                            }
+                            "addresses.primary" | "source-dest-check" => one("true"),
+                            "association.public-ip" => e.public_ip.iter().cloned().collect(),
+                            "association.public-dns-name" => e
+                                .public_ip
+                                .iter()
+                                .map(|p| public_dns_name(p, region))
+                                .collect(),
+                            "attachment.attachment-id" => e.attachment_id.iter().cloned().collect(),
+                            "attachment.instance-id" => e.instance_id.iter().cloned().collect(),
+                            "attachment.instance-owner-id" | "owner-id" => one(&e.owner_id),
+                            "attachment.device-index" => one(&e.device_index.to_string()),
+                            "attachment.status" => one("attached"),
+                            "attachment.delete-on-termination" => {
+                                one(&e.delete_on_termination.to_string())
+                            }
+                            "availability-zone" => one(&e.availability_zone),
+                            "description" => one(&e.description),
+                            "group-id" => e.group_ids.clone(),
+                            "group-name" => names.clone(),
+                            "interface-type" => one("interface"),
+                            "mac-address" => one(&e.mac),
+                            "network-interface-id" => one(&e.network_interface_id),
+                            "private-dns-name" => one(&private_dns_name(&e.private_ip, region)),
+                            "requester-managed" => one("false"),
+                            "status" => one("in-use"),
+                            "subnet-id" => one(&e.subnet_id),
+                            "vpc-id" => one(&e.vpc_id),
+                            n => filter::tag_values(&tags, n).unwrap_or_default(),
+                        }
+                    });
+                    if keep {
+                        out.push(render_interface(db, e, &caller.region)?);
+                    }
+                }
+                Ok(DescribeNetworkInterfacesResult {
+                    network_interfaces: out,
+                })
             })
-        })
     }
 
     /// `ModifyInstanceAttribute groupSet`: replace the groups of an
@@ -1096,20 +1148,22 @@ impl Service {
 
     /// Hand the data plane new rules for every running instance in these groups.
     pub(crate) fn apply_rules_of_groups(&mut self, group_ids: &[String]) {
-        let result = self.store.read(|db| -> Result<Vec<(String, VpcAttachment)>> {
-            let mut seen = BTreeSet::new();
-            let mut out = Vec::new();
-            for g in group_ids {
-                for e in db.network_interfaces_in_group(g)? {
-                    if seen.insert(e.network_interface_id.clone()) {
-                        if let Some(a) = running_attachment(db, &e)? {
-                            out.push(a);
+        let result = self
+            .store
+            .read(|db| -> Result<Vec<(String, VpcAttachment)>> {
+                let mut seen = BTreeSet::new();
+                let mut out = Vec::new();
+                for g in group_ids {
+                    for e in db.network_interfaces_in_group(g)? {
+                        if seen.insert(e.network_interface_id.clone()) {
+                            if let Some(a) = running_attachment(db, &e)? {
+                                out.push(a);
+                            }
                         }
                     }
                 }
-            }
-            Ok(out)
-        });
+                Ok(out)
+            });
         apply_all(result);
     }
 
@@ -1122,18 +1176,20 @@ impl Service {
         extra: &[String],
         include_self: bool,
     ) {
-        let result = self.store.read(|db| -> Result<Vec<(String, VpcAttachment)>> {
-            let mut out = Vec::new();
-            let mut groups: Vec<String> = extra.to_vec();
-            for e in db.instance_network_interfaces(instance_id)? {
-                groups.extend(e.group_ids.iter().cloned());
-                if include_self {
-                    out.extend(running_attachment(db, &e)?);
+        let result = self
+            .store
+            .read(|db| -> Result<Vec<(String, VpcAttachment)>> {
+                let mut out = Vec::new();
+                let mut groups: Vec<String> = extra.to_vec();
+                for e in db.instance_network_interfaces(instance_id)? {
+                    groups.extend(e.group_ids.iter().cloned());
+                    if include_self {
+                        out.extend(running_attachment(db, &e)?);
+                    }
                 }
-            }
-            out.extend(referencing_attachments(db, &groups, Some(instance_id))?);
-            Ok(out)
-        });
+                out.extend(referencing_attachments(db, &groups, Some(instance_id))?);
+                Ok(out)
+            });
         apply_all(result);
     }
 
@@ -1174,12 +1230,20 @@ fn referencing_attachments(
 }
 
 /// The attachment of an interface whose instance is pending or running.
-fn running_attachment(db: &Db, e: &NetworkInterfaceState) -> Result<Option<(String, VpcAttachment)>> {
+fn running_attachment(
+    db: &Db,
+    e: &NetworkInterfaceState,
+) -> Result<Option<(String, VpcAttachment)>> {
     let Some(id) = &e.instance_id else {
         return Ok(None);
     };
     match db.instance(id)? {
-        Some(i) if matches!(i.state, InstanceStateName::Pending | InstanceStateName::Running) => {
+        Some(i)
+            if matches!(
+                i.state,
+                InstanceStateName::Pending | InstanceStateName::Running
+            ) =>
+        {
             Ok(Some((id.clone(), attachment_of(db, e)?)))
         }
         _ => Ok(None),

@@ -399,8 +399,8 @@ fn protocol(p: &str) -> Result<String> {
         "-1" | "all" => "-1",
         other => {
             return Err(Error::invalid_value(format!(
-                "Invalid value '{other}' for IP protocol. amirun supports tcp, udp, icmp and -1 (all)"
-            )))
+            "Invalid value '{other}' for IP protocol. amirun supports tcp, udp, icmp and -1 (all)"
+        )))
         }
     }
     .to_string())
@@ -515,7 +515,11 @@ fn render_group(db: &Db, g: &SecurityGroupState) -> Result<SecurityGroup> {
     })
 }
 
-fn render_rule(db: &Db, g: &SecurityGroupState, r: &SecurityGroupRuleState) -> Result<SecurityGroupRule> {
+fn render_rule(
+    db: &Db,
+    g: &SecurityGroupState,
+    r: &SecurityGroupRuleState,
+) -> Result<SecurityGroupRule> {
     Ok(SecurityGroupRule {
         security_group_rule_id: r.rule_id.clone(),
         group_id: g.group_id.clone(),
@@ -525,10 +529,13 @@ fn render_rule(db: &Db, g: &SecurityGroupState, r: &SecurityGroupRuleState) -> R
         from_port: r.from_port.unwrap_or(-1),
         to_port: r.to_port.unwrap_or(-1),
         cidr_ipv4: r.cidr_ipv4.clone(),
-        referenced_group_info: r.referenced_group_id.as_ref().map(|id| ReferencedSecurityGroup {
-            group_id: id.clone(),
-            user_id: g.owner_id.clone(),
-        }),
+        referenced_group_info: r
+            .referenced_group_id
+            .as_ref()
+            .map(|id| ReferencedSecurityGroup {
+                group_id: id.clone(),
+                user_id: g.owner_id.clone(),
+            }),
         description: r.description.clone(),
         tags: tags_of(db, &r.rule_id)?,
         security_group_rule_arn: rule_arn(g, &r.rule_id),
@@ -693,10 +700,7 @@ impl Service {
             let vpc = match &req.vpc_id {
                 Some(id) => owned_vpc(db, caller, id)?,
                 None => default_vpc.clone().ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::VpcIdNotSpecified,
-                        "No default VPC for this user",
-                    )
+                    Error::new(ErrorCode::VpcIdNotSpecified, "No default VPC for this user")
                 })?,
             };
             if db
@@ -725,7 +729,12 @@ impl Service {
                 &group.group_id,
                 ids::new_id(IdKind::SecurityGroupRule),
             ))?;
-            put_tags(db, &req.tag_specifications, "security-group", &group.group_id)?;
+            put_tags(
+                db,
+                &req.tag_specifications,
+                "security-group",
+                &group.group_id,
+            )?;
             Ok(CreateSecurityGroupResult {
                 group_id: group.group_id.clone(),
                 tags: tags_of(db, &group.group_id)?,
@@ -797,67 +806,70 @@ impl Service {
         dry_run(req.dry_run)?;
         filter::check_names(&req.filters, GROUP_FILTERS)?;
         let default_vpc = self.default_vpc(caller)?;
-        self.store.read(|db| -> Result<DescribeSecurityGroupsResult> {
-            let mut named = Vec::new();
-            for id in &req.group_ids {
-                named.push(owned_group(db, caller, id)?.group_id);
-            }
-            for name in &req.group_names {
-                named.push(group_by_name(db, default_vpc.as_ref(), name)?.group_id);
-            }
-            let all = db.security_groups(&caller.region, &caller.account)?;
-            let mut out = Vec::new();
-            for g in &all {
-                if !(req.group_ids.is_empty() && req.group_names.is_empty())
-                    && !named.contains(&g.group_id)
-                {
-                    continue;
+        self.store
+            .read(|db| -> Result<DescribeSecurityGroupsResult> {
+                let mut named = Vec::new();
+                for id in &req.group_ids {
+                    named.push(owned_group(db, caller, id)?.group_id);
                 }
-                let tags = db.tags_of(&g.group_id)?;
-                let rules = db.security_group_rules(&g.group_id)?;
-                let name_of = |id: &str| {
-                    all.iter()
-                        .find(|x| x.group_id == id)
-                        .map(|x| x.group_name.clone())
-                        .unwrap_or_default()
-                };
-                let keep = filter::matches(&req.filters, |name| {
-                    let (egress, field) = match name.strip_prefix("egress.ip-permission.") {
-                        Some(f) => (true, Some(f)),
-                        None => (false, name.strip_prefix("ip-permission.")),
+                for name in &req.group_names {
+                    named.push(group_by_name(db, default_vpc.as_ref(), name)?.group_id);
+                }
+                let all = db.security_groups(&caller.region, &caller.account)?;
+                let mut out = Vec::new();
+                for g in &all {
+                    let selected = req.group_ids.is_empty() && req.group_names.is_empty()
+                        || named.contains(&g.group_id);
+                    if !selected {
+                        continue;
+                    }
+                    let tags = db.tags_of(&g.group_id)?;
+                    let rules = db.security_group_rules(&g.group_id)?;
+                    let name_of = |id: &str| {
+                        all.iter()
+                            .find(|x| x.group_id == id)
+                            .map(|x| x.group_name.clone())
+                            .unwrap_or_default()
                     };
-                    if let Some(field) = field {
-                        let mine = rules.iter().filter(|r| r.is_egress == egress);
-                        return mine
-                            .filter_map(|r| match field {
-                                "cidr" => r.cidr_ipv4.clone(),
-                                "from-port" => Some(r.from_port.unwrap_or(-1).to_string()),
-                                "to-port" => Some(r.to_port.unwrap_or(-1).to_string()),
-                                "protocol" => Some(r.ip_protocol.clone()),
-                                "group-id" => r.referenced_group_id.clone(),
-                                "group-name" => r.referenced_group_id.as_deref().map(name_of),
-                                "user-id" => r.referenced_group_id.as_ref().map(|_| g.owner_id.clone()),
-                                _ => None,
-                            })
-                            .collect();
+                    let keep = filter::matches(&req.filters, |name| {
+                        let (egress, field) = match name.strip_prefix("egress.ip-permission.") {
+                            Some(f) => (true, Some(f)),
+                            None => (false, name.strip_prefix("ip-permission.")),
+                        };
+                        if let Some(field) = field {
+                            let mine = rules.iter().filter(|r| r.is_egress == egress);
+                            return mine
+                                .filter_map(|r| match field {
+                                    "cidr" => r.cidr_ipv4.clone(),
+                                    "from-port" => Some(r.from_port.unwrap_or(-1).to_string()),
+                                    "to-port" => Some(r.to_port.unwrap_or(-1).to_string()),
+                                    "protocol" => Some(r.ip_protocol.clone()),
+                                    "group-id" => r.referenced_group_id.clone(),
+                                    "group-name" => r.referenced_group_id.as_deref().map(name_of),
+                                    "user-id" => {
+                                        r.referenced_group_id.as_ref().map(|_| g.owner_id.clone())
+                                    }
+                                    _ => None,
+                                })
+                                .collect();
+                        }
+                        match name {
+                            "description" => vec![g.description.clone()],
+                            "group-id" => vec![g.group_id.clone()],
+                            "group-name" => vec![g.group_name.clone()],
+                            "owner-id" => vec![g.owner_id.clone()],
+                            "vpc-id" => vec![g.vpc_id.clone()],
+                            n => filter::tag_values(&tags, n).unwrap_or_default(),
+                        }
+                    });
+                    if keep {
+                        out.push(render_group(db, g)?);
                     }
-                    match name {
-                        "description" => vec![g.description.clone()],
-                        "group-id" => vec![g.group_id.clone()],
-                        "group-name" => vec![g.group_name.clone()],
-                        "owner-id" => vec![g.owner_id.clone()],
-                        "vpc-id" => vec![g.vpc_id.clone()],
-                        n => filter::tag_values(&tags, n).unwrap_or_default(),
-                    }
-                });
-                if keep {
-                    out.push(render_group(db, g)?);
                 }
-            }
-            Ok(DescribeSecurityGroupsResult {
-                security_groups: out,
+                Ok(DescribeSecurityGroupsResult {
+                    security_groups: out,
+                })
             })
-        })
     }
 
     /// `DescribeSecurityGroupRules`.
@@ -869,42 +881,43 @@ impl Service {
         dry_run(req.dry_run)?;
         filter::check_names(&req.filters, RULE_FILTERS)?;
         self.default_vpc(caller)?;
-        self.store.read(|db| -> Result<DescribeSecurityGroupRulesResult> {
-            let mut out = Vec::new();
-            let mut seen = Vec::new();
-            for g in db.security_groups(&caller.region, &caller.account)? {
-                for r in db.security_group_rules(&g.group_id)? {
-                    seen.push(r.rule_id.clone());
-                    if !req.security_group_rule_ids.is_empty()
-                        && !req.security_group_rule_ids.contains(&r.rule_id)
-                    {
-                        continue;
-                    }
-                    let tags = db.tags_of(&r.rule_id)?;
-                    let keep = filter::matches(&req.filters, |name| match name {
-                        "group-id" => vec![g.group_id.clone()],
-                        "security-group-rule-id" => vec![r.rule_id.clone()],
-                        n => filter::tag_values(&tags, n).unwrap_or_default(),
-                    });
-                    if keep {
-                        out.push(render_rule(db, &g, &r)?);
+        self.store
+            .read(|db| -> Result<DescribeSecurityGroupRulesResult> {
+                let mut out = Vec::new();
+                let mut seen = Vec::new();
+                for g in db.security_groups(&caller.region, &caller.account)? {
+                    for r in db.security_group_rules(&g.group_id)? {
+                        seen.push(r.rule_id.clone());
+                        if !req.security_group_rule_ids.is_empty()
+                            && !req.security_group_rule_ids.contains(&r.rule_id)
+                        {
+                            continue;
+                        }
+                        let tags = db.tags_of(&r.rule_id)?;
+                        let keep = filter::matches(&req.filters, |name| match name {
+                            "group-id" => vec![g.group_id.clone()],
+                            "security-group-rule-id" => vec![r.rule_id.clone()],
+                            n => filter::tag_values(&tags, n).unwrap_or_default(),
+                        });
+                        if keep {
+                            out.push(render_rule(db, &g, &r)?);
+                        }
                     }
                 }
-            }
-            if let Some(missing) = req
-                .security_group_rule_ids
-                .iter()
-                .find(|id| !seen.contains(id))
-            {
-                return Err(Error::new(
-                    ErrorCode::InvalidSecurityGroupRuleIdNotFound,
-                    format!("The security group rule ID '{missing}' does not exist"),
-                ));
-            }
-            Ok(DescribeSecurityGroupRulesResult {
-                security_group_rules: out,
+                if let Some(missing) = req
+                    .security_group_rule_ids
+                    .iter()
+                    .find(|id| !seen.contains(id))
+                {
+                    return Err(Error::new(
+                        ErrorCode::InvalidSecurityGroupRuleIdNotFound,
+                        format!("The security group rule ID '{missing}' does not exist"),
+                    ));
+                }
+                Ok(DescribeSecurityGroupRulesResult {
+                    security_group_rules: out,
+                })
             })
-        })
     }
 
     /// `AuthorizeSecurityGroupIngress`.
@@ -984,7 +997,12 @@ impl Service {
             let mut shown = Vec::new();
             for r in &new {
                 db.insert_security_group_rule(r)?;
-                put_tags(db, &req.tag_specifications, "security-group-rule", &r.rule_id)?;
+                put_tags(
+                    db,
+                    &req.tag_specifications,
+                    "security-group-rule",
+                    &r.rule_id,
+                )?;
                 shown.push(render_rule(db, &group, r)?);
             }
             Ok((
@@ -1097,7 +1115,10 @@ mod tests {
         assert_eq!(protocol("6").unwrap(), "tcp");
         assert_eq!(protocol("-1").unwrap(), "-1");
         assert!(protocol("gre").is_err());
-        assert_eq!(ports("tcp", Some(22), Some(22)).unwrap(), (Some(22), Some(22)));
+        assert_eq!(
+            ports("tcp", Some(22), Some(22)).unwrap(),
+            (Some(22), Some(22))
+        );
         assert!(ports("tcp", Some(22), None).is_err());
         assert!(ports("tcp", Some(23), Some(22)).is_err());
         assert!(ports("udp", Some(0), Some(65536)).is_err());
@@ -1126,7 +1147,10 @@ mod tests {
         let p = permissions(&rules.iter().collect::<Vec<_>>(), "000000000000");
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].ip_ranges.len(), 1);
-        assert_eq!(p[0].user_id_group_pairs[0].group_id.as_deref(), Some("sg-2"));
+        assert_eq!(
+            p[0].user_id_group_pairs[0].group_id.as_deref(),
+            Some("sg-2")
+        );
         assert_eq!(p[1].from_port, Some(80));
         assert_eq!(
             describe_rule(&rules[0]),

@@ -17,9 +17,7 @@ use super::filter;
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::{now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
-use crate::store::vpc::{
-    SecurityGroupRuleState, SecurityGroupState, SubnetState, VpcState,
-};
+use crate::store::vpc::{SecurityGroupRuleState, SecurityGroupState, SubnetState, VpcState};
 use crate::store::Db;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -212,7 +210,11 @@ pub(crate) fn check_owned_resource(db: &Db, caller: &Caller, id: &str) -> Result
         "security-group" => super::security_groups::owned_group(db, caller, id).map(|_| ()),
         "security-group-rule" => {
             for g in db.security_groups(&caller.region, &caller.account)? {
-                if db.security_group_rules(&g.group_id)?.iter().any(|r| r.rule_id == id) {
+                if db
+                    .security_group_rules(&g.group_id)?
+                    .iter()
+                    .any(|r| r.rule_id == id)
+                {
                     return Ok(());
                 }
             }
@@ -257,7 +259,10 @@ pub(crate) fn check_owned_resource(db: &Db, caller: &Caller, id: &str) -> Result
 
 /// A VPC's `default` group and its rules: all traffic from the group
 /// itself, all traffic out.
-fn default_group(vpc: &VpcState, derive: impl Fn(IdKind, &str) -> String) -> (SecurityGroupState, Vec<SecurityGroupRuleState>) {
+fn default_group(
+    vpc: &VpcState,
+    derive: impl Fn(IdKind, &str) -> String,
+) -> (SecurityGroupState, Vec<SecurityGroupRuleState>) {
     let group = SecurityGroupState {
         group_id: vpc.default_group_id.clone(),
         vpc_id: vpc.vpc_id.clone(),
@@ -278,7 +283,10 @@ fn default_group(vpc: &VpcState, derive: impl Fn(IdKind, &str) -> String) -> (Se
             referenced_group_id: Some(group.group_id.clone()),
             description: None,
         },
-        super::security_groups::allow_all_egress(&group.group_id, derive(IdKind::SecurityGroupRule, "egress")),
+        super::security_groups::allow_all_egress(
+            &group.group_id,
+            derive(IdKind::SecurityGroupRule, "egress"),
+        ),
     ];
     (group, rules)
 }
@@ -686,8 +694,11 @@ fn render_vpc(db: &Db, v: &VpcState) -> Result<Vpc> {
         owner_id: v.owner_id.clone(),
         instance_tenancy: v.instance_tenancy.clone(),
         cidr_block_association_set: vec![VpcCidrBlockAssociation {
-            association_id: ids::derived_id(IdKind::Vpc, &format!("cidr/{}", v.vpc_id))
-                .replacen("vpc-", "vpc-cidr-assoc-", 1),
+            association_id: ids::derived_id(IdKind::Vpc, &format!("cidr/{}", v.vpc_id)).replacen(
+                "vpc-",
+                "vpc-cidr-assoc-",
+                1,
+            ),
             cidr_block: v.cidr_block.clone(),
             cidr_block_state: CidrBlockState {
                 state: "associated".into(),
@@ -748,7 +759,9 @@ impl Service {
         let (region, account) = (caller.region.clone(), caller.account.to_string());
         let look = |db: &Db| -> Result<(Option<VpcState>, bool)> {
             Ok((
-                db.vpcs(&region, &account)?.into_iter().find(|v| v.is_default),
+                db.vpcs(&region, &account)?
+                    .into_iter()
+                    .find(|v| v.is_default),
                 db.default_vpc_made(&region, &account)?,
             ))
         };
@@ -802,7 +815,11 @@ impl Service {
 
     /// `CreateVpc`: a VPC with a main route table and a `default` group, no
     /// internet gateway.
-    pub fn create_vpc(&mut self, caller: &Caller, req: CreateVpcRequest) -> Result<CreateVpcResult> {
+    pub fn create_vpc(
+        &mut self,
+        caller: &Caller,
+        req: CreateVpcRequest,
+    ) -> Result<CreateVpcResult> {
         dry_run(req.dry_run)?;
         let cidr = req.cidr_block.ok_or_else(|| Error::missing("CidrBlock"))?;
         let block = parse_block(&cidr, "cidrBlock")?;
@@ -895,7 +912,12 @@ impl Service {
                 let keep = filter::matches(&req.filters, |name| match name {
                     "cidr" | "cidr-block-association.cidr-block" => vec![v.cidr_block.clone()],
                     "cidr-block-association.state" | "state" => {
-                        vec![if name == "state" { "available" } else { "associated" }.into()]
+                        vec![if name == "state" {
+                            "available"
+                        } else {
+                            "associated"
+                        }
+                        .into()]
                     }
                     "dhcp-options-id" => vec![render_vpc(db, &v)
                         .map(|r| r.dhcp_options_id)
@@ -1080,7 +1102,9 @@ impl Service {
         Ok(DescribeAccountAttributesResult {
             account_attributes: ACCOUNT_ATTRIBUTES
                 .iter()
-                .filter(|n| req.attribute_names.is_empty() || req.attribute_names.iter().any(|a| a == *n))
+                .filter(|n| {
+                    req.attribute_names.is_empty() || req.attribute_names.iter().any(|a| a == *n)
+                })
                 .map(|n| AccountAttribute {
                     attribute_name: n.to_string(),
                     attribute_values: vec![AccountAttributeValue {
@@ -1100,52 +1124,54 @@ impl Service {
         dry_run(req.dry_run)?;
         filter::check_names(&req.filters, IGW_FILTERS)?;
         self.default_vpc(caller)?;
-        self.store.read(|db| -> Result<DescribeInternetGatewaysResult> {
-            let vpcs = db.vpcs(&caller.region, &caller.account)?;
-            for id in &req.internet_gateway_ids {
-                if !vpcs
-                    .iter()
-                    .any(|v| v.internet_gateway_id.as_deref() == Some(id.as_str()))
-                {
-                    return Err(Error::new(
-                        ErrorCode::InvalidInternetGatewayIdNotFound,
-                        format!("The internetGateway ID '{id}' does not exist"),
-                    ));
+        self.store
+            .read(|db| -> Result<DescribeInternetGatewaysResult> {
+                let vpcs = db.vpcs(&caller.region, &caller.account)?;
+                for id in &req.internet_gateway_ids {
+                    if !vpcs
+                        .iter()
+                        .any(|v| v.internet_gateway_id.as_deref() == Some(id.as_str()))
+                    {
+                        return Err(Error::new(
+                            ErrorCode::InvalidInternetGatewayIdNotFound,
+                            format!("The internetGateway ID '{id}' does not exist"),
+                        ));
+                    }
                 }
-            }
-            let mut out = Vec::new();
-            for v in &vpcs {
-                let Some(igw) = &v.internet_gateway_id else {
-                    continue;
-                };
-                if !req.internet_gateway_ids.is_empty() && !req.internet_gateway_ids.contains(igw)
-                {
-                    continue;
-                }
-                let tags = db.tags_of(igw)?;
-                let keep = filter::matches(&req.filters, |name| match name {
-                    "attachment.state" => vec!["available".into()],
-                    "attachment.vpc-id" => vec![v.vpc_id.clone()],
-                    "internet-gateway-id" => vec![igw.clone()],
-                    "owner-id" => vec![v.owner_id.clone()],
-                    n => filter::tag_values(&tags, n).unwrap_or_default(),
-                });
-                if keep {
-                    out.push(InternetGateway {
-                        attachments: vec![InternetGatewayAttachment {
-                            state: "available".into(),
-                            vpc_id: v.vpc_id.clone(),
-                        }],
-                        internet_gateway_id: igw.clone(),
-                        owner_id: v.owner_id.clone(),
-                        tags: tags_of(db, igw)?,
+                let mut out = Vec::new();
+                for v in &vpcs {
+                    let Some(igw) = &v.internet_gateway_id else {
+                        continue;
+                    };
+                    if !req.internet_gateway_ids.is_empty()
+                        && !req.internet_gateway_ids.contains(igw)
+                    {
+                        continue;
+                    }
+                    let tags = db.tags_of(igw)?;
+                    let keep = filter::matches(&req.filters, |name| match name {
+                        "attachment.state" => vec!["available".into()],
+                        "attachment.vpc-id" => vec![v.vpc_id.clone()],
+                        "internet-gateway-id" => vec![igw.clone()],
+                        "owner-id" => vec![v.owner_id.clone()],
+                        n => filter::tag_values(&tags, n).unwrap_or_default(),
                     });
+                    if keep {
+                        out.push(InternetGateway {
+                            attachments: vec![InternetGatewayAttachment {
+                                state: "available".into(),
+                                vpc_id: v.vpc_id.clone(),
+                            }],
+                            internet_gateway_id: igw.clone(),
+                            owner_id: v.owner_id.clone(),
+                            tags: tags_of(db, igw)?,
+                        });
+                    }
                 }
-            }
-            Ok(DescribeInternetGatewaysResult {
-                internet_gateways: out,
+                Ok(DescribeInternetGatewaysResult {
+                    internet_gateways: out,
+                })
             })
-        })
     }
 
     /// `DescribeRouteTables`: each VPC's main table (its block routed locally,
@@ -1257,7 +1283,10 @@ mod tests {
         let usable: Vec<_> = Block::parse("10.0.0.0/28").unwrap().usable().collect();
         assert_eq!(usable.first(), Some(&Ipv4Addr::new(10, 0, 0, 4)));
         assert_eq!(usable.last(), Some(&Ipv4Addr::new(10, 0, 0, 14)));
-        assert_eq!(usable.len() as u64, Block::parse("10.0.0.0/28").unwrap().usable_count());
+        assert_eq!(
+            usable.len() as u64,
+            Block::parse("10.0.0.0/28").unwrap().usable_count()
+        );
         assert_eq!(a.to_string(), "172.31.0.0/20");
     }
 }

@@ -481,8 +481,10 @@ impl Db<'_> {
             "DELETE FROM security_group_rules WHERE group_id = ?1",
             [group_id],
         )?;
-        self.conn
-            .execute("DELETE FROM security_groups WHERE group_id = ?1", [group_id])?;
+        self.conn.execute(
+            "DELETE FROM security_groups WHERE group_id = ?1",
+            [group_id],
+        )?;
         Ok(())
     }
 
@@ -599,7 +601,10 @@ impl Db<'_> {
         Ok(())
     }
 
-    fn with_groups(&self, mut list: Vec<NetworkInterfaceState>) -> Result<Vec<NetworkInterfaceState>> {
+    fn with_groups(
+        &self,
+        mut list: Vec<NetworkInterfaceState>,
+    ) -> Result<Vec<NetworkInterfaceState>> {
         for n in &mut list {
             n.group_ids = self.network_interface_group_ids(&n.network_interface_id)?;
         }
@@ -659,7 +664,10 @@ impl Db<'_> {
     }
 
     /// The network interfaces in one of these groups.
-    pub fn network_interfaces_in_group(&self, group_id: &str) -> Result<Vec<NetworkInterfaceState>> {
+    pub fn network_interfaces_in_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<NetworkInterfaceState>> {
         let list = self.rows(
             &format!(
                 "SELECT {ENI_COLUMNS} FROM network_interfaces WHERE network_interface_id IN \
