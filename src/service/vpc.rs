@@ -337,17 +337,6 @@ pub struct DeleteVpcRequest {
     pub dry_run: Option<bool>,
 }
 
-/// A describe request's paging members: accepted, and every item is
-/// returned in one page (no `NextToken`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Paging {
-    #[serde(default)]
-    pub max_results: Option<i64>,
-    #[serde(default)]
-    pub next_token: Option<String>,
-}
-
 /// `DescribeVpcs`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
