@@ -682,6 +682,15 @@ fn run_instances_refuses_bad_network_members_and_makes_nothing() {
             json!({"SubnetId": "subnet-0123456789abcdef0"}),
             "InvalidSubnetID.NotFound",
         ),
+        // Empty members as SDKs send them are unset: the next check speaks.
+        (
+            json!({"SubnetId": "subnet-0123456789abcdef0", "Placement": {"AvailabilityZone": "", "Tenancy": ""}}),
+            "InvalidSubnetID.NotFound",
+        ),
+        (
+            json!({"SecurityGroupIds": ["sg-0123456789abcdef0"], "Placement": {"AvailabilityZone": "us-east-1a"}}),
+            "InvalidGroup.NotFound",
+        ),
         (
             json!({"SubnetId": subnet, "SecurityGroupIds": [other_group]}),
             "InvalidParameter",

@@ -673,7 +673,11 @@ impl Service {
         }
         let zone = match &input.placement {
             Some(p) => {
-                if p.tenancy.as_deref().is_some_and(|t| t != "default") {
+                // SDKs send empty strings for members left unset (Packer does).
+                if p.tenancy
+                    .as_deref()
+                    .is_some_and(|t| !t.is_empty() && t != "default")
+                {
                     return Err(Error::invalid_value(
                         "amirun runs only default tenancy (Placement.Tenancy)",
                     ));
@@ -684,7 +688,7 @@ impl Service {
                         "amirun has no placement groups (Placement.GroupName)",
                     ));
                 }
-                p.availability_zone.clone()
+                p.availability_zone.clone().filter(|z| !z.is_empty())
             }
             None => None,
         };
