@@ -906,3 +906,156 @@ fn boto3_sees_the_default_vpc_and_an_instance_in_its_subnet_with_groups_and_addr
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Kills every supervisor of a home when dropped (QEMU dies with it), so no
+/// guest outlives a failed test.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for dir in util::files_in(&self.0.join("instances")) {
+            if let Ok(pid) = std::fs::read_to_string(dir.join("supervisor.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+    }
+}
+
+/// The rules the data plane gets for `instance` (pending or running, in `group`).
+fn flows(svc: &mut Service, group: &str, instance: &str) -> amirun::network::VpcAttachment {
+    svc.vpc_attachments_in_groups(&[group.to_string()])
+        .unwrap()
+        .into_iter()
+        .find(|(id, _)| id == instance)
+        .unwrap_or_else(|| panic!("{instance} is not a running member of {group}"))
+        .1
+}
+
+#[test]
+fn rules_naming_a_group_follow_its_members_on_running_instances() {
+    use amirun::network::{FlowRule, Protocol};
+    let home = TestHome::new();
+    let _reaper = Reaper(home.dir.path().to_path_buf());
+    let options = ServiceOptions {
+        extra_catalogs: vec![util::built_catalog()],
+        default_outbound: amirun::machine::Outbound::None,
+        supervisor_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_amirun"))),
+        ..ServiceOptions::default()
+    };
+    let mut svc = Service::open(home.paths(), options).unwrap();
+    let ami = ok(
+        &mut svc,
+        "DescribeImages",
+        json!({"Filters": [{"Name": "name", "Values": ["amirun/tiny-x86_64"]}]}),
+    )["Images"][0]["ImageId"]
+        .clone();
+    let web = ok(
+        &mut svc,
+        "CreateSecurityGroup",
+        json!({"GroupName": "web", "Description": "w"}),
+    )["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = ok(
+        &mut svc,
+        "CreateSecurityGroup",
+        json!({"GroupName": "db", "Description": "d"}),
+    )["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &mut svc,
+        "AuthorizeSecurityGroupIngress",
+        json!({"GroupId": web, "IpPermissions": [
+            {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "UserIdGroupPairs": [{"GroupId": db}]},
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}]}),
+    );
+    let launch = |svc: &mut Service, group: &str| {
+        let r = ok(
+            svc,
+            "RunInstances",
+            json!({"ImageId": ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.nano", "SecurityGroupIds": [group]}),
+        );
+        let i = &r["Instances"][0];
+        (
+            i["InstanceId"].as_str().unwrap().to_string(),
+            i["PrivateIpAddress"].as_str().unwrap().to_string(),
+        )
+    };
+    let (x, _) = launch(&mut svc, &web);
+    let (y, y_ip) = launch(&mut svc, &db);
+    let from_db = FlowRule {
+        protocol: Protocol::Tcp,
+        from_port: Some(8080),
+        to_port: Some(8080),
+        peers: vec![format!("{y_ip}/32")],
+    };
+    let ssh = FlowRule {
+        protocol: Protocol::Tcp,
+        from_port: Some(22),
+        to_port: Some(22),
+        peers: vec!["10.0.0.0/8".into()],
+    };
+    let a = flows(&mut svc, &web, &x);
+    assert_eq!(a.ingress, vec![from_db.clone(), ssh.clone()]);
+    assert_eq!(a.egress[0].protocol, Protocol::All);
+    assert_eq!(a.egress[0].peers, vec!["0.0.0.0/0".to_string()]);
+    assert!(
+        a.public_ip.is_some_and(|p| p.octets()[..2] == [127, 100]),
+        "{a:?}"
+    );
+    assert!(a.internet_gateway);
+    // A revoked rule is gone from the running instance's rules.
+    ok(
+        &mut svc,
+        "RevokeSecurityGroupIngress",
+        json!({"GroupId": web, "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": "10.0.0.0/8"}),
+    );
+    assert_eq!(flows(&mut svc, &web, &x).ingress, vec![from_db.clone()]);
+    // Y leaves db: the rule naming db admits nobody; Y comes back: it does again.
+    let default = ok(
+        &mut svc,
+        "DescribeSecurityGroups",
+        json!({"GroupNames": ["default"]}),
+    )["SecurityGroups"][0]["GroupId"]
+        .clone();
+    ok(
+        &mut svc,
+        "ModifyInstanceAttribute",
+        json!({"InstanceId": y, "Groups": [default]}),
+    );
+    assert_eq!(flows(&mut svc, &web, &x).ingress, vec![]);
+    ok(
+        &mut svc,
+        "ModifyInstanceAttribute",
+        json!({"InstanceId": y, "Groups": [db]}),
+    );
+    assert_eq!(flows(&mut svc, &web, &x).ingress, vec![from_db]);
+    // Y terminates: its address is no peer any more, and is free again.
+    wait_state(&mut svc, &y, "running");
+    ok(&mut svc, "TerminateInstances", json!({"InstanceIds": [y]}));
+    wait_state(&mut svc, &y, "terminated");
+    assert_eq!(flows(&mut svc, &web, &x).ingress, vec![]);
+    let enis = ok(&mut svc, "DescribeNetworkInterfaces", json!({}))["NetworkInterfaces"].clone();
+    assert_eq!(enis.as_array().unwrap().len(), 1, "{enis}");
+    wait_state(&mut svc, &x, "running");
+    ok(&mut svc, "TerminateInstances", json!({"InstanceIds": [x]}));
+    wait_state(&mut svc, &x, "terminated");
+}
+
+/// Poll an instance until it is in `state` (generous deadline: TCG on a busy host).
+fn wait_state(svc: &mut Service, id: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let d = ok(svc, "DescribeInstances", json!({"InstanceIds": [id]}));
+        if d["Reservations"][0]["Instances"][0]["State"]["Name"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} not {state}: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

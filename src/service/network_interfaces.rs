@@ -1152,8 +1152,17 @@ impl Service {
 
     /// Hand the data plane new rules for every running instance in these groups.
     pub(crate) fn apply_rules_of_groups(&mut self, group_ids: &[String]) {
-        let result = self
-            .store
+        let result = self.vpc_attachments_in_groups(group_ids);
+        apply_all(result);
+    }
+
+    /// What the data plane must enforce now for each pending or running
+    /// instance in one of these groups: (instance id, attachment).
+    pub fn vpc_attachments_in_groups(
+        &mut self,
+        group_ids: &[String],
+    ) -> Result<Vec<(String, VpcAttachment)>> {
+        self.store
             .read(|db| -> Result<Vec<(String, VpcAttachment)>> {
                 let mut seen = BTreeSet::new();
                 let mut out = Vec::new();
@@ -1167,8 +1176,7 @@ impl Service {
                     }
                 }
                 Ok(out)
-            });
-        apply_all(result);
+            })
     }
 
     /// After an instance joined or left groups (launch, terminate, groupSet):
