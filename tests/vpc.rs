@@ -1059,3 +1059,41 @@ fn wait_state(svc: &mut Service, id: &str, state: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_deleted_default_vpc_stays_deleted() {
+    let home = TestHome::new();
+    let mut svc = open(&home, false);
+    let vpc = ok(&mut svc, "DescribeVpcs", json!({}))["Vpcs"][0]["VpcId"].clone();
+    let subnet = ok(&mut svc, "DescribeSubnets", json!({}))["Subnets"][0]["SubnetId"].clone();
+    fails(
+        &mut svc,
+        "DeleteVpc",
+        json!({"VpcId": vpc}),
+        "DependencyViolation",
+    );
+    ok(&mut svc, "DeleteSubnet", json!({"SubnetId": subnet}));
+    ok(&mut svc, "DeleteVpc", json!({"VpcId": vpc}));
+    drop(svc);
+    let mut svc = open(&home, false);
+    assert_eq!(ok(&mut svc, "DescribeVpcs", json!({}))["Vpcs"], json!([]));
+    assert_eq!(
+        ok(&mut svc, "DescribeSecurityGroups", json!({}))["SecurityGroups"],
+        json!([])
+    );
+    let attrs = ok(
+        &mut svc,
+        "DescribeAccountAttributes",
+        json!({"AttributeNames": ["default-vpc"]}),
+    );
+    assert_eq!(
+        attrs["AccountAttributes"][0]["AttributeValues"][0]["AttributeValue"],
+        "none"
+    );
+    fails(
+        &mut svc,
+        "CreateSecurityGroup",
+        json!({"GroupName": "x", "Description": "x"}),
+        "VPCIdNotSpecified",
+    );
+}
