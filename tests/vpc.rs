@@ -1097,3 +1097,61 @@ fn a_deleted_default_vpc_stays_deleted() {
         "VPCIdNotSpecified",
     );
 }
+
+#[test]
+fn the_cli_shows_an_instance_in_the_default_subnet_and_filters_by_its_network() {
+    let env = util::Env::with_images();
+    let ami = env.ami("amirun/tiny-x86_64");
+    let ids = env.run_instances(&["--image-id", &ami, "--instance-type", "t3.nano"]);
+    let id = &ids[0];
+    let i = env.instance(id);
+    let vpc = i["VpcId"].as_str().unwrap().to_string();
+    let subnet = i["SubnetId"].as_str().unwrap().to_string();
+    assert!(
+        vpc.starts_with("vpc-") && subnet.starts_with("subnet-"),
+        "{i}"
+    );
+    assert_eq!(i["PrivateIpAddress"], "172.31.0.4");
+    assert_eq!(i["PrivateDnsName"], "ip-172-31-0-4.ec2.internal");
+    let public = i["PublicIpAddress"].as_str().unwrap().to_string();
+    assert!(public.starts_with("127.100."), "{i}");
+    assert_eq!(i["SecurityGroups"][0]["GroupName"], "default");
+    assert_eq!(
+        i["NetworkInterfaces"][0]["Association"]["PublicIp"],
+        public.as_str()
+    );
+    for filter in [
+        format!("Name=vpc-id,Values={vpc}"),
+        format!("Name=subnet-id,Values={subnet}"),
+        "Name=private-ip-address,Values=172.31.0.4".to_string(),
+        format!("Name=ip-address,Values={public}"),
+        "Name=instance.group-name,Values=default".to_string(),
+    ] {
+        let v = env.ok(&["describe-instances", "--filters", &filter]);
+        assert_eq!(
+            v["Reservations"][0]["Instances"][0]["InstanceId"],
+            id.as_str(),
+            "{filter}: {v}"
+        );
+    }
+    let none = env.ok(&[
+        "describe-instances",
+        "--filters",
+        "Name=vpc-id,Values=vpc-0123456789abcdef0",
+    ]);
+    assert_eq!(none["Reservations"], json!([]));
+    env.wait("instance-running", id);
+    env.ok(&["stop-instances", "--instance-ids", id]);
+    env.wait("instance-stopped", id);
+    let i = env.instance(id);
+    assert!(i.get("PublicIpAddress").is_none(), "{i}");
+    assert_eq!(i["PublicDnsName"], "");
+    assert_eq!(i["PrivateIpAddress"], "172.31.0.4");
+    env.ok(&["terminate-instances", "--instance-ids", id]);
+    env.wait("instance-terminated", id);
+    let i = env.instance(id);
+    assert!(
+        i.get("VpcId").is_none() && i.get("NetworkInterfaces").is_none(),
+        "{i}"
+    );
+}
