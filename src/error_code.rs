@@ -103,6 +103,30 @@ error_codes! {
     InvalidSnapshotNotFound = "InvalidSnapshot.NotFound", 400;
     InvalidVolumeNotFound = "InvalidVolume.NotFound", 400;
     TagLimitExceeded = "TagLimitExceeded", 400;
+    // EC2's client errors of the VPC model.
+    CannotDelete = "CannotDelete", 400;
+    DependencyViolation = "DependencyViolation", 400;
+    InsufficientFreeAddressesInSubnet = "InsufficientFreeAddressesInSubnet", 400;
+    InvalidGroupDuplicate = "InvalidGroup.Duplicate", 400;
+    InvalidGroupIdMalformed = "InvalidGroupId.Malformed", 400;
+    InvalidGroupNotFound = "InvalidGroup.NotFound", 400;
+    InvalidInternetGatewayIdNotFound = "InvalidInternetGatewayID.NotFound", 400;
+    InvalidIpAddressInUse = "InvalidIPAddress.InUse", 400;
+    InvalidNetworkInterfaceIdMalformed = "InvalidNetworkInterfaceID.Malformed", 400;
+    InvalidNetworkInterfaceIdNotFound = "InvalidNetworkInterfaceID.NotFound", 400;
+    InvalidPermissionDuplicate = "InvalidPermission.Duplicate", 400;
+    InvalidPermissionMalformed = "InvalidPermission.Malformed", 400;
+    InvalidPermissionNotFound = "InvalidPermission.NotFound", 400;
+    InvalidRouteTableIdNotFound = "InvalidRouteTableID.NotFound", 400;
+    InvalidSecurityGroupRuleIdNotFound = "InvalidSecurityGroupRuleId.NotFound", 400;
+    InvalidSubnetConflict = "InvalidSubnet.Conflict", 400;
+    InvalidSubnetIdMalformed = "InvalidSubnetID.Malformed", 400;
+    InvalidSubnetIdNotFound = "InvalidSubnetID.NotFound", 400;
+    InvalidSubnetRange = "InvalidSubnet.Range", 400;
+    InvalidVpcIdMalformed = "InvalidVpcID.Malformed", 400;
+    InvalidVpcIdNotFound = "InvalidVpcID.NotFound", 400;
+    InvalidVpcRange = "InvalidVpc.Range", 400;
+    VpcIdNotSpecified = "VPCIdNotSpecified", 400;
     // EC2's server errors.
     InternalError = "InternalError", 500;
     // amirun's own codes.

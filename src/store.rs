@@ -37,6 +37,8 @@ pub use snapshots::SnapshotState;
 pub use tags::TagState;
 pub use volumes::VolumeState;
 
+pub mod vpc;
+
 use crate::domain::{
     Accel, Architecture, BootMode, ImageStateName, InstanceStateName, RootDeviceType,
     ShutdownBehavior, SnapshotStateName, VolumeStateName,

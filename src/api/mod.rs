@@ -139,6 +139,54 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeInstanceCreditSpecifications", |c, v| {
         typed(c, v, Service::describe_instance_credit_specifications)
     }),
+    // VPC networking
+    ("CreateVpc", |c, v| typed(c, v, Service::create_vpc)),
+    ("DeleteVpc", |c, v| typed(c, v, Service::delete_vpc)),
+    ("DescribeVpcs", |c, v| typed(c, v, Service::describe_vpcs)),
+    ("CreateSubnet", |c, v| typed(c, v, Service::create_subnet)),
+    ("DeleteSubnet", |c, v| typed(c, v, Service::delete_subnet)),
+    ("DescribeSubnets", |c, v| {
+        typed(c, v, Service::describe_subnets)
+    }),
+    ("DescribeAccountAttributes", |c, v| {
+        typed(c, v, Service::describe_account_attributes)
+    }),
+    ("CreateSecurityGroup", |c, v| {
+        typed(c, v, Service::create_security_group)
+    }),
+    ("DeleteSecurityGroup", |c, v| {
+        typed(c, v, Service::delete_security_group)
+    }),
+    ("DescribeSecurityGroups", |c, v| {
+        typed(c, v, Service::describe_security_groups)
+    }),
+    ("DescribeSecurityGroupRules", |c, v| {
+        typed(c, v, Service::describe_security_group_rules)
+    }),
+    ("AuthorizeSecurityGroupIngress", |c, v| {
+        typed(c, v, Service::authorize_security_group_ingress)
+    }),
+    ("AuthorizeSecurityGroupEgress", |c, v| {
+        typed(c, v, Service::authorize_security_group_egress)
+    }),
+    ("RevokeSecurityGroupIngress", |c, v| {
+        typed(c, v, Service::revoke_security_group_ingress)
+    }),
+    ("RevokeSecurityGroupEgress", |c, v| {
+        typed(c, v, Service::revoke_security_group_egress)
+    }),
+    ("DescribeNetworkInterfaces", |c, v| {
+        typed(c, v, Service::describe_network_interfaces)
+    }),
+    ("DescribeInternetGateways", |c, v| {
+        typed(c, v, Service::describe_internet_gateways)
+    }),
+    ("DescribeRouteTables", |c, v| {
+        typed(c, v, Service::describe_route_tables)
+    }),
+    ("ModifyInstanceAttribute", |c, v| {
+        typed(c, v, Service::modify_instance_attribute)
+    }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -250,45 +298,26 @@ pub fn invoke(c: &mut Context, action: &str, input: &Value) -> Result<Option<Val
 #[cfg(test)]
 const NOT_SERVED_YET: &[&str] = &[
     "AttachVolume",
-    "AuthorizeSecurityGroupEgress",
-    "AuthorizeSecurityGroupIngress",
     "CreateLaunchTemplate",
     "CreateLaunchTemplateVersion",
-    "CreateSecurityGroup",
     "CreateSnapshots",
-    "CreateSubnet",
     "CreateVolume",
-    "CreateVpc",
     "DeleteLaunchTemplate",
     "DeleteLaunchTemplateVersions",
-    "DeleteSecurityGroup",
-    "DeleteSubnet",
     "DeleteVolume",
-    "DeleteVpc",
-    "DescribeAccountAttributes",
     "DescribeInstanceAttribute",
     "DescribeInstanceStatus",
-    "DescribeInternetGateways",
     "DescribeLaunchTemplateVersions",
     "DescribeLaunchTemplates",
-    "DescribeNetworkInterfaces",
-    "DescribeRouteTables",
-    "DescribeSecurityGroupRules",
-    "DescribeSecurityGroups",
     "DescribeSnapshotAttribute",
-    "DescribeSubnets",
     "DescribeVolumesModifications",
-    "DescribeVpcs",
     "DetachVolume",
     "ExportImage",
-    "ModifyInstanceAttribute",
     "ModifyInstanceMetadataOptions",
     "ModifyLaunchTemplate",
     "ModifySnapshotAttribute",
     "ModifyVolume",
     "ResetSnapshotAttribute",
-    "RevokeSecurityGroupEgress",
-    "RevokeSecurityGroupIngress",
 ];
 
 #[cfg(test)]

@@ -183,6 +183,9 @@ pub struct LaunchSpec {
     /// ([`crate::network`]); none for an isolated guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::GuestNetworkSpec>,
+    /// The guest's place in its VPC (addresses, rules), resolved by the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<crate::network::VpcAttachment>,
 }
 
 impl LaunchSpec {
@@ -202,6 +205,7 @@ impl LaunchSpec {
             start_timeout_secs: default_start_timeout(),
             imds: None,
             network: None,
+            vpc: None,
         }
     }
 

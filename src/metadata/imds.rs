@@ -114,6 +114,29 @@ pub struct ImdsConfig {
     pub user_data_base64: Option<String>,
     /// `block-device-mapping/`: name (`ami`, `root`, `ebs1`, `ephemeral0`) to device.
     pub block_devices: Vec<(String, String)>,
+    /// The guest's place in its VPC; `None` for an instance without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<ImdsVpc>,
+}
+
+/// What IMDS says about the guest's VPC interface (`network/interfaces/macs/<mac>/…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImdsVpc {
+    pub vpc_id: String,
+    pub vpc_cidr: String,
+    pub subnet_id: String,
+    pub subnet_cidr: String,
+    pub interface_id: String,
+    pub local_ipv4: String,
+    pub local_hostname: String,
+    pub mac: String,
+    pub security_group_ids: Vec<String>,
+    /// Group names, in the order of `security_group_ids`.
+    pub security_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_hostname: Option<String>,
 }
 
 impl ImdsConfig {
@@ -168,23 +191,67 @@ impl ImdsConfig {
             key_index.push(format!("{n}={}", k.name));
         }
         let mac = &self.mac;
-        let interface = dir(vec![
+        let lines = |v: &[String]| v.join("\n");
+        let mut interface = vec![
             ("device-number".into(), leaf("0")),
-            ("interface-id".into(), leaf("eni-0amirun0000000000")),
+            (
+                "interface-id".into(),
+                leaf(
+                    self.vpc
+                        .as_ref()
+                        .map_or("eni-0amirun0000000000", |v| &v.interface_id),
+                ),
+            ),
             ("local-hostname".into(), leaf(&self.hostname)),
             ("local-ipv4s".into(), leaf(&self.local_ipv4)),
             ("mac".into(), leaf(mac)),
             ("owner-id".into(), leaf(&self.account_id)),
-            (
-                "subnet-ipv4-cidr-block".into(),
-                leaf(crate::machine::GUEST_NET),
-            ),
-            (
-                "vpc-ipv4-cidr-block".into(),
-                leaf(crate::machine::GUEST_NET),
-            ),
-        ]);
-        dir(vec![
+        ];
+        let mut top = Vec::new();
+        match &self.vpc {
+            Some(v) => {
+                if let (Some(ip), Some(host)) = (&v.public_ipv4, &v.public_hostname) {
+                    interface.push(("public-hostname".into(), leaf(host)));
+                    interface.push(("public-ipv4s".into(), leaf(ip)));
+                    top.push(("public-hostname".to_string(), leaf(host)));
+                    top.push(("public-ipv4".to_string(), leaf(ip)));
+                }
+                interface.extend([
+                    (
+                        "security-group-ids".to_string(),
+                        Tree::Leaf(lines(&v.security_group_ids).into_bytes()),
+                    ),
+                    (
+                        "security-groups".to_string(),
+                        Tree::Leaf(lines(&v.security_groups).into_bytes()),
+                    ),
+                    ("subnet-id".into(), leaf(&v.subnet_id)),
+                    ("subnet-ipv4-cidr-block".into(), leaf(&v.subnet_cidr)),
+                    ("vpc-id".into(), leaf(&v.vpc_id)),
+                    ("vpc-ipv4-cidr-block".into(), leaf(&v.vpc_cidr)),
+                    ("vpc-ipv4-cidr-blocks".into(), leaf(&v.vpc_cidr)),
+                ]);
+                top.push((
+                    "security-groups".to_string(),
+                    Tree::Leaf(lines(&v.security_groups).into_bytes()),
+                ));
+            }
+            None => {
+                interface.extend([
+                    (
+                        "subnet-ipv4-cidr-block".to_string(),
+                        leaf(crate::machine::GUEST_NET),
+                    ),
+                    (
+                        "vpc-ipv4-cidr-block".into(),
+                        leaf(crate::machine::GUEST_NET),
+                    ),
+                ]);
+                top.push(("security-groups".to_string(), leaf("default")));
+            }
+        }
+        let interface = dir(interface);
+        let mut items: Vec<(String, Tree)> = vec![
             ("ami-id".into(), leaf(&self.ami_id)),
             (
                 "ami-launch-index".into(),
@@ -230,7 +297,6 @@ impl ImdsConfig {
                 },
             ),
             ("reservation-id".into(), leaf(&self.reservation_id)),
-            ("security-groups".into(), leaf("default")),
             (
                 "services".into(),
                 dir(vec![
@@ -238,7 +304,10 @@ impl ImdsConfig {
                     ("partition".into(), leaf("aws")),
                 ]),
             ),
-        ])
+        ];
+        items.extend(top);
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        dir(items)
     }
 
     /// The whole tree below a version (`/latest/…`).
@@ -614,6 +683,7 @@ mod tests {
                 ("ami".into(), "/dev/xvda".into()),
                 ("root".into(), "/dev/xvda".into()),
             ],
+            vpc: None,
         }
     }
 

@@ -65,7 +65,7 @@ impl Service {
                 _ => {}
             }
         }
-        let config = ImdsConfig {
+        let mut config = ImdsConfig {
             socket: self.paths.imds_socket(&i.instance_id),
             http_tokens: option("HttpTokens", "optional"),
             http_endpoint: option("HttpEndpoint", "enabled"),
@@ -88,7 +88,17 @@ impl Service {
                 .as_ref()
                 .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             block_devices,
+            vpc: None,
         };
+        // The guest's VPC interface, when it has one (service::network_interfaces).
+        if let Some(v) = self.imds_network(&i.instance_id, &i.region)? {
+            config.hostname = v.local_hostname.clone();
+            config.local_ipv4 = v.local_ipv4.clone();
+            // `mac` stays the MAC the guest's NIC has (QEMU's) until the data
+            // plane gives the NIC the interface's (`v.mac`): cloud-init's Ec2
+            // datasource configures only interfaces whose MAC IMDS lists.
+            config.vpc = Some(v);
+        }
         let exe = self
             .options
             .supervisor_exe

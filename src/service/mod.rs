@@ -20,17 +20,21 @@ pub mod filter;
 pub mod images;
 mod imds_config;
 pub mod import_policy;
+pub mod instance_attributes;
 pub mod instance_facts;
 pub mod instance_types;
 pub mod instances;
 mod keypairs;
 pub mod layers;
+pub mod network_interfaces;
 pub mod object_lock;
 pub mod recovery;
 pub mod regions;
+pub mod security_groups;
 pub mod shapes;
 pub mod snapshots;
 pub mod tags;
+pub mod vpc;
 
 pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{

@@ -53,6 +53,9 @@ const TAG_FILTERS: &[&str] = &["key", "value", "resource-id", "resource-type"];
 
 /// EC2's resource type name for an id.
 fn resource_type(id: &str) -> &'static str {
+    if let Some(t) = super::vpc::resource_type(id) {
+        return t;
+    }
     match id.split('-').next() {
         Some("ami") => "image",
         Some("snap") => "snapshot",
@@ -65,6 +68,9 @@ fn resource_type(id: &str) -> &'static str {
 
 /// Check that the caller owns `id` in its region.
 fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
+    if super::vpc::resource_type(id).is_some() {
+        return super::vpc::check_owned_resource(db, caller, id);
+    }
     let well_formed = match resource_type(id) {
         "image" => crate::ids::is_well_formed(crate::ids::IdKind::Image, id),
         "snapshot" => crate::ids::is_well_formed(crate::ids::IdKind::Snapshot, id),

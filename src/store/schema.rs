@@ -163,4 +163,6 @@ CREATE TABLE volume_bases (
 );
 CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
 "#,
+    // 4: the VPC model (VPCs, subnets, security groups, network interfaces).
+    super::vpc::MIGRATION,
 ];

@@ -422,6 +422,155 @@ def scenario_bench():
     print("bench: %d DescribeKeyPairs in %.2f s = %.0f requests/s" % (n, dt, n / dt))
 
 
+def imds_get(iid, path):
+    """GET a metadata path from an instance's IMDS socket, as the guest's relay does."""
+    sock_path = os.path.join(os.environ["AMIRUN_TEST_HOME"], "instances", iid, "imds.sock")
+    deadline = time.time() + 60
+    while not os.path.exists(sock_path):
+        assert time.time() < deadline, sock_path
+        time.sleep(0.2)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    s.sendall(("GET /latest/meta-data/%s HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n" % path).encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], (path, head)
+    return body.decode()
+
+
+def scenario_vpc():
+    """The default VPC, a group of our own, a tiny instance in the default
+    subnet: EC2's network fields, filters, interfaces, groupSet, the public
+    address released at stop and a new one at start, the interface gone at
+    terminate."""
+    ec2 = client()
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    assert vpc["CidrBlock"] == "172.31.0.0/16" and vpc["IsDefault"] is True, vpc
+    vpc_id = vpc["VpcId"]
+    attrs = ec2.describe_account_attributes(AttributeNames=["default-vpc"])["AccountAttributes"]
+    assert attrs[0]["AttributeValues"][0]["AttributeValue"] == vpc_id, attrs
+    subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
+                                           {"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]
+    assert subnet["MapPublicIpOnLaunch"] is True and subnet["CidrBlock"] == "172.31.0.0/20", subnet
+    default = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]
+    assert default["VpcId"] == vpc_id, default
+    ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id]}])
+    ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+    sg = ec2.create_security_group(GroupName="ssh", Description="ssh from anywhere", VpcId=vpc_id)["GroupId"]
+    r = ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "ssh"}]}])
+    assert r["Return"] is True and r["SecurityGroupRules"][0]["FromPort"] == 22, r
+    expect_error(ec2.authorize_security_group_ingress, "InvalidPermission.Duplicate", GroupId=sg,
+                 IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
+    expect_error(ec2.describe_security_groups, "InvalidGroup.NotFound", GroupIds=["sg-0123456789abcdef0"])
+    expect_error(ec2.describe_vpcs, "InvalidVpcID.NotFound", VpcIds=["vpc-0123456789abcdef0"])
+    expect_error(ec2.describe_subnets, "InvalidSubnetID.NotFound", SubnetIds=["subnet-0123456789abcdef0"])
+    ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [sg]}])
+
+    tiny = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"][0]["ImageId"]
+    expect_error(ec2.run_instances, "InvalidGroup.NotFound", ImageId=tiny, MinCount=1, MaxCount=1,
+                 SecurityGroupIds=["sg-0123456789abcdef0"])
+    expect_error(ec2.run_instances, "InvalidSubnetID.NotFound", ImageId=tiny, MinCount=1, MaxCount=1,
+                 SubnetId="subnet-0123456789abcdef0")
+    expect_error(ec2.run_instances, "InvalidParameterCombination", ImageId=tiny, MinCount=1, MaxCount=1,
+                 SubnetId=subnet["SubnetId"],
+                 NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet["SubnetId"]}])
+    r = ec2.run_instances(ImageId=tiny, InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                          NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet["SubnetId"], "Groups": [sg],
+                                              "AssociatePublicIpAddress": True, "PrivateIpAddress": "172.31.0.10"}])
+    inst = r["Instances"][0]
+    iid = inst["InstanceId"]
+    for i in (inst, ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]):
+        assert i["VpcId"] == vpc_id and i["SubnetId"] == subnet["SubnetId"], i
+        assert i["PrivateIpAddress"] == "172.31.0.10", i
+        assert i["PrivateDnsName"] == "ip-172-31-0-10.ec2.internal", i
+        assert i["PublicIpAddress"].startswith("127.100."), i
+        assert i["PublicDnsName"] == "ec2-%s.compute-1.amazonaws.com" % i["PublicIpAddress"].replace(".", "-"), i
+        assert i["SecurityGroups"] == [{"GroupId": sg, "GroupName": "ssh"}], i
+        assert i["SourceDestCheck"] is True, i
+        ni = i["NetworkInterfaces"][0]
+        assert ni["NetworkInterfaceId"].startswith("eni-") and ni["MacAddress"].startswith("0a:"), ni
+        assert ni["Attachment"]["DeviceIndex"] == 0 and ni["Attachment"]["Status"] == "attached", ni
+        assert ni["Association"]["PublicIp"] == i["PublicIpAddress"], ni
+        assert ni["PrivateIpAddresses"][0]["Primary"] is True, ni
+        assert ni["Groups"] == [{"GroupId": sg, "GroupName": "ssh"}] and ni["Status"] == "in-use", ni
+    public_ip = i["PublicIpAddress"]
+    eni = i["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    mac = i["NetworkInterfaces"][0]["MacAddress"]
+    # A second instance by default: default subnet, default group, next free address.
+    r2 = ec2.run_instances(ImageId=tiny, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    iid2 = r2["Instances"][0]["InstanceId"]
+    i2 = r2["Instances"][0]
+    assert i2["SecurityGroups"] == [{"GroupId": default["GroupId"], "GroupName": "default"}], i2
+    assert i2["PrivateIpAddress"] == "172.31.0.4", i2
+    assert i2["PublicIpAddress"] != public_ip, i2
+    expect_error(ec2.run_instances, "InvalidIPAddress.InUse", ImageId=tiny, MinCount=1, MaxCount=1,
+                 PrivateIpAddress="172.31.0.10")
+    for filters, want in [
+        ([{"Name": "vpc-id", "Values": [vpc_id]}], {iid, iid2}),
+        ([{"Name": "subnet-id", "Values": [subnet["SubnetId"]]}], {iid, iid2}),
+        ([{"Name": "private-ip-address", "Values": ["172.31.0.10"]}], {iid}),
+        ([{"Name": "ip-address", "Values": [public_ip]}], {iid}),
+        ([{"Name": "instance.group-id", "Values": [sg]}], {iid}),
+        ([{"Name": "instance.group-name", "Values": ["default"]}], {iid2}),
+        ([{"Name": "network-interface.mac-address", "Values": [mac]}], {iid}),
+    ]:
+        got = {x["InstanceId"] for res in ec2.describe_instances(Filters=filters)["Reservations"] for x in res["Instances"]}
+        assert got == want, (filters, got, want)
+    enis = ec2.describe_network_interfaces(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["NetworkInterfaces"]
+    assert [e["NetworkInterfaceId"] for e in enis] == [eni], enis
+    assert enis[0]["Attachment"]["InstanceId"] == iid and enis[0]["Association"]["PublicIp"] == public_ip, enis
+    # What the launch hands the supervisor, and what IMDS answers.
+    spec = json.load(open(os.path.join(os.environ["AMIRUN_TEST_HOME"], "instances", iid, "launch.json")))
+    att = spec["vpc"]
+    assert att["network_interface_id"] == eni and att["private_ip"] == "172.31.0.10", att
+    assert att["public_ip"] == public_ip and att["internet_gateway"] is True and att["mac"] == mac, att
+    assert att["ingress"] == [{"protocol": "tcp", "from_port": 22, "to_port": 22, "peers": ["0.0.0.0/0"]}], att
+    assert att["egress"] == [{"protocol": "all", "from_port": None, "to_port": None, "peers": ["0.0.0.0/0"]}], att
+    waiter(ec2, "instance_running", InstanceIds=[iid])
+    assert imds_get(iid, "local-ipv4") == "172.31.0.10"
+    assert imds_get(iid, "public-ipv4") == public_ip
+    assert imds_get(iid, "local-hostname") == "ip-172-31-0-10.ec2.internal"
+    imds_mac = imds_get(iid, "mac")
+    assert imds_get(iid, "network/interfaces/macs/%s/vpc-id" % imds_mac) == vpc_id
+    assert imds_get(iid, "network/interfaces/macs/%s/subnet-id" % imds_mac) == subnet["SubnetId"]
+    assert imds_get(iid, "network/interfaces/macs/%s/security-group-ids" % imds_mac) == sg
+    assert imds_get(iid, "security-groups") == "ssh"
+
+    # groupSet; a group in use cannot be deleted.
+    ec2.modify_instance_attribute(InstanceId=iid, Groups=[sg, default["GroupId"]])
+    i = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert [g["GroupId"] for g in i["SecurityGroups"]] == [sg, default["GroupId"]], i
+    expect_error(ec2.modify_instance_attribute, "InvalidGroup.NotFound", InstanceId=iid, Groups=["sg-0123456789abcdef0"])
+    expect_error(ec2.delete_security_group, "DependencyViolation", GroupId=sg)
+    expect_error(ec2.delete_subnet, "DependencyViolation", SubnetId=subnet["SubnetId"])
+
+    # Stop releases the public address; start takes a new one.
+    ec2.stop_instances(InstanceIds=[iid])
+    waiter(ec2, "instance_stopped", InstanceIds=[iid])
+    i = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert "PublicIpAddress" not in i and i["PublicDnsName"] == "", i
+    assert i["PrivateIpAddress"] == "172.31.0.10", i
+    ec2.start_instances(InstanceIds=[iid])
+    i = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert i["PublicIpAddress"].startswith("127.100."), i
+
+    # Terminate: the interface goes, and the group can be deleted.
+    ec2.terminate_instances(InstanceIds=[iid, iid2])
+    waiter(ec2, "instance_terminated", InstanceIds=[iid, iid2])
+    left = ec2.describe_network_interfaces(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["NetworkInterfaces"]
+    assert left == [], left
+    assert ec2.delete_security_group(GroupId=sg)["Return"] is True
+    expect_error(ec2.describe_security_groups, "InvalidGroup.NotFound", GroupIds=[sg])
+    report()
+
+
 def report():
     print("checked %d responses against botocore's model: %s" % (len(CHECKED), ", ".join(sorted(set(CHECKED)))))
 

@@ -114,6 +114,7 @@ impl Service {
                 i.instance_type
             ))
         })?;
+        let vpc = self.vpc_attachment_for_boot(&i.instance_id)?;
         let (imds, imds_forward) = self.imds_for_boot(i)?;
         let (outbound, guest_net) = self.guest_network(i, outbound)?;
         let spec = MachineSpec {
@@ -145,6 +146,7 @@ impl Service {
         launch.stop_timeout_secs = self.options.stop_timeout_secs;
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.network = guest_net;
+        launch.vpc = vpc;
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
     }

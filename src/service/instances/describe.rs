@@ -64,6 +64,20 @@ pub struct Instance {
     pub state_reason: Option<StateReason>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
+    /// VPC fields (see [`crate::service::network_interfaces::add_instance_fields`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<GroupIdentifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_dest_check: Option<bool>,
+    /// EC2's `InstanceNetworkInterface`s, as the VPC model renders them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<Value>,
 }
 
 /// Detailed monitoring (always `disabled`).
@@ -240,7 +254,14 @@ impl Service {
         input: DescribeInstancesRequest,
     ) -> Result<DescribeInstancesResult> {
         let (instance_ids, filters) = (&input.instance_ids, &input.filters);
-        filter::check_names(filters, INSTANCE_FILTERS)?;
+        filter::check_names(
+            filters,
+            &[
+                INSTANCE_FILTERS,
+                crate::service::network_interfaces::INSTANCE_NETWORK_FILTERS,
+            ]
+            .concat(),
+        )?;
         let wanted = if instance_ids.is_empty() {
             self.refresh_instances(caller)?;
             self.store
@@ -252,8 +273,10 @@ impl Service {
             self.owned_instances(caller, instance_ids)?
         };
         let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
+        let networks = self.instance_networks(caller)?;
         for i in wanted {
             let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
+            let net = networks.get(&i.instance_id);
             let keep = filter::matches(filters, |name| match name {
                 "architecture" => vec![i.architecture.to_string()],
                 "availability-zone" => vec![format!("{}a", i.region)],
@@ -265,12 +288,17 @@ impl Service {
                 "key-name" => i.key_name.iter().cloned().collect(),
                 "reservation-id" => vec![i.reservation_id.clone()],
                 "root-device-type" => vec![i.root_device_type.to_string()],
-                n => filter::tag_values(&tags, n).unwrap_or_default(),
+                n => crate::service::network_interfaces::instance_filter_values(net, &i.region, n)
+                    .or_else(|| filter::tag_values(&tags, n))
+                    .unwrap_or_default(),
             });
             if !keep {
                 continue;
             }
-            let shape = self.render_instance(&i, &tags);
+            let mut shape = self.render_instance(&i, &tags);
+            if let Some(n) = net {
+                crate::service::network_interfaces::add_instance_fields(&mut shape, n, &i.region);
+            }
             match reservations
                 .iter_mut()
                 .find(|(r, _)| *r == i.reservation_id)
@@ -409,6 +437,12 @@ impl Service {
                     value: Some(t.value.clone()),
                 })
                 .collect(),
+            vpc_id: None,
+            subnet_id: None,
+            public_ip_address: None,
+            security_groups: Vec::new(),
+            source_dest_check: None,
+            network_interfaces: Vec::new(),
         }
     }
 

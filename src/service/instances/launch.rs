@@ -7,6 +7,10 @@
 //! is derived from it, and a repeated request returns that reservation.
 
 use super::*;
+use crate::service::network_interfaces::{
+    InstanceNetworkInterfaceSpecification, LaunchNetworkInput, LaunchNetworkPlan,
+    Placement as NetworkPlacement,
+};
 
 /// `RunInstances`. The accelerator is amirun's own setting, not a member:
 /// [`Service::set_launch_accel`].
@@ -41,6 +45,35 @@ pub struct RunInstancesRequest {
     /// launching again. The reservation id is derived from the token.
     #[serde(default)]
     pub client_token: Option<String>,
+    /// VPC placement (see [`crate::service::network_interfaces`]).
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub private_ip_address: Option<String>,
+    #[serde(default)]
+    pub network_interfaces: Vec<InstanceNetworkInterfaceSpecification>,
+}
+
+impl RunInstancesRequest {
+    /// The request's network members, as the VPC model plans them.
+    fn network(&self) -> LaunchNetworkInput {
+        LaunchNetworkInput {
+            security_group_ids: self.security_group_ids.clone(),
+            security_groups: self.security_groups.clone(),
+            subnet_id: self.subnet_id.clone(),
+            private_ip_address: self.private_ip_address.clone(),
+            network_interfaces: self.network_interfaces.clone(),
+            placement: self.placement.as_ref().map(|p| NetworkPlacement {
+                availability_zone: p.availability_zone.clone(),
+                tenancy: p.tenancy.clone(),
+                group_name: None,
+            }),
+        }
+    }
 }
 
 /// `MetadataOptions` of `RunInstances` (IMDS settings).
@@ -129,6 +162,8 @@ pub(super) struct LaunchPlan {
     mappings: Vec<BlockDeviceMapping>,
     /// GiB and bytes of each EBS mapping, in order.
     volume_sizes: Vec<(u64, u64)>,
+    /// Subnet, groups and addresses, checked before anything is made.
+    network: LaunchNetworkPlan,
 }
 
 impl Service {
@@ -149,7 +184,7 @@ impl Service {
             }
             None => ids::new_id(IdKind::Reservation),
         };
-        let plan = self.plan_launch(caller, input)?;
+        let mut plan = self.plan_launch(caller, input)?;
         let launch_time = now();
         // The locks of every new id, taken before its files exist and held
         // until its records are committed (and, for an instance, until its
@@ -170,6 +205,7 @@ impl Service {
             let instance_id = ids::new_id(IdKind::Instance);
             instance_locks.push(object_lock::lock(&self.paths, &instance_id)?);
             failpoint("run-instances:locked")?;
+            self.attach_launch_interface(caller, &mut plan.network, &instance_id, &launch_time)?;
             let dir = self.paths.instance_dir(&instance_id);
             undo.dirs.push(dir.clone());
             std::fs::create_dir_all(&dir)
@@ -319,6 +355,7 @@ impl Service {
             }
         }
         check_placement(input.placement.as_ref(), &caller.region)?;
+        let network = self.plan_launch_network(caller, &input.network(), count)?;
         if input.ebs_optimized == Some(true) {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,
@@ -381,6 +418,7 @@ impl Service {
             fetched,
             mappings,
             volume_sizes,
+            network,
         })
     }
 

@@ -99,6 +99,7 @@ impl Service {
         for f in delete_files {
             let _ = std::fs::remove_file(f);
         }
+        self.release_instance_addresses(&i.instance_id, target == InstanceStateName::Terminated)?;
         if target == InstanceStateName::Terminated {
             for f in [
                 self.paths.seed_image(&i.instance_id),
