@@ -354,8 +354,9 @@ impl Service {
                 )));
             }
         }
-        check_placement(input.placement.as_ref(), &caller.region)?;
+        // Subnet and groups first: a zone is checked against its subnet.
         let network = self.plan_launch_network(caller, &input.network(), count)?;
+        check_placement(input.placement.as_ref(), &caller.region)?;
         if input.ebs_optimized == Some(true) {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,

@@ -166,12 +166,21 @@ pub(super) fn merge_mappings(
 pub(super) fn check_placement(p: Option<&Placement>, region: &str) -> Result<()> {
     let Some(p) = p else { return Ok(()) };
     let zone = format!("{region}a");
-    if let Some(z) = p.availability_zone.as_deref().filter(|z| **z != zone) {
+    // An empty member is an absent one (SDK users pass "" for "any").
+    if let Some(z) = p
+        .availability_zone
+        .as_deref()
+        .filter(|z| !z.is_empty() && **z != zone)
+    {
         return Err(Error::invalid_value(format!(
             "Invalid availability zone: [{z}]; region {region} has {zone}"
         )));
     }
-    if let Some(t) = p.tenancy.as_deref().filter(|t| *t != "default") {
+    if let Some(t) = p
+        .tenancy
+        .as_deref()
+        .filter(|t| !t.is_empty() && *t != "default")
+    {
         return Err(Error::new(
             ErrorCode::UnsupportedOperation,
             format!("Tenancy '{t}' is not supported; amirun's instances have default tenancy"),
