@@ -319,6 +319,7 @@ impl Service {
             }
         }
         check_placement(input.placement.as_ref(), &caller.region)?;
+        check_ebs_options(&input.block_device_mappings)?;
         if input.ebs_optimized == Some(true) {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,
