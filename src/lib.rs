@@ -33,7 +33,12 @@
 //!   text, `--query`).
 //! - [`service`] is the one door into the engine: one method per EC2
 //!   operation; it checks permissions and state rules and is the only caller
-//!   of the modules below. Instance states shown to users are reconciled
+//!   of the modules below. Each area keeps its operations' requests and
+//!   results with it, in rooms: [`service::instances`] (launch, launch
+//!   rules, boot, lifecycle, describe, volumes, reconcile),
+//!   [`service::images`] (describe, import, copy, attributes),
+//!   [`service::snapshots`], [`service::tags`]; [`service::shapes`] holds
+//!   the shapes they share. Instance states shown to users are reconciled
 //!   with live facts (supervisor and QEMU alive, exit records) on every read.
 //!   Baking lives there too: [`service::layers`] keeps EBS snapshots as
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded

@@ -28,7 +28,7 @@ pub struct SourceSpec {
 
 /// An EBS block device of a mapping, in EC2's field names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct EbsBlockDevice {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_on_termination: Option<bool>,
@@ -48,7 +48,7 @@ pub struct EbsBlockDevice {
 
 /// One block device mapping, in EC2's field names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct BlockDeviceMapping {
     pub device_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

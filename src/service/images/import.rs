@@ -136,8 +136,17 @@ impl Service {
                 format,
             };
             crate::catalog::validate_source(&source).map_err(Error::invalid_value)?;
+            if c.snapshot_id.is_some() {
+                return Err(Error::new(
+                    ErrorCode::UnsupportedOperation,
+                    format!(
+                        "DiskContainer.{}.SnapshotId is not supported; give the disk image as Url",
+                        i + 1
+                    ),
+                ));
+            }
             let blob = self.fetch_source(&source)?;
-            disks.push((url, blob));
+            disks.push((url, blob, c));
         }
         crate::failpoint::hit("import-image:after-fetch")?;
         let image_id = ids::new_id(IdKind::Image);
@@ -145,12 +154,21 @@ impl Service {
         let mut details = Vec::new();
         let mut bdm = Vec::new();
         let mut snapshots = Vec::new();
-        for (i, (url, blob)) in disks.iter().enumerate() {
-            let device = if i == 0 {
-                "/dev/sda1".to_string()
-            } else {
-                format!("/dev/sd{}", (b'b' + i as u8 - 1) as char)
+        for (i, (url, blob, container)) in disks.iter().enumerate() {
+            let device = match &container.device_name {
+                Some(d) => d.clone(),
+                None if i == 0 => "/dev/sda1".to_string(),
+                None => format!("/dev/sd{}", (b'b' + i as u8 - 1) as char),
             };
+            if bdm
+                .iter()
+                .any(|m: &BlockDeviceMapping| m.device_name == device)
+            {
+                return Err(Error::invalid_value(format!(
+                    "DiskContainer.{}.DeviceName {device} is given twice",
+                    i + 1
+                )));
+            }
             let snapshot_id = ids::new_id(IdKind::Snapshot);
             let gib = blob.virtual_size.div_ceil(1 << 30).max(1);
             snapshots.push(SnapshotState {
@@ -161,7 +179,11 @@ impl Service {
                 volume_id: None,
                 volume_size_gib: gib,
                 state: SnapshotStateName::Completed,
-                description: Some(format!("Created by AWS-VMImport service for {task_id}")),
+                description: Some(
+                    container.description.clone().unwrap_or_else(|| {
+                        format!("Created by AWS-VMImport service for {task_id}")
+                    }),
+                ),
                 start_time: created.clone(),
                 source: None,
                 blob_sha256: Some(blob.sha256.clone()),
@@ -194,7 +216,7 @@ impl Service {
         let image = ImageState {
             description: input.description.clone(),
             boot_mode: Some(boot_mode),
-            root_device_name: "/dev/sda1".into(),
+            root_device_name: bdm[0].device_name.clone(),
             block_device_mappings: bdm,
             ..ImageState::private(
                 &image_id,

@@ -357,6 +357,7 @@ impl Service {
         // Subnet and groups first: a zone is checked against its subnet.
         let network = self.plan_launch_network(caller, &input.network(), count)?;
         check_placement(input.placement.as_ref(), &caller.region)?;
+        check_ebs_options(&input.block_device_mappings)?;
         if input.ebs_optimized == Some(true) {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,

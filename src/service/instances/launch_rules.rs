@@ -162,6 +162,34 @@ pub(super) fn merge_mappings(
     out
 }
 
+/// What amirun's EBS volumes cannot be: encrypted, or provisioned with
+/// IOPS or throughput of their own. A request asking for it is refused,
+/// not launched without it.
+pub(super) fn check_ebs_options(requested: &[BlockDeviceMapping]) -> Result<()> {
+    for m in requested {
+        let Some(e) = &m.ebs else { continue };
+        let refuse = |what: &str| {
+            Err(Error::new(
+                ErrorCode::UnsupportedOperation,
+                format!(
+                    "{what} of {} is not supported: amirun's volumes are plain qcow2 files; leave it out",
+                    m.device_name
+                ),
+            ))
+        };
+        if e.encrypted == Some(true) {
+            return refuse("Ebs.Encrypted=true");
+        }
+        if e.iops.is_some() {
+            return refuse("Ebs.Iops");
+        }
+        if e.throughput.is_some() {
+            return refuse("Ebs.Throughput");
+        }
+    }
+    Ok(())
+}
+
 /// The region's one zone and default tenancy are the only placement.
 pub(super) fn check_placement(p: Option<&Placement>, region: &str) -> Result<()> {
     let Some(p) = p else { return Ok(()) };
@@ -429,6 +457,24 @@ mod tests {
             ]
         );
         assert_eq!(merge_mappings(&image, &[]), image.to_vec());
+    }
+
+    #[test]
+    fn ebs_options_amirun_cannot_give_are_refused() {
+        let with = |f: fn(&mut EbsBlockDevice)| {
+            let mut m = ebs("/dev/sdb", Some(1), None);
+            f(m.ebs.as_mut().unwrap());
+            check_ebs_options(&[m])
+        };
+        assert!(with(|_| {}).is_ok());
+        assert!(with(|e| e.encrypted = Some(false)).is_ok());
+        for refused in [
+            with(|e| e.encrypted = Some(true)),
+            with(|e| e.iops = Some(3000)),
+            with(|e| e.throughput = Some(125)),
+        ] {
+            assert_eq!(refused.unwrap_err().code(), ErrorCode::UnsupportedOperation);
+        }
     }
 
     #[test]
