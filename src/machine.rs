@@ -417,7 +417,23 @@ pub struct NetSpec {
     pub imds: Option<ImdsForward>,
     /// Whether the guest may open connections to the outside.
     pub outbound: Outbound,
+    /// A network interface in a VPC instead of user networking: a tap
+    /// device the supervisor opens in the VPC's network namespace and hands
+    /// to QEMU as file descriptor [`VPC_TAP_FD`] ([`crate::network::vpc`]);
+    /// `ssh_port`, `imds` and `outbound` are then served there instead.
+    pub vpc_nic: Option<VpcNic>,
 }
+
+/// The guest's network interface in its VPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcNic {
+    /// The interface's MAC address (`0a:…`, as EC2's).
+    pub mac: String,
+}
+
+/// The descriptor number the tap device of a [`VpcNic`] has in QEMU
+/// (`-netdev tap,fd=3`); the supervisor's network hook puts it there.
+pub const VPC_TAP_FD: i32 = 3;
 
 /// A command that serves one guest connection to 169.254.169.254:80 on its
 /// stdin/stdout; slirp starts one per connection.
@@ -484,6 +500,17 @@ pub const GUEST_ADDRESS: &str = "169.254.0.15";
 pub const IMDS_ADDRESS: &str = "169.254.169.254";
 /// Command used when no IMDS is configured: it closes the connection at once.
 pub const IMDS_CLOSED_COMMAND: &str = "/bin/true";
+
+/// Whether `mac` is six lowercase or uppercase hex pairs with colons and
+/// the multicast bit clear.
+pub fn is_unicast_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+}
 
 /// What the guest's SMBIOS type 1 (system) table says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -739,6 +766,10 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
         "-device",
         OptList::new("virtio-net-pci")
             .and_then(|d| d.set("netdev", "net0"))
+            .and_then(|d| match &spec.net.vpc_nic {
+                Some(nic) => d.set("mac", &nic.mac),
+                None => Ok(d),
+            })
             .map_err(arg("net"))?,
     );
     // Guests (and cloud-init's ssh key generation) want entropy early.
@@ -816,6 +847,12 @@ fn disk_node(name: &str, disk: &DiskSpec) -> Result<OptList, ArgError> {
 
 /// The user-mode network (see [`NetSpec`] for every choice).
 fn netdev(net: &NetSpec) -> Result<OptList, ArgError> {
+    if net.vpc_nic.is_some() {
+        // The tap device in the VPC's namespace; no user networking at all.
+        return OptList::new("tap")?
+            .set("id", "net0")?
+            .set("fd", VPC_TAP_FD);
+    }
     let mut n = OptList::new("user")?
         .set("id", "net0")?
         .switch("ipv6", false)?
@@ -847,6 +884,17 @@ fn validate(spec: &MachineSpec) -> Result<(), MachineError> {
         field,
         reason,
     };
+    if let Some(nic) = &spec.net.vpc_nic {
+        if !is_unicast_mac(&nic.mac) {
+            return Err(bad(
+                "net.vpc_nic.mac",
+                format!(
+                    "'{}' is not a unicast MAC address (xx:xx:xx:xx:xx:xx)",
+                    nic.mac
+                ),
+            ));
+        }
+    }
     if !crate::ids::is_well_formed(crate::ids::IdKind::Instance, &spec.instance_id) {
         return Err(bad("instance_id", "not an instance id (i-...)".to_string()));
     }
@@ -957,6 +1005,7 @@ mod tests {
                     ],
                 }),
                 outbound: Outbound::Nat,
+                vpc_nic: None,
             },
             qmp_socket: "/s/instances/i-0123456789abcdef0/qmp.sock".into(),
             serial_log: "/s/instances/i-0123456789abcdef0/serial.log".into(),
@@ -1199,6 +1248,7 @@ mod tests {
                 argv: vec!["/opt/my tools/relay".into(), "a,b".into()],
             }),
             outbound: Outbound::None,
+            vpc_nic: None,
         };
         let cmd = qemu_command(&spec).unwrap();
         let netdev = &cmd.args[cmd.args.iter().position(|a| a == "-netdev").unwrap() + 1];
@@ -1206,6 +1256,42 @@ mod tests {
             netdev,
             "user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:'/opt/my tools/relay' 'a,,b'"
         );
+    }
+
+    #[test]
+    fn a_vpc_nic_is_the_supervisors_tap_with_its_mac() {
+        let mut spec = base(Arch::X86_64, Boot::LegacyBios);
+        spec.net.vpc_nic = Some(VpcNic {
+            mac: "0a:12:34:56:78:9a".into(),
+        });
+        let cmd = qemu_command(&spec).unwrap();
+        let l = lines(&cmd);
+        assert!(
+            l.contains(&"-netdev tap,id=net0,fd=3".to_string()),
+            "{l:#?}"
+        );
+        assert!(
+            l.contains(&"-device virtio-net-pci,netdev=net0,mac=0a:12:34:56:78:9a".to_string()),
+            "{l:#?}"
+        );
+        for bad in [
+            "0b:12:34:56:78:9a",
+            "0a:12:34:56:78",
+            "0a:12:34:56:78:9a,x=y",
+            "zz:12:34:56:78:9a",
+        ] {
+            spec.net.vpc_nic = Some(VpcNic { mac: bad.into() });
+            assert!(
+                matches!(
+                    qemu_command(&spec),
+                    Err(MachineError::InvalidSpec {
+                        field: "net.vpc_nic.mac",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     /// The `-netdev` value of a spec's argv.

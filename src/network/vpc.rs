@@ -1,0 +1,1646 @@
+//! A real network per VPC on this host, where amirun has the privilege
+//! (root): why it exists is that instances of one VPC must share a layer-2
+//! network, reach each other only as their security groups allow, and
+//! never send anything addressed to a VPC range off the machine.
+//!
+//! Layout (one per VPC, files named by [`crate::paths::VpcNetworkFiles`]):
+//! - a network namespace, bind-mounted at `netns` so it outlives any one
+//!   supervisor; made idempotently under the `lock` file, joined by every
+//!   supervisor of the VPC with a shared lock on `members`, and taken down
+//!   by the last one to leave (an exclusive lock on `members` that
+//!   succeeds), or by [`sweep`] when every member died;
+//! - inside it a bridge [`BRIDGE`] with each subnet's router address
+//!   (network + 1, as on EC2), `169.254.169.254` on `lo`, forwarding on,
+//!   IPv6 off, `prohibit` routes for 169.254.0.0/16, the VPC block and the
+//!   host's own addresses;
+//! - dnsmasq (Debian's `dnsmasq-base`) as the VPC's DHCP server: one static
+//!   range per subnet, one host file per interface (MAC -> private address)
+//!   in `dhcp-hosts/`, DNS relayed to the internet gateway's resolver or
+//!   off;
+//! - for a VPC with an internet gateway, pasta as the outbound leg (as for a
+//!   private guest namespace, see [`super`]), masqueraded, and never for
+//!   private, link-local, loopback, multicast or host destinations (an
+//!   nftables set, not only routes: pasta copies the host's routes);
+//! - each guest is a tap device ([`VpcPort`]) opened in the namespace by
+//!   its supervisor and handed to QEMU as a file descriptor
+//!   ([`crate::machine::VPC_TAP_FD`]): not persistent, so it vanishes with
+//!   QEMU and the supervisor, whatever kills them.
+//!
+//! Security groups are nftables rules (the `nft` CLI from Debian's
+//! `nftables`, fed one generated script per change: a script is one atomic
+//! transaction, and every value in it is re-rendered from a parsed address,
+//! block, port or MAC, so nothing a user typed reaches nft verbatim).
+//! The kernel here has no bridge conntrack, so bridged IPv4 is passed
+//! through the inet hooks (`br_netfilter`, `bridge-nf-call-iptables=1`,
+//! checked when the namespace is made) where the rules are stateful
+//! (`ct state established,related accept`) and keyed by private address;
+//! a bridge-family table makes those addresses trustworthy (each tap may
+//! only send its own MAC and address, ARP included, and DHCP requests).
+//! A new connection from guest A to guest B passes A's egress chain, then
+//! B's ingress chain; anything else is dropped.
+//!
+//! IMDS: a guest's connection to 169.254.169.254:80 is DNATed, by its
+//! (anti-spoofed) source address, to a listener of its own supervisor bound
+//! in the namespace on `169.254.169.254:<port>`, which relays it to the
+//! supervisor's IMDS socket. A responder on the bridge rather than a second
+//! NIC with slirp: images configure one NIC (cloud-init's fallback, the
+//! tiny image's udhcpc) and EC2's IMDS is on the primary interface's path.
+//!
+//! Public addresses: the supervisor listens on the guest's public address
+//! (a loopback address from 127.0.0.0/8) on exactly the TCP ports its
+//! ingress rules open to the host (a rule whose peers contain
+//! [`HOST_PEER`], e.g. 0.0.0.0/0), and relays each connection into the
+//! namespace to the private address, where the guest's nft chain for
+//! traffic from the namespace admits the same ports. A userspace relay
+//! rather than DNAT: DNAT from the host would need a link between the
+//! host's namespace and the VPC's (and rules in the host's own ruleset),
+//! which is exactly the path that must not exist. Rule changes reach a
+//! running guest through [`apply_vpc_rules`] (an abstract unix socket of
+//! its supervisor, named by the interface id, root only), which replaces
+//! its chains in one transaction and opens or closes listeners.
+
+use super::{host_addresses, in_namespace, NetworkStatus, DNS_FORWARD};
+use super::{FlowRule, Protocol, VpcAttachment};
+use crate::paths::VpcNetworkFiles;
+use nix::fcntl::{Flock, FlockArg};
+use nix::libc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The bridge in every VPC namespace.
+pub const BRIDGE: &str = "br0";
+/// The nftables tables' name (`inet amirun`, `bridge amirun`).
+pub const TABLE: &str = "amirun";
+/// The address the host's connections to a public address come from, as
+/// far as security groups are concerned: a port is open on the public
+/// address when an ingress rule admits TCP on it from a block containing it.
+pub const HOST_PEER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+/// Most listeners on one public address (a rule may open 65535 ports).
+pub const MAX_PUBLIC_PORTS: usize = 256;
+/// The firewall mark of the SSH forward's connections (`amirun ssh`):
+/// amirun's own management path, admitted to port 22 whatever the groups say.
+pub const SSH_MARK: u32 = 0x616d_7373;
+/// Destinations the internet gateway never carries (plus the VPC's own
+/// block and the host's addresses).
+const NEVER_OUTBOUND: [&str; 9] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+/// How long a helper (pasta, dnsmasq) may take to come up or go.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn invalid(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.into())
+}
+
+/// An IPv4 block, always kept as its network address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cidr {
+    net: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    /// Whether `ip` is in the block.
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.net)
+    }
+
+    /// The `n`th address of the block.
+    pub fn nth(self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net).wrapping_add(n))
+    }
+
+    /// The last address (broadcast).
+    pub fn last(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) | !self.mask())
+    }
+
+    /// The router address EC2 gives a subnet: network + 1.
+    pub fn router(self) -> Ipv4Addr {
+        self.nth(1)
+    }
+
+    /// The prefix length.
+    pub fn prefix(self) -> u8 {
+        self.prefix
+    }
+
+    /// The netmask as an address.
+    pub fn netmask(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = std::io::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s.split_once('/').unwrap_or((s, "32"));
+        let ip: Ipv4Addr = a
+            .parse()
+            .map_err(|_| invalid(format!("'{s}' is not an IPv4 block")))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| invalid(format!("'{s}' is not an IPv4 block")))?;
+        let mut c = Cidr { net: ip, prefix };
+        c.net = Ipv4Addr::from(u32::from(ip) & c.mask());
+        Ok(c)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+/// A guest's attachment, checked and reduced to typed values: everything
+/// the data plane generates comes from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan {
+    /// The tap device's name in the VPC namespace (`t` + 14 hex digits of the ENI id).
+    pub tap: String,
+    /// `eni-…`
+    pub eni: String,
+    pub vpc: Cidr,
+    pub subnet: Cidr,
+    pub ip: Ipv4Addr,
+    /// Lowercase `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    pub public_ip: Option<Ipv4Addr>,
+    pub internet_gateway: bool,
+}
+
+impl PortPlan {
+    /// Checks an attachment: ids, blocks, the address inside its subnet
+    /// (not one of the subnet's reserved five), a unicast MAC, a loopback
+    /// public address.
+    pub fn new(att: &VpcAttachment) -> std::io::Result<Self> {
+        let hex = att
+            .network_interface_id
+            .strip_prefix("eni-")
+            .filter(|h| h.len() >= 14 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "'{}' is not a network interface id",
+                    att.network_interface_id
+                ))
+            })?;
+        if !att.vpc_id.starts_with("vpc-")
+            || !att.vpc_id[4..].bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(invalid(format!("'{}' is not a VPC id", att.vpc_id)));
+        }
+        let vpc: Cidr = att.vpc_cidr.parse()?;
+        let subnet: Cidr = att.subnet_cidr.parse()?;
+        if subnet.prefix < vpc.prefix || !vpc.contains(subnet.net) || subnet.prefix > 28 {
+            return Err(invalid(format!(
+                "Subnet {subnet} is not a /16../28 block inside {vpc}"
+            )));
+        }
+        let ip = att.private_ip;
+        let reserved = [
+            subnet.nth(0),
+            subnet.nth(1),
+            subnet.nth(2),
+            subnet.nth(3),
+            subnet.last(),
+        ];
+        if !subnet.contains(ip) || reserved.contains(&ip) {
+            return Err(invalid(format!(
+                "{ip} is not an assignable address of subnet {subnet}"
+            )));
+        }
+        let mac = att.mac.to_ascii_lowercase();
+        if !crate::machine::is_unicast_mac(&mac) {
+            return Err(invalid(format!(
+                "'{}' is not a unicast MAC address",
+                att.mac
+            )));
+        }
+        if let Some(p) = att.public_ip {
+            if !p.is_loopback() || p == HOST_PEER {
+                return Err(invalid(format!(
+                    "Public address {p} is not a loopback address of its own"
+                )));
+            }
+        }
+        let hex = hex.to_ascii_lowercase();
+        Ok(PortPlan {
+            tap: format!("t{}", &hex[hex.len() - 14..]),
+            eni: att.network_interface_id.clone(),
+            vpc,
+            subnet,
+            ip,
+            mac,
+            public_ip: att.public_ip,
+            internet_gateway: att.internet_gateway,
+        })
+    }
+}
+
+/// The nft match (without verdict) of one rule; `None` when it admits
+/// nothing (no peers). `field` is `saddr` (ingress) or `daddr` (egress).
+fn rule_match(r: &FlowRule, field: &str) -> std::io::Result<Option<String>> {
+    let peers = r
+        .peers
+        .iter()
+        .map(|p| p.parse::<Cidr>())
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let set = peers
+        .iter()
+        .map(Cidr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ports = |proto: &str| -> std::io::Result<String> {
+        Ok(match (r.from_port, r.to_port) {
+            (None, _) | (Some(0), Some(65535)) => format!("meta l4proto {proto}"),
+            (Some(a), None) => format!("{proto} dport {a}"),
+            (Some(a), Some(b)) if a == b => format!("{proto} dport {a}"),
+            (Some(a), Some(b)) if a < b => format!("{proto} dport {a}-{b}"),
+            (Some(a), Some(b)) => {
+                return Err(invalid(format!("Port range {a}-{b} is empty")));
+            }
+        })
+    };
+    let proto = match r.protocol {
+        Protocol::Tcp => ports("tcp")?,
+        Protocol::Udp => ports("udp")?,
+        Protocol::Icmp => match (r.from_port, r.to_port) {
+            (None, _) => "meta l4proto icmp".to_string(),
+            (Some(t), None) => format!("icmp type {t}"),
+            (Some(t), Some(c)) => format!("icmp type {t} icmp code {c}"),
+        },
+        Protocol::All => String::new(),
+    };
+    Ok(Some(
+        format!("ip {field} {{ {set} }} {proto}")
+            .trim_end()
+            .to_string(),
+    ))
+}
+
+/// The TCP ports the host may reach on the public address: those of
+/// ingress rules (TCP or all traffic) with a peer containing [`HOST_PEER`].
+pub fn public_ports(att: &VpcAttachment) -> Vec<(u16, u16)> {
+    let mut ranges = BTreeSet::new();
+    for r in &att.ingress {
+        let from_host = r
+            .peers
+            .iter()
+            .filter_map(|p| p.parse::<Cidr>().ok())
+            .any(|c| c.contains(HOST_PEER));
+        if !from_host {
+            continue;
+        }
+        match (r.protocol, r.from_port, r.to_port) {
+            (Protocol::All, ..) | (Protocol::Tcp, None, _) => {
+                ranges.insert((1, 65535));
+            }
+            (Protocol::Tcp, Some(a), b) => {
+                let b = b.unwrap_or(a);
+                if a <= b {
+                    ranges.insert((a.max(1), b));
+                }
+            }
+            _ => {}
+        }
+    }
+    ranges.into_iter().collect()
+}
+
+fn port_set(ranges: &[(u16, u16)]) -> String {
+    ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The namespace's tables, made once with the namespace.
+pub fn base_ruleset(vpc: Cidr, host: &[Ipv4Addr], internet_gateway: bool) -> String {
+    let mut never: Vec<String> = NEVER_OUTBOUND.iter().map(|s| s.to_string()).collect();
+    never.push(vpc.to_string());
+    never.extend(host.iter().map(|a| format!("{a}/32")));
+    let dns = if internet_gateway {
+        format!("\t\tiifname \"{BRIDGE}\" meta l4proto {{ tcp, udp }} th dport 53 accept\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "table inet {TABLE} {{
+\tset never_outbound {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {never} }} }}
+\tmap ingress {{ type ipv4_addr : verdict; }}
+\tmap egress {{ type ipv4_addr : verdict; }}
+\tmap public {{ type ipv4_addr : verdict; }}
+\tmap imds {{ type ipv4_addr : verdict; }}
+\tchain to_dest {{
+\t\toifname \"{BRIDGE}\" ip daddr vmap @ingress
+\t\toifname \"{BRIDGE}\" drop
+\t\tip daddr @never_outbound drop
+\t\taccept
+\t}}
+\tchain forward_filter {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tct state invalid drop
+\t\tiifname \"{BRIDGE}\" ip saddr vmap @egress
+\t}}
+\tchain input_filter {{
+\t\ttype filter hook input priority filter; policy drop;
+\t\tiifname \"lo\" accept
+\t\tct state established,related accept
+\t\tct state invalid drop
+\t\tiifname \"{BRIDGE}\" udp sport 68 udp dport 67 accept
+\t\tiifname \"{BRIDGE}\" ip daddr 169.254.169.254 ct status dnat accept
+\t\tiifname \"{BRIDGE}\" icmp type echo-request accept
+{dns}\t}}
+\tchain output_filter {{
+\t\ttype filter hook output priority filter; policy accept;
+\t\toifname != \"{BRIDGE}\" accept
+\t\tct state established,related accept
+\t\tudp sport 67 udp dport 68 accept
+\t\tmeta mark {SSH_MARK:#x} tcp dport 22 accept
+\t\tip daddr vmap @public
+\t\tdrop
+\t}}
+\tchain prerouting_nat {{
+\t\ttype nat hook prerouting priority dstnat;
+\t\tiifname \"{BRIDGE}\" ip daddr 169.254.169.254 tcp dport 80 ip saddr vmap @imds
+\t}}
+\tchain postrouting_nat {{
+\t\ttype nat hook postrouting priority srcnat;
+\t\tip saddr {vpc} oifname != \"{BRIDGE}\" masquerade
+\t}}
+}}
+table bridge {TABLE} {{
+\tmap ports {{ type ifname : verdict; }}
+\tchain prerouting_filter {{
+\t\ttype filter hook prerouting priority filter; policy drop;
+\t\tiifname vmap @ports
+\t}}
+}}
+",
+        never = never.join(", ")
+    )
+}
+
+/// The guest's security-group chains (ingress, egress, from the namespace):
+/// flushed and refilled, so one script replaces them atomically.
+pub fn rules_script(plan: &PortPlan, att: &VpcAttachment) -> std::io::Result<String> {
+    let t = &plan.tap;
+    let mut s = String::new();
+    for chain in ["in", "eg", "pub"] {
+        s.push_str(&format!(
+            "add chain inet {TABLE} {chain}_{t}\nflush chain inet {TABLE} {chain}_{t}\n"
+        ));
+    }
+    for r in &att.ingress {
+        if let Some(m) = rule_match(r, "saddr")? {
+            s.push_str(&format!("add rule inet {TABLE} in_{t} {m} accept\n"));
+        }
+    }
+    s.push_str(&format!("add rule inet {TABLE} in_{t} drop\n"));
+    for r in &att.egress {
+        if let Some(m) = rule_match(r, "daddr")? {
+            s.push_str(&format!("add rule inet {TABLE} eg_{t} {m} goto to_dest\n"));
+        }
+    }
+    s.push_str(&format!("add rule inet {TABLE} eg_{t} drop\n"));
+    let ports = public_ports(att);
+    if !ports.is_empty() {
+        s.push_str(&format!(
+            "add rule inet {TABLE} pub_{t} tcp dport {{ {} }} accept\n",
+            port_set(&ports)
+        ));
+    }
+    s.push_str(&format!("add rule inet {TABLE} pub_{t} drop\n"));
+    Ok(s)
+}
+
+/// Everything of one guest: its chains, its IMDS redirect, its map entries
+/// and its tap's anti-spoofing chain.
+pub fn attach_script(
+    plan: &PortPlan,
+    att: &VpcAttachment,
+    imds_port: u16,
+) -> std::io::Result<String> {
+    let (t, ip, mac) = (&plan.tap, plan.ip, &plan.mac);
+    let mut s = rules_script(plan, att)?;
+    s.push_str(&format!(
+        "add chain inet {TABLE} imds_{t}\nflush chain inet {TABLE} imds_{t}\n\
+         add rule inet {TABLE} imds_{t} dnat ip to 169.254.169.254:{imds_port}\n"
+    ));
+    for (map, chain) in [
+        ("ingress", "in"),
+        ("egress", "eg"),
+        ("public", "pub"),
+        ("imds", "imds"),
+    ] {
+        s.push_str(&format!(
+            "add element inet {TABLE} {map} {{ {ip} : goto {chain}_{t} }}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "add chain bridge {TABLE} port_{t}\nflush chain bridge {TABLE} port_{t}\n"
+    ));
+    for rule in [
+        format!("ether saddr != {mac} drop"),
+        format!("ether type arp arp saddr ether != {mac} drop"),
+        format!("ether type arp arp saddr ip != {{ {ip}, 0.0.0.0 }} drop"),
+        "ether type arp accept".to_string(),
+        format!("ether type ip ip saddr {ip} accept"),
+        "ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept".to_string(),
+        "drop".to_string(),
+    ] {
+        s.push_str(&format!("add rule bridge {TABLE} port_{t} {rule}\n"));
+    }
+    s.push_str(&format!(
+        "add element bridge {TABLE} ports {{ \"{t}\" : goto port_{t} }}\n"
+    ));
+    Ok(s)
+}
+
+/// Removes what [`attach_script`] made (map entries first: they name the chains).
+pub fn detach_script(tap: &str, ip: Ipv4Addr) -> String {
+    let mut s = String::new();
+    for map in ["ingress", "egress", "public", "imds"] {
+        s.push_str(&format!("delete element inet {TABLE} {map} {{ {ip} }}\n"));
+    }
+    s.push_str(&format!(
+        "delete element bridge {TABLE} ports {{ \"{tap}\" }}\n"
+    ));
+    for chain in ["in", "eg", "pub", "imds"] {
+        s.push_str(&format!("delete chain inet {TABLE} {chain}_{tap}\n"));
+    }
+    s.push_str(&format!("delete chain bridge {TABLE} port_{tap}\n"));
+    s
+}
+
+/// Runs `nft -f -` with `script` inside `ns` (one transaction).
+fn nft(ns: &File, script: &str) -> std::io::Result<()> {
+    run_in(ns, "nft", &["-f", "-"], Some(script))
+}
+
+/// Runs a program inside `ns`, feeding it `stdin`; its stderr is the error.
+fn run_in(ns: &File, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<()> {
+    in_namespace(ns, || {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {program}: {e}")))?;
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Whether VPC networks can be made here; the error says why not (the
+/// service then launches the guest isolated and says so).
+pub fn available() -> Result<(), String> {
+    super::namespaces_available()?;
+    if !Path::new("/dev/net/tun").exists() {
+        return Err("there is no /dev/net/tun for tap devices".into());
+    }
+    for (tool, package) in [("nft", "nftables"), ("dnsmasq", "dnsmasq-base")] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .any(|d| d.join(tool).is_file());
+        if !found {
+            return Err(format!("{tool} is missing (install Debian's {package})"));
+        }
+    }
+    std::thread::spawn(|| {
+        // SAFETY: unshare only changes this short-lived thread's namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        if !Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+            return Err("bridged traffic cannot be filtered: br_netfilter is not loaded (modprobe br_netfilter)".into());
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the probe panicked".into()))
+}
+
+/// An exclusive `flock` on a lock file that is still the one at `path`
+/// (teardown removes the directory, so a waiter may have locked a file
+/// that is gone).
+fn lock_exclusive(path: &Path) -> std::io::Result<Flock<File>> {
+    loop {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| e)?;
+        let same = std::fs::metadata(path)
+            .is_ok_and(|m| lock.metadata().is_ok_and(|l| l.ino() == m.ino()));
+        if same {
+            return Ok(lock);
+        }
+    }
+}
+
+fn make_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The namespace mounted at `path`, if one is (an empty file is a mount
+/// point whose namespace is gone).
+fn mounted_ns(path: &Path) -> std::io::Result<Option<File>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: fstatfs on a valid fd into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    Ok((st.f_type as i64 == NSFS_MAGIC).then_some(f))
+}
+
+fn ns_inode(ns: &File) -> u64 {
+    ns.metadata().map(|m| m.ino()).unwrap_or(0)
+}
+
+/// Ends the helper whose pid is in `pid_file` if it runs in the namespace
+/// with inode `ino` (a reused pid is left alone), and waits until it is gone.
+fn stop_helper(pid_file: &Path, ino: u64, signal: libc::c_int) {
+    let Some(pid) = helper_pid(pid_file, ino) else {
+        return;
+    };
+    // SAFETY: kill on a pid we just checked.
+    unsafe { libc::kill(pid, signal) };
+    if signal != libc::SIGTERM {
+        return;
+    }
+    let deadline = Instant::now() + HELPER_TIMEOUT;
+    while Path::new(&format!("/proc/{pid}/ns/net")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above; a no-op when it is gone.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// The helper's pid, if it is alive in the namespace with inode `ino`.
+fn helper_pid(pid_file: &Path, ino: u64) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    (pid > 1 && link.to_string_lossy() == format!("net:[{ino}]")).then_some(pid)
+}
+
+/// One VPC's network, joined: held by each supervisor of the VPC.
+pub struct VpcNetwork {
+    files: VpcNetworkFiles,
+    ns: File,
+    member: Option<Flock<File>>,
+}
+
+impl VpcNetwork {
+    /// Joins the VPC's network, making it (or the subnet's part of it)
+    /// first when needed.
+    pub fn join(files: &VpcNetworkFiles, plan: &PortPlan) -> std::io::Result<Self> {
+        make_dir(&files.dir)?;
+        let _lock = lock_exclusive(&files.lock)?;
+        let ns = match mounted_ns(&files.netns)? {
+            Some(ns) => ns,
+            None => {
+                let made = create_namespace(files, plan);
+                if made.is_err() {
+                    teardown(files);
+                }
+                made?
+            }
+        };
+        let joined = (|| {
+            ensure_subnet(files, &ns, plan)?;
+            if plan.internet_gateway {
+                ensure_leg(files, &ns)?;
+            }
+            let members = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&files.members)?;
+            Flock::lock(members, FlockArg::LockShared).map_err(|(_, e)| std::io::Error::from(e))
+        })();
+        match joined {
+            Ok(member) => Ok(VpcNetwork {
+                files: files.clone(),
+                ns,
+                member: Some(member),
+            }),
+            Err(e) => {
+                leave_locked(files);
+                Err(e)
+            }
+        }
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &File {
+        &self.ns
+    }
+}
+
+/// The subnet's router address on the bridge, and dnsmasq serving every
+/// subnet (restarted when one is new). Called with the lock held.
+fn ensure_subnet(f: &VpcNetworkFiles, ns: &File, plan: &PortPlan) -> std::io::Result<()> {
+    {
+        let mut subnets: BTreeSet<Cidr> = std::fs::read_to_string(&f.subnets)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        let ino = ns_inode(ns);
+        let new = subnets.insert(plan.subnet);
+        if new {
+            let gw = format!("{}/{}", plan.subnet.router(), plan.subnet.prefix());
+            run_in(ns, "ip", &["addr", "replace", &gw, "dev", BRIDGE], None)?;
+            let text: String = subnets.iter().map(|s| format!("{s}\n")).collect();
+            std::fs::write(&f.subnets, text)?;
+        }
+        if !new && helper_pid(&f.dnsmasq_pid, ino).is_some() {
+            return Ok(());
+        }
+        stop_helper(&f.dnsmasq_pid, ino, libc::SIGTERM);
+        make_dir(&f.dhcp_hosts)?;
+        let mut args = vec![
+            "--conf-file=/dev/null".to_string(),
+            format!("--pid-file={}", f.dnsmasq_pid.display()),
+            format!("--log-facility={}", f.dnsmasq_log.display()),
+            format!("--interface={BRIDGE}"),
+            "--bind-interfaces".into(),
+            "--user=root".into(),
+            "--group=root".into(),
+            "--dhcp-authoritative".into(),
+            format!("--dhcp-leasefile={}", f.leases.display()),
+            format!("--dhcp-hostsdir={}", f.dhcp_hosts.display()),
+        ];
+        for s in &subnets {
+            args.push(format!(
+                "--dhcp-range={},static,{},1h",
+                s.nth(0),
+                s.netmask()
+            ));
+        }
+        if plan.internet_gateway {
+            args.extend([
+                "--no-resolv".into(),
+                "--no-hosts".into(),
+                format!("--server={DNS_FORWARD}"),
+            ]);
+        } else {
+            args.push("--port=0".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // dnsmasq forks into the background once it is listening; its
+        // first process exits then.
+        run_in(ns, "dnsmasq", &args, None)?;
+        if helper_pid(&f.dnsmasq_pid, ino).is_none() {
+            return Err(std::io::Error::other(format!(
+                "dnsmasq did not start; see {}",
+                f.dnsmasq_log.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The internet gateway: pasta on the namespace (forked into the
+/// background, its pid in `leg.pid`), waited for until it configured a
+/// default route. Called with the lock held.
+fn ensure_leg(f: &VpcNetworkFiles, ns: &File) -> std::io::Result<()> {
+    {
+        let ino = ns_inode(ns);
+        if helper_pid(&f.leg_pid, ino).is_some() {
+            return Ok(());
+        }
+        let ns_fd = ns.as_raw_fd();
+        let mut cmd = Command::new("pasta");
+        cmd.args(["-q", "-4", "--config-net", "--no-map-gw"])
+            .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+            .args(["--dns-forward", DNS_FORWARD, "--runas", "0", "--pid"])
+            .arg(&f.leg_pid)
+            .arg("--netns")
+            .arg(format!("/proc/self/fd/{ns_fd}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: fcntl is async-signal-safe; it clears FD_CLOEXEC on the
+        // child's copy of the namespace fd only.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(ns_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run pasta: {e}")))?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "pasta exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let deadline = Instant::now() + HELPER_TIMEOUT;
+        while !has_default_route(ns) {
+            if Instant::now() > deadline {
+                stop_helper(&f.leg_pid, ino, libc::SIGTERM);
+                return Err(std::io::Error::other(
+                    "pasta did not configure the VPC namespace",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+fn has_default_route(ns: &File) -> bool {
+    in_namespace(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/route")
+    })
+    .is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
+    })
+}
+
+impl Drop for VpcNetwork {
+    fn drop(&mut self) {
+        self.member = None;
+        leave(&self.files);
+    }
+}
+
+/// Takes the network down if nobody is a member any more.
+fn leave(files: &VpcNetworkFiles) {
+    let Ok(_lock) = lock_exclusive(&files.lock) else {
+        return;
+    };
+    leave_locked(files);
+}
+
+/// [`leave`] with the lock held.
+fn leave_locked(files: &VpcNetworkFiles) {
+    let Ok(members) = File::open(&files.members) else {
+        teardown(files);
+        return;
+    };
+    match Flock::lock(members, FlockArg::LockExclusiveNonblock) {
+        Ok(_alone) => teardown(files),
+        Err(_) => {}
+    }
+}
+
+/// Removes a VPC network whatever state it is in (helpers, mount, files).
+/// Called with the lock held.
+fn teardown(files: &VpcNetworkFiles) {
+    if let Ok(Some(ns)) = mounted_ns(&files.netns) {
+        let ino = ns_inode(&ns);
+        stop_helper(&files.dnsmasq_pid, ino, libc::SIGTERM);
+        stop_helper(&files.leg_pid, ino, libc::SIGTERM);
+    }
+    if let Ok(c) = super::cstring(&files.netns) {
+        // SAFETY: umount2 on a C string we own; failing means not mounted.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = std::fs::remove_dir_all(&files.dir);
+    tracing::info!(dir = %files.dir.display(), "VPC network removed");
+}
+
+/// Takes down every VPC network under `root` that has no member left (its
+/// supervisors were killed): run at recovery.
+pub fn sweep(root: &Path) {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        if d.path().is_dir() {
+            leave(&VpcNetworkFiles::in_dir(d.path()));
+        }
+    }
+}
+
+/// Makes the namespace and mounts it at `netns`, then sets it up.
+fn create_namespace(files: &VpcNetworkFiles, plan: &PortPlan) -> std::io::Result<File> {
+    let netns = files.netns.clone();
+    let ns = std::thread::spawn(move || {
+        // SAFETY: unshare changes only this thread, which ends right after;
+        // the bind mount keeps the namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        File::create(&netns)?;
+        let target = super::cstring(&netns)?;
+        // SAFETY: mount with C strings we own.
+        if unsafe {
+            libc::mount(
+                c"/proc/thread-self/ns/net".as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        File::open(&netns)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))?;
+    let host = host_addresses()?;
+    in_namespace(&ns, || {
+        for (key, value) in [
+            ("net/ipv6/conf/all/disable_ipv6", "1"),
+            ("net/ipv6/conf/default/disable_ipv6", "1"),
+            ("net/ipv4/ip_forward", "1"),
+            ("net/bridge/bridge-nf-call-iptables", "1"),
+        ] {
+            std::fs::write(Path::new("/proc/sys").join(key), value).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot set {key} in the VPC namespace: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    })?;
+    let mut batch = format!(
+        "link set lo up\naddr add 169.254.169.254/32 dev lo\n\
+         link add {BRIDGE} type bridge\nlink set {BRIDGE} up\n\
+         route add prohibit 169.254.0.0/16\nroute add prohibit {}\n",
+        plan.vpc
+    );
+    for a in &host {
+        batch.push_str(&format!("route add prohibit {a}/32\n"));
+    }
+    run_in(&ns, "ip", &["-batch", "-"], Some(&batch))?;
+    nft(&ns, &base_ruleset(plan.vpc, &host, plan.internet_gateway))?;
+    tracing::info!(vpc = %plan.vpc, dir = %files.dir.display(), "VPC network made");
+    Ok(ns)
+}
+
+/// `struct ifreq` as TUNSETIFF reads it.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens a new (not persistent) tap device named `name` in the calling
+/// thread's namespace.
+fn open_tap(name: &str) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(invalid(format!("'{name}' is too long for a device name")));
+    }
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads an ifreq we own.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// A listening socket served by a thread until [`Served::stop`].
+struct Served {
+    listener: RawFd,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Served {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // SAFETY: shutdown wakes the accepting thread; the fd stays owned by it.
+        unsafe { libc::shutdown(self.listener, libc::SHUT_RDWR) };
+    }
+}
+
+/// Serves `listener` from a thread, calling `each` on a thread per connection.
+fn serve_tcp(
+    name: &str,
+    listener: TcpListener,
+    each: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> std::io::Result<Served> {
+    let fd = listener.as_raw_fd();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&stopped);
+    let each = Arc::new(each);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for c in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let each = Arc::clone(&each);
+                std::thread::spawn(move || each(c));
+            }
+        })?;
+    Ok(Served {
+        listener: fd,
+        stopped,
+    })
+}
+
+/// A byte stream that can be split in two halves and half-closed.
+trait Duplex: Read + Write + Send + Sized + 'static {
+    fn dup(&self) -> std::io::Result<Self>;
+    fn close_write(&self);
+}
+
+impl Duplex for TcpStream {
+    fn dup(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Duplex for UnixStream {
+    fn dup(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Copies both ways until each side has closed.
+fn relay<A: Duplex, B: Duplex>(mut a: A, mut b: B) {
+    let (Ok(mut a2), Ok(mut b2)) = (a.dup(), b.dup()) else {
+        return;
+    };
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b2, &mut a2);
+        a2.close_write();
+    });
+    let _ = std::io::copy(&mut a, &mut b);
+    b.close_write();
+    let _ = t.join();
+}
+
+/// A TCP connection to `to` from inside `ns`, with firewall mark `mark`.
+fn connect_in(ns: &File, to: SocketAddrV4, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    in_namespace(ns, || {
+        // SAFETY: a new socket we own at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket; TcpStream now owns it.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        if let Some(mark) = mark {
+            // SAFETY: setsockopt with a u32 we own.
+            if unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_MARK,
+                    &mark as *const u32 as *const libc::c_void,
+                    4,
+                )
+            } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*to.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: connect with a sockaddr_in we own.
+        if unsafe {
+            libc::connect(
+                fd,
+                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    })
+}
+
+/// The abstract unix socket name a guest's supervisor takes rule changes on.
+fn control_name(eni: &str) -> String {
+    format!("amirun/vpc-port/{eni}")
+}
+
+/// Replaces the security-group rules of a running guest (its supervisor's
+/// [`VpcPort`]): its nft chains in one transaction, and the ports open on
+/// its public address. A guest that does not run here with a VPC network
+/// has nothing to change (`Ok`).
+pub fn apply_vpc_rules(att: &VpcAttachment) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    PortPlan::new(att)?;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(control_name(
+        &att.network_interface_id,
+    ))?;
+    let mut s = match UnixStream::connect_addr(&addr) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(&serde_json::to_vec(att).expect("serialisable"))?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    match reply.trim().strip_prefix("ok") {
+        Some(_) => Ok(()),
+        None => Err(std::io::Error::other(format!(
+            "{}: {}",
+            att.network_interface_id,
+            reply.trim().trim_start_matches("error: ")
+        ))),
+    }
+}
+
+/// The uid of a unix socket's peer.
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a ucred we own.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+/// State a port's threads share.
+struct PortState {
+    ns: File,
+    plan: PortPlan,
+    att: Mutex<VpcAttachment>,
+    /// Listeners on the public address, by port.
+    public: Mutex<BTreeMap<u16, Served>>,
+}
+
+impl PortState {
+    /// Opens and closes listeners on the public address to match the rules.
+    fn sync_public(self: &Arc<Self>) {
+        let Some(ip) = self.plan.public_ip else {
+            return;
+        };
+        let ranges = public_ports(&self.att.lock().expect("port state"));
+        let wanted: BTreeSet<u16> = ranges
+            .iter()
+            .flat_map(|(a, b)| *a..=*b)
+            .take(MAX_PUBLIC_PORTS)
+            .collect();
+        if ranges
+            .iter()
+            .map(|(a, b)| usize::from(b - a) + 1)
+            .sum::<usize>()
+            > MAX_PUBLIC_PORTS
+        {
+            tracing::warn!("only the first {MAX_PUBLIC_PORTS} open ports are forwarded on {ip}");
+        }
+        let mut public = self.public.lock().expect("port state");
+        public.retain(|port, served| {
+            let keep = wanted.contains(port);
+            if !keep {
+                served.stop();
+            }
+            keep
+        });
+        for port in wanted {
+            if public.contains_key(&port) {
+                continue;
+            }
+            let listener = match TcpListener::bind((ip, port)) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("cannot listen on {ip}:{port}: {e}");
+                    continue;
+                }
+            };
+            let me = Arc::clone(self);
+            match serve_tcp("public", listener, move |c| me.forward(c, port)) {
+                Ok(s) => {
+                    public.insert(port, s);
+                }
+                Err(e) => tracing::warn!("cannot serve {ip}:{port}: {e}"),
+            }
+        }
+    }
+
+    /// Relays one connection to the public address into the VPC, if the
+    /// rules (as they are now) admit its source on that port.
+    fn forward(&self, client: TcpStream, port: u16) {
+        let from = match client.peer_addr() {
+            Ok(std::net::SocketAddr::V4(a)) => *a.ip(),
+            _ => return,
+        };
+        let admitted = {
+            let att = self.att.lock().expect("port state");
+            att.ingress.iter().any(|r| {
+                let ports_ok = match (r.protocol, r.from_port, r.to_port) {
+                    (Protocol::All, ..) | (Protocol::Tcp, None, _) => true,
+                    (Protocol::Tcp, Some(a), b) => (a..=b.unwrap_or(a)).contains(&port),
+                    _ => false,
+                };
+                ports_ok
+                    && r.peers
+                        .iter()
+                        .filter_map(|p| p.parse::<Cidr>().ok())
+                        .any(|c| c.contains(from))
+            })
+        };
+        if !admitted {
+            return;
+        }
+        match connect_in(&self.ns, SocketAddrV4::new(self.plan.ip, port), None) {
+            Ok(guest) => relay(client, guest),
+            Err(e) => tracing::debug!("public {port}: guest side: {e}"),
+        }
+    }
+
+    /// Takes one rule change from [`apply_vpc_rules`].
+    fn apply(self: &Arc<Self>, text: &[u8]) -> std::io::Result<()> {
+        let att: VpcAttachment = serde_json::from_slice(text).map_err(invalid_data)?;
+        let plan = PortPlan::new(&att)?;
+        if plan.tap != self.plan.tap || plan.ip != self.plan.ip || plan.mac != self.plan.mac {
+            return Err(invalid(format!(
+                "{} is not the interface this supervisor runs",
+                att.network_interface_id
+            )));
+        }
+        nft(&self.ns, &rules_script(&self.plan, &att)?)?;
+        *self.att.lock().expect("port state") = att;
+        self.sync_public();
+        Ok(())
+    }
+}
+
+fn invalid_data(e: serde_json::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// One guest's place on its VPC's bridge, held by its supervisor while QEMU
+/// runs: the tap, its rules, its DHCP entry, its IMDS and public listeners,
+/// its control socket. Dropping it removes them and leaves the network.
+pub struct VpcPort {
+    state: Arc<PortState>,
+    tap: File,
+    served: Vec<Served>,
+    ssh: Mutex<Option<Served>>,
+    dhcp_host: PathBuf,
+    dnsmasq_pid: PathBuf,
+    // Dropped last: leaving may take the whole network down.
+    _net: VpcNetwork,
+}
+
+impl VpcPort {
+    /// Joins the VPC network and plugs the guest in; `imds_socket` is the
+    /// supervisor's IMDS server.
+    pub fn attach(
+        files: &VpcNetworkFiles,
+        att: &VpcAttachment,
+        imds_socket: Option<&Path>,
+    ) -> std::io::Result<Self> {
+        let plan = PortPlan::new(att)?;
+        let net = VpcNetwork::join(files, &plan)?;
+        let ns = net.ns().try_clone()?;
+        let tap = in_namespace(&ns, || open_tap(&plan.tap))?;
+        // IMDS: a listener in the namespace, relayed to the supervisor's socket.
+        let imds = in_namespace(&ns, || {
+            TcpListener::bind((Ipv4Addr::new(169, 254, 169, 254), 0))
+        })?;
+        let imds_port = imds.local_addr()?.port();
+        let socket = imds_socket.map(Path::to_owned);
+        let imds = serve_tcp("imds", imds, move |c| {
+            if let Some(s) = socket.as_ref().and_then(|p| UnixStream::connect(p).ok()) {
+                relay(c, s);
+            }
+        })?;
+        // A predecessor with this address that was killed left its entries.
+        for map in ["ingress", "egress", "public", "imds"] {
+            let _ = nft(
+                &ns,
+                &format!("delete element inet {TABLE} {map} {{ {} }}\n", plan.ip),
+            );
+        }
+        nft(&ns, &attach_script(&plan, att, imds_port)?)?;
+        let dhcp_host = files.dhcp_hosts.join(&plan.eni);
+        std::fs::write(&dhcp_host, format!("{},{},1h\n", plan.mac, plan.ip))?;
+        run_in(
+            &ns,
+            "ip",
+            &["link", "set", &plan.tap, "master", BRIDGE, "up"],
+            None,
+        )?;
+        let state = Arc::new(PortState {
+            ns,
+            plan: plan.clone(),
+            att: Mutex::new(att.clone()),
+            public: Mutex::new(BTreeMap::new()),
+        });
+        state.sync_public();
+        let control = serve_control(&state)?;
+        Ok(VpcPort {
+            state,
+            tap,
+            served: vec![imds, control],
+            ssh: Mutex::new(None),
+            dhcp_host,
+            dnsmasq_pid: files.dnsmasq_pid.clone(),
+            _net: net,
+        })
+    }
+
+    /// The VPC's namespace.
+    pub fn ns(&self) -> std::io::Result<File> {
+        self.state.ns.try_clone()
+    }
+
+    /// The tap device's descriptor (for QEMU, at [`crate::machine::VPC_TAP_FD`]).
+    pub fn tap_fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
+
+    /// What `describe-instances` shows about this network.
+    pub fn status(&self) -> NetworkStatus {
+        let p = &self.state.plan;
+        let public = p
+            .public_ip
+            .map_or(String::new(), |ip| format!("; public address {ip}"));
+        if p.internet_gateway {
+            NetworkStatus::new(
+                "nat",
+                format!(
+                    "VPC network: {} on the VPC's bridge in subnet {}{public}; outbound through the internet gateway (pasta), never to private, link-local or host addresses",
+                    p.ip, p.subnet
+                ),
+            )
+        } else {
+            NetworkStatus::new(
+                "none",
+                format!(
+                    "VPC network: {} on the VPC's bridge in subnet {}{public}; the VPC has no internet gateway, so no outbound path",
+                    p.ip, p.subnet
+                ),
+            )
+        }
+    }
+
+    /// Listens on the host's 127.0.0.1 at `port` and relays to the guest's
+    /// port 22 (amirun's management path, marked [`SSH_MARK`]).
+    pub fn start_ssh_relay(&self, port: u16) -> std::io::Result<()> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+        let state = Arc::clone(&self.state);
+        *self.ssh.lock().expect("ssh relay") =
+            Some(serve_tcp(
+                "ssh-relay",
+                listener,
+                move |c| match connect_in(
+                    &state.ns,
+                    SocketAddrV4::new(state.plan.ip, 22),
+                    Some(SSH_MARK),
+                ) {
+                    Ok(g) => relay(c, g),
+                    Err(e) => tracing::debug!("ssh relay: guest side: {e}"),
+                },
+            )?);
+        Ok(())
+    }
+}
+
+/// Serves [`apply_vpc_rules`] for this port (root, or this uid, only).
+fn serve_control(state: &Arc<PortState>) -> std::io::Result<Served> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(control_name(&state.plan.eni))?;
+    let listener = UnixListener::bind_addr(&addr)?;
+    let fd = listener.as_raw_fd();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&stopped);
+    let state = Arc::clone(state);
+    let me = nix::unistd::geteuid().as_raw();
+    std::thread::Builder::new()
+        .name("vpc-control".into())
+        .spawn(move || {
+            for c in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut c) = c else { continue };
+                if !peer_uid(&c).is_some_and(|u| u == 0 || u == me) {
+                    continue;
+                }
+                let mut text = Vec::new();
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                if (&mut c).take(1 << 20).read_to_end(&mut text).is_err() {
+                    continue;
+                }
+                let reply = match state.apply(&text) {
+                    Ok(()) => "ok\n".to_string(),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                let _ = c.write_all(reply.as_bytes());
+            }
+        })?;
+    Ok(Served {
+        listener: fd,
+        stopped,
+    })
+}
+
+impl Drop for VpcPort {
+    fn drop(&mut self) {
+        let ssh = self.ssh.lock().expect("ssh relay");
+        for s in self.served.iter().chain(ssh.iter()) {
+            s.stop();
+        }
+        for s in self.state.public.lock().expect("port state").values() {
+            s.stop();
+        }
+        let p = &self.state.plan;
+        if let Err(e) = nft(&self.state.ns, &detach_script(&p.tap, p.ip)) {
+            tracing::warn!("could not remove the rules of {}: {e}", p.tap);
+        }
+        // dnsmasq forgets a removed host file only when told to.
+        if std::fs::remove_file(&self.dhcp_host).is_ok() {
+            stop_helper(&self.dnsmasq_pid, ns_inode(&self.state.ns), libc::SIGHUP);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn att() -> VpcAttachment {
+        VpcAttachment {
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            vpc_cidr: "172.31.0.0/16".into(),
+            subnet_id: "subnet-0123456789abcdef0".into(),
+            subnet_cidr: "172.31.16.0/20".into(),
+            network_interface_id: "eni-0123456789abcdef0".into(),
+            private_ip: Ipv4Addr::new(172, 31, 16, 10),
+            mac: "0A:12:34:56:78:9A".into(),
+            public_ip: Some(Ipv4Addr::new(127, 100, 0, 5)),
+            internet_gateway: false,
+            ingress: vec![
+                FlowRule {
+                    protocol: Protocol::Tcp,
+                    from_port: Some(22),
+                    to_port: Some(22),
+                    peers: vec!["0.0.0.0/0".into()],
+                },
+                FlowRule {
+                    protocol: Protocol::All,
+                    from_port: None,
+                    to_port: None,
+                    peers: vec!["172.31.16.11/32".into(), "172.31.16.12".into()],
+                },
+                FlowRule {
+                    protocol: Protocol::Udp,
+                    from_port: Some(5000),
+                    to_port: Some(5010),
+                    peers: vec!["10.1.2.3/8".into()],
+                },
+                FlowRule {
+                    protocol: Protocol::Icmp,
+                    from_port: Some(8),
+                    to_port: None,
+                    peers: vec![],
+                },
+            ],
+            egress: vec![FlowRule {
+                protocol: Protocol::All,
+                from_port: None,
+                to_port: None,
+                peers: vec!["0.0.0.0/0".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn blocks_parse_to_their_network() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains(Ipv4Addr::new(10, 9, 9, 9)));
+        assert!(!c.contains(Ipv4Addr::new(11, 0, 0, 0)));
+        assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().to_string(), "1.2.3.4/32");
+        let z: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(z.contains(HOST_PEER));
+        let s: Cidr = "172.31.16.0/20".parse().unwrap();
+        assert_eq!(s.router(), Ipv4Addr::new(172, 31, 16, 1));
+        assert_eq!(s.last(), Ipv4Addr::new(172, 31, 31, 255));
+        assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 240, 0));
+        for bad in ["", "1.2.3/8", "1.2.3.4/33", "1.2.3.4/x", "1.2.3.4/8 drop"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_plan_checks_the_attachment() {
+        let p = PortPlan::new(&att()).unwrap();
+        assert_eq!(p.tap, "t23456789abcdef0");
+        assert_eq!(p.tap.len(), 15);
+        assert_eq!(p.mac, "0a:12:34:56:78:9a");
+        let bad = |f: fn(&mut VpcAttachment)| {
+            let mut a = att();
+            f(&mut a);
+            PortPlan::new(&a).unwrap_err().to_string()
+        };
+        assert!(bad(|a| a.private_ip = Ipv4Addr::new(172, 31, 16, 1)).contains("not an assignable"));
+        assert!(bad(|a| a.private_ip = Ipv4Addr::new(172, 31, 0, 9)).contains("not an assignable"));
+        assert!(bad(|a| a.subnet_cidr = "10.0.0.0/24".into()).contains("inside"));
+        assert!(bad(|a| a.mac = "0b:12:34:56:78:9a".into()).contains("MAC"));
+        assert!(bad(|a| a.public_ip = Some(Ipv4Addr::new(192, 0, 2, 1))).contains("loopback"));
+        assert!(bad(|a| a.network_interface_id = "eni-12\"; drop".into()).contains("interface id"));
+        assert!(bad(|a| a.vpc_id = "vpc-1 x".into()).contains("VPC id"));
+    }
+
+    #[test]
+    fn rules_become_stateful_chains() {
+        let a = att();
+        let p = PortPlan::new(&a).unwrap();
+        let s = rules_script(&p, &a).unwrap();
+        let t = &p.tap;
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                format!("add chain inet amirun in_{t}"),
+                format!("flush chain inet amirun in_{t}"),
+                format!("add chain inet amirun eg_{t}"),
+                format!("flush chain inet amirun eg_{t}"),
+                format!("add chain inet amirun pub_{t}"),
+                format!("flush chain inet amirun pub_{t}"),
+                format!("add rule inet amirun in_{t} ip saddr {{ 0.0.0.0/0 }} tcp dport 22 accept"),
+                format!("add rule inet amirun in_{t} ip saddr {{ 172.31.16.11/32, 172.31.16.12/32 }} accept"),
+                format!("add rule inet amirun in_{t} ip saddr {{ 10.0.0.0/8 }} udp dport 5000-5010 accept"),
+                format!("add rule inet amirun in_{t} drop"),
+                format!("add rule inet amirun eg_{t} ip daddr {{ 0.0.0.0/0 }} goto to_dest"),
+                format!("add rule inet amirun eg_{t} drop"),
+                format!("add rule inet amirun pub_{t} tcp dport {{ 22 }} accept"),
+                format!("add rule inet amirun pub_{t} drop"),
+            ]
+        );
+        let mut b = a.clone();
+        b.ingress[0].to_port = Some(21);
+        assert!(rules_script(&p, &b).is_err());
+        b.ingress[0].peers = vec!["0.0.0.0/0; flush ruleset".into()];
+        assert!(rules_script(&p, &b).is_err());
+    }
+
+    #[test]
+    fn only_rules_open_to_the_host_open_public_ports() {
+        let mut a = att();
+        assert_eq!(public_ports(&a), [(22, 22)]);
+        a.ingress[0].peers = vec!["203.0.113.0/24".into()];
+        assert_eq!(public_ports(&a), []);
+        a.ingress.push(FlowRule {
+            protocol: Protocol::Tcp,
+            from_port: Some(8000),
+            to_port: Some(8080),
+            peers: vec!["127.0.0.0/8".into()],
+        });
+        assert_eq!(public_ports(&a), [(8000, 8080)]);
+    }
+
+    #[test]
+    fn the_base_ruleset_never_routes_private_or_host_destinations_out() {
+        let s = base_ruleset(
+            "172.31.0.0/16".parse().unwrap(),
+            &[Ipv4Addr::new(192, 0, 2, 2)],
+            false,
+        );
+        assert!(s.contains("elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, 240.0.0.0/4, 172.31.0.0/16, 192.0.2.2/32 }"), "{s}");
+        assert!(!s.contains("th dport 53"), "no DNS without a gateway: {s}");
+        assert!(
+            base_ruleset("10.0.0.0/16".parse().unwrap(), &[], true).contains("th dport 53 accept")
+        );
+    }
+
+    #[test]
+    fn attaching_names_every_piece_and_detaching_removes_them() {
+        let a = att();
+        let p = PortPlan::new(&a).unwrap();
+        let s = attach_script(&p, &a, 40000).unwrap();
+        let t = &p.tap;
+        for want in [
+            format!("add rule inet amirun imds_{t} dnat ip to 169.254.169.254:40000"),
+            format!("add element inet amirun ingress {{ 172.31.16.10 : goto in_{t} }}"),
+            format!("add rule bridge amirun port_{t} ether saddr != 0a:12:34:56:78:9a drop"),
+            format!("add rule bridge amirun port_{t} ether type ip ip saddr 172.31.16.10 accept"),
+            format!("add element bridge amirun ports {{ \"{t}\" : goto port_{t} }}"),
+        ] {
+            assert!(s.lines().any(|l| l == want), "no {want} in\n{s}");
+        }
+        let d = detach_script(t, p.ip);
+        assert!(d.starts_with("delete element inet amirun ingress { 172.31.16.10 }\n"));
+        assert!(d.ends_with(&format!("delete chain bridge amirun port_{t}\n")));
+    }
+}
