@@ -770,6 +770,10 @@ fn ensure_subnet(f: &VpcNetworkFiles, ns: &File, plan: &PortPlan) -> std::io::Re
         // dnsmasq forks into the background once it is listening; its
         // first process exits then.
         run_in(ns, "dnsmasq", &args, None)?;
+        let deadline = Instant::now() + HELPER_TIMEOUT;
+        while helper_pid(&f.dnsmasq_pid, ino).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if helper_pid(&f.dnsmasq_pid, ino).is_none() {
             return Err(std::io::Error::other(format!(
                 "dnsmasq did not start; see {}",
@@ -1545,7 +1549,7 @@ mod tests {
     #[test]
     fn a_plan_checks_the_attachment() {
         let p = PortPlan::new(&att()).unwrap();
-        assert_eq!(p.tap, "t23456789abcdef0");
+        assert_eq!(p.tap, "t3456789abcdef0");
         assert_eq!(p.tap.len(), 15);
         assert_eq!(p.mac, "0a:12:34:56:78:9a");
         let bad = |f: fn(&mut VpcAttachment)| {
