@@ -111,7 +111,7 @@ fn attachment(vpc: &str, n: u8, ip: [u8; 4], ingress: Vec<FlowRule>) -> VpcAttac
         vpc_cidr: "172.31.0.0/16".into(),
         subnet_id: "subnet-0123456789abcdef0".into(),
         subnet_cidr: "172.31.16.0/20".into(),
-        network_interface_id: format!("eni-0{n:02x}3456789abcdef0"),
+        network_interface_id: format!("eni-0123456789abcde{n:02x}"),
         private_ip: Ipv4Addr::from(ip),
         mac: format!("0a:00:00:00:00:{n:02x}"),
         public_ip: Some(Ipv4Addr::new(127, 100, 0, n)),
@@ -231,9 +231,11 @@ fn wait_console(paths: &Paths, id: &str, needle: &str) -> String {
         if last.contains(needle) {
             return last;
         }
-        if std::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(paths.supervisor_log(id)).unwrap_or_default();
-            panic!("{id}: no '{needle}' within {BOOT:?}; console:\n{last}\nsupervisor log:\n{log}");
+        let gone = supervisor::probe(paths, id).last_exit.is_some();
+        if gone || std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(paths.supervisor_log(id)).unwrap_or_default()
+                + &std::fs::read_to_string(paths.events(id)).unwrap_or_default();
+            panic!("{id}: no '{needle}' within {BOOT:?} (QEMU exited: {gone}); console:\n{last}\nsupervisor log:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -259,9 +261,9 @@ done
 echo "probe servers up"
 "#;
 
-/// User data of a client: waits (bounded) for the allowed port, then tries
-/// the other one; prints one line per port.
-fn client(target: &str) -> String {
+/// User data of a client: waits (at most `tries` times 7 s) for the
+/// allowed port, then tries every port once; prints one line per port.
+fn client(target: &str, tries: u32) -> String {
     format!(
         r#"#!/bin/sh
 probe() {{
@@ -272,7 +274,7 @@ probe() {{
 	esac
 }}
 i=0
-while [ $i -lt 30 ]; do
+while [ $i -lt {tries} ]; do
 	timeout 5 wget -q -O - "http://{target}:8080/" >/dev/null 2>&1 && break
 	i=$((i + 1))
 	sleep 2
@@ -299,10 +301,39 @@ fn stop(paths: &Paths, id: &str) {
     c.stop_and_wait(true).unwrap();
 }
 
+/// Kills the supervisors (and so their QEMUs) of a scenario that failed
+/// half-way; a passing scenario has stopped them already.
+struct Launched(Paths, Vec<String>);
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        for id in &self.1 {
+            if let Ok(pid) = std::fs::read_to_string(self.0.supervisor_pid(id)) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        // What killed supervisors leave is what recovery sweeps.
+        for id in &self.1 {
+            wait_until(
+                "a killed supervisor to be gone",
+                Duration::from_secs(30),
+                || !supervisor::probe(&self.0, id).supervisor_alive,
+            );
+        }
+        amirun::network::vpc::sweep(&self.0.vpc_networks_dir());
+    }
+}
+
 fn scenario() {
     let home = tempfile::tempdir().unwrap();
     let runtime = tempfile::tempdir().unwrap();
     let paths = Paths::new(home.path(), runtime.path());
+    let mut launched = Launched(paths.clone(), Vec::new());
     let (vpc1, vpc2) = ("vpc-0aaaaaaaaaaaaaaa1", "vpc-0bbbbbbbbbbbbbbb2");
     let web_8080 = rule(Protocol::Tcp, Some(8080), &["0.0.0.0/0"]);
     let a_att = attachment(vpc1, 1, [172, 31, 16, 10], vec![web_8080.clone()]);
@@ -310,7 +341,8 @@ fn scenario() {
     let c_att = attachment(vpc2, 3, [172, 31, 16, 12], vec![]);
 
     let a = launch(&paths, &a_att, SERVER, 42201);
-    let b = launch(&paths, &b_att, &client("172.31.16.10"), 42202);
+    let b = launch(&paths, &b_att, &client("172.31.16.10", 30), 42202);
+    launched.1.extend([a.clone(), b.clone()]);
     let a_console = wait_console(&paths, &a, "probe servers up");
     for want in [
         "amirun-tiny: network eth0 172.31.16.10/20 via 172.31.16.1".to_string(),
@@ -343,8 +375,10 @@ fn scenario() {
         "{b}: {b_console}"
     );
 
-    // A guest of another VPC with the same block reaches nothing of A.
-    let c = launch(&paths, &c_att, &client("172.31.16.10"), 42203);
+    // A guest of another VPC with the same block reaches nothing of A
+    // (which serves by now).
+    let c = launch(&paths, &c_att, &client("172.31.16.10", 2), 42203);
+    launched.1.push(c.clone());
     let c_console = wait_console(&paths, &c, "probe done");
     assert!(
         c_console.contains("amirun-tiny: network eth0 172.31.16.12/20 via 172.31.16.1"),
@@ -412,6 +446,13 @@ fn scenario() {
     assert!(apply_vpc_rules(&wrong).is_err());
 
     for id in [&a, &b, &c] {
+        let log = std::fs::read_to_string(paths.supervisor_log(id)).unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("guest network") || l.contains("VPC network"))
+        {
+            eprintln!("{id}: {l}");
+        }
         stop(&paths, id);
     }
     wait_until(

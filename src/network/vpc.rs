@@ -468,7 +468,7 @@ pub fn attach_script(
     let mut s = rules_script(plan, att)?;
     s.push_str(&format!(
         "add chain inet {TABLE} imds_{t}\nflush chain inet {TABLE} imds_{t}\n\
-         add rule inet {TABLE} imds_{t} dnat ip to 169.254.169.254:{imds_port}\n"
+         add rule inet {TABLE} imds_{t} meta l4proto tcp dnat ip to 169.254.169.254:{imds_port}\n"
     ));
     for (map, chain) in [
         ("ingress", "in"),
@@ -1315,7 +1315,12 @@ impl VpcPort {
         let plan = PortPlan::new(att)?;
         let net = VpcNetwork::join(files, &plan)?;
         let ns = net.ns().try_clone()?;
-        let tap = in_namespace(&ns, || open_tap(&plan.tap))?;
+        let tap = in_namespace(&ns, || open_tap(&plan.tap)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot make tap device {}: {e}", plan.tap),
+            )
+        })?;
         // IMDS: a listener in the namespace, relayed to the supervisor's socket.
         let imds = in_namespace(&ns, || {
             TcpListener::bind((Ipv4Addr::new(169, 254, 169, 254), 0))
@@ -1635,7 +1640,9 @@ mod tests {
         let s = attach_script(&p, &a, 40000).unwrap();
         let t = &p.tap;
         for want in [
-            format!("add rule inet amirun imds_{t} dnat ip to 169.254.169.254:40000"),
+            format!(
+                "add rule inet amirun imds_{t} meta l4proto tcp dnat ip to 169.254.169.254:40000"
+            ),
             format!("add element inet amirun ingress {{ 172.31.16.10 : goto in_{t} }}"),
             format!("add rule bridge amirun port_{t} ether saddr != 0a:12:34:56:78:9a drop"),
             format!("add rule bridge amirun port_{t} ether type ip ip saddr 172.31.16.10 accept"),
