@@ -33,6 +33,10 @@
 //! - IMDS needs nothing: its `guestfwd` runs `amirun __imds-relay` to a unix
 //!   socket by path, which works across network namespaces.
 //!
+//! A guest in a VPC joins its VPC's network instead ([`vpc`]): a namespace
+//! per VPC with a bridge, the guest on a tap device, security groups in
+//! nftables; [`GuestNamespace`] holds its port there the same way.
+//!
 //! Where no namespace can be made (not root, no CAP_SYS_ADMIN), the service
 //! launches the guest isolated instead (`restrict=on`: IMDS and SSH only)
 //! and says why in `describe-instances` ([`NetworkStatus`]). Where pasta is

@@ -870,9 +870,8 @@ fn leave_locked(files: &VpcNetworkFiles) {
         teardown(files);
         return;
     };
-    match Flock::lock(members, FlockArg::LockExclusiveNonblock) {
-        Ok(_alone) => teardown(files),
-        Err(_) => {}
+    if let Ok(_alone) = Flock::lock(members, FlockArg::LockExclusiveNonblock) {
+        teardown(files);
     }
 }
 
