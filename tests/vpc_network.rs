@@ -11,12 +11,16 @@
 //! 8080 on A's public (loopback) address and not 8081, and no longer 8080
 //! once the rule is revoked on the running guest ([`apply_vpc_rules`]);
 //! the SSH forward reaches A's port 22 whatever the groups say. Neither
-//! VPC has a route out. When the supervisors are gone, so is everything
-//! they made: namespaces, dnsmasq, the VPC directories.
+//! VPC has a route out. D sits in a third VPC (10.1.0.0/16) with an
+//! internet gateway: it reaches a server "on the internet" through pasta,
+//! and neither the host's own address nor A's private address. When the
+//! supervisors are gone, so is everything they made: namespaces, dnsmasq,
+//! pasta, the VPC directories.
 //!
 //! The scenario runs in a network and mount namespace the test creates
-//! (`unshare --net --mount`), with only loopback: nothing can leave the
-//! machine even if the code is wrong.
+//! (`unshare --net --mount`); its "internet" is one more namespace behind
+//! a veth pair ([`SETUP`]): nothing can leave the machine even if the
+//! code is wrong.
 
 mod common;
 
@@ -74,7 +78,7 @@ fn guests_of_a_vpc_reach_each_other_only_as_their_groups_allow() {
     let exe = std::env::current_exe().unwrap();
     let status = Command::new("unshare")
         .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg("set -e; ip link set lo up; exec \"$@\"")
+        .arg(format!("set -e; ip link set lo up\n{SETUP}\nexec \"$@\""))
         .arg("sh")
         .arg(&exe)
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
@@ -85,6 +89,67 @@ fn guests_of_a_vpc_reach_each_other_only_as_their_groups_allow() {
         status.success(),
         "the scenario inside `unshare --net --mount` failed ({status}); it needs root"
     );
+}
+
+/// Inside the test's namespace: an "internet" (a namespace of its own
+/// behind a veth pair, with [`INTERNET`] on its loopback) and the test
+/// namespace's own address [`HOST`] with a default route to it, so pasta
+/// has an interface to work with. Packets never leave these namespaces.
+const SETUP: &str = "mkdir -p /run/netns; mount -t tmpfs none /run/netns
+ip netns add internet
+ip link add up0 type veth peer name wan0 netns internet
+ip addr add 192.0.2.53/24 dev up0; ip link set up0 up
+ip route add default via 192.0.2.1 dev up0
+ip -n internet link set lo up; ip -n internet addr add 203.0.113.7/32 dev lo
+ip -n internet addr add 192.0.2.1/24 dev wan0; ip -n internet link set wan0 up";
+/// A server "on the internet", outside every VPC.
+const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+/// The test namespace's (the host's) own address.
+const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+
+/// A web server answering `body` on `addr`:8080, in the network namespace
+/// at `netns` (or the test's own).
+fn web_server(netns: Option<&str>, addr: Ipv4Addr, body: &'static str) {
+    let ns = netns.map(|p| std::fs::File::open(p).unwrap());
+    let listener = std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace fd we hold; only this thread moves.
+            let r = unsafe { nix::libc::setns(ns.as_raw_fd(), nix::libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        }
+        std::net::TcpListener::bind((addr, 8080)).unwrap()
+    })
+    .join()
+    .unwrap();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = c.read(&mut [0u8; 1024]);
+            let _ = write!(c, "HTTP/1.0 200 OK\r\n\r\n{body}\n");
+        }
+    });
+}
+
+/// User data of a guest in a VPC with an internet gateway: the internet
+/// is reachable, the host and the private address of another VPC are not.
+fn outbound_client() -> String {
+    format!(
+        r#"#!/bin/sh
+probe() {{
+	body=$(timeout 5 wget -q -O - "$2" 2>/dev/null)
+	case "$body" in
+	*"$3"*) echo "probe $1 REACHED" ;;
+	*) echo "probe $1 blocked" ;;
+	esac
+}}
+probe internet http://{INTERNET}:8080/ internet-page
+probe host http://{HOST}:8080/ host-page
+probe other-vpc http://172.31.16.10:8080/ served-by-a
+echo "probe done"
+"#
+    )
 }
 
 fn build_dir() -> PathBuf {
@@ -339,6 +404,13 @@ fn scenario() {
     let a_att = attachment(vpc1, 1, [172, 31, 16, 10], vec![web_8080.clone()]);
     let b_att = attachment(vpc1, 2, [172, 31, 16, 11], vec![]);
     let c_att = attachment(vpc2, 3, [172, 31, 16, 12], vec![]);
+    let vpc3 = "vpc-0ccccccccccccccc3";
+    let mut d_att = attachment(vpc3, 4, [10, 1, 0, 12], vec![]);
+    d_att.vpc_cidr = "10.1.0.0/16".into();
+    d_att.subnet_cidr = "10.1.0.0/24".into();
+    d_att.internet_gateway = true;
+    web_server(Some("/run/netns/internet"), INTERNET, "internet-page");
+    web_server(None, HOST, "host-page");
 
     let a = launch(&paths, &a_att, SERVER, 42201);
     let b = launch(&paths, &b_att, &client("172.31.16.10", 30), 42202);
@@ -379,6 +451,10 @@ fn scenario() {
     // (which serves by now).
     let c = launch(&paths, &c_att, &client("172.31.16.10", 2), 42203);
     launched.1.push(c.clone());
+    // A VPC with an internet gateway reaches the internet, and neither the
+    // host nor another VPC's private addresses.
+    let d = launch(&paths, &d_att, &outbound_client(), 42204);
+    launched.1.push(d.clone());
     let c_console = wait_console(&paths, &c, "probe done");
     assert!(
         c_console.contains("amirun-tiny: network eth0 172.31.16.12/20 via 172.31.16.1"),
@@ -394,6 +470,24 @@ fn scenario() {
         ],
         "{c}: {c_console}"
     );
+
+    let d_console = wait_console(&paths, &d, "probe done");
+    assert!(
+        d_console.contains("amirun-tiny: network eth0 10.1.0.12/24 via 10.1.0.1"),
+        "{d_console}"
+    );
+    assert_eq!(
+        probe_lines(&d_console),
+        [
+            "probe internet REACHED",
+            "probe host blocked",
+            "probe other-vpc blocked",
+            "probe done"
+        ],
+        "{d}: {d_console}"
+    );
+    let status = std::fs::read_to_string(paths.network_status(&d)).unwrap();
+    assert!(status.contains("internet gateway (pasta)"), "{status}");
 
     // The host: A's public address opens exactly the admitted port.
     let public = a_att.public_ip.unwrap();
@@ -445,7 +539,7 @@ fn scenario() {
     wrong.private_ip = Ipv4Addr::new(172, 31, 16, 99);
     assert!(apply_vpc_rules(&wrong).is_err());
 
-    for id in [&a, &b, &c] {
+    for id in [&a, &b, &c, &d] {
         let log = std::fs::read_to_string(paths.supervisor_log(id)).unwrap_or_default();
         for l in log
             .lines()

@@ -627,14 +627,11 @@ fn mounted_ns(path: &Path) -> std::io::Result<Option<File>> {
     Ok((st.f_type as i64 == NSFS_MAGIC).then_some(f))
 }
 
-fn ns_inode(ns: &File) -> u64 {
-    ns.metadata().map(|m| m.ino()).unwrap_or(0)
-}
-
-/// Ends the helper whose pid is in `pid_file` if it runs in the namespace
-/// with inode `ino` (a reused pid is left alone), and waits until it is gone.
-fn stop_helper(pid_file: &Path, ino: u64, signal: libc::c_int) {
-    let Some(pid) = helper_pid(pid_file, ino) else {
+/// Ends the helper whose pid is in `pid_file` if it is still the helper
+/// that wrote it (its command line names that file: a reused pid is left
+/// alone), and waits until it is gone.
+fn stop_helper(pid_file: &Path, signal: libc::c_int) {
+    let Some(pid) = helper_pid(pid_file) else {
         return;
     };
     // SAFETY: kill on a pid we just checked.
@@ -643,22 +640,26 @@ fn stop_helper(pid_file: &Path, ino: u64, signal: libc::c_int) {
         return;
     }
     let deadline = Instant::now() + HELPER_TIMEOUT;
-    while Path::new(&format!("/proc/{pid}/ns/net")).exists() && Instant::now() < deadline {
+    while helper_pid(pid_file) == Some(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: as above; a no-op when it is gone.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    if helper_pid(pid_file) == Some(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
-/// The helper's pid, if it is alive in the namespace with inode `ino`.
-fn helper_pid(pid_file: &Path, ino: u64) -> Option<i32> {
+/// The pid in `pid_file`, if that process is alive and names the file on
+/// its command line (dnsmasq's `--pid-file=`, pasta's `--pid`).
+fn helper_pid(pid_file: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_file)
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    (pid > 1 && link.to_string_lossy() == format!("net:[{ino}]")).then_some(pid)
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = pid_file.as_os_str().as_encoded_bytes();
+    (pid > 1 && cmdline.windows(needle.len()).any(|w| w == needle)).then_some(pid)
 }
 
 /// One VPC's network, joined: held by each supervisor of the VPC.
@@ -725,7 +726,6 @@ fn ensure_subnet(f: &VpcNetworkFiles, ns: &File, plan: &PortPlan) -> std::io::Re
             .lines()
             .filter_map(|l| l.parse().ok())
             .collect();
-        let ino = ns_inode(ns);
         let new = subnets.insert(plan.subnet);
         if new {
             let gw = format!("{}/{}", plan.subnet.router(), plan.subnet.prefix());
@@ -733,10 +733,10 @@ fn ensure_subnet(f: &VpcNetworkFiles, ns: &File, plan: &PortPlan) -> std::io::Re
             let text: String = subnets.iter().map(|s| format!("{s}\n")).collect();
             std::fs::write(&f.subnets, text)?;
         }
-        if !new && helper_pid(&f.dnsmasq_pid, ino).is_some() {
+        if !new && helper_pid(&f.dnsmasq_pid).is_some() {
             return Ok(());
         }
-        stop_helper(&f.dnsmasq_pid, ino, libc::SIGTERM);
+        stop_helper(&f.dnsmasq_pid, libc::SIGTERM);
         make_dir(&f.dhcp_hosts)?;
         let mut args = vec![
             "--conf-file=/dev/null".to_string(),
@@ -771,10 +771,10 @@ fn ensure_subnet(f: &VpcNetworkFiles, ns: &File, plan: &PortPlan) -> std::io::Re
         // first process exits then.
         run_in(ns, "dnsmasq", &args, None)?;
         let deadline = Instant::now() + HELPER_TIMEOUT;
-        while helper_pid(&f.dnsmasq_pid, ino).is_none() && Instant::now() < deadline {
+        while helper_pid(&f.dnsmasq_pid).is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if helper_pid(&f.dnsmasq_pid, ino).is_none() {
+        if helper_pid(&f.dnsmasq_pid).is_none() {
             return Err(std::io::Error::other(format!(
                 "dnsmasq did not start; see {}",
                 f.dnsmasq_log.display()
@@ -789,8 +789,7 @@ fn ensure_subnet(f: &VpcNetworkFiles, ns: &File, plan: &PortPlan) -> std::io::Re
 /// default route. Called with the lock held.
 fn ensure_leg(f: &VpcNetworkFiles, ns: &File) -> std::io::Result<()> {
     {
-        let ino = ns_inode(ns);
-        if helper_pid(&f.leg_pid, ino).is_some() {
+        if helper_pid(&f.leg_pid).is_some() {
             return Ok(());
         }
         let ns_fd = ns.as_raw_fd();
@@ -827,7 +826,7 @@ fn ensure_leg(f: &VpcNetworkFiles, ns: &File) -> std::io::Result<()> {
         let deadline = Instant::now() + HELPER_TIMEOUT;
         while !has_default_route(ns) {
             if Instant::now() > deadline {
-                stop_helper(&f.leg_pid, ino, libc::SIGTERM);
+                stop_helper(&f.leg_pid, libc::SIGTERM);
                 return Err(std::io::Error::other(
                     "pasta did not configure the VPC namespace",
                 ));
@@ -878,11 +877,8 @@ fn leave_locked(files: &VpcNetworkFiles) {
 /// Removes a VPC network whatever state it is in (helpers, mount, files).
 /// Called with the lock held.
 fn teardown(files: &VpcNetworkFiles) {
-    if let Ok(Some(ns)) = mounted_ns(&files.netns) {
-        let ino = ns_inode(&ns);
-        stop_helper(&files.dnsmasq_pid, ino, libc::SIGTERM);
-        stop_helper(&files.leg_pid, ino, libc::SIGTERM);
-    }
+    stop_helper(&files.dnsmasq_pid, libc::SIGTERM);
+    stop_helper(&files.leg_pid, libc::SIGTERM);
     if let Ok(c) = super::cstring(&files.netns) {
         // SAFETY: umount2 on a C string we own; failing means not mounted.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -1477,7 +1473,7 @@ impl Drop for VpcPort {
         }
         // dnsmasq forgets a removed host file only when told to.
         if std::fs::remove_file(&self.dhcp_host).is_ok() {
-            stop_helper(&self.dnsmasq_pid, ns_inode(&self.state.ns), libc::SIGHUP);
+            stop_helper(&self.dnsmasq_pid, libc::SIGHUP);
         }
     }
 }
