@@ -539,7 +539,35 @@ fn scenario() {
     wrong.private_ip = Ipv4Addr::new(172, 31, 16, 99);
     assert!(apply_vpc_rules(&wrong).is_err());
 
-    for id in [&a, &b, &c, &d] {
+    // A killed supervisor leaves its VPC network behind (pasta and dnsmasq
+    // keep it); recovery's sweep takes it down.
+    let d_pid: i32 = std::fs::read_to_string(paths.supervisor_pid(&d))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("D's supervisor to die", Duration::from_secs(30), || {
+        !supervisor::probe(&paths, &d).supervisor_alive
+    });
+    let d_net = paths.vpc_network(vpc3);
+    assert!(d_net.leg_pid.exists(), "nothing was left to sweep");
+    amirun::network::vpc::sweep(&paths.vpc_networks_dir());
+    assert!(
+        !d_net.dir.exists(),
+        "the sweep left {}",
+        d_net.dir.display()
+    );
+    assert!(
+        paths.vpc_network(vpc1).dir.exists(),
+        "the sweep took a VPC in use"
+    );
+
+    for id in [&a, &b, &c] {
         let log = std::fs::read_to_string(paths.supervisor_log(id)).unwrap_or_default();
         for l in log
             .lines()
