@@ -523,7 +523,9 @@ fn scenario() {
     // opens that one.
     let mut changed = a_att.clone();
     changed.ingress = vec![rule(Protocol::Tcp, Some(8081), &["0.0.0.0/0"])];
+    let t = std::time::Instant::now();
     apply_vpc_rules(&changed).unwrap();
+    eprintln!("apply_vpc_rules took {} ms", t.elapsed().as_millis());
     assert_eq!(
         get((public, 8080)),
         None,

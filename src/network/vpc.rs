@@ -1335,31 +1335,31 @@ impl VpcPort {
             );
         }
         nft(&ns, &attach_script(&plan, att, imds_port)?)?;
-        let dhcp_host = files.dhcp_hosts.join(&plan.eni);
-        std::fs::write(&dhcp_host, format!("{},{},1h\n", plan.mac, plan.ip))?;
+        // From here on, a failure drops the port, which undoes all of it.
+        let mut port = VpcPort {
+            state: Arc::new(PortState {
+                ns,
+                plan: plan.clone(),
+                att: Mutex::new(att.clone()),
+                public: Mutex::new(BTreeMap::new()),
+            }),
+            tap,
+            served: vec![imds],
+            ssh: Mutex::new(None),
+            dhcp_host: files.dhcp_hosts.join(&plan.eni),
+            dnsmasq_pid: files.dnsmasq_pid.clone(),
+            _net: net,
+        };
+        std::fs::write(&port.dhcp_host, format!("{},{},1h\n", plan.mac, plan.ip))?;
         run_in(
-            &ns,
+            &port.state.ns,
             "ip",
             &["link", "set", &plan.tap, "master", BRIDGE, "up"],
             None,
         )?;
-        let state = Arc::new(PortState {
-            ns,
-            plan: plan.clone(),
-            att: Mutex::new(att.clone()),
-            public: Mutex::new(BTreeMap::new()),
-        });
-        state.sync_public();
-        let control = serve_control(&state)?;
-        Ok(VpcPort {
-            state,
-            tap,
-            served: vec![imds, control],
-            ssh: Mutex::new(None),
-            dhcp_host,
-            dnsmasq_pid: files.dnsmasq_pid.clone(),
-            _net: net,
-        })
+        port.state.sync_public();
+        port.served.push(serve_control(&port.state)?);
+        Ok(port)
     }
 
     /// The VPC's namespace.
