@@ -5,7 +5,8 @@
 //!
 //! Layout (one per VPC, files named by [`crate::paths::VpcNetworkFiles`]):
 //! - a network namespace, bind-mounted at `netns` so it outlives any one
-//!   supervisor; made idempotently under the `lock` file, joined by every
+//!   supervisor (mounted only once it is set up, so a supervisor killed
+//!   half-way leaves nothing); made under the `lock` file, joined by every
 //!   supervisor of the VPC with a shared lock on `members`, and taken down
 //!   by the last one to leave (an exclusive lock on `members` that
 //!   succeeds), or by [`sweep`] when every member died;
@@ -65,6 +66,7 @@ use crate::paths::VpcNetworkFiles;
 use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -902,29 +904,15 @@ pub fn sweep(root: &Path) {
 
 /// Makes the namespace and mounts it at `netns`, then sets it up.
 fn create_namespace(files: &VpcNetworkFiles, plan: &PortPlan) -> std::io::Result<File> {
-    let netns = files.netns.clone();
-    let ns = std::thread::spawn(move || {
+    // Held only by this descriptor until it is fully set up and mounted: a
+    // supervisor killed half-way leaves nothing behind.
+    let ns = std::thread::spawn(|| {
         // SAFETY: unshare changes only this thread, which ends right after;
-        // the bind mount keeps the namespace.
+        // the open file keeps the namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        File::create(&netns)?;
-        let target = super::cstring(&netns)?;
-        // SAFETY: mount with C strings we own.
-        if unsafe {
-            libc::mount(
-                c"/proc/thread-self/ns/net".as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        File::open(&netns)
+        File::open("/proc/thread-self/ns/net")
     })
     .join()
     .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))?;
@@ -956,6 +944,22 @@ fn create_namespace(files: &VpcNetworkFiles, plan: &PortPlan) -> std::io::Result
     }
     run_in(&ns, "ip", &["-batch", "-"], Some(&batch))?;
     nft(&ns, &base_ruleset(plan.vpc, &host, plan.internet_gateway))?;
+    File::create(&files.netns)?;
+    let source = CString::new(format!("/proc/self/fd/{}", ns.as_raw_fd())).expect("no NUL");
+    let target = super::cstring(&files.netns)?;
+    // SAFETY: mount with C strings we own; the source is our open namespace.
+    if unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
     tracing::info!(vpc = %plan.vpc, dir = %files.dir.display(), "VPC network made");
     Ok(ns)
 }
