@@ -373,13 +373,14 @@ struct Launched(Paths, Vec<String>);
 impl Drop for Launched {
     fn drop(&mut self) {
         for id in &self.1 {
-            if let Ok(pid) = std::fs::read_to_string(self.0.supervisor_pid(id)) {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+            // Only a live supervisor of this instance (probe checks its
+            // command line), never whoever reused a stale pid.
+            let live = supervisor::probe(&self.0, id);
+            if let (true, Some(pid)) = (live.supervisor_alive, live.supervisor_pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         // What killed supervisors leave is what recovery sweeps.
