@@ -11,8 +11,10 @@ set -euo pipefail
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 # passt: pasta is a guest's outbound leg from its own network namespace
-# (src/network.rs); iproute2: `ip` sets that namespace up.
-for p in qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 seabios ipxe-qemu passt iproute2; do
+# (src/network.rs); iproute2: `ip` sets that namespace up. VPC networks
+# (src/network/vpc.rs): nftables enforces security groups, dnsmasq-base
+# (the binary only, no system service) is each VPC's DHCP server.
+for p in qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 seabios ipxe-qemu passt iproute2 nftables dnsmasq-base; do
   have_pkg "$p" || need+=("$p")
 done
 # scripts/test.sh lints the shell scripts.
@@ -40,6 +42,12 @@ for tool in qemu-img qemu-system-x86_64 qemu-system-aarch64; do
     exit 1
   fi
 done
+# Security groups filter bridged traffic through br_netfilter (a module on
+# stock Debian kernels; built in on some).
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  $SUDO modprobe br_netfilter 2>/dev/null ||
+    echo "setup-host: br_netfilter is not available; instances in a VPC will run isolated" >&2
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup-host: cargo not found; install Rust (https://rustup.rs or 'apt-get install cargo')" >&2
   exit 1

@@ -18,7 +18,7 @@
 //!   +-- domain (EC2 enums, state machine, pure reconcile)   error_code
 //!   +-- catalog   blobs   disk (qemu-img)   machine (QEMU argv)   metadata (seed, IMDS)
 //!   +-- instance::supervisor (spawned detached; the only spawner of QEMU) + qmp
-//!   |       +-- network (per-guest namespace + outbound leg, ssh relay)
+//!   |       +-- network (per-guest namespace + outbound leg, ssh relay; per-VPC network)
 //!   +-- store (SQLite)      paths (every file name)      private_fs (modes)
 //! ```
 //!
@@ -79,7 +79,10 @@
 //!   gathered at boot by `service::imds_config`).
 //! - [`network`] is the only module that touches host networking: a guest
 //!   with outbound access runs in a network namespace of its own with an
-//!   outbound leg (pasta) that cannot reach the host's own services.
+//!   outbound leg (pasta) that cannot reach the host's own services; a
+//!   guest in a VPC joins the VPC's network ([`network::vpc`]: namespace,
+//!   bridge, taps, dnsmasq, nftables security groups, public-address and
+//!   IMDS relays).
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`domain`] holds EC2's closed sets as enums (instance, volume, image
 //!   and snapshot states, root device type, shutdown behavior, boot mode,

@@ -48,8 +48,8 @@ pub use firmware::{
 };
 pub use instance_types::{instance_type, InstanceType, INSTANCE_TYPES};
 pub use net::{
-    ImdsForward, NetSpec, Outbound, GUEST_ADDRESS, GUEST_DNS, GUEST_GATEWAY, GUEST_NET,
-    IMDS_ADDRESS, IMDS_CLOSED_COMMAND, OUTBOUND_TAG,
+    is_unicast_mac, ImdsForward, NetSpec, Outbound, VpcNic, GUEST_ADDRESS, GUEST_DNS,
+    GUEST_GATEWAY, GUEST_NET, IMDS_ADDRESS, IMDS_CLOSED_COMMAND, OUTBOUND_TAG, VPC_TAP_FD,
 };
 pub use spec::{
     disk_node_name, volume_serial, Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec, MachineSpec,

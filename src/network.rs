@@ -33,6 +33,10 @@
 //! - IMDS needs nothing: its `guestfwd` runs `amirun __imds-relay` to a unix
 //!   socket by path, which works across network namespaces.
 //!
+//! A guest in a VPC joins its VPC's network instead ([`vpc`]): a namespace
+//! per VPC with a bridge, the guest on a tap device, security groups in
+//! nftables; [`GuestNamespace`] holds its port there the same way.
+//!
 //! Where no namespace can be made (not root, no CAP_SYS_ADMIN), the service
 //! launches the guest isolated instead (`restrict=on`: IMDS and SSH only)
 //! and says why in `describe-instances` ([`NetworkStatus`]). Where pasta is
@@ -41,8 +45,10 @@
 //! connections have nowhere to go; the status says that too.
 
 pub mod attachment;
+pub mod vpc;
 
 pub use attachment::{FlowRule, Protocol, VpcAttachment};
+pub use vpc::apply_vpc_rules;
 
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -64,15 +70,6 @@ use nix::libc;
 /// guest's namespace.
 pub const DNS_FORWARD: &str = "198.18.0.53";
 
-/// Bring a running guest's packet filter in line with its attachment's
-/// rules (after a security-group change). The service calls it once for
-/// each running instance a change affects.
-pub fn apply_vpc_rules(attachment: &VpcAttachment) -> std::io::Result<()> {
-    // vpcnet implements this
-    let _ = attachment;
-    Ok(())
-}
-
 /// How long pasta may take to configure the namespace.
 const LEG_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -86,6 +83,15 @@ pub struct GuestNetworkSpec {
     pub status_file: PathBuf,
     /// The SSH forward's port, on the host's and the namespace's 127.0.0.1.
     pub ssh_port: Option<u16>,
+    /// For a guest in a VPC ([`vpc`]): the files of the VPC's network
+    /// (`Paths::vpc_network`); the guest's [`VpcAttachment`] is in the
+    /// launch spec beside this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_network: Option<crate::paths::VpcNetworkFiles>,
+    /// For a guest in a VPC: the supervisor's IMDS socket, which the
+    /// guest reaches through the VPC network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds_socket: Option<PathBuf>,
 }
 
 /// How an instance's network came up, shown by `describe-instances` as
@@ -207,6 +213,8 @@ pub struct GuestNamespace {
     spec: GuestNetworkSpec,
     ns: File,
     leg: Option<Child>,
+    /// The guest's port in its VPC's network instead (then `ns` is the VPC's).
+    vpc: Option<vpc::VpcPort>,
 }
 
 impl GuestNamespace {
@@ -214,7 +222,16 @@ impl GuestNamespace {
     /// outcome in the status file. An error means there is no usable
     /// namespace (the guest must not start); a leg that fails only leaves a
     /// reason.
-    pub fn create(spec: &GuestNetworkSpec) -> std::io::Result<Self> {
+    ///
+    /// With a VPC attachment (and [`GuestNetworkSpec::vpc_network`]) the
+    /// guest joins its VPC's network instead ([`vpc::VpcPort`]).
+    pub fn create(
+        spec: &GuestNetworkSpec,
+        attachment: Option<&VpcAttachment>,
+    ) -> std::io::Result<Self> {
+        if let (Some(att), Some(files)) = (attachment, &spec.vpc_network) {
+            return Self::create_in_vpc(spec, files, att);
+        }
         let started = Instant::now();
         let ns = std::thread::spawn(|| {
             // SAFETY: unshare changes only this thread, which ends right
@@ -230,6 +247,7 @@ impl GuestNamespace {
             spec: spec.clone(),
             ns,
             leg: None,
+            vpc: None,
         };
         std::fs::write(&spec.resolv_conf, format!("nameserver {DNS_FORWARD}\n"))?;
         let host = host_addresses()?;
@@ -276,6 +294,31 @@ impl GuestNamespace {
             tracing::warn!("could not write {}: {e}", spec.status_file.display());
         }
         Ok(me)
+    }
+
+    fn create_in_vpc(
+        spec: &GuestNetworkSpec,
+        files: &crate::paths::VpcNetworkFiles,
+        att: &VpcAttachment,
+    ) -> std::io::Result<Self> {
+        let started = Instant::now();
+        let port = vpc::VpcPort::attach(files, att, spec.imds_socket.as_deref())?;
+        let status = port.status();
+        tracing::info!(
+            outbound = %status.outbound,
+            reason = ?status.reason,
+            ms = started.elapsed().as_millis() as u64,
+            "guest network"
+        );
+        if let Err(e) = status.write(&spec.status_file) {
+            tracing::warn!("could not write {}: {e}", spec.status_file.display());
+        }
+        Ok(GuestNamespace {
+            spec: spec.clone(),
+            ns: port.ns()?,
+            leg: None,
+            vpc: Some(port),
+        })
     }
 
     /// Starts pasta on the namespace and waits until it has configured it.
@@ -363,12 +406,31 @@ impl GuestNamespace {
     /// A hook for QEMU's `pre_exec`: join the namespace, and a private mount
     /// namespace in which `/etc/resolv.conf` names [`DNS_FORWARD`]. Only
     /// async-signal-safe system calls on values made here.
+    ///
+    /// In a VPC: QEMU stays where it is and gets the tap device as
+    /// descriptor [`crate::machine::VPC_TAP_FD`].
     pub fn pre_exec_hook(
         &self,
     ) -> std::io::Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static> {
         let fd: RawFd = self.ns.as_raw_fd();
+        let tap: Option<RawFd> = self.vpc.as_ref().map(vpc::VpcPort::tap_fd);
         let resolv = cstring(&self.spec.resolv_conf)?;
         Ok(move || {
+            if let Some(tap) = tap {
+                let to = crate::machine::VPC_TAP_FD;
+                // SAFETY: dup2 and fcntl on descriptors this process owns;
+                // async-signal-safe, no allocation.
+                unsafe {
+                    if tap == to {
+                        if libc::fcntl(to, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(tap, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                return Ok(());
+            }
             // SAFETY: system calls on a valid fd and C strings owned by the
             // closure; no allocation.
             unsafe {
@@ -400,10 +462,15 @@ impl GuestNamespace {
     /// Listens on the host's 127.0.0.1 at the SSH port and relays each
     /// connection to the same port on the namespace's 127.0.0.1, where
     /// slirp's `hostfwd` listens.
+    ///
+    /// In a VPC: relays to the guest's private address, port 22.
     pub fn start_ssh_relay(&self) -> std::io::Result<()> {
         let Some(port) = self.spec.ssh_port else {
             return Ok(());
         };
+        if let Some(v) = &self.vpc {
+            return v.start_ssh_relay(port);
+        }
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
         let ns = self.ns.try_clone()?;
         std::thread::Builder::new()

@@ -21,6 +21,8 @@
 //! $AMIRUN_RUNTIME_DIR     a tmpfs; default $XDG_RUNTIME_DIR/amirun, else
 //!                         /dev/shm/amirun-<uid>-<16 random hex digits>
 //!   <i-id>/               instance-store root overlay and ephemeral disks
+//!   vpc/<vpc-id>/         a VPC's host network: netns (bind mount), lock, members,
+//!                         subnets, dnsmasq.pid|log, leases, dhcp-hosts/, leg.pid
 //!   accel-probe.json      cached verdict of the KVM probe (per kernel and QEMU)
 //! ```
 //!
@@ -304,5 +306,59 @@ impl Paths {
     /// How the guest's network came up ([`crate::network::NetworkStatus`]).
     pub fn network_status(&self, instance_id: &str) -> PathBuf {
         self.instance_dir(instance_id).join("network.json")
+    }
+
+    /// Where the host networks of VPCs live while instances run in them
+    /// (`$AMIRUN_RUNTIME_DIR/vpc`), one directory per VPC.
+    pub fn vpc_networks_dir(&self) -> PathBuf {
+        self.runtime.join("vpc")
+    }
+
+    /// The files of one VPC's host network ([`crate::network::vpc`]).
+    pub fn vpc_network(&self, vpc_id: &str) -> VpcNetworkFiles {
+        VpcNetworkFiles::in_dir(self.vpc_networks_dir().join(vpc_id))
+    }
+}
+
+/// The files of one VPC's host network, under `$AMIRUN_RUNTIME_DIR/vpc/<vpc-id>/`
+/// (tmpfs, so a host reboot clears them with the networks themselves).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VpcNetworkFiles {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `lock`: held while the network is made, joined or taken down.
+    pub lock: PathBuf,
+    /// `members`: every supervisor of an instance in the VPC holds a shared
+    /// lock on it; an exclusive lock that succeeds means nobody is left.
+    pub members: PathBuf,
+    /// `netns`: the VPC's network namespace, bind-mounted.
+    pub netns: PathBuf,
+    /// `subnets`: the subnet blocks the namespace serves, one a line.
+    pub subnets: PathBuf,
+    /// `dnsmasq.pid`, `dnsmasq.log`, `leases`: the VPC's DHCP server.
+    pub dnsmasq_pid: PathBuf,
+    pub dnsmasq_log: PathBuf,
+    pub leases: PathBuf,
+    /// `dhcp-hosts/`: one file per network interface (MAC and address).
+    pub dhcp_hosts: PathBuf,
+    /// `leg.pid`: pasta, the internet gateway's outbound leg.
+    pub leg_pid: PathBuf,
+}
+
+impl VpcNetworkFiles {
+    /// The files of the VPC network kept in `dir`.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        VpcNetworkFiles {
+            lock: dir.join("lock"),
+            members: dir.join("members"),
+            netns: dir.join("netns"),
+            subnets: dir.join("subnets"),
+            dnsmasq_pid: dir.join("dnsmasq.pid"),
+            dnsmasq_log: dir.join("dnsmasq.log"),
+            leases: dir.join("leases"),
+            dhcp_hosts: dir.join("dhcp-hosts"),
+            leg_pid: dir.join("leg.pid"),
+            dir,
+        }
     }
 }

@@ -110,6 +110,7 @@ fn spec(dir: &Path, arch: Arch, boot: Boot) -> MachineSpec {
                 argv: vec!["/bin/cat".into()],
             }),
             outbound: Outbound::None,
+            vpc_nic: None,
         },
         qmp_socket: dir.join("qmp.sock"),
         serial_log: dir.join("serial.log"),

@@ -183,7 +183,8 @@ pub struct LaunchSpec {
     /// ([`crate::network`]); none for an isolated guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::GuestNetworkSpec>,
-    /// The guest's place in its VPC (addresses, rules), resolved by the service.
+    /// The guest's place in its VPC ([`crate::network::VpcAttachment`]);
+    /// its network joins the VPC's when `network` names the VPC's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc: Option<crate::network::VpcAttachment>,
 }
@@ -872,7 +873,7 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     let guest_net = match spec
         .network
         .as_ref()
-        .map(GuestNamespace::create)
+        .map(|n| GuestNamespace::create(n, spec.vpc.as_ref()))
         .transpose()
     {
         Ok(n) => n,

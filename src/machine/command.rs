@@ -2,7 +2,7 @@
 //! [`MachineSpec`] and turns it into an argv of typed options, device by
 //! device; [`find_qemu`] finds the emulator to run it with.
 
-use super::net::netdev;
+use super::net::{is_unicast_mac, netdev};
 use super::qemu_opts::{ArgError, Argv, OptList};
 use super::{disk_node_name, Accel, Arch, Boot, DiskFormat, DiskSpec, MachineError, MachineSpec};
 use std::path::{Path, PathBuf};
@@ -202,6 +202,10 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
         "-device",
         OptList::new("virtio-net-pci")
             .and_then(|d| d.set("netdev", "net0"))
+            .and_then(|d| match &spec.net.vpc_nic {
+                Some(nic) => d.set("mac", &nic.mac),
+                None => Ok(d),
+            })
             .map_err(arg("net"))?,
     );
     // Guests (and cloud-init's ssh key generation) want entropy early.
@@ -283,6 +287,17 @@ fn validate(spec: &MachineSpec) -> Result<(), MachineError> {
         field,
         reason,
     };
+    if let Some(nic) = &spec.net.vpc_nic {
+        if !is_unicast_mac(&nic.mac) {
+            return Err(bad(
+                "net.vpc_nic.mac",
+                format!(
+                    "'{}' is not a unicast MAC address (xx:xx:xx:xx:xx:xx)",
+                    nic.mac
+                ),
+            ));
+        }
+    }
     if !crate::ids::is_well_formed(crate::ids::IdKind::Instance, &spec.instance_id) {
         return Err(bad("instance_id", "not an instance id (i-...)".to_string()));
     }
@@ -395,6 +410,7 @@ mod tests {
                     ],
                 }),
                 outbound: Outbound::Nat,
+                vpc_nic: None,
             },
             qmp_socket: "/s/instances/i-0123456789abcdef0/qmp.sock".into(),
             serial_log: "/s/instances/i-0123456789abcdef0/serial.log".into(),
@@ -629,6 +645,7 @@ mod tests {
                 argv: vec!["/opt/my tools/relay".into(), "a,b".into()],
             }),
             outbound: Outbound::None,
+            vpc_nic: None,
         };
         let cmd = qemu_command(&spec).unwrap();
         let netdev = &cmd.args[cmd.args.iter().position(|a| a == "-netdev").unwrap() + 1];
@@ -636,6 +653,42 @@ mod tests {
             netdev,
             "user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:'/opt/my tools/relay' 'a,,b'"
         );
+    }
+
+    #[test]
+    fn a_vpc_nic_is_the_supervisors_tap_with_its_mac() {
+        let mut spec = base(Arch::X86_64, Boot::LegacyBios);
+        spec.net.vpc_nic = Some(crate::machine::VpcNic {
+            mac: "0a:12:34:56:78:9a".into(),
+        });
+        let cmd = qemu_command(&spec).unwrap();
+        let l = lines(&cmd);
+        assert!(
+            l.contains(&"-netdev tap,id=net0,fd=3".to_string()),
+            "{l:#?}"
+        );
+        assert!(
+            l.contains(&"-device virtio-net-pci,netdev=net0,mac=0a:12:34:56:78:9a".to_string()),
+            "{l:#?}"
+        );
+        for bad in [
+            "0b:12:34:56:78:9a",
+            "0a:12:34:56:78",
+            "0a:12:34:56:78:9a,x=y",
+            "zz:12:34:56:78:9a",
+        ] {
+            spec.net.vpc_nic = Some(crate::machine::VpcNic { mac: bad.into() });
+            assert!(
+                matches!(
+                    qemu_command(&spec),
+                    Err(MachineError::InvalidSpec {
+                        field: "net.vpc_nic.mac",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     /// The `-netdev` value of a spec's argv.

@@ -46,6 +46,33 @@ pub struct NetSpec {
     pub imds: Option<ImdsForward>,
     /// Whether the guest may open connections to the outside.
     pub outbound: Outbound,
+    /// A network interface in a VPC instead of user networking: a tap
+    /// device the supervisor opens in the VPC's network namespace and hands
+    /// to QEMU as file descriptor [`VPC_TAP_FD`] ([`crate::network::vpc`]);
+    /// `ssh_port`, `imds` and `outbound` are then served there instead.
+    pub vpc_nic: Option<VpcNic>,
+}
+
+/// The guest's network interface in its VPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcNic {
+    /// The interface's MAC address (`0a:…`, as EC2's).
+    pub mac: String,
+}
+
+/// The descriptor number the tap device of a [`VpcNic`] has in QEMU
+/// (`-netdev tap,fd=3`); the supervisor's network hook puts it there.
+pub const VPC_TAP_FD: i32 = 3;
+
+/// Whether `mac` is six lowercase or uppercase hex pairs with colons and
+/// the multicast bit clear.
+pub fn is_unicast_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
 }
 
 /// A command that serves one guest connection to 169.254.169.254:80 on its
@@ -116,6 +143,12 @@ pub const IMDS_CLOSED_COMMAND: &str = "/bin/true";
 
 /// The user-mode network (see [`NetSpec`] for every choice).
 pub(super) fn netdev(net: &NetSpec) -> Result<OptList, ArgError> {
+    if net.vpc_nic.is_some() {
+        // The tap device in the VPC's namespace; no user networking at all.
+        return OptList::new("tap")?
+            .set("id", "net0")?
+            .set("fd", VPC_TAP_FD);
+    }
     let mut n = OptList::new("user")?
         .set("id", "net0")?
         .switch("ipv6", false)?

@@ -46,7 +46,8 @@
 //! `snapshots/`, unrecorded volumes and stray `*.next.qcow2` in `volumes/`,
 //! `instances/<id>/` and runtime `<id>/` directories of instances with no
 //! record, temporary files of finished fetches in `blobs/tmp/`, and lock
-//! files in `locks/` of objects that have no record.
+//! files in `locks/` of objects that have no record. VPC networks (runtime
+//! `vpc/<id>/`) that no supervisor holds any more are taken down.
 //!
 //! # Cost
 //!
@@ -247,6 +248,8 @@ impl Service {
     /// Remove files no record owns whose writer is gone (see the module
     /// doc); returns what was removed.
     pub(crate) fn sweep(&mut self) -> Result<Vec<PathBuf>> {
+        // VPC networks whose supervisors were all killed (see network::vpc).
+        crate::network::vpc::sweep(&self.paths.vpc_networks_dir());
         let snapshots = entries(&self.paths.snapshot_dir());
         let volumes = entries(&self.paths.volume_dir());
         let instances = entries(&self.paths.home().join("instances"));

@@ -116,7 +116,7 @@ impl Service {
         })?;
         let vpc = self.vpc_attachment_for_boot(&i.instance_id)?;
         let (imds, imds_forward) = self.imds_for_boot(i)?;
-        let (outbound, guest_net) = self.guest_network(i, outbound)?;
+        let (outbound, guest_net, vpc_nic) = self.guest_network(i, outbound, vpc.as_ref())?;
         let spec = MachineSpec {
             instance_id: i.instance_id.clone(),
             arch,
@@ -131,6 +131,7 @@ impl Service {
                 ssh_port: i.ssh_port,
                 imds: Some(imds_forward),
                 outbound,
+                vpc_nic,
             },
             qmp_socket: self.paths.qmp_socket(&i.instance_id),
             serial_log: self.paths.serial_log(&i.instance_id),
@@ -155,18 +156,49 @@ impl Service {
     /// network namespace of the guest's own ([`network`]), made by its
     /// supervisor, which records how the leg came up; without one the guest
     /// is sealed instead, and the status file says why.
+    ///
+    /// A guest in a VPC joins the VPC's network instead (its supervisor
+    /// plugs it in, [`network::vpc`]) where amirun has the privilege; where
+    /// not, it runs isolated and the status file says why.
     pub(super) fn guest_network(
         &self,
         i: &InstanceState,
         wanted: machine::Outbound,
-    ) -> Result<(machine::Outbound, Option<network::GuestNetworkSpec>)> {
+        vpc: Option<&network::VpcAttachment>,
+    ) -> Result<(
+        machine::Outbound,
+        Option<network::GuestNetworkSpec>,
+        Option<machine::VpcNic>,
+    )> {
         let status_file = self.paths.network_status(&i.instance_id);
         let sealed = |why: String| -> Result<_> {
             NetworkStatus::new("none", why)
                 .write(&status_file)
                 .map_err(io_error(format!("write {}", status_file.display())))?;
-            Ok((machine::Outbound::None, None))
+            Ok((machine::Outbound::None, None, None))
         };
+        if let Some(att) = vpc {
+            if let Err(why) = network::vpc::available() {
+                return sealed(format!(
+                    "Isolated instead of on the network of {}: {why}; the guest has IMDS and SSH only",
+                    att.vpc_id
+                ));
+            }
+            let _ = std::fs::remove_file(&status_file);
+            return Ok((
+                machine::Outbound::None,
+                Some(network::GuestNetworkSpec {
+                    resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
+                    status_file: status_file.clone(),
+                    ssh_port: i.ssh_port,
+                    vpc_network: Some(self.paths.vpc_network(&att.vpc_id)),
+                    imds_socket: Some(self.paths.imds_socket(&i.instance_id)),
+                }),
+                Some(machine::VpcNic {
+                    mac: att.mac.clone(),
+                }),
+            ));
+        }
         if wanted == machine::Outbound::None {
             return sealed(format!(
                 "Outbound access is off ({}=none, or AMIRUN_GUEST_OUTBOUND=none without the tag): IMDS and SSH only",
@@ -185,7 +217,10 @@ impl Service {
                 resolv_conf: self.paths.guest_resolv_conf(&i.instance_id),
                 status_file: status_file.clone(),
                 ssh_port: i.ssh_port,
+                vpc_network: None,
+                imds_socket: None,
             }),
+            None,
         ))
     }
 
