@@ -542,6 +542,38 @@ pub struct MachineSpec {
     pub serial_log: PathBuf,
     /// SMBIOS identity.
     pub smbios: SmbiosIdentity,
+    /// TCG's translation-block cache; ignored under KVM.
+    pub tb_cache: TbCache,
+    /// Start paused, waiting for a saved state to be loaded over QMP
+    /// (`-incoming defer`, then `migrate-incoming`): a resume from
+    /// hibernation. The rest of the argv is the same as for a cold boot.
+    pub incoming: bool,
+}
+
+/// How big TCG's translation-block cache is (`-accel tcg,tb-size=MiB`).
+///
+/// QEMU 5.0 and later reserve 1 GiB for it in system emulation, and a
+/// guest's QEMU fills much of that with code it translated once at boot
+/// (firmware, kernel init): a t3.nano (0.5 GiB guest) QEMU held 322 MB
+/// RSS. Sized for the guest's memory instead ([`tb_cache_mib`]), the
+/// cache is flushed and refilled when full, which costs little for the
+/// small working sets of these guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TbCache {
+    /// Sized for the guest by [`tb_cache_mib`] (the default).
+    #[default]
+    ForGuest,
+    /// QEMU's own default (no `tb-size`), for comparison in benchmarks.
+    QemuDefault,
+    /// This many MiB.
+    Mib(u32),
+}
+
+/// The translation-block cache for a guest of `memory_mib`: 1/16 of its
+/// memory, at least 32 MiB and at most 256 MiB (t3.nano: 32 MiB, t3.micro:
+/// 64 MiB, 4 GiB and more: 256 MiB).
+pub fn tb_cache_mib(memory_mib: u64) -> u32 {
+    (memory_mib / 16).clamp(32, 256) as u32
 }
 
 /// A program and its arguments, ready for [`std::process::Command`].
@@ -639,10 +671,19 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
     a.opt("-machine", machine);
     // Accelerator chosen by `choose_accel`. TCG's thread mode is left to
     // QEMU: multi-threaded is already its default for these guest/host pairs.
-    a.opt(
-        "-accel",
-        OptList::new(spec.accel.qemu_name()).map_err(arg("accel"))?,
-    );
+    // TCG's translation cache is sized for the guest (see `TbCache`).
+    let mut accel = OptList::new(spec.accel.qemu_name()).map_err(arg("accel"))?;
+    if spec.accel == Accel::Tcg {
+        let mib = match spec.tb_cache {
+            TbCache::ForGuest => Some(tb_cache_mib(spec.memory_mib)),
+            TbCache::QemuDefault => None,
+            TbCache::Mib(n) => Some(n),
+        };
+        if let Some(mib) = mib {
+            accel = accel.set("tb-size", mib).map_err(arg("tb_cache"))?;
+        }
+    }
+    a.opt("-accel", accel);
     // CPU: the host's under KVM; under TCG `max` (every feature TCG can
     // emulate), and on arm64 with the cheap pointer-auth algorithm: QEMU 7.2
     // defaults to QARMA, which makes an arm64 boot 3-4x slower (HOST.md).
@@ -748,14 +789,16 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
     );
 
     // Console: the first serial port (ttyS0 / ttyAMA0) to a log file, the
-    // source of GetConsoleOutput. Truncated at each QEMU start.
-    a.opt(
-        "-chardev",
-        OptList::new("file")
-            .and_then(|c| c.set("id", "serial0"))
-            .and_then(|c| c.path("path", &spec.serial_log))
-            .map_err(arg("serial_log"))?,
-    );
+    // source of GetConsoleOutput. Truncated at each boot; a resumed guest
+    // carries on writing after what it wrote before it hibernated.
+    let mut serial = OptList::new("file")
+        .and_then(|c| c.set("id", "serial0"))
+        .and_then(|c| c.path("path", &spec.serial_log))
+        .map_err(arg("serial_log"))?;
+    if spec.incoming {
+        serial = serial.switch("append", true).map_err(arg("serial_log"))?;
+    }
+    a.opt("-chardev", serial);
     a.raw("-serial", "chardev:serial0")
         .map_err(arg("serial_log"))?;
     // QMP for the supervisor; `wait=off` so QEMU starts without a client.
@@ -786,6 +829,10 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
             .and_then(|s| s.set("uuid", &spec.smbios.uuid))
             .map_err(arg("smbios"))?,
     );
+    // A resume: wait paused for `migrate-incoming` from the supervisor.
+    if spec.incoming {
+        a.raw("-incoming", "defer").map_err(arg("incoming"))?;
+    }
 
     Ok(QemuCommand {
         program: spec.arch.qemu_binary().to_string(),
@@ -961,6 +1008,8 @@ mod tests {
             qmp_socket: "/s/instances/i-0123456789abcdef0/qmp.sock".into(),
             serial_log: "/s/instances/i-0123456789abcdef0/serial.log".into(),
             smbios: SmbiosIdentity::for_instance(ID, "t3.micro"),
+            tb_cache: TbCache::ForGuest,
+            incoming: false,
         }
     }
 
@@ -1043,7 +1092,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine q35,pflash0=fw-code,pflash1=fw-vars",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=64",
                     "-cpu max",
                     "-smp 2",
                     "-m 1024M",
@@ -1101,7 +1150,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine q35",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=64",
                     "-cpu max",
                     "-smp 2",
                     "-m 1024M",
@@ -1135,7 +1184,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine virt,gic-version=3,pflash0=fw-code,pflash1=fw-vars",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=64",
                     "-cpu max,pauth-impdef=on",
                     "-smp 2",
                     "-m 1024M",
@@ -1178,7 +1227,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine virt,gic-version=3",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=64",
                     "-cpu max,pauth-impdef=on",
                     "-smp 2",
                     "-m 1024M",

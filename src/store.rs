@@ -220,6 +220,11 @@ CREATE TABLE volume_bases (
 );
 CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
 "#,
+    // 4: hibernation (EC2's HibernationOptions, and the saved state a
+    // hibernated instance resumes from), as JSON; NULL when not configured.
+    r#"
+ALTER TABLE instances ADD COLUMN hibernation TEXT;
+"#,
 ];
 
 /// Where the data of a disk comes from before it is in the blob store: a
@@ -450,6 +455,9 @@ pub struct InstanceState {
     pub launch_index: u32,
     /// EC2 MetadataOptions as JSON.
     pub metadata_options: serde_json::Value,
+    /// Hibernation as JSON (`service::hibernation` reads it); `Null` when
+    /// the instance was not launched for hibernation.
+    pub hibernation: serde_json::Value,
     pub devices: Vec<InstanceDevice>,
     /// When the record last changed.
     pub updated: String,
@@ -645,7 +653,7 @@ const SNAPSHOT_COLUMNS: &str = "snapshot_id, region, owner_id, owner_alias, volu
 const INSTANCE_COLUMNS: &str = "instance_id, region, owner_id, reservation_id, image_id, \
     instance_type, architecture, boot_mode, root_device_type, root_device_name, state, \
     state_reason, state_transition_reason, launch_time, key_name, user_data, shutdown_behavior, \
-    accel, accel_reason, ssh_port, imds_port, launch_index, metadata_options, devices, updated";
+    accel, accel_reason, ssh_port, imds_port, launch_index, metadata_options, devices, updated, hibernation";
 
 const VOLUME_COLUMNS: &str = "volume_id, region, owner_id, size_gib, snapshot_id, state, \
     create_time, availability_zone, volume_type, instance_id, device, attach_time, \
@@ -654,7 +662,7 @@ const VOLUME_COLUMNS: &str = "volume_id, region, owner_id, size_gib, snapshot_id
 const KEY_PAIR_COLUMNS: &str = "key_pair_id, region, owner_id, key_name, key_type, fingerprint, \
     public_key, private_key, create_time";
 
-struct InstanceRow(InstanceState, String, String);
+struct InstanceRow(InstanceState, String, String, Option<String>);
 
 fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow(
@@ -682,18 +690,23 @@ fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
             imds_port: r.get(20)?,
             launch_index: r.get(21)?,
             metadata_options: serde_json::Value::Null,
+            hibernation: serde_json::Value::Null,
             devices: Vec::new(),
             updated: r.get(24)?,
         },
         r.get(22)?,
         r.get(23)?,
+        r.get(25)?,
     ))
 }
 
 impl InstanceRow {
     fn parse(self) -> Result<InstanceState> {
-        let InstanceRow(mut i, meta, devices) = self;
+        let InstanceRow(mut i, meta, devices, hibernation) = self;
         i.metadata_options = serde_json::from_str(&meta)?;
+        if let Some(h) = hibernation {
+            i.hibernation = serde_json::from_str(&h)?;
+        }
         i.devices = serde_json::from_str(&devices)?;
         Ok(i)
     }
@@ -1202,7 +1215,7 @@ impl Db<'_> {
         self.conn.execute(
             &format!(
                 "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25) \
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26) \
                  ON CONFLICT(instance_id) DO UPDATE SET {}",
                 upsert_set(INSTANCE_COLUMNS)
             ),
@@ -1232,6 +1245,9 @@ impl Db<'_> {
                 to_json(&i.metadata_options)?,
                 to_json(&i.devices)?,
                 i.updated,
+                (!i.hibernation.is_null())
+                    .then(|| to_json(&i.hibernation))
+                    .transpose()?,
             ],
         )?;
         Ok(())

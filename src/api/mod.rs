@@ -386,6 +386,7 @@ fn run_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
         tag_specifications: de(v, "TagSpecifications")?,
         accel: c.accel,
         metadata_options: v.get("MetadataOptions").cloned(),
+        hibernation_options: de(v, "HibernationOptions")?,
     };
     out(c.service.run_instances(c.caller, &input)?)
 }
@@ -404,9 +405,12 @@ fn start_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
 }
 
 fn stop_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    out(c
-        .service
-        .stop_instances(c.caller, &strs(v, "InstanceIds"), flag(v, "Force"))?)
+    out(c.service.stop_instances(
+        c.caller,
+        &strs(v, "InstanceIds"),
+        flag(v, "Force"),
+        flag(v, "Hibernate"),
+    )?)
 }
 
 fn reboot_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {

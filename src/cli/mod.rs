@@ -225,6 +225,9 @@ struct RunInstancesArgs {
     /// HttpTokens=required|optional,HttpEndpoint=enabled|disabled.
     #[arg(long)]
     metadata_options: Option<String>,
+    /// Configured=true|false: enable the instance for hibernation.
+    #[arg(long)]
+    hibernation_options: Option<String>,
     /// auto, kvm or tcg.
     #[arg(long, env = "AMIRUN_ACCEL", default_value = "auto")]
     accel: String,
@@ -250,6 +253,9 @@ struct StopInstancesArgs {
     instance_ids: Vec<String>,
     #[arg(long)]
     force: bool,
+    /// Hibernate an instance launched with --hibernation-options Configured=true.
+    #[arg(long)]
+    hibernate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -878,6 +884,11 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
                     .as_deref()
                     .map(|m| param_one::<Value>("metadata-options", m))
                     .transpose()?,
+                hibernation_options: a
+                    .hibernation_options
+                    .as_deref()
+                    .map(|h| param_one("hibernation-options", h))
+                    .transpose()?,
             };
             to_value(open()?.run_instances(&caller, &input)?)
         }
@@ -887,7 +898,7 @@ fn dispatch(cli: &Cli) -> Result<Option<Value>, Failure> {
         }
         Command::StartInstances(a) => to_value(open()?.start_instances(&caller, &a.instance_ids)?),
         Command::StopInstances(a) => {
-            to_value(open()?.stop_instances(&caller, &a.instance_ids, a.force)?)
+            to_value(open()?.stop_instances(&caller, &a.instance_ids, a.force, a.hibernate)?)
         }
         Command::RebootInstances(a) => {
             open()?.reboot_instances(&caller, &a.instance_ids)?;

@@ -79,6 +79,7 @@ use super::qmp::{Qmp, QmpError, QmpEvent};
 mod control;
 mod detach;
 mod events;
+mod hibernate;
 mod live;
 mod spec;
 
@@ -191,6 +192,12 @@ struct State {
     final_record: Option<ExitRecord>,
     /// Control clients waiting for `final_record`.
     waiters: usize,
+    /// A hibernation is saving the guest's state.
+    hibernating: bool,
+    /// The guest's state was saved completely; QEMU is quitting.
+    hibernated: bool,
+    /// The saved state this run was to resume from could not be loaded.
+    resume_failed: bool,
 }
 
 struct Supervisor {
@@ -309,7 +316,7 @@ impl Supervisor {
         }
     }
 
-    fn handle(&self, request: ControlRequest) -> ControlResponse {
+    fn handle(self: &Arc<Self>, request: ControlRequest) -> ControlResponse {
         match request {
             ControlRequest::Status => ControlResponse::ok(json!(self.status())),
             ControlRequest::Stop { force, wait } => {
@@ -329,6 +336,7 @@ impl Supervisor {
                 drop(st);
                 ControlResponse::ok(json!(record))
             }
+            ControlRequest::Hibernate => self.start_hibernation(),
             ControlRequest::Reboot => {
                 if self.lock().stop_requested {
                     return ControlResponse::err("The instance is stopping");
@@ -356,6 +364,58 @@ impl Supervisor {
                     Err(e) => ControlResponse::err(e),
                 },
             },
+        }
+    }
+
+    /// Starts saving the guest's state in a thread of its own (see
+    /// [`hibernate`]); once saved, QEMU quits and the run ends
+    /// `hibernated`. If it cannot be saved, the guest runs on and is
+    /// stopped the ordinary way, as EC2 does when a hibernation fails.
+    fn start_hibernation(self: &Arc<Self>) -> ControlResponse {
+        let (Some(dest), Some(tmp)) = (
+            self.spec.hibernation_state.clone(),
+            self.spec.hibernation_state_tmp.clone(),
+        ) else {
+            return ControlResponse::err("The instance is not enabled for hibernation");
+        };
+        let Some(qmp) = self.qmp() else {
+            return ControlResponse::err("QEMU's QMP socket is not connected");
+        };
+        {
+            let mut st = self.lock();
+            if st.stop_requested || st.hibernating || st.qemu_exit.is_some() {
+                return ControlResponse::err("The instance is stopping");
+            }
+            st.hibernating = true;
+        }
+        self.events.append(Event::HibernateRequested);
+        tracing::info!("hibernating to {}", dest.display());
+        let sup = Arc::clone(self);
+        let worker = std::thread::Builder::new()
+            .name("hibernate".into())
+            .spawn(move || match hibernate::save(&qmp, &tmp, &dest) {
+                Ok(size) => {
+                    tracing::info!(size, "guest state saved");
+                    sup.lock().hibernated = true;
+                    sup.request_stop(true, "hibernate");
+                }
+                Err(e) => {
+                    let detail = e.detail();
+                    tracing::error!("hibernation failed: {detail}; stopping instead");
+                    sup.events.append(Event::HibernateFailed { detail });
+                    if let Err(e) = qmp.execute_with_timeout("cont", None, QMP_TIMEOUT) {
+                        tracing::warn!("cont after a failed hibernation: {e}");
+                    }
+                    sup.lock().hibernating = false;
+                    sup.request_stop(false, "hibernate");
+                }
+            });
+        match worker {
+            Ok(_) => ControlResponse::ok(json!({"hibernating": true})),
+            Err(e) => {
+                self.lock().hibernating = false;
+                ControlResponse::err(format!("Could not start the hibernation: {e}"))
+            }
         }
     }
 
@@ -399,6 +459,12 @@ impl Supervisor {
         let by_guest = shutdown.and_then(QmpEvent::guest) == Some(true);
         if !qmp_connected {
             return ExitReason::StartFailed;
+        }
+        if st.hibernated {
+            return ExitReason::Hibernated;
+        }
+        if st.resume_failed {
+            return ExitReason::ResumeFailed;
         }
         if st.ended_by_us {
             return ExitReason::Forced;
@@ -473,6 +539,9 @@ pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
             ended_by_us: false,
             final_record: None,
             waiters: 0,
+            hibernating: false,
+            hibernated: false,
+            resume_failed: false,
         }),
         changed: Condvar::new(),
     });
@@ -624,6 +693,9 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
         }
     }
     let qmp_connected = start_failure.is_none();
+    if qmp_connected && spec.resume {
+        resume(sup);
+    }
 
     coordinate(sup);
 
@@ -649,6 +721,28 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     };
     st.qmp = None;
     Ok(record)
+}
+
+/// Loads the saved state this run was started to resume from (see
+/// [`hibernate::resume`]); if it cannot be loaded, QEMU is ended and the
+/// run ends `resume-failed`.
+fn resume(sup: &Arc<Supervisor>) {
+    let (Some(path), Some(qmp)) = (sup.spec.hibernation_state.clone(), sup.qmp()) else {
+        return;
+    };
+    match hibernate::resume(&qmp, &path) {
+        Ok(()) => {
+            tracing::info!("resumed from {}", path.display());
+            sup.events.append(Event::Resumed);
+        }
+        Err(e) => {
+            tracing::error!("could not resume: {}", e.detail());
+            let mut st = sup.lock();
+            st.resume_failed = true;
+            st.ended_by_us = true;
+            sup.signal_qemu(&st, Signal::SIGKILL);
+        }
+    }
 }
 
 /// What the coordinator does next, outside the state lock.

@@ -495,6 +495,7 @@ impl Service {
                 }],
                 accel,
                 metadata_options: None,
+                hibernation_options: None,
             },
         )?;
         let instance_id = reservation["Instances"][0]["InstanceId"]
@@ -596,7 +597,7 @@ impl Service {
         }
         b.enter("stop", "");
         if self.instance_state(caller, id)? != InstanceStateName::Stopped {
-            self.stop_instances(caller, &[id.to_string()], false)?;
+            self.stop_instances(caller, &[id.to_string()], false, false)?;
             self.wait_state(caller, id, InstanceStateName::Stopped, deadline)?;
         }
         b.enter("create-image", "");

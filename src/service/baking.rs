@@ -159,7 +159,7 @@ impl Service {
         if mode == "reboot" {
             // EC2 reboots for a consistent image: stop cleanly, snapshot as
             // stopped, start again whatever happened.
-            self.stop_instances(caller, std::slice::from_ref(&id), false)?;
+            self.stop_instances(caller, std::slice::from_ref(&id), false, false)?;
             let made = self
                 .wait_stopped(caller, &id)
                 .and_then(|_| self.create_image_locked(caller, input, "reboot", started));

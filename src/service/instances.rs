@@ -100,6 +100,8 @@ pub struct RunInstancesInput {
     pub tag_specifications: Vec<TagSpecification>,
     pub accel: AccelRequest,
     pub metadata_options: Option<Value>,
+    /// `HibernationOptions` ([`super::hibernation`]).
+    pub hibernation_options: Option<super::hibernation::HibernationOptionsRequest>,
 }
 
 /// An instance's state as EC2 shows it.
@@ -442,6 +444,18 @@ impl Service {
             let gib = volume_size_gib(&m.device_name, ebs, snapshot_gib)?;
             volume_sizes.push((gib, gib_to_bytes(gib)?));
         }
+        let root_volume_gib = mappings
+            .iter()
+            .filter(|m| m.ebs.is_some())
+            .zip(&volume_sizes)
+            .find(|(m, _)| m.device_name == image.root_device_name)
+            .map(|(_, &(gib, _))| gib);
+        let hibernation = super::hibernation::check_launch(
+            input.hibernation_options.as_ref(),
+            itype,
+            image.root_device_type,
+            root_volume_gib,
+        )?;
         let reservation_id = ids::new_id(IdKind::Reservation);
         let launch_time = now();
         // The locks of every new id, taken before its files exist and held
@@ -627,10 +641,11 @@ impl Service {
                 imds_port: None,
                 launch_index: index,
                 metadata_options: metadata_options.clone(),
+                hibernation: hibernation.clone(),
                 devices,
                 updated: launch_time.clone(),
             };
-            self.prepare_boot_with(&state, outbound)?;
+            self.prepare_boot_with(&state, outbound, false)?;
             failpoint("run-instances:prepared")?;
             instances.push(state);
         }
@@ -685,17 +700,24 @@ impl Service {
     }
 
     /// [`Self::prepare_boot_with`] the guest network its tags choose now.
-    fn prepare_boot(&mut self, i: &InstanceState) -> Result<()> {
+    fn prepare_boot(&mut self, i: &InstanceState, resume: bool) -> Result<()> {
         let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
         let outbound = guest_outbound(
             tags.iter().map(|t| (t.key.as_str(), t.value.as_str())),
             self.options.default_outbound,
         )?;
-        self.prepare_boot_with(i, outbound)
+        self.prepare_boot_with(i, outbound, resume)
     }
 
-    /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
-    fn prepare_boot_with(&mut self, i: &InstanceState, outbound: machine::Outbound) -> Result<()> {
+    /// Create the per-boot files (instance-store disks, UEFI vars) and the
+    /// launch spec; with `resume`, QEMU loads the saved hibernation state
+    /// instead of booting ([`super::hibernation`]).
+    fn prepare_boot_with(
+        &mut self,
+        i: &InstanceState,
+        outbound: machine::Outbound,
+        resume: bool,
+    ) -> Result<()> {
         let arch = i.architecture.machine();
         let rdir = self.paths.instance_runtime_dir(&i.instance_id);
         std::fs::create_dir_all(&rdir)
@@ -789,6 +811,8 @@ impl Service {
             qmp_socket: self.paths.qmp_socket(&i.instance_id),
             serial_log: self.paths.serial_log(&i.instance_id),
             smbios: SmbiosIdentity::for_instance(&i.instance_id, &i.instance_type),
+            tb_cache: self.options.tb_cache,
+            incoming: resume,
         };
         let cmd = machine::qemu_command(&spec)?;
         let mut launch = LaunchSpec::new(
@@ -800,6 +824,9 @@ impl Service {
         launch.stop_timeout_secs = self.options.stop_timeout_secs;
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.network = guest_net;
+        if super::hibernation::configured(i) {
+            launch = launch.with_hibernation(&self.paths, resume);
+        }
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
     }
@@ -912,6 +939,7 @@ impl Service {
         let _ = std::fs::remove_dir_all(&runtime);
         let mut delete_files = Vec::new();
         let paths = self.paths.clone();
+        self.settle_hibernation(i, target);
         let snapshot = i.clone();
         self.store.write(|db| -> Result<()> {
             db.put_instance(&snapshot)?;
@@ -1349,6 +1377,7 @@ impl Service {
             "CpuOptions": {"CoreCount": itype.map_or(1, |t| t.vcpus), "ThreadsPerCore": 1},
             // EC2 says `pending` until the options are in force on a running instance.
             "MetadataOptions": metadata_options_shown(&i.metadata_options, i.state),
+            "HibernationOptions": super::hibernation::shape(i),
             "PlatformDetails": "Linux/UNIX",
             "UsageOperation": "RunInstances",
             "InstanceLifecycle": null,
@@ -1391,12 +1420,15 @@ impl Service {
     }
 
     /// `StopInstances`: EBS-backed only; the guest gets the ACPI power button
-    /// (or is cut off at once with `force`).
+    /// (or is cut off at once with `force`); with `hibernate`, an instance
+    /// launched for hibernation saves its guest instead
+    /// ([`super::hibernation`]).
     pub fn stop_instances(
         &mut self,
         caller: &Caller,
         instance_ids: &[String],
         force: bool,
+        hibernate: bool,
     ) -> Result<Value> {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
@@ -1414,6 +1446,9 @@ impl Service {
                     i.instance_id
                 )));
             }
+            if hibernate {
+                super::hibernation::check_stop(i)?;
+            }
         }
         let mut changes = Vec::new();
         for mut i in instances {
@@ -1428,7 +1463,11 @@ impl Service {
                 i.updated = now();
                 let s = i.clone();
                 self.store.write(|db| db.put_instance(&s))?;
-                self.ask_supervisor(&i.instance_id, |c| c.stop(force))?;
+                if hibernate && previous == InstanceStateName::Running {
+                    self.ask_supervisor(&i.instance_id, |c| c.hibernate())?;
+                } else {
+                    self.ask_supervisor(&i.instance_id, |c| c.stop(force))?;
+                }
             }
             changes.push(StateChange {
                 current_state: InstanceStateShape::of(i.state),
@@ -1496,10 +1535,11 @@ impl Service {
                 }) {
                     i.ssh_port = Some(free_port(&taken)?);
                 }
+                let resume = self.take_resume(&mut i);
                 i.state = InstanceStateName::Pending;
                 i.state_reason = None;
                 i.updated = now();
-                self.prepare_boot(&i)?;
+                self.prepare_boot(&i, resume)?;
                 let s = i.clone();
                 self.store.write(|db| db.put_instance(&s))?;
                 if let Err(e) = self.spawn_supervisor(&i.instance_id, "start-instances") {

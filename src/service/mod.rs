@@ -17,6 +17,7 @@ pub mod baking;
 pub mod boot_test;
 pub mod error;
 pub mod filter;
+pub mod hibernation;
 mod images;
 mod imds;
 pub mod import_policy;
@@ -112,6 +113,10 @@ pub struct ServiceOptions {
     /// default `nat`). Test suites set `none` so that no guest outside a
     /// network namespace of their own can send a packet off the machine.
     pub default_outbound: crate::machine::Outbound,
+    /// TCG's translation cache per guest (`AMIRUN_TCG_TB_MIB`: MiB, or
+    /// `qemu` for QEMU's own default; unset: sized for the guest, see
+    /// [`crate::machine::TbCache`]). For benchmarks.
+    pub tb_cache: crate::machine::TbCache,
 }
 
 impl Default for ServiceOptions {
@@ -125,6 +130,7 @@ impl Default for ServiceOptions {
             max_chain_depth: layers::DEFAULT_MAX_CHAIN_DEPTH,
             nocloud_seed: true,
             default_outbound: crate::machine::Outbound::Nat,
+            tb_cache: crate::machine::TbCache::ForGuest,
         }
     }
 }
@@ -155,6 +161,17 @@ impl ServiceOptions {
                     );
                     defaults.default_outbound
                 }),
+            },
+            tb_cache: match var("AMIRUN_TCG_TB_MIB").as_deref() {
+                None => defaults.tb_cache,
+                Some("qemu") => crate::machine::TbCache::QemuDefault,
+                Some(v) => match v.parse::<u32>() {
+                    Ok(mib) if mib > 0 => crate::machine::TbCache::Mib(mib),
+                    _ => {
+                        tracing::warn!("AMIRUN_TCG_TB_MIB={v} is neither MiB nor 'qemu'; ignored");
+                        defaults.tb_cache
+                    }
+                },
             },
             ..defaults
         }

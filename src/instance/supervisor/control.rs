@@ -32,6 +32,11 @@ pub enum ControlRequest {
     },
     /// Reset the machine (`system_reset`; see the module doc on rebooting).
     Reboot,
+    /// Hibernate: pause the guest, save its memory and device state to the
+    /// spec's hibernation state file, then quit (see the parent module's
+    /// doc). Answers `{"hibernating":true}` once under way; if the state
+    /// cannot be saved, the guest is stopped the ordinary way instead.
+    Hibernate,
     /// Take a live snapshot of disks inside the supervisor: pause, switch,
     /// resume whatever happens, rename (see [`crate::instance::live_snapshot`]). With
     /// no disks, a barrier for a snapshot in flight.
@@ -178,6 +183,11 @@ impl SupervisorClient {
     pub fn stop_and_wait(&mut self, force: bool) -> Result<ExitRecord, ClientError> {
         let v = self.request(&ControlRequest::Stop { force, wait: true })?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Starts a hibernation ([`ControlRequest::Hibernate`]).
+    pub fn hibernate(&mut self) -> Result<(), ClientError> {
+        self.request(&ControlRequest::Hibernate).map(drop)
     }
 
     /// Resets the machine (see the module doc on rebooting).

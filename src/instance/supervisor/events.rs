@@ -38,6 +38,12 @@ pub enum ExitReason {
     /// QEMU could not be spawned, exited before QMP answered, or QMP did not
     /// answer within `start_timeout_secs` (QEMU is then killed).
     StartFailed,
+    /// The guest hibernated: its memory and device state were saved
+    /// completely to the hibernation state file, then QEMU quit.
+    Hibernated,
+    /// QEMU could not load the saved hibernation state it was started to
+    /// resume from (the state file is then removed).
+    ResumeFailed,
 }
 
 impl ExitReason {
@@ -50,6 +56,8 @@ impl ExitReason {
             ExitReason::QemuCrashed => "qemu-crashed",
             ExitReason::QemuKilled => "qemu-killed",
             ExitReason::StartFailed => "start-failed",
+            ExitReason::Hibernated => "hibernated",
+            ExitReason::ResumeFailed => "resume-failed",
         }
     }
 }
@@ -105,6 +113,13 @@ pub enum Event {
     Reset { guest: bool, reason: Option<String> },
     /// A stop was asked for.
     StopRequested { force: bool, by: String },
+    /// A hibernation was asked for; the guest is paused while its state is saved.
+    HibernateRequested,
+    /// Saving the guest's state failed (`detail` says why); the guest runs
+    /// on and is stopped the ordinary way, as EC2 does.
+    HibernateFailed { detail: String },
+    /// The guest resumed from its saved state (which is then removed).
+    Resumed,
     /// QEMU is gone; the last record of a run.
     Exited(ExitRecord),
     /// An event this version does not know (written by a newer amirun).
@@ -214,6 +229,8 @@ mod tests {
             ExitReason::QemuCrashed,
             ExitReason::QemuKilled,
             ExitReason::StartFailed,
+            ExitReason::Hibernated,
+            ExitReason::ResumeFailed,
         ] {
             assert_eq!(json!(reason), json!(reason.as_str()));
         }

@@ -55,6 +55,18 @@ pub struct LaunchSpec {
     /// ([`crate::network`]); none for an isolated guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::GuestNetworkSpec>,
+    /// Where a hibernation saves the guest ([`Paths::hibernation_state`]);
+    /// none when the instance was not launched for hibernation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_state: Option<PathBuf>,
+    /// Where QEMU writes that state until it is complete
+    /// ([`Paths::hibernation_state_tmp`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_state_tmp: Option<PathBuf>,
+    /// Resume from `hibernation_state` instead of booting: `args` start
+    /// QEMU with `-incoming defer`.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 impl LaunchSpec {
@@ -74,7 +86,19 @@ impl LaunchSpec {
             start_timeout_secs: default_start_timeout(),
             imds: None,
             network: None,
+            hibernation_state: None,
+            hibernation_state_tmp: None,
+            resume: false,
         }
+    }
+
+    /// Lets the guest hibernate to the instance's state file (see
+    /// [`LaunchSpec::hibernation_state`]); with `resume`, start from it.
+    pub fn with_hibernation(mut self, paths: &Paths, resume: bool) -> Self {
+        self.hibernation_state = Some(paths.hibernation_state(&self.instance_id));
+        self.hibernation_state_tmp = Some(paths.hibernation_state_tmp(&self.instance_id));
+        self.resume = resume;
+        self
     }
 
     /// Reads a spec from its JSON file.
