@@ -569,11 +569,11 @@ pub enum TbCache {
     Mib(u32),
 }
 
-/// The translation-block cache for a guest of `memory_mib`: 1/16 of its
-/// memory, at least 32 MiB and at most 256 MiB (t3.nano: 32 MiB, t3.micro:
-/// 64 MiB, 4 GiB and more: 256 MiB).
+/// The translation-block cache for a guest of `memory_mib`: 1/32 of its
+/// memory, at least 16 MiB and at most 256 MiB (t3.nano: 16 MiB, t3.micro:
+/// 32 MiB, 8 GiB and more: 256 MiB).
 pub fn tb_cache_mib(memory_mib: u64) -> u32 {
-    (memory_mib / 16).clamp(32, 256) as u32
+    (memory_mib / 32).clamp(16, 256) as u32
 }
 
 /// A program and its arguments, ready for [`std::process::Command`].
@@ -1092,7 +1092,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine q35,pflash0=fw-code,pflash1=fw-vars",
-                    "-accel tcg,tb-size=64",
+                    "-accel tcg,tb-size=32",
                     "-cpu max",
                     "-smp 2",
                     "-m 1024M",
@@ -1150,7 +1150,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine q35",
-                    "-accel tcg,tb-size=64",
+                    "-accel tcg,tb-size=32",
                     "-cpu max",
                     "-smp 2",
                     "-m 1024M",
@@ -1184,7 +1184,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine virt,gic-version=3,pflash0=fw-code,pflash1=fw-vars",
-                    "-accel tcg,tb-size=64",
+                    "-accel tcg,tb-size=32",
                     "-cpu max,pauth-impdef=on",
                     "-smp 2",
                     "-m 1024M",
@@ -1227,7 +1227,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine virt,gic-version=3",
-                    "-accel tcg,tb-size=64",
+                    "-accel tcg,tb-size=32",
                     "-cpu max,pauth-impdef=on",
                     "-smp 2",
                     "-m 1024M",

@@ -42,8 +42,27 @@ const MAX_MEMORY_MIB: u64 = 150 * 1024;
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct HibernationOptionsRequest {
     /// Enable the instance for hibernation.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "boolean")]
     pub configured: bool,
+}
+
+/// A Boolean member as JSON gives it, or as text (`true`/`false`, as the
+/// command line's shorthand gives it).
+fn boolean<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Bool(bool),
+        Text(String),
+    }
+    match Given::deserialize(d)? {
+        Given::Bool(b) => Ok(b),
+        Given::Text(t) if t.eq_ignore_ascii_case("true") => Ok(true),
+        Given::Text(t) if t.eq_ignore_ascii_case("false") => Ok(false),
+        Given::Text(t) => Err(serde::de::Error::custom(format!(
+            "Value ({t}) for parameter Configured is invalid; use true or false"
+        ))),
+    }
 }
 
 /// What an instance records about hibernation (the store's `hibernation`
@@ -329,6 +348,13 @@ mod tests {
         let ok: HibernationOptionsRequest =
             serde_json::from_value(json!({"Configured": true})).unwrap();
         assert!(ok.configured);
+        let text: HibernationOptionsRequest =
+            serde_json::from_value(json!({"Configured": "false"})).unwrap();
+        assert!(!text.configured);
+        assert!(
+            serde_json::from_value::<HibernationOptionsRequest>(json!({"Configured": "maybe"}))
+                .is_err()
+        );
         assert!(
             serde_json::from_value::<HibernationOptionsRequest>(json!({"Enabled": true})).is_err()
         );
