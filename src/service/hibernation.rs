@@ -123,10 +123,10 @@ pub fn shape(i: &InstanceState) -> Value {
     json!({ "Configured": configured(i) })
 }
 
-/// EC2's prerequisites for `HibernationOptions.Configured=true`: a type
-/// that hibernates (current generation, at most 150 GiB of memory, no
-/// instance-store disks, whose contents a stop discards), an EBS root, and
-/// a root volume that can hold the guest's memory. Returns the value to
+/// EC2's prerequisites for `HibernationOptions.Configured=true`: an EBS
+/// root, a type that hibernates (current generation, at most 150 GiB of
+/// memory, no instance-store disks, whose contents a stop discards), and a
+/// root volume that can hold the guest's memory. Returns the value to
 /// record on the instance (`Null` when hibernation was not asked for).
 pub fn check_launch(
     options: Option<&HibernationOptionsRequest>,
@@ -136,6 +136,12 @@ pub fn check_launch(
 ) -> Result<Value> {
     if !options.is_some_and(|o| o.configured) {
         return Ok(Value::Null);
+    }
+    if root_device_type != RootDeviceType::Ebs {
+        return Err(unsupported(
+            "Hibernation requires an EBS root volume; the AMI's root device type is instance-store."
+                .into(),
+        ));
     }
     if !itype.current_generation() || itype.memory_mib > MAX_MEMORY_MIB {
         return Err(unsupported(format!(
@@ -148,12 +154,6 @@ pub fn check_launch(
             "Hibernation is not supported for instance types with instance store volumes ({}).",
             itype.name
         )));
-    }
-    if root_device_type != RootDeviceType::Ebs {
-        return Err(unsupported(
-            "Hibernation requires an EBS root volume; the AMI's root device type is instance-store."
-                .into(),
-        ));
     }
     let memory_gib = itype.memory_mib.div_ceil(1024);
     match root_volume_gib {
