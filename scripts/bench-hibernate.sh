@@ -76,7 +76,7 @@ resume=$(since "$t0")
 
 # 2. tiny t3.nano: QEMU RSS and time to ready, old vs new TCG cache sizing.
 old_rss=() new_rss=() old_t=() new_t=()
-for i in $(seq "$N"); do
+for _ in $(seq "$N"); do
 	for mode in old new; do
 		t0=$(now)
 		if [ "$mode" = old ]; then
