@@ -74,7 +74,9 @@ fn launch_counting(env: &Env) -> String {
     );
     env.wait_console(&id, "amirun-tiny: ready", 300);
     env.wait_console(&id, "hib-counter 2 ", 120);
-    poll("running", 120, || (env.state(&id) == "running").then_some(()));
+    poll("running", 120, || {
+        (env.state(&id) == "running").then_some(())
+    });
     id
 }
 
@@ -95,7 +97,10 @@ fn hibernate(env: &Env, id: &str) -> Vec<String> {
         (s == "stopped").then_some(())
     });
     let i = env.instance(id);
-    assert_eq!(i["StateReason"]["Code"], "Client.UserInitiatedHibernate", "{i}");
+    assert_eq!(
+        i["StateReason"]["Code"], "Client.UserInitiatedHibernate",
+        "{i}"
+    );
     assert_eq!(i["HibernationOptions"]["Configured"], true, "{i}");
     seen
 }
@@ -108,10 +113,17 @@ fn hibernated_guest_resumes_where_it_was_and_a_truncated_state_boots_cleanly() {
     // Hibernate: stopping -> stopped with EC2's hibernation reason, and a
     // complete state file next to the volumes.
     let seen = hibernate(&env, &id);
-    assert_eq!(seen.first().map(String::as_str), Some("stopping"), "{seen:?}");
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("stopping"),
+        "{seen:?}"
+    );
     assert_eq!(seen.last().map(String::as_str), Some("stopped"), "{seen:?}");
     let state = state_file(&env, &id);
     assert!(state.exists(), "no state file at {}", state.display());
+    // Every command's recovery pass sweeps orphans: a saved state is none.
+    env.ok(&["describe-instances"]);
+    assert!(state.exists(), "the sweep removed a valid saved state");
     let before = env.console(&id);
     let &(n0, up0) = counts(&before).last().expect("the counter printed");
 
@@ -132,8 +144,13 @@ fn hibernated_guest_resumes_where_it_was_and_a_truncated_state_boots_cleanly() {
         n0 + 1,
         "the counter did not carry on from {n0}:\n{after}"
     );
-    assert!(resumed[0].1 >= up0, "uptime went back: {up0} -> {resumed:?}");
-    assert!(resumed.windows(2).all(|w| w[1].0 == w[0].0 + 1 && w[1].1 > w[0].1));
+    assert!(
+        resumed[0].1 >= up0,
+        "uptime went back: {up0} -> {resumed:?}"
+    );
+    assert!(resumed
+        .windows(2)
+        .all(|w| w[1].0 == w[0].0 + 1 && w[1].1 > w[0].1));
     for banner in ["amirun-tiny: userspace up", "amirun-tiny: boot ", "BdsDxe"] {
         assert!(
             !after.contains(banner),
@@ -167,7 +184,13 @@ fn create_image_of_a_hibernated_instance_invalidates_its_state() {
 
     // create-image rewrites the volume's qcow2 chain (its file becomes the
     // snapshot's layer): the saved memory no longer matches the disk.
-    env.ok(&["create-image", "--instance-id", &id, "--name", "from-hibernated"]);
+    env.ok(&[
+        "create-image",
+        "--instance-id",
+        &id,
+        "--name",
+        "from-hibernated",
+    ]);
     env.ok(&["start-instances", "--instance-ids", &id]);
     let console = env.wait_console(&id, "amirun-tiny: boot 2", 300);
     assert!(console.contains("amirun-tiny: userspace up"), "{console}");
@@ -218,8 +241,8 @@ fn hibernation_is_refused_as_ec2_refuses_it() {
     );
 
     // An instance not launched for hibernation cannot hibernate.
-    let id = env.run_instances(&["--image-id", &env.ami(X86), "--instance-type", "t3.nano"])[0]
-        .clone();
+    let id =
+        env.run_instances(&["--image-id", &env.ami(X86), "--instance-type", "t3.nano"])[0].clone();
     assert_eq!(env.instance(&id)["HibernationOptions"]["Configured"], false);
     let r = env.fails(
         &["stop-instances", "--instance-ids", &id, "--hibernate"],
@@ -228,4 +251,25 @@ fn hibernation_is_refused_as_ec2_refuses_it() {
     assert!(r.stderr.contains(&id), "{}", r.stderr);
     assert_ne!(env.state(&id), "stopping");
     env.ok(&["terminate-instances", "--instance-ids", &id]);
+}
+
+#[test]
+fn the_sweep_removes_states_whose_instance_is_gone() {
+    let env = Env::new();
+    let gone = "i-0123456789abcdef0";
+    let (state, tmp) = {
+        let paths = amirun::paths::Paths::new(env.home(), env.path("runtime"));
+        (
+            paths.hibernation_state(gone),
+            paths.hibernation_state_tmp(gone),
+        )
+    };
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(&state, b"saved").unwrap();
+    std::fs::write(&tmp, b"half").unwrap();
+    env.ok(&["describe-instances"]);
+    assert!(
+        !state.exists() && !tmp.exists(),
+        "orphaned hibernation states were kept"
+    );
 }

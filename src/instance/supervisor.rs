@@ -27,7 +27,10 @@
 //! | `qemu-started` | `pid` | QEMU was spawned |
 //! | `guest-running` | | QMP first reported the vCPUs running |
 //! | `reset` | `guest`, `reason` | the machine reset: a reboot from the guest (`guest-reset`) or a requested reboot (`host-qmp-system-reset`) |
-//! | `stop-requested` | `force`, `by` | a stop was asked for, over the control socket (`control`) or by a signal to the supervisor (`signal`) |
+//! | `stop-requested` | `force`, `by` | a stop was asked for, over the control socket (`control`), by a signal to the supervisor (`signal`), or after a hibernation (`hibernate`) |
+//! | `hibernate-requested` | | a hibernation began: the guest is paused while its state is saved |
+//! | `hibernate-failed` | `detail` | the state could not be saved; the guest runs on and is stopped the ordinary way |
+//! | `resumed` | | the guest was loaded from its saved state and runs (the state file is removed) |
 //! | `exited` | `reason`, `exit_status`, `qemu_pid`, `shutdown_reason`, `detail` | QEMU is gone; always the last record of a run |
 //!
 //! # Stopping
@@ -37,6 +40,18 @@
 //! for a forced stop, the supervisor sends QMP `quit`; if QEMU is still there
 //! [`QUIT_GRACE`] later, SIGKILL. Without an OS (firmware only), the power
 //! button is ignored, so a graceful stop ends as `forced` after the timeout.
+//!
+//! # Hibernating and resuming
+//!
+//! A hibernation (control `hibernate`) pauses the guest and has QEMU
+//! migrate its memory and device state into the spec's
+//! `hibernation_state_tmp`, renamed to `hibernation_state` only once QEMU
+//! reports the migration complete; then QEMU quits and the run ends
+//! `hibernated`. If the state cannot be saved, the guest is resumed and
+//! stopped like any other (EC2 does the same). A spec with `resume` starts
+//! QEMU with `-incoming defer`, loads that file, runs the guest and removes
+//! the file; a state QEMU cannot load ends the run `resume-failed` (and the
+//! file is removed too). See `hibernate.rs`.
 //!
 //! # Rebooting
 //!
@@ -52,7 +67,8 @@
 //! coordinator, QEMU's spawn and reaping, signals). Around it:
 //! `spec` (the launch spec), `events` (the event log and exit records),
 //! `control` (the control protocol, both ends), `detach` (starting a
-//! supervisor as a daemon), `live` (probes of live facts and the fence).
+//! supervisor as a daemon), `live` (probes of live facts and the fence),
+//! `hibernate` (saving and loading a guest's state over QMP).
 
 use crate::network::GuestNamespace;
 use std::fs::{File, OpenOptions};

@@ -351,10 +351,10 @@ mod tests {
         let text: HibernationOptionsRequest =
             serde_json::from_value(json!({"Configured": "false"})).unwrap();
         assert!(!text.configured);
-        assert!(
-            serde_json::from_value::<HibernationOptionsRequest>(json!({"Configured": "maybe"}))
-                .is_err()
-        );
+        assert!(serde_json::from_value::<HibernationOptionsRequest>(
+            json!({"Configured": "maybe"})
+        )
+        .is_err());
         assert!(
             serde_json::from_value::<HibernationOptionsRequest>(json!({"Enabled": true})).is_err()
         );

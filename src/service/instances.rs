@@ -1837,7 +1837,10 @@ fn state_transition_reason(reason: &str, when: &str) -> String {
     let at = chrono::DateTime::parse_from_rfc3339(when)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S GMT").to_string())
         .unwrap_or_else(|_| when.to_string());
-    if reason.starts_with("Client.UserInitiatedShutdown") {
+    // A user's stop, hibernating or not.
+    if reason.starts_with("Client.UserInitiatedShutdown")
+        || reason.starts_with("Client.UserInitiatedHibernate")
+    {
         format!("User initiated ({at})")
     } else {
         format!("{reason} ({at})")
@@ -1972,6 +1975,13 @@ mod tests {
         assert_eq!(
             super::state_transition_reason(
                 "Client.UserInitiatedShutdown: User initiated shutdown",
+                "2026-11-22T18:44:25.000Z"
+            ),
+            "User initiated (2026-11-22 18:44:25 GMT)"
+        );
+        assert_eq!(
+            super::state_transition_reason(
+                crate::domain::USER_HIBERNATE,
                 "2026-11-22T18:44:25.000Z"
             ),
             "User initiated (2026-11-22 18:44:25 GMT)"
