@@ -48,7 +48,8 @@ until_true() {
 	done
 }
 state_is() { [ "$("$AMIRUN" describe-instances --instance-ids "$1" --query 'Reservations[0].Instances[0].State.Name' --output text)" = "$2" ]; }
-ssh_answers() { timeout 30 "$AMIRUN" ssh "$1" -- true; }
+ssh_answers() { timeout 10 "$AMIRUN" ssh "$1" -- true; }
+cloud_init_done() { grep -qs 'Cloud-init v\. .* finished at' "$AMIRUN_HOME/instances/$1/serial.log"; }
 ready() { grep -qs "$READY" "$AMIRUN_HOME/instances/$1/serial.log"; }
 qemu_pid() { pgrep -f "qemu-system.*guest=$1" | head -1; }
 rss_mb() { awk '/^VmRSS/ { printf "%.0f\n", $2 / 1024 }' "/proc/$1/status"; }
@@ -61,8 +62,9 @@ deb=$("$AMIRUN" run-instances --image-id "$debian" --instance-type t3.micro --ke
 	--hibernation-options Configured=true --query 'Instances[0].InstanceId' --output text)
 until_true 900 ssh_answers "$deb"
 cold=$(since "$t0")
-# Let first-boot work finish, so the hibernated guest is a settled one.
-timeout 600 "$AMIRUN" ssh "$deb" -- sudo cloud-init status --wait >/dev/null 2>&1 || true
+# Let first-boot work finish (cloud-init restarts sshd on the way), so the
+# guest that hibernates is a settled one.
+until_true 900 cloud_init_done "$deb"
 t0=$(now)
 "$AMIRUN" stop-instances --instance-ids "$deb" --hibernate >/dev/null
 until_true 300 state_is "$deb" stopped
