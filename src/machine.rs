@@ -1294,6 +1294,52 @@ mod tests {
     }
 
     #[test]
+    fn tcg_cache_is_sized_for_the_guest_and_a_resume_waits_for_its_state() {
+        let accel = |spec: &MachineSpec| -> String {
+            let cmd = qemu_command(spec).unwrap();
+            let i = cmd.args.iter().position(|a| a == "-accel").unwrap();
+            cmd.args[i + 1].clone()
+        };
+        let mut spec = base(Arch::X86_64, uefi());
+        spec.memory_mib = 512;
+        assert_eq!(accel(&spec), "tcg,tb-size=16");
+        spec.memory_mib = 16 * 1024;
+        assert_eq!(accel(&spec), "tcg,tb-size=256");
+        spec.tb_cache = TbCache::QemuDefault;
+        assert_eq!(accel(&spec), "tcg");
+        spec.tb_cache = TbCache::Mib(48);
+        assert_eq!(accel(&spec), "tcg,tb-size=48");
+        spec.accel = Accel::Kvm;
+        assert_eq!(accel(&spec), "kvm");
+
+        let spec = base(Arch::X86_64, uefi());
+        let cold = lines(&qemu_command(&spec).unwrap());
+        assert!(!cold.iter().any(|l| l.starts_with("-incoming")));
+        let resume = lines(
+            &qemu_command(&MachineSpec {
+                incoming: true,
+                ..spec
+            })
+            .unwrap(),
+        );
+        assert_eq!(resume.last().unwrap(), "-incoming defer");
+        assert!(resume.contains(
+            &"-chardev file,id=serial0,path=/s/instances/i-0123456789abcdef0/serial.log,append=on"
+                .to_string()
+        ));
+        // Otherwise the same machine: a state loads only into its twin.
+        let same: Vec<_> = resume
+            .iter()
+            .filter(|l| !l.starts_with("-incoming") && !l.starts_with("-chardev file"))
+            .collect();
+        let cold_same: Vec<_> = cold
+            .iter()
+            .filter(|l| !l.starts_with("-chardev file"))
+            .collect();
+        assert_eq!(same, cold_same);
+    }
+
+    #[test]
     fn refusals() {
         let e = qemu_command(&base(Arch::Arm64, Boot::LegacyBios)).unwrap_err();
         assert!(matches!(e, MachineError::UnsupportedBoot { .. }), "{e}");

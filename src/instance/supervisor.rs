@@ -354,7 +354,11 @@ impl Supervisor {
             }
             ControlRequest::Hibernate => self.start_hibernation(),
             ControlRequest::Reboot => {
-                if self.lock().stop_requested {
+                let stopping = {
+                    let st = self.lock();
+                    st.stop_requested || st.hibernating
+                };
+                if stopping {
                     return ControlResponse::err("The instance is stopping");
                 }
                 match self.qmp() {
