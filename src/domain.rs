@@ -498,6 +498,8 @@ pub enum Transition {
 
 const USER_SHUTDOWN: &str = "Client.UserInitiatedShutdown: User initiated shutdown";
 const GUEST_SHUTDOWN: &str = "Client.InstanceInitiatedShutdown: Instance initiated shutdown";
+/// The StateReason of an instance stopped by hibernation.
+pub const USER_HIBERNATE: &str = "Client.UserInitiatedHibernate: User initiated hibernate";
 
 /// Decide what the live facts mean for the recorded state. Pure: every
 /// probe, fence and write happens in the caller.
@@ -541,6 +543,8 @@ pub fn reconcile(recorded: &Recorded, live: &LiveFacts) -> Transition {
     }
     match (recorded.state, live.last_exit) {
         (ShuttingDown, _) => settle(Terminated, USER_SHUTDOWN, false),
+        // Only an EBS-backed instance is ever asked to hibernate.
+        (_, Some(ExitReason::Hibernated)) => settle(Stopped, USER_HIBERNATE, false),
         (Stopping, _) => settle(Stopped, USER_SHUTDOWN, false),
         (_, Some(ExitReason::GuestShutdown)) => {
             let to = if recorded.shutdown_behavior == ShutdownBehavior::Terminate {
@@ -558,6 +562,9 @@ pub fn reconcile(recorded: &Recorded, live: &LiveFacts) -> Transition {
                 Some(ExitReason::QemuKilled) => "QEMU was killed",
                 Some(ExitReason::QemuCrashed) => "QEMU crashed",
                 Some(ExitReason::StartFailed) => "QEMU failed to start (see supervisor.log)",
+                Some(ExitReason::ResumeFailed) => {
+                    "the saved hibernation state could not be resumed; start the instance again to boot it"
+                }
                 _ => "the supervisor died",
             };
             settle(ended, &format!("Server.InternalError: {what}"), false)
@@ -713,6 +720,10 @@ mod tests {
             (Running, Ebs, Stop, dead(Some(StartFailed)), settle(Stopped, "Server.InternalError: QEMU failed to start (see supervisor.log)", false)),
             (Running, Ebs, Stop, dead(None), settle(Stopped, "Server.InternalError: the supervisor died", false)),
             (Running, InstanceStore, Stop, dead(None), settle(Terminated, "Server.InternalError: the supervisor died", false)),
+            // Hibernation: saved, or the resume of a saved state failed.
+            (Stopping, Ebs, Stop, dead(Some(Hibernated)), settle(Stopped, USER_HIBERNATE, false)),
+            (Running, Ebs, Terminate, dead(Some(Hibernated)), settle(Stopped, USER_HIBERNATE, false)),
+            (Pending, Ebs, Stop, dead(Some(ResumeFailed)), settle(Stopped, "Server.InternalError: the saved hibernation state could not be resumed; start the instance again to boot it", false)),
         ];
         for (state, root_device_type, shutdown_behavior, live, want) in rows {
             let recorded = Recorded {

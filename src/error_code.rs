@@ -78,6 +78,8 @@ error_codes! {
     RequestEntityTooLarge = "RequestEntityTooLarge", 413;
     // EC2's client errors for specific actions.
     IncorrectInstanceState = "IncorrectInstanceState", 400;
+    /// HibernationOptions or a hibernating stop the instance does not qualify for.
+    UnsupportedHibernationConfiguration = "UnsupportedHibernationConfiguration", 400;
     IncorrectState = "IncorrectState", 400;
     /// EC2 lists it among server errors; amirun answers 400 (no free host
     /// port is the caller's to fix, and clients would retry a 5xx).

@@ -44,8 +44,11 @@
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
 //!   chains, merge on delete), [`service::baking`] makes AMIs from
 //!   instances and moves images in and out, and [`service::bake_recipe`]
-//!   runs `amirun bake RECIPE`. Operations that change files and records
-//!   go lock -> intent -> act -> commit; a recovery pass at every open
+//!   runs `amirun bake RECIPE`. [`service::hibernation`] keeps EC2's
+//!   hibernation rules: a guest stopped with `Hibernate` is saved next to
+//!   its volumes and resumed on start while its volumes are unchanged.
+//!   Operations that change files and records go lock -> intent -> act ->
+//!   commit; a recovery pass at every open
 //!   settles what a killed process left, from the real qcow2 chains, and
 //!   sweeps files no record owns (`service::recovery`). One operation at a
 //!   time per object: an `flock` per id (`service::object_lock`), held by
@@ -66,10 +69,12 @@
 //! - [`disk`] is the only module that runs `qemu-img`.
 //! - [`instance`] runs instances: the per-instance supervisor process that
 //!   owns QEMU, its serial log and control socket, and the QMP client it
-//!   talks to QEMU with. The service starts supervisors from a `launch.json`
+//!   talks to QEMU with; it also saves and loads a hibernated guest's
+//!   state through QEMU's migration. The service starts supervisors from a `launch.json`
 //!   and talks to them over their control socket; it never spawns QEMU.
 //! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
-//!   firmware, devices, network), holds the instance-type table, and chooses
+//!   firmware, devices, network, TCG's translation cache sized per guest,
+//!   `-incoming` for a resume), holds the instance-type table, and chooses
 //!   KVM or TCG by probing.
 //! - [`http`] serves the EC2 Query API (`amirun serve`): it translates
 //!   requests into the same [`service`] calls the CLI makes and renders

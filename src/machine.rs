@@ -52,8 +52,8 @@ pub use net::{
     GUEST_GATEWAY, GUEST_NET, IMDS_ADDRESS, IMDS_CLOSED_COMMAND, OUTBOUND_TAG, VPC_TAP_FD,
 };
 pub use spec::{
-    disk_node_name, volume_serial, Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec, MachineSpec,
-    SmbiosIdentity,
+    disk_node_name, tb_cache_mib, volume_serial, Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec,
+    MachineSpec, SmbiosIdentity, TbCache,
 };
 
 /// What went wrong building or preparing a machine.

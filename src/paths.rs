@@ -15,6 +15,8 @@
 //!   snapshots/<snap-id>.qcow2
 //!   volumes/<vol-id>.qcow2
 //!   volumes/<vol-id>.next.qcow2   a volume's next overlay while a snapshot is taken
+//!   volumes/<i-id>.hibernation    a hibernated guest's memory and device state
+//!   volumes/<i-id>.hibernation.tmp   the same while QEMU writes it (never resumed)
 //!   instances/<i-id>/     supervisor.pid qmp.sock serial.log seed.img vars.fd events.jsonl
 //!                         launch.json control.sock supervisor.log imds.sock
 //!                         network.json resolv.conf (guest network, src/network.rs)
@@ -38,6 +40,9 @@
 //! version is adopted if it is ours and nobody else can write to it.)
 
 use std::path::{Path, PathBuf};
+
+/// The extension of a hibernation state file.
+const HIBERNATION_SUFFIX: &str = "hibernation";
 
 /// Resolved locations of amirun's state.
 #[derive(Debug, Clone)]
@@ -207,6 +212,31 @@ impl Paths {
     /// switched to (live, over QMP), then renamed to [`Paths::volume`].
     pub fn volume_pending(&self, volume_id: &str) -> PathBuf {
         self.volume_dir().join(format!("{volume_id}.next.qcow2"))
+    }
+
+    /// A hibernated instance's saved memory and device state (QEMU's
+    /// migration stream), next to its volumes; renamed here from
+    /// [`Paths::hibernation_state_tmp`] only once QEMU reported it complete.
+    pub fn hibernation_state(&self, instance_id: &str) -> PathBuf {
+        self.volume_dir()
+            .join(format!("{instance_id}.{HIBERNATION_SUFFIX}"))
+    }
+
+    /// Where QEMU writes a hibernation state while it is incomplete.
+    pub fn hibernation_state_tmp(&self, instance_id: &str) -> PathBuf {
+        self.volume_dir()
+            .join(format!("{instance_id}.{HIBERNATION_SUFFIX}.tmp"))
+    }
+
+    /// Whether a file name in the volume directory is a hibernation state
+    /// (complete or not) and of which instance: `Some((id, complete))`.
+    pub fn parse_hibernation_state(name: &str) -> Option<(&str, bool)> {
+        let (id, rest) = name.split_once('.')?;
+        match rest {
+            r if r == HIBERNATION_SUFFIX => Some((id, true)),
+            r if r.strip_suffix(".tmp") == Some(HIBERNATION_SUFFIX) => Some((id, false)),
+            _ => None,
+        }
     }
 
     /// Directory of per-object operation locks (outlive the objects they guard).

@@ -115,6 +115,8 @@ fn spec(dir: &Path, arch: Arch, boot: Boot) -> MachineSpec {
         qmp_socket: dir.join("qmp.sock"),
         serial_log: dir.join("serial.log"),
         smbios: SmbiosIdentity::for_instance(ID, "t3.micro"),
+        tb_cache: machine::TbCache::ForGuest,
+        incoming: false,
     }
 }
 

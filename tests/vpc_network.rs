@@ -255,6 +255,8 @@ fn launch(paths: &Paths, att: &VpcAttachment, user_data: &str, ssh_port: u16) ->
         qmp_socket: paths.qmp_socket(&id),
         serial_log: paths.serial_log(&id),
         smbios: SmbiosIdentity::for_instance(&id, "t3.micro"),
+        tb_cache: Default::default(),
+        incoming: false,
     };
     let cmd = machine::qemu_command(&spec).unwrap();
     let mut l = LaunchSpec::new(paths, &id, PathBuf::from(cmd.program), cmd.args);

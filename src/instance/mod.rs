@@ -12,8 +12,8 @@
 //!   dying client never leaves a guest paused.
 //! - [`supervisor`]: the detached per-instance process that starts QEMU,
 //!   records how it ends in the instance's event log, answers a control
-//!   socket, and the probes the service uses to derive an instance's state
-//!   from live facts.
+//!   socket, saves and resumes hibernated guests, and the probes the
+//!   service uses to derive an instance's state from live facts.
 
 pub mod live_snapshot;
 pub mod qmp;

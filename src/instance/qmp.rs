@@ -30,6 +30,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -331,6 +332,29 @@ impl Qmp {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, timeout, None)
+    }
+
+    /// Hands QEMU an open file descriptor under `name` (QMP `getfd`, the
+    /// descriptor passed along with the command as `SCM_RIGHTS`), for a
+    /// later `fd:NAME` migration URI. QEMU keeps its own copy.
+    pub fn send_fd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        self.exchange(
+            "getfd",
+            Some(json!({ "fdname": name })),
+            self.command_timeout,
+            Some(fd),
+        )
+        .map(drop)
+    }
+
+    fn exchange(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut request = json!({"execute": command, "id": id});
         if let Some(args) = arguments {
@@ -344,7 +368,11 @@ impl Qmp {
         if self.shared.lock().closed.is_some() {
             return Err(QmpError::Closed);
         }
-        if let Err(e) = writer.write_all(&line) {
+        let sent = match fd {
+            None => writer.write_all(&line),
+            Some(fd) => send_with_fd(&writer, &line, fd),
+        };
+        if let Err(e) = sent {
             return Err(match e.kind() {
                 std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
                     QmpError::Closed
@@ -555,6 +583,28 @@ fn read_loop(stream: UnixStream, shared: &Shared) {
     };
     shared.lock().closed = Some(why);
     shared.changed.notify_all();
+}
+
+/// Writes `line` with `fd` attached (`SCM_RIGHTS`) to its first byte.
+fn send_with_fd(stream: &UnixStream, line: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let fds = [fd.as_raw_fd()];
+    let sent = loop {
+        match sendmsg::<UnixAddr>(
+            stream.as_raw_fd(),
+            &[std::io::IoSlice::new(line)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // A short send leaves the rest of the line to write plainly.
+    let mut stream = stream;
+    stream.write_all(&line[sent..])
 }
 
 #[cfg(test)]

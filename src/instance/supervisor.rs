@@ -27,7 +27,10 @@
 //! | `qemu-started` | `pid` | QEMU was spawned |
 //! | `guest-running` | | QMP first reported the vCPUs running |
 //! | `reset` | `guest`, `reason` | the machine reset: a reboot from the guest (`guest-reset`) or a requested reboot (`host-qmp-system-reset`) |
-//! | `stop-requested` | `force`, `by` | a stop was asked for, over the control socket (`control`) or by a signal to the supervisor (`signal`) |
+//! | `stop-requested` | `force`, `by` | a stop was asked for, over the control socket (`control`), by a signal to the supervisor (`signal`), or after a hibernation (`hibernate`) |
+//! | `hibernate-requested` | | a hibernation began: the guest is paused while its state is saved |
+//! | `hibernate-failed` | `detail` | the state could not be saved; the guest runs on and is stopped the ordinary way |
+//! | `resumed` | | the guest was loaded from its saved state and runs (the state file is removed) |
 //! | `exited` | `reason`, `exit_status`, `qemu_pid`, `shutdown_reason`, `detail` | QEMU is gone; always the last record of a run |
 //!
 //! # Stopping
@@ -38,6 +41,18 @@
 //! [`QUIT_GRACE`] later, SIGKILL. Without an OS (firmware only), the power
 //! button is ignored, so a graceful stop ends as `forced` after the timeout.
 //!
+//! # Hibernating and resuming
+//!
+//! A hibernation (control `hibernate`) pauses the guest and has QEMU
+//! migrate its memory and device state into the spec's
+//! `hibernation_state_tmp`, renamed to `hibernation_state` only once QEMU
+//! reports the migration complete; then QEMU quits and the run ends
+//! `hibernated`. If the state cannot be saved, the guest is resumed and
+//! stopped like any other (EC2 does the same). A spec with `resume` starts
+//! QEMU with `-incoming defer`, loads that file, runs the guest and removes
+//! the file; a state QEMU cannot load ends the run `resume-failed` (and the
+//! file is removed too). See `hibernate.rs`.
+//!
 //! # Rebooting
 //!
 //! EC2's RebootInstances is an OS reboot. QEMU offers no clean "reboot
@@ -45,6 +60,15 @@
 //! `guest-shutdown mode=reboot`, which amirun does not wire yet). So a reboot
 //! request is a `system_reset`: a hard reset that keeps every disk, like
 //! EC2's own fallback when a guest ignores the reboot request.
+//!
+//! # Where things are
+//!
+//! This file is the running supervisor itself (its state, the stop
+//! coordinator, QEMU's spawn and reaping, signals). Around it:
+//! `spec` (the launch spec), `events` (the event log and exit records),
+//! `control` (the control protocol, both ends), `detach` (starting a
+//! supervisor as a daemon), `live` (probes of live facts and the fence),
+//! `hibernate` (saving and loading a guest's state over QMP).
 
 use crate::network::GuestNamespace;
 use std::fs::{File, OpenOptions};
@@ -64,11 +88,23 @@ use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::qmp::{Qmp, QmpError, QmpEvent};
-use crate::paths::Paths;
+
+mod control;
+mod detach;
+mod events;
+mod hibernate;
+mod live;
+mod spec;
+
+pub use control::{ClientError, ControlRequest, ControlResponse, StatusReport, SupervisorClient};
+pub use detach::spawn_detached;
+use events::EventLog;
+pub use events::{read_events, Event, EventRecord, ExitReason, ExitRecord, ExitStatusRecord};
+pub use live::{fence, probe, qemu_pids, LiveState};
+pub use spec::LaunchSpec;
 
 /// The hidden CLI subcommand that runs a supervisor: `amirun __supervise <launch.json>`.
 pub const SUPERVISE_SUBCOMMAND: &str = "__supervise";
@@ -82,14 +118,6 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the supervisor waits for QMP's last events after QEMU exited,
 /// and for control clients waiting on the exit to get their answer.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn default_stop_timeout() -> u64 {
-    60
-}
-
-fn default_start_timeout() -> u64 {
-    30
-}
 
 /// What went wrong starting or talking to a supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -145,343 +173,6 @@ impl SupervisorError {
         move |source| SupervisorError::Io { what, path, source }
     }
 }
-
-/// Everything a supervisor needs to run one instance, written by the service
-/// to `instances/<id>/launch.json` (see [`Paths::launch_spec`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LaunchSpec {
-    /// The instance (`i-…`).
-    pub instance_id: String,
-    /// The QEMU binary.
-    pub program: PathBuf,
-    /// QEMU's whole argv after the program; it already names `qmp_socket`
-    /// (as a QMP server socket) and `serial_log`.
-    pub args: Vec<String>,
-    /// QEMU's QMP socket.
-    pub qmp_socket: PathBuf,
-    /// Serial console log (QEMU writes it; kept here for the record).
-    pub serial_log: PathBuf,
-    /// The supervisor's control socket.
-    pub control_socket: PathBuf,
-    /// The event log (`events.jsonl`).
-    pub events: PathBuf,
-    /// The supervisor's pid file.
-    pub pid_file: PathBuf,
-    /// Where the supervisor's and QEMU's stdout and stderr go.
-    pub supervisor_log: PathBuf,
-    /// Grace period after the ACPI power button before a hard stop.
-    #[serde(default = "default_stop_timeout")]
-    pub stop_timeout_secs: u64,
-    /// How long QEMU may take to answer on QMP after it is spawned.
-    #[serde(default = "default_start_timeout")]
-    pub start_timeout_secs: u64,
-    /// The instance metadata service the supervisor serves
-    /// ([`crate::metadata::imds::ImdsConfig`]); none without it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imds: Option<Value>,
-    /// The guest's own network namespace and outbound leg
-    /// ([`crate::network`]); none for an isolated guest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::network::GuestNetworkSpec>,
-    /// The guest's place in its VPC ([`crate::network::VpcAttachment`]);
-    /// its network joins the VPC's when `network` names the VPC's files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc: Option<crate::network::VpcAttachment>,
-}
-
-impl LaunchSpec {
-    /// A spec with every file at its place under `paths` and default timeouts.
-    pub fn new(paths: &Paths, instance_id: &str, program: PathBuf, args: Vec<String>) -> Self {
-        LaunchSpec {
-            instance_id: instance_id.to_owned(),
-            program,
-            args,
-            qmp_socket: paths.qmp_socket(instance_id),
-            serial_log: paths.serial_log(instance_id),
-            control_socket: paths.control_socket(instance_id),
-            events: paths.events(instance_id),
-            pid_file: paths.supervisor_pid(instance_id),
-            supervisor_log: paths.supervisor_log(instance_id),
-            stop_timeout_secs: default_stop_timeout(),
-            start_timeout_secs: default_start_timeout(),
-            imds: None,
-            network: None,
-            vpc: None,
-        }
-    }
-
-    /// Reads a spec from its JSON file.
-    pub fn read(path: &Path) -> Result<Self, SupervisorError> {
-        let text = std::fs::read(path).map_err(|source| SupervisorError::ReadSpec {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| SupervisorError::ParseSpec {
-            path: path.to_owned(),
-            source,
-        })
-    }
-
-    /// Writes the spec as JSON, atomically (temp file beside it, then rename).
-    pub fn write(&self, path: &Path) -> Result<(), SupervisorError> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).map_err(SupervisorError::io("write", path))?;
-        let text = serde_json::to_vec_pretty(self).expect("LaunchSpec serialises");
-        tmp.write_all(&text)
-            .map_err(SupervisorError::io("write", path))?;
-        tmp.persist(path)
-            .map_err(|e| SupervisorError::io("write", path)(e.error))?;
-        Ok(())
-    }
-}
-
-/// Why QEMU ended; the `reason` of the `exited` record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExitReason {
-    /// The guest powered itself off (QMP `SHUTDOWN` with `guest: true`) and
-    /// no stop had been asked for.
-    GuestShutdown,
-    /// A graceful stop was asked for (control `stop` or SIGTERM/SIGINT to the
-    /// supervisor) and the guest powered off after the ACPI power button,
-    /// within `stop_timeout_secs`.
-    StopRequested,
-    /// The supervisor ended QEMU itself: a forced stop, or a graceful stop
-    /// whose grace period ran out (QMP `quit`, then SIGKILL); also a `quit`
-    /// sent through the QMP passthrough.
-    Forced,
-    /// QEMU died on its own: a crash signal (SIGSEGV, SIGABRT, …), a non-zero
-    /// exit, or an exit with no shutdown event.
-    QemuCrashed,
-    /// Someone else ended QEMU with a signal: SIGKILL, or SIGTERM/SIGINT/
-    /// SIGHUP (which QEMU turns into a clean exit with shutdown reason
-    /// `host-signal`).
-    QemuKilled,
-    /// QEMU could not be spawned, exited before QMP answered, or QMP did not
-    /// answer within `start_timeout_secs` (QEMU is then killed).
-    StartFailed,
-}
-
-impl ExitReason {
-    /// The name used in the event log, e.g. `guest-shutdown`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExitReason::GuestShutdown => "guest-shutdown",
-            ExitReason::StopRequested => "stop-requested",
-            ExitReason::Forced => "forced",
-            ExitReason::QemuCrashed => "qemu-crashed",
-            ExitReason::QemuKilled => "qemu-killed",
-            ExitReason::StartFailed => "start-failed",
-        }
-    }
-}
-
-/// How the QEMU process ended: `{"code":N}` or `{"signal":N}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExitStatusRecord {
-    /// Exited with this status code.
-    Code(i32),
-    /// Killed by this signal number.
-    Signal(i32),
-}
-
-impl ExitStatusRecord {
-    fn from_status(status: ExitStatus) -> Option<Self> {
-        status
-            .code()
-            .map(ExitStatusRecord::Code)
-            .or_else(|| status.signal().map(ExitStatusRecord::Signal))
-    }
-}
-
-/// The final record of a run: how and why QEMU ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitRecord {
-    /// Why it ended.
-    pub reason: ExitReason,
-    /// How the process ended; `None` when QEMU never started.
-    pub exit_status: Option<ExitStatusRecord>,
-    /// QEMU's pid, if it was spawned.
-    pub qemu_pid: Option<u32>,
-    /// The `reason` of QMP's `SHUTDOWN` event, when there was one
-    /// (`guest-shutdown`, `host-qmp-quit`, `host-signal`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown_reason: Option<String>,
-    /// A human explanation, for `start-failed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// One kind of line in the event log (see the module doc for the table).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Event {
-    /// A supervisor took the instance; a new run begins.
-    SupervisorStarted { pid: u32 },
-    /// QEMU was spawned.
-    QemuStarted { pid: u32 },
-    /// QMP first reported the vCPUs running.
-    GuestRunning,
-    /// The machine reset (guest reboot or requested reset).
-    Reset { guest: bool, reason: Option<String> },
-    /// A stop was asked for.
-    StopRequested { force: bool, by: String },
-    /// QEMU is gone; the last record of a run.
-    Exited(ExitRecord),
-    /// An event this version does not know (written by a newer amirun).
-    #[serde(other)]
-    Other,
-}
-
-/// One line of the event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventRecord {
-    /// When it was recorded.
-    pub ts: DateTime<Utc>,
-    /// What happened.
-    #[serde(flatten)]
-    pub event: Event,
-}
-
-/// Reads every record of an event log; lines that cannot be parsed are
-/// skipped (a torn last line after a crash, say). A missing file is empty.
-pub fn read_events(path: &Path) -> std::io::Result<Vec<EventRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
-/// Appends records to the event log, one `write` per line.
-struct EventLog {
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-impl EventLog {
-    fn open(path: &Path) -> Result<Self, SupervisorError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(SupervisorError::io("open the event log", path))?;
-        Ok(EventLog {
-            path: path.to_owned(),
-            file: Mutex::new(file),
-        })
-    }
-
-    fn append(&self, event: Event) {
-        let durable = matches!(event, Event::Exited(_));
-        let record = EventRecord {
-            ts: Utc::now(),
-            event,
-        };
-        let mut line = serde_json::to_vec(&record).expect("events serialise");
-        line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let result =
-            file.write_all(&line)
-                .and_then(|()| if durable { file.sync_data() } else { Ok(()) });
-        if let Err(e) = result {
-            tracing::error!("could not append to {}: {e}", self.path.display());
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Control protocol
-
-/// A request on the control socket: one JSON object a line, e.g.
-/// `{"op":"stop","force":false}`. Each gets one [`ControlResponse`] line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum ControlRequest {
-    /// Report a [`StatusReport`].
-    Status,
-    /// Stop QEMU: gracefully (ACPI power button, then hard after
-    /// `stop_timeout_secs`) or, with `force`, at once. Without `wait` the
-    /// answer is `{"stopping":true}` as soon as the stop is under way; with
-    /// `wait` it is the [`ExitRecord`] once QEMU has exited and the pid file
-    /// and control socket are gone.
-    Stop {
-        #[serde(default)]
-        force: bool,
-        #[serde(default)]
-        wait: bool,
-    },
-    /// Reset the machine (`system_reset`; see the module doc on rebooting).
-    Reboot,
-    /// Take a live snapshot of disks inside the supervisor: pause, switch,
-    /// resume whatever happens, rename (see [`super::live_snapshot`]). With
-    /// no disks, a barrier for a snapshot in flight.
-    LiveSnapshot(super::live_snapshot::LiveSnapshotRequest),
-    /// Run any QMP command and return its `return` value.
-    Qmp {
-        execute: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        arguments: Option<Value>,
-    },
-}
-
-/// The answer to a [`ControlRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ControlResponse {
-    /// Whether the request succeeded.
-    pub ok: bool,
-    /// The result when it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    /// Why not, when it did not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl ControlResponse {
-    fn ok(result: Value) -> Self {
-        ControlResponse {
-            ok: true,
-            result: Some(result),
-            error: None,
-        }
-    }
-
-    fn err(message: impl std::fmt::Display) -> Self {
-        ControlResponse {
-            ok: false,
-            result: None,
-            error: Some(message.to_string()),
-        }
-    }
-}
-
-/// What `{"op":"status"}` answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// The instance.
-    pub instance_id: String,
-    /// The supervisor's pid.
-    pub supervisor_pid: u32,
-    /// QEMU's pid, once spawned.
-    pub qemu_pid: Option<u32>,
-    /// QMP `query-status`'s `status` (`running`, `paused`, …); `None` while
-    /// QMP is not connected or did not answer.
-    pub qmp_status: Option<String>,
-    /// When QEMU was spawned.
-    pub started_at: Option<DateTime<Utc>>,
-    /// Seconds since QEMU was spawned.
-    pub uptime_secs: f64,
-    /// Whether a stop is under way.
-    pub stopping: bool,
-}
-
 // ---------------------------------------------------------------------------
 // The running supervisor
 
@@ -517,6 +208,12 @@ struct State {
     final_record: Option<ExitRecord>,
     /// Control clients waiting for `final_record`.
     waiters: usize,
+    /// A hibernation is saving the guest's state.
+    hibernating: bool,
+    /// The guest's state was saved completely; QEMU is quitting.
+    hibernated: bool,
+    /// The saved state this run was to resume from could not be loaded.
+    resume_failed: bool,
 }
 
 struct Supervisor {
@@ -635,7 +332,7 @@ impl Supervisor {
         }
     }
 
-    fn handle(&self, request: ControlRequest) -> ControlResponse {
+    fn handle(self: &Arc<Self>, request: ControlRequest) -> ControlResponse {
         match request {
             ControlRequest::Status => ControlResponse::ok(json!(self.status())),
             ControlRequest::Stop { force, wait } => {
@@ -655,8 +352,13 @@ impl Supervisor {
                 drop(st);
                 ControlResponse::ok(json!(record))
             }
+            ControlRequest::Hibernate => self.start_hibernation(),
             ControlRequest::Reboot => {
-                if self.lock().stop_requested {
+                let stopping = {
+                    let st = self.lock();
+                    st.stop_requested || st.hibernating
+                };
+                if stopping {
                     return ControlResponse::err("The instance is stopping");
                 }
                 match self.qmp() {
@@ -682,6 +384,58 @@ impl Supervisor {
                     Err(e) => ControlResponse::err(e),
                 },
             },
+        }
+    }
+
+    /// Starts saving the guest's state in a thread of its own (see
+    /// [`hibernate`]); once saved, QEMU quits and the run ends
+    /// `hibernated`. If it cannot be saved, the guest runs on and is
+    /// stopped the ordinary way, as EC2 does when a hibernation fails.
+    fn start_hibernation(self: &Arc<Self>) -> ControlResponse {
+        let (Some(dest), Some(tmp)) = (
+            self.spec.hibernation_state.clone(),
+            self.spec.hibernation_state_tmp.clone(),
+        ) else {
+            return ControlResponse::err("The instance is not enabled for hibernation");
+        };
+        let Some(qmp) = self.qmp() else {
+            return ControlResponse::err("QEMU's QMP socket is not connected");
+        };
+        {
+            let mut st = self.lock();
+            if st.stop_requested || st.hibernating || st.qemu_exit.is_some() {
+                return ControlResponse::err("The instance is stopping");
+            }
+            st.hibernating = true;
+        }
+        self.events.append(Event::HibernateRequested);
+        tracing::info!("hibernating to {}", dest.display());
+        let sup = Arc::clone(self);
+        let worker = std::thread::Builder::new()
+            .name("hibernate".into())
+            .spawn(move || match hibernate::save(&qmp, &tmp, &dest) {
+                Ok(size) => {
+                    tracing::info!(size, "guest state saved");
+                    sup.lock().hibernated = true;
+                    sup.request_stop(true, "hibernate");
+                }
+                Err(e) => {
+                    let detail = e.detail();
+                    tracing::error!("hibernation failed: {detail}; stopping instead");
+                    sup.events.append(Event::HibernateFailed { detail });
+                    if let Err(e) = qmp.execute_with_timeout("cont", None, QMP_TIMEOUT) {
+                        tracing::warn!("cont after a failed hibernation: {e}");
+                    }
+                    sup.lock().hibernating = false;
+                    sup.request_stop(false, "hibernate");
+                }
+            });
+        match worker {
+            Ok(_) => ControlResponse::ok(json!({"hibernating": true})),
+            Err(e) => {
+                self.lock().hibernating = false;
+                ControlResponse::err(format!("Could not start the hibernation: {e}"))
+            }
         }
     }
 
@@ -725,6 +479,12 @@ impl Supervisor {
         let by_guest = shutdown.and_then(QmpEvent::guest) == Some(true);
         if !qmp_connected {
             return ExitReason::StartFailed;
+        }
+        if st.hibernated {
+            return ExitReason::Hibernated;
+        }
+        if st.resume_failed {
+            return ExitReason::ResumeFailed;
         }
         if st.ended_by_us {
             return ExitReason::Forced;
@@ -799,6 +559,9 @@ pub fn run(launch_spec_path: &Path) -> Result<ExitRecord, SupervisorError> {
             ended_by_us: false,
             final_record: None,
             waiters: 0,
+            hibernating: false,
+            hibernated: false,
+            resume_failed: false,
         }),
         changed: Condvar::new(),
     });
@@ -950,6 +713,9 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
         }
     }
     let qmp_connected = start_failure.is_none();
+    if qmp_connected && spec.resume {
+        resume(sup);
+    }
 
     coordinate(sup);
 
@@ -975,6 +741,28 @@ fn supervise(sup: &Arc<Supervisor>) -> Result<ExitRecord, SupervisorError> {
     };
     st.qmp = None;
     Ok(record)
+}
+
+/// Loads the saved state this run was started to resume from (see
+/// [`hibernate::resume`]); if it cannot be loaded, QEMU is ended and the
+/// run ends `resume-failed`.
+fn resume(sup: &Arc<Supervisor>) {
+    let (Some(path), Some(qmp)) = (sup.spec.hibernation_state.clone(), sup.qmp()) else {
+        return;
+    };
+    match hibernate::resume(&qmp, &path) {
+        Ok(()) => {
+            tracing::info!("resumed from {}", path.display());
+            sup.events.append(Event::Resumed);
+        }
+        Err(e) => {
+            tracing::error!("could not resume: {}", e.detail());
+            let mut st = sup.lock();
+            st.resume_failed = true;
+            st.ended_by_us = true;
+            sup.signal_qemu(&st, Signal::SIGKILL);
+        }
+    }
 }
 
 /// What the coordinator does next, outside the state lock.
@@ -1267,507 +1055,4 @@ fn install_stop_signals(sup: &Arc<Supervisor>) -> Result<(), SupervisorError> {
             source,
         })?;
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// Starting a supervisor
-
-/// Starts `amirun_exe __supervise <launch_spec_path>` as a daemon and
-/// returns its pid: in its own session, not a child of the caller (double
-/// fork, so a long-running caller collects no zombies), stdin `/dev/null`,
-/// stdout and stderr appended to the spec's `supervisor_log`. The caller may
-/// exit at once; the instance keeps running.
-///
-/// The supervisor has not necessarily taken its pid file yet when this
-/// returns; use [`probe`] to see it come up.
-pub fn spawn_detached(amirun_exe: &Path, launch_spec_path: &Path) -> Result<u32, SupervisorError> {
-    let spec = LaunchSpec::read(launch_spec_path)?;
-    let log_path = &spec.supervisor_log;
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir).map_err(SupervisorError::io("create", dir))?;
-    }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(SupervisorError::io("open", log_path))?;
-    let spawn_err = |source: std::io::Error| SupervisorError::Spawn {
-        program: amirun_exe.to_owned(),
-        source,
-    };
-    let (pid_read, pid_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
-    let pid_write_fd = pid_write.as_raw_fd();
-
-    let mut cmd = Command::new(amirun_exe);
-    cmd.arg(SUPERVISE_SUBCOMMAND)
-        .arg(launch_spec_path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(spawn_err)?)
-        .stderr(log);
-    // SAFETY: only async-signal-safe calls (setsid, fork, write, _exit);
-    // the pid is formatted into a stack buffer, without allocating.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid()?;
-            match nix::unistd::fork()? {
-                nix::unistd::ForkResult::Parent { child } => {
-                    let bytes = (child.as_raw() as u32).to_le_bytes();
-                    let fd = std::os::fd::BorrowedFd::borrow_raw(pid_write_fd);
-                    let _ = nix::unistd::write(fd, &bytes);
-                    nix::libc::_exit(0);
-                }
-                // The grandchild goes on to exec the supervisor; its copy
-                // of the pipe closes on exec.
-                nix::unistd::ForkResult::Child => Ok(()),
-            }
-        });
-    }
-    let mut intermediate = cmd.spawn().map_err(spawn_err)?;
-    drop(pid_write);
-    let _ = intermediate.wait();
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(pid_read.as_raw_fd(), &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(spawn_err(e.into())),
-        }
-    }
-    if got != buf.len() {
-        return Err(spawn_err(std::io::Error::other(
-            "the supervisor's pid never came back from the fork",
-        )));
-    }
-    Ok(u32::from_le_bytes(buf))
-}
-
-// ---------------------------------------------------------------------------
-// Talking to a supervisor
-
-/// What went wrong talking to a supervisor.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Nobody answers on the control socket (the supervisor is not running).
-    #[error("Could not connect to the supervisor at {path}")]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The connection failed midway.
-    #[error("Lost the connection to the supervisor")]
-    Io(#[from] std::io::Error),
-    /// The supervisor answered something unreadable, or hung up.
-    #[error("Unexpected answer from the supervisor: {0}")]
-    Protocol(String),
-    /// The supervisor refused the request.
-    #[error("The supervisor refused: {0}")]
-    Refused(String),
-}
-
-/// A connection to one supervisor's control socket.
-pub struct SupervisorClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl SupervisorClient {
-    /// How long a request other than a waiting stop may take.
-    const TIMEOUT: Duration = Duration::from_secs(60);
-
-    /// Connects to a control socket ([`Paths::control_socket`]).
-    pub fn connect(control_socket: &Path) -> Result<Self, ClientError> {
-        let writer =
-            UnixStream::connect(control_socket).map_err(|source| ClientError::Connect {
-                path: control_socket.to_owned(),
-                source,
-            })?;
-        let reader = BufReader::new(writer.try_clone()?);
-        Ok(SupervisorClient { reader, writer })
-    }
-
-    /// Sends one request and returns its result.
-    pub fn request(&mut self, request: &ControlRequest) -> Result<Value, ClientError> {
-        let waits = matches!(request, ControlRequest::Stop { wait: true, .. });
-        self.writer
-            .set_read_timeout((!waits).then_some(Self::TIMEOUT))?;
-        let mut line = serde_json::to_vec(request).expect("requests serialise");
-        line.push(b'\n');
-        self.writer.write_all(&line)?;
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer)? == 0 {
-            return Err(ClientError::Protocol("the supervisor hung up".into()));
-        }
-        let response: ControlResponse = serde_json::from_str(&answer)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {}", answer.trim())))?;
-        if response.ok {
-            Ok(response.result.unwrap_or(Value::Null))
-        } else {
-            Err(ClientError::Refused(
-                response.error.unwrap_or_else(|| "no reason given".into()),
-            ))
-        }
-    }
-
-    /// The supervisor's [`StatusReport`].
-    pub fn status(&mut self) -> Result<StatusReport, ClientError> {
-        let v = self.request(&ControlRequest::Status)?;
-        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
-    /// Starts a stop (graceful, or with `force` at once) and returns as soon
-    /// as it is under way.
-    pub fn stop(&mut self, force: bool) -> Result<(), ClientError> {
-        self.request(&ControlRequest::Stop { force, wait: false })
-            .map(drop)
-    }
-
-    /// Stops and waits until QEMU has exited and the supervisor has removed
-    /// its pid file and control socket; returns the `exited` record.
-    pub fn stop_and_wait(&mut self, force: bool) -> Result<ExitRecord, ClientError> {
-        let v = self.request(&ControlRequest::Stop { force, wait: true })?;
-        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
-    /// Resets the machine (see the module doc on rebooting).
-    pub fn reboot(&mut self) -> Result<(), ClientError> {
-        self.request(&ControlRequest::Reboot).map(drop)
-    }
-
-    /// Takes a live snapshot inside the supervisor ([`super::live_snapshot`]).
-    pub fn live_snapshot(
-        &mut self,
-        request: super::live_snapshot::LiveSnapshotRequest,
-    ) -> Result<super::live_snapshot::LiveSnapshotReply, ClientError> {
-        let request = ControlRequest::LiveSnapshot(request);
-        self.writer.set_read_timeout(Some(Self::TIMEOUT))?;
-        let mut line = serde_json::to_vec(&request).expect("requests serialise");
-        line.push(b'\n');
-        self.writer.write_all(&line)?;
-        // The supervisor finishes the snapshot even if this process dies now.
-        let _ = crate::failpoint::hit("live-snapshot:sent");
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer)? == 0 {
-            return Err(ClientError::Protocol("the supervisor hung up".into()));
-        }
-        let response: ControlResponse = serde_json::from_str(&answer)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {}", answer.trim())))?;
-        if !response.ok {
-            return Err(ClientError::Refused(
-                response.error.unwrap_or_else(|| "no reason given".into()),
-            ));
-        }
-        serde_json::from_value(response.result.unwrap_or(Value::Null))
-            .map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
-    /// Runs a QMP command through the supervisor and returns its `return` value.
-    pub fn qmp(&mut self, execute: &str, arguments: Option<Value>) -> Result<Value, ClientError> {
-        self.request(&ControlRequest::Qmp {
-            execute: execute.to_owned(),
-            arguments,
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Live facts
-
-/// What is true of an instance's processes right now, read from its pid
-/// file, its event log and `/proc`; the service reconciles stored state
-/// with this on every read.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LiveState {
-    /// The pid file names a live process that is this instance's supervisor.
-    pub supervisor_alive: bool,
-    /// The pid in the pid file, if there is one (alive or not).
-    pub supervisor_pid: Option<u32>,
-    /// The current run's QEMU is alive.
-    pub qemu_alive: bool,
-    /// The current run's QEMU pid (from its `qemu-started` record).
-    pub qemu_pid: Option<u32>,
-    /// The current run's `exited` record; `None` while running, and also
-    /// when a supervisor died without writing one (killed with `-9`).
-    pub last_exit: Option<ExitRecord>,
-    /// When `last_exit` was recorded.
-    pub last_exit_at: Option<DateTime<Utc>>,
-}
-
-/// Reads the live facts of `instance_id` (see [`LiveState`]).
-///
-/// A pid counts as alive when `/proc/<pid>` exists, is not a zombie, and its
-/// command line is the right program for this instance: `__supervise` and
-/// the instance id for the supervisor, the instance id for QEMU (whose argv
-/// names its QMP socket under the instance dir). The "current run" is
-/// everything after the last `supervisor-started` record.
-pub fn probe(paths: &Paths, instance_id: &str) -> LiveState {
-    let mut live = LiveState::default();
-    live.supervisor_pid = std::fs::read_to_string(paths.supervisor_pid(instance_id))
-        .ok()
-        .and_then(|t| t.trim().parse().ok());
-    live.supervisor_alive = live.supervisor_pid.is_some_and(|pid| {
-        process_matches(pid, |args| {
-            args.iter().any(|a| a == SUPERVISE_SUBCOMMAND)
-                && args.iter().any(|a| a.contains(instance_id))
-        })
-    });
-    for record in read_events(&paths.events(instance_id)).unwrap_or_default() {
-        match record.event {
-            Event::SupervisorStarted { .. } => {
-                live.qemu_pid = None;
-                live.last_exit = None;
-                live.last_exit_at = None;
-            }
-            Event::QemuStarted { pid } => live.qemu_pid = Some(pid),
-            Event::Exited(exit) => {
-                live.last_exit = Some(exit);
-                live.last_exit_at = Some(record.ts);
-            }
-            _ => {}
-        }
-    }
-    live.qemu_alive = live.last_exit.is_none()
-        && live.qemu_pid.is_some_and(|pid| {
-            process_matches(pid, |args| args.iter().any(|a| a.contains(instance_id)))
-        });
-    live
-}
-
-/// Holds an instance's pid file lock while no supervisor does: proof that
-/// no supervisor runs the instance and that none can start while the
-/// returned lock is held (a supervisor starting meanwhile fails to take its
-/// pid file). `None` when a supervisor holds it.
-///
-/// Whoever decides from this that a launch was abandoned before its
-/// supervisor ran removes the launch spec before dropping the fence, so a
-/// supervisor spawned for it that takes the pid file afterwards sees its
-/// launch withdrawn and exits without starting QEMU.
-pub fn fence(paths: &Paths, instance_id: &str) -> std::io::Result<Option<Flock<File>>> {
-    use std::os::unix::fs::MetadataExt;
-    let path = paths.supervisor_pid(instance_id);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-            Err((_, errno)) => return Err(errno.into()),
-        };
-        // A supervisor that was exiting may have removed the file we opened:
-        // then the lock guards nothing; take the file now at the path.
-        let ours = lock.metadata()?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => return Ok(Some(lock)),
-            _ => continue,
-        }
-    }
-}
-
-/// The pids of live QEMU processes running `instance_id` (found in /proc by
-/// their command line), whatever the records say.
-pub fn qemu_pids(instance_id: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            process_matches(pid, |args| {
-                args.first().is_some_and(|a| a.contains("qemu-system"))
-                    && args.iter().any(|a| a.contains(instance_id))
-            })
-        })
-        .collect()
-}
-
-/// Whether `pid` is a live (not zombie) process whose argv satisfies `check`.
-fn process_matches(pid: u32, check: impl Fn(&[String]) -> bool) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name, which may contain
-    // spaces or parentheses itself.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X") | Some("x")) {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
-        return false;
-    };
-    let args: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    check(&args)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_serialise_as_documented() {
-        let line = |event| {
-            let v = serde_json::to_value(EventRecord {
-                ts: Utc::now(),
-                event,
-            })
-            .unwrap();
-            assert!(v["ts"].as_str().unwrap().ends_with('Z'), "{v}");
-            v
-        };
-        let v = line(Event::QemuStarted { pid: 42 });
-        assert_eq!(v["event"], "qemu-started");
-        assert_eq!(v["pid"], 42);
-        assert_eq!(line(Event::GuestRunning)["event"], "guest-running");
-        let v = line(Event::Exited(ExitRecord {
-            reason: ExitReason::QemuKilled,
-            exit_status: Some(ExitStatusRecord::Signal(9)),
-            qemu_pid: Some(7),
-            shutdown_reason: None,
-            detail: None,
-        }));
-        assert_eq!(
-            v.as_object().unwrap().keys().collect::<Vec<_>>(),
-            ["ts", "event", "reason", "exit_status", "qemu_pid"]
-        );
-        assert_eq!(v["reason"], "qemu-killed");
-        assert_eq!(v["exit_status"], json!({"signal": 9}));
-
-        for reason in [
-            ExitReason::GuestShutdown,
-            ExitReason::StopRequested,
-            ExitReason::Forced,
-            ExitReason::QemuCrashed,
-            ExitReason::QemuKilled,
-            ExitReason::StartFailed,
-        ] {
-            assert_eq!(json!(reason), json!(reason.as_str()));
-        }
-    }
-
-    #[test]
-    fn unknown_events_and_torn_lines_are_tolerated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        std::fs::write(
-            &path,
-            concat!(
-                r#"{"ts":"2024-01-01T00:00:00Z","event":"supervisor-started","pid":1}"#,
-                "\n",
-                r#"{"ts":"2024-01-01T00:00:01Z","event":"imds-started","port":80}"#,
-                "\n",
-                r#"{"ts":"2024-01-01T00:00:02Z","event":"exited","reason":"forced","exit_status":{"code":0},"qemu_pid":5}"#,
-                "\n",
-                r#"{"ts":"2024-01-01T00:00:03Z","ev"#,
-            ),
-        )
-        .unwrap();
-        let events = read_events(&path).unwrap();
-        assert_eq!(events.len(), 3);
-        assert_eq!(events[1].event, Event::Other);
-        assert!(matches!(&events[2].event, Event::Exited(r) if r.reason == ExitReason::Forced));
-    }
-
-    #[test]
-    fn probe_takes_the_exit_of_the_current_run_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path(), dir.path().join("run"));
-        let id = "i-0123456789abcdef0";
-        std::fs::create_dir_all(paths.instance_dir(id)).unwrap();
-        let log = EventLog::open(&paths.events(id)).unwrap();
-        log.append(Event::SupervisorStarted { pid: 1 });
-        log.append(Event::QemuStarted { pid: 2 });
-        log.append(Event::Exited(ExitRecord {
-            reason: ExitReason::GuestShutdown,
-            exit_status: Some(ExitStatusRecord::Code(0)),
-            qemu_pid: Some(2),
-            shutdown_reason: Some("guest-shutdown".into()),
-            detail: None,
-        }));
-        let live = probe(&paths, id);
-        assert_eq!(live.last_exit.unwrap().reason, ExitReason::GuestShutdown);
-        assert!(!live.supervisor_alive && !live.qemu_alive);
-
-        // A later run whose supervisor vanished without a record.
-        log.append(Event::SupervisorStarted { pid: 3 });
-        std::fs::write(paths.supervisor_pid(id), "3\n").unwrap();
-        let live = probe(&paths, id);
-        assert_eq!(live.last_exit, None);
-        assert_eq!(live.supervisor_pid, Some(3));
-        assert_eq!(live.qemu_pid, None);
-    }
-
-    #[test]
-    fn probe_does_not_mistake_another_process_for_the_supervisor() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path(), dir.path().join("run"));
-        let id = "i-0123456789abcdef0";
-        std::fs::create_dir_all(paths.instance_dir(id)).unwrap();
-        // This test process is alive but is no supervisor.
-        std::fs::write(
-            paths.supervisor_pid(id),
-            format!("{}\n", std::process::id()),
-        )
-        .unwrap();
-        assert!(!probe(&paths, id).supervisor_alive);
-    }
-
-    #[test]
-    fn control_requests_parse_from_the_documented_lines() {
-        let parse = |s: &str| serde_json::from_str::<ControlRequest>(s).unwrap();
-        assert_eq!(parse(r#"{"op":"status"}"#), ControlRequest::Status);
-        assert_eq!(
-            parse(r#"{"op":"stop","force":false}"#),
-            ControlRequest::Stop {
-                force: false,
-                wait: false
-            }
-        );
-        assert_eq!(parse(r#"{"op":"reboot"}"#), ControlRequest::Reboot);
-        assert_eq!(
-            parse(r#"{"op":"qmp","execute":"query-block"}"#),
-            ControlRequest::Qmp {
-                execute: "query-block".into(),
-                arguments: None
-            }
-        );
-    }
-
-    #[test]
-    fn launch_spec_round_trips_with_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path(), dir.path().join("run"));
-        let spec = LaunchSpec::new(
-            &paths,
-            "i-0123456789abcdef0",
-            "qemu-system-x86_64".into(),
-            vec!["-nodefaults".into()],
-        );
-        assert_eq!(
-            spec.control_socket,
-            paths.control_socket("i-0123456789abcdef0")
-        );
-        let path = dir.path().join("launch.json");
-        spec.write(&path).unwrap();
-        assert_eq!(LaunchSpec::read(&path).unwrap(), spec);
-
-        let mut v = serde_json::to_value(&spec).unwrap();
-        v.as_object_mut().unwrap().remove("stop_timeout_secs");
-        std::fs::write(&path, v.to_string()).unwrap();
-        assert_eq!(LaunchSpec::read(&path).unwrap().stop_timeout_secs, 60);
-    }
 }

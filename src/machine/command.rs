@@ -4,7 +4,10 @@
 
 use super::net::{is_unicast_mac, netdev};
 use super::qemu_opts::{ArgError, Argv, OptList};
-use super::{disk_node_name, Accel, Arch, Boot, DiskFormat, DiskSpec, MachineError, MachineSpec};
+use super::{
+    disk_node_name, tb_cache_mib, Accel, Arch, Boot, DiskFormat, DiskSpec, MachineError,
+    MachineSpec, TbCache,
+};
 use std::path::{Path, PathBuf};
 
 /// A program and its arguments, ready for [`std::process::Command`].
@@ -102,10 +105,19 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
     a.opt("-machine", machine);
     // Accelerator chosen by `choose_accel`. TCG's thread mode is left to
     // QEMU: multi-threaded is already its default for these guest/host pairs.
-    a.opt(
-        "-accel",
-        OptList::new(spec.accel.qemu_name()).map_err(arg("accel"))?,
-    );
+    // TCG's translation cache is sized for the guest (see `TbCache`).
+    let mut accel = OptList::new(spec.accel.qemu_name()).map_err(arg("accel"))?;
+    if spec.accel == Accel::Tcg {
+        let mib = match spec.tb_cache {
+            TbCache::ForGuest => Some(tb_cache_mib(spec.memory_mib)),
+            TbCache::QemuDefault => None,
+            TbCache::Mib(n) => Some(n),
+        };
+        if let Some(mib) = mib {
+            accel = accel.set("tb-size", mib).map_err(arg("tb_cache"))?;
+        }
+    }
+    a.opt("-accel", accel);
     // CPU: the host's under KVM; under TCG `max` (every feature TCG can
     // emulate), and on arm64 with the cheap pointer-auth algorithm: QEMU 7.2
     // defaults to QARMA, which makes an arm64 boot 3-4x slower (HOST.md).
@@ -215,14 +227,16 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
     );
 
     // Console: the first serial port (ttyS0 / ttyAMA0) to a log file, the
-    // source of GetConsoleOutput. Truncated at each QEMU start.
-    a.opt(
-        "-chardev",
-        OptList::new("file")
-            .and_then(|c| c.set("id", "serial0"))
-            .and_then(|c| c.path("path", &spec.serial_log))
-            .map_err(arg("serial_log"))?,
-    );
+    // source of GetConsoleOutput. Truncated at each boot; a resumed guest
+    // carries on writing after what it wrote before it hibernated.
+    let mut serial = OptList::new("file")
+        .and_then(|c| c.set("id", "serial0"))
+        .and_then(|c| c.path("path", &spec.serial_log))
+        .map_err(arg("serial_log"))?;
+    if spec.incoming {
+        serial = serial.switch("append", true).map_err(arg("serial_log"))?;
+    }
+    a.opt("-chardev", serial);
     a.raw("-serial", "chardev:serial0")
         .map_err(arg("serial_log"))?;
     // QMP for the supervisor; `wait=off` so QEMU starts without a client.
@@ -253,6 +267,11 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
             .and_then(|s| s.set("uuid", &spec.smbios.uuid))
             .map_err(arg("smbios"))?,
     );
+
+    // A resume: wait paused for `migrate-incoming` from the supervisor.
+    if spec.incoming {
+        a.raw("-incoming", "defer").map_err(arg("incoming"))?;
+    }
 
     Ok(QemuCommand {
         program: spec.arch.qemu_binary().to_string(),
@@ -415,6 +434,8 @@ mod tests {
             qmp_socket: "/s/instances/i-0123456789abcdef0/qmp.sock".into(),
             serial_log: "/s/instances/i-0123456789abcdef0/serial.log".into(),
             smbios: SmbiosIdentity::for_instance(ID, "t3.micro"),
+            tb_cache: TbCache::ForGuest,
+            incoming: false,
         }
     }
 
@@ -489,7 +510,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine q35,pflash0=fw-code,pflash1=fw-vars",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=32",
                     "-cpu max",
                     "-smp 2",
                     "-m 1024M",
@@ -547,7 +568,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine q35",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=32",
                     "-cpu max",
                     "-smp 2",
                     "-m 1024M",
@@ -581,7 +602,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine virt,gic-version=3,pflash0=fw-code,pflash1=fw-vars",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=32",
                     "-cpu max,pauth-impdef=on",
                     "-smp 2",
                     "-m 1024M",
@@ -624,7 +645,7 @@ mod tests {
                     "-no-user-config",
                     "-display none",
                     "-machine virt,gic-version=3",
-                    "-accel tcg",
+                    "-accel tcg,tb-size=32",
                     "-cpu max,pauth-impdef=on",
                     "-smp 2",
                     "-m 1024M",
@@ -714,6 +735,52 @@ mod tests {
         assert!(cmd
             .args
             .contains(&"file,id=serial0,path=/tmp/x,,id=evil".to_string()));
+    }
+
+    #[test]
+    fn tcg_cache_is_sized_for_the_guest_and_a_resume_waits_for_its_state() {
+        let accel = |spec: &MachineSpec| -> String {
+            let cmd = qemu_command(spec).unwrap();
+            let i = cmd.args.iter().position(|a| a == "-accel").unwrap();
+            cmd.args[i + 1].clone()
+        };
+        let mut spec = base(Arch::X86_64, uefi());
+        spec.memory_mib = 512;
+        assert_eq!(accel(&spec), "tcg,tb-size=16");
+        spec.memory_mib = 16 * 1024;
+        assert_eq!(accel(&spec), "tcg,tb-size=256");
+        spec.tb_cache = TbCache::QemuDefault;
+        assert_eq!(accel(&spec), "tcg");
+        spec.tb_cache = TbCache::Mib(48);
+        assert_eq!(accel(&spec), "tcg,tb-size=48");
+        spec.accel = Accel::Kvm;
+        assert_eq!(accel(&spec), "kvm");
+
+        let spec = base(Arch::X86_64, uefi());
+        let cold = lines(&qemu_command(&spec).unwrap());
+        assert!(!cold.iter().any(|l| l.starts_with("-incoming")));
+        let resume = lines(
+            &qemu_command(&MachineSpec {
+                incoming: true,
+                ..spec
+            })
+            .unwrap(),
+        );
+        assert_eq!(resume.last().unwrap(), "-incoming defer");
+        assert!(resume.contains(
+            &"-chardev file,id=serial0,path=/s/instances/i-0123456789abcdef0/serial.log,append=on"
+                .to_string()
+        ));
+        // Otherwise the same machine: a state loads only into its twin.
+        let same: Vec<_> = resume
+            .iter()
+            .filter(|l| !l.starts_with("-incoming") && !l.starts_with("-chardev file"))
+            .collect();
+        let cold_same: Vec<_> = cold
+            .iter()
+            .filter(|l| !l.starts_with("-chardev file"))
+            .collect();
+        assert_eq!(same, cold_same);
     }
 
     #[test]

@@ -289,6 +289,38 @@ pub struct MachineSpec {
     pub serial_log: PathBuf,
     /// SMBIOS identity.
     pub smbios: SmbiosIdentity,
+    /// TCG's translation-block cache; ignored under KVM.
+    pub tb_cache: TbCache,
+    /// Start paused, waiting for a saved state to be loaded over QMP
+    /// (`-incoming defer`, then `migrate-incoming`): a resume from
+    /// hibernation. The rest of the argv is the same as for a cold boot.
+    pub incoming: bool,
+}
+
+/// How big TCG's translation-block cache is (`-accel tcg,tb-size=MiB`).
+///
+/// QEMU 5.0 and later reserve 1 GiB for it in system emulation, and a
+/// guest's QEMU fills much of that with code it translated once at boot
+/// (firmware, kernel init): a t3.nano (0.5 GiB guest) QEMU held 322 MB
+/// RSS. Sized for the guest's memory instead ([`tb_cache_mib`]), the
+/// cache is flushed and refilled when full, which costs little for the
+/// small working sets of these guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TbCache {
+    /// Sized for the guest by [`tb_cache_mib`] (the default).
+    #[default]
+    ForGuest,
+    /// QEMU's own default (no `tb-size`), for comparison in benchmarks.
+    QemuDefault,
+    /// This many MiB.
+    Mib(u32),
+}
+
+/// The translation-block cache for a guest of `memory_mib`: 1/32 of its
+/// memory, at least 16 MiB and at most 256 MiB (t3.nano: 16 MiB, t3.micro:
+/// 32 MiB, 8 GiB and more: 256 MiB).
+pub fn tb_cache_mib(memory_mib: u64) -> u32 {
+    (memory_mib / 32).clamp(16, 256) as u32
 }
 
 #[cfg(test)]

@@ -605,6 +605,7 @@ impl Service {
                 StopInstancesRequest {
                     instance_ids: vec![id.to_string()],
                     force: None,
+                    hibernate: None,
                 },
             )?;
             self.wait_state(caller, id, InstanceStateName::Stopped, deadline)?;

@@ -172,6 +172,7 @@ impl Service {
                 super::instances::StopInstancesRequest {
                     instance_ids: vec![id.clone()],
                     force: None,
+                    hibernate: None,
                 },
             )?;
             let made = self

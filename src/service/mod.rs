@@ -17,6 +17,7 @@ pub mod baking;
 pub mod boot_test;
 pub mod error;
 pub mod filter;
+pub mod hibernation;
 pub mod images;
 mod imds_config;
 pub mod import_policy;
@@ -122,6 +123,10 @@ pub struct ServiceOptions {
     /// The accelerator `RunInstances` asks for (`--accel` / `AMIRUN_ACCEL`,
     /// default `auto`): amirun's own setting, never a request member.
     pub launch_accel: crate::machine::AccelRequest,
+    /// TCG's translation cache per guest (`AMIRUN_TCG_TB_MIB`: MiB, or
+    /// `qemu` for QEMU's own default; unset: sized for the guest, see
+    /// [`crate::machine::TbCache`]). For benchmarks.
+    pub tb_cache: crate::machine::TbCache,
 }
 
 impl Default for ServiceOptions {
@@ -136,6 +141,7 @@ impl Default for ServiceOptions {
             nocloud_seed: true,
             default_outbound: crate::machine::Outbound::Nat,
             launch_accel: crate::machine::AccelRequest::default(),
+            tb_cache: crate::machine::TbCache::ForGuest,
         }
     }
 }
@@ -166,6 +172,17 @@ impl ServiceOptions {
                     );
                     defaults.default_outbound
                 }),
+            },
+            tb_cache: match var("AMIRUN_TCG_TB_MIB").as_deref() {
+                None => defaults.tb_cache,
+                Some("qemu") => crate::machine::TbCache::QemuDefault,
+                Some(v) => match v.parse::<u32>() {
+                    Ok(mib) if mib > 0 => crate::machine::TbCache::Mib(mib),
+                    _ => {
+                        tracing::warn!("AMIRUN_TCG_TB_MIB={v} is neither MiB nor 'qemu'; ignored");
+                        defaults.tb_cache
+                    }
+                },
             },
             ..defaults
         }

@@ -44,6 +44,9 @@
 //! the record is read again under the lock, so a writer that committed
 //! meanwhile keeps its file): temporary and unrecorded files in
 //! `snapshots/`, unrecorded volumes and stray `*.next.qcow2` in `volumes/`,
+//! hibernation states (`volumes/<i-id>.hibernation`) of instances that are
+//! gone, incomplete ones (`….hibernation.tmp`) unless their instance may be
+//! hibernating right now (recorded neither stopped nor terminated),
 //! `instances/<id>/` and runtime `<id>/` directories of instances with no
 //! record, temporary files of finished fetches in `blobs/tmp/`, and lock
 //! files in `locks/` of objects that have no record. VPC networks (runtime
@@ -56,8 +59,9 @@
 
 use super::object_lock::try_lock;
 use super::{Error, ErrorCode, Result, Service};
-use crate::domain::{ImageStateName, SnapshotStateName};
+use crate::domain::{ImageStateName, InstanceStateName, SnapshotStateName};
 use crate::ids::{self, IdKind};
+use crate::paths::Paths;
 use crate::store::SnapshotState;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -286,6 +290,14 @@ impl Service {
             }
         }
         for (name, path) in volumes {
+            if let Some((id, complete)) = Paths::parse_hibernation_state(&name) {
+                if ids::is_well_formed(IdKind::Instance, id)
+                    && (!complete || !inst_ids.contains(id))
+                {
+                    candidates.push((id.to_string(), path, Kind::Hibernation { complete }));
+                }
+                continue;
+            }
             let id = id_of(&name).to_string();
             if !ids::is_well_formed(IdKind::Volume, &id) {
                 continue;
@@ -321,6 +333,12 @@ impl Service {
                         }
                     }
                     Kind::Instance => db.instance(&id)?.is_some(),
+                    // A saved state belongs to its instance until it
+                    // terminates; one being written, while it is stopping.
+                    Kind::Hibernation { complete } => db.instance(&id)?.is_some_and(|i| {
+                        i.state != InstanceStateName::Terminated
+                            && (complete || i.state != InstanceStateName::Stopped)
+                    }),
                 })
             })?;
             if owned {
@@ -428,9 +446,17 @@ impl Service {
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    Snapshot { canonical: bool },
-    Volume { canonical: bool },
+    Snapshot {
+        canonical: bool,
+    },
+    Volume {
+        canonical: bool,
+    },
     Instance,
+    /// A hibernation state file (`complete`: under its final name).
+    Hibernation {
+        complete: bool,
+    },
 }
 
 fn remove(path: &Path) {

@@ -58,6 +58,9 @@ pub struct InstanceState {
     pub launch_index: u32,
     /// EC2 MetadataOptions as JSON.
     pub metadata_options: serde_json::Value,
+    /// Hibernation as JSON (`service::hibernation` reads it); `Null` when
+    /// the instance was not launched for hibernation.
+    pub hibernation: serde_json::Value,
     pub devices: Vec<InstanceDevice>,
     /// When the record last changed.
     pub updated: String,
@@ -66,9 +69,9 @@ pub struct InstanceState {
 const INSTANCE_COLUMNS: &str = "instance_id, region, owner_id, reservation_id, image_id, \
     instance_type, architecture, boot_mode, root_device_type, root_device_name, state, \
     state_reason, state_transition_reason, launch_time, key_name, user_data, shutdown_behavior, \
-    accel, accel_reason, ssh_port, imds_port, launch_index, metadata_options, devices, updated";
+    accel, accel_reason, ssh_port, imds_port, launch_index, metadata_options, devices, updated, hibernation";
 
-struct InstanceRow(InstanceState, String, String);
+struct InstanceRow(InstanceState, String, String, Option<String>);
 
 fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow(
@@ -96,17 +99,22 @@ fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
             imds_port: r.get(20)?,
             launch_index: r.get(21)?,
             metadata_options: serde_json::Value::Null,
+            hibernation: serde_json::Value::Null,
             devices: Vec::new(),
             updated: r.get(24)?,
         },
         r.get(22)?,
         r.get(23)?,
+        r.get(25)?,
     ))
 }
 
 impl InstanceRow {
     fn parse(self) -> Result<InstanceState> {
-        let InstanceRow(mut i, meta, devices) = self;
+        let InstanceRow(mut i, meta, devices, hibernation) = self;
+        if let Some(h) = hibernation {
+            i.hibernation = serde_json::from_str(&h)?;
+        }
         i.metadata_options = serde_json::from_str(&meta)?;
         i.devices = serde_json::from_str(&devices)?;
         Ok(i)
@@ -119,7 +127,7 @@ impl Db<'_> {
         self.conn.execute(
             &format!(
                 "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25) \
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26) \
                  ON CONFLICT(instance_id) DO UPDATE SET {}",
                 upsert_set(INSTANCE_COLUMNS)
             ),
@@ -149,6 +157,9 @@ impl Db<'_> {
                 to_json(&i.metadata_options)?,
                 to_json(&i.devices)?,
                 i.updated,
+                (!i.hibernation.is_null())
+                    .then(|| to_json(&i.hibernation))
+                    .transpose()?,
             ],
         )?;
         Ok(())
@@ -249,6 +260,7 @@ mod tests {
             imds_port: Some(8080),
             launch_index: 0,
             metadata_options: serde_json::json!({"HttpTokens": "required"}),
+            hibernation: serde_json::Value::Null,
             devices: vec![InstanceDevice {
                 device_name: "/dev/xvda".into(),
                 volume_id: Some("vol-1".into()),

@@ -165,4 +165,9 @@ CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
 "#,
     // 4: the VPC model (VPCs, subnets, security groups, network interfaces).
     super::vpc::MIGRATION,
+    // 5: hibernation (EC2's HibernationOptions, and the saved state a
+    // hibernated instance resumes from), as JSON; NULL when not configured.
+    r#"
+ALTER TABLE instances ADD COLUMN hibernation TEXT;
+"#,
 ];

@@ -26,20 +26,23 @@ pub(super) fn free_port(taken: &[u16]) -> Result<u16> {
 
 impl Service {
     /// [`Self::prepare_boot_with`] the guest network its tags choose now.
-    pub(super) fn prepare_boot(&mut self, i: &InstanceState) -> Result<()> {
+    pub(super) fn prepare_boot(&mut self, i: &InstanceState, resume: bool) -> Result<()> {
         let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
         let outbound = guest_outbound(
             tags.iter().map(|t| (t.key.as_str(), t.value.as_str())),
             self.options.default_outbound,
         )?;
-        self.prepare_boot_with(i, outbound)
+        self.prepare_boot_with(i, outbound, resume)
     }
 
-    /// Create the per-boot files (instance-store disks, UEFI vars) and the launch spec.
+    /// Create the per-boot files (instance-store disks, UEFI vars) and the
+    /// launch spec; with `resume`, QEMU loads the saved hibernation state
+    /// instead of booting ([`crate::service::hibernation`]).
     pub(super) fn prepare_boot_with(
         &mut self,
         i: &InstanceState,
         outbound: machine::Outbound,
+        resume: bool,
     ) -> Result<()> {
         let arch = i.architecture.machine();
         let rdir = self.paths.instance_runtime_dir(&i.instance_id);
@@ -136,6 +139,8 @@ impl Service {
             qmp_socket: self.paths.qmp_socket(&i.instance_id),
             serial_log: self.paths.serial_log(&i.instance_id),
             smbios: SmbiosIdentity::for_instance(&i.instance_id, &i.instance_type),
+            tb_cache: self.options.tb_cache,
+            incoming: resume,
         };
         let cmd = machine::qemu_command(&spec)?;
         let mut launch = LaunchSpec::new(
@@ -148,6 +153,9 @@ impl Service {
         launch.imds = Some(serde_json::to_value(&imds).expect("serializable"));
         launch.network = guest_net;
         launch.vpc = vpc;
+        if crate::service::hibernation::configured(i) {
+            launch = launch.with_hibernation(&self.paths, resume);
+        }
         launch.write(&self.paths.launch_spec(&i.instance_id))?;
         Ok(())
     }
@@ -159,7 +167,11 @@ impl Service {
     ///
     /// A guest in a VPC joins the VPC's network instead (its supervisor
     /// plugs it in, [`network::vpc`]) where amirun has the privilege; where
-    /// not, it runs isolated and the status file says why.
+    /// not, it runs isolated and the status file says why. A guest asked to
+    /// have no outbound access (`amirun:outbound=none`, or
+    /// `AMIRUN_GUEST_OUTBOUND=none`) stays isolated even in a VPC: the VPC's
+    /// internet gateway is shared by its guests, so only isolation keeps
+    /// that promise.
     pub(super) fn guest_network(
         &self,
         i: &InstanceState,
@@ -177,6 +189,12 @@ impl Service {
                 .map_err(io_error(format!("write {}", status_file.display())))?;
             Ok((machine::Outbound::None, None, None))
         };
+        if wanted == machine::Outbound::None {
+            return sealed(format!(
+                "Outbound access is off ({}=none, or AMIRUN_GUEST_OUTBOUND=none without the tag): isolated, IMDS and SSH only",
+                machine::OUTBOUND_TAG
+            ));
+        }
         if let Some(att) = vpc {
             if let Err(why) = network::vpc::available() {
                 return sealed(format!(
@@ -197,12 +215,6 @@ impl Service {
                 Some(machine::VpcNic {
                     mac: att.mac.clone(),
                 }),
-            ));
-        }
-        if wanted == machine::Outbound::None {
-            return sealed(format!(
-                "Outbound access is off ({}=none, or AMIRUN_GUEST_OUTBOUND=none without the tag): IMDS and SSH only",
-                machine::OUTBOUND_TAG
             ));
         }
         if let Err(why) = network::namespaces_available() {

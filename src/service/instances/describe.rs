@@ -54,6 +54,8 @@ pub struct Instance {
     pub cpu_options: CpuOptions,
     /// EC2's `InstanceMetadataOptionsResponse`, as recorded at launch.
     pub metadata_options: Value,
+    /// EC2's `HibernationOptions` ([`crate::service::hibernation::shape`]).
+    pub hibernation_options: Value,
     pub platform_details: String,
     pub usage_operation: String,
     #[serde(rename = "Amirun")]
@@ -224,7 +226,10 @@ pub(super) fn state_transition_reason(reason: &str, when: &str) -> String {
     let at = chrono::DateTime::parse_from_rfc3339(when)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S GMT").to_string())
         .unwrap_or_else(|_| when.to_string());
-    if reason.starts_with("Client.UserInitiatedShutdown") {
+    // A user's stop, hibernating or not.
+    if reason.starts_with("Client.UserInitiatedShutdown")
+        || reason.starts_with("Client.UserInitiatedHibernate")
+    {
         format!("User initiated ({at})")
     } else {
         format!("{reason} ({at})")
@@ -409,6 +414,7 @@ impl Service {
             },
             // EC2 says `pending` until the options are in force on a running instance.
             metadata_options: metadata_options_shown(&i.metadata_options, i.state),
+            hibernation_options: crate::service::hibernation::shape(i),
             platform_details: "Linux/UNIX".into(),
             usage_operation: "RunInstances".into(),
             amirun: InstanceFacts {

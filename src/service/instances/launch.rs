@@ -56,6 +56,9 @@ pub struct RunInstancesRequest {
     pub private_ip_address: Option<String>,
     #[serde(default)]
     pub network_interfaces: Vec<InstanceNetworkInterfaceSpecification>,
+    /// `Configured=true`: a stop may hibernate ([`crate::service::hibernation`]).
+    #[serde(default)]
+    pub hibernation_options: Option<crate::service::hibernation::HibernationOptionsRequest>,
 }
 
 impl RunInstancesRequest {
@@ -164,6 +167,8 @@ pub(super) struct LaunchPlan {
     volume_sizes: Vec<(u64, u64)>,
     /// Subnet, groups and addresses, checked before anything is made.
     network: LaunchNetworkPlan,
+    /// What to record of hibernation (`Null`: not configured).
+    hibernation: Value,
 }
 
 impl Service {
@@ -263,10 +268,11 @@ impl Service {
                 imds_port: None,
                 launch_index: index,
                 metadata_options: plan.metadata_options.clone(),
+                hibernation: plan.hibernation.clone(),
                 devices,
                 updated: launch_time.clone(),
             };
-            self.prepare_boot_with(&state, plan.outbound)?;
+            self.prepare_boot_with(&state, plan.outbound, false)?;
             failpoint("run-instances:prepared")?;
             instances.push(state);
         }
@@ -406,6 +412,18 @@ impl Service {
             let gib = volume_size_gib(&m.device_name, ebs, snapshot_gib)?;
             volume_sizes.push((gib, gib_to_bytes(gib)?));
         }
+        let root_volume_gib = mappings
+            .iter()
+            .filter(|m| m.ebs.is_some())
+            .zip(&volume_sizes)
+            .find(|(m, _)| m.device_name == image.root_device_name)
+            .map(|(_, &(gib, _))| gib);
+        let hibernation = crate::service::hibernation::check_launch(
+            input.hibernation_options.as_ref(),
+            itype,
+            image.root_device_type,
+            root_volume_gib,
+        )?;
         Ok(LaunchPlan {
             image,
             type_name,
@@ -421,6 +439,7 @@ impl Service {
             mappings,
             volume_sizes,
             network,
+            hibernation,
         })
     }
 

@@ -31,6 +31,10 @@ pub struct StopInstancesRequest {
     /// Cut the power instead of pressing the ACPI power button.
     #[serde(default)]
     pub force: Option<bool>,
+    /// Save the guest's memory instead of shutting it down (an instance
+    /// launched with `HibernationOptions.Configured`; [`crate::service::hibernation`]).
+    #[serde(default)]
+    pub hibernate: Option<bool>,
 }
 
 /// What `StartInstances` returns.
@@ -56,13 +60,16 @@ pub struct TerminateInstancesResult {
 
 impl Service {
     /// `StopInstances`: EBS-backed only; the guest gets the ACPI power button
-    /// (or is cut off at once with `force`).
+    /// (or is cut off at once with `force`); with `hibernate`, an instance
+    /// launched for hibernation saves its guest instead
+    /// ([`crate::service::hibernation`]).
     pub fn stop_instances(
         &mut self,
         caller: &Caller,
         input: StopInstancesRequest,
     ) -> Result<StopInstancesResult> {
         let (instance_ids, force) = (&input.instance_ids, input.force.unwrap_or(false));
+        let hibernate = input.hibernate.unwrap_or(false);
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
             if i.root_device_type == RootDeviceType::InstanceStore {
@@ -79,6 +86,9 @@ impl Service {
                     i.instance_id
                 )));
             }
+            if hibernate {
+                crate::service::hibernation::check_stop(i)?;
+            }
         }
         let mut changes = Vec::new();
         for mut i in instances {
@@ -93,7 +103,11 @@ impl Service {
                 i.updated = now();
                 let s = i.clone();
                 self.store.write(|db| db.put_instance(&s))?;
-                self.ask_supervisor(&i.instance_id, |c| c.stop(force))?;
+                if hibernate && previous == InstanceStateName::Running {
+                    self.ask_supervisor(&i.instance_id, |c| c.hibernate())?;
+                } else {
+                    self.ask_supervisor(&i.instance_id, |c| c.stop(force))?;
+                }
             }
             changes.push(StateChange {
                 current_state: InstanceStateShape::of(i.state),
@@ -168,10 +182,11 @@ impl Service {
                 }) {
                     i.ssh_port = Some(free_port(&taken)?);
                 }
+                let resume = self.take_resume(&mut i);
                 i.state = InstanceStateName::Pending;
                 i.state_reason = None;
                 i.updated = now();
-                self.prepare_boot(&i)?;
+                self.prepare_boot(&i, resume)?;
                 let s = i.clone();
                 self.store.write(|db| db.put_instance(&s))?;
                 if let Err(e) = self.spawn_supervisor(&i.instance_id, "start-instances") {

@@ -73,6 +73,7 @@ impl Service {
         let _ = std::fs::remove_dir_all(&runtime);
         let mut delete_files = Vec::new();
         let paths = self.paths.clone();
+        self.settle_hibernation(i, target);
         let snapshot = i.clone();
         self.store.write(|db| -> Result<()> {
             db.put_instance(&snapshot)?;
