@@ -16,6 +16,7 @@ pub enum IdKind {
     Reservation,
     KeyPair,
     ImportTask,
+    LaunchTemplate,
 }
 
 impl IdKind {
@@ -29,6 +30,7 @@ impl IdKind {
             IdKind::Reservation => "r",
             IdKind::KeyPair => "key",
             IdKind::ImportTask => "import-ami",
+            IdKind::LaunchTemplate => "lt",
         }
     }
 }

@@ -370,6 +370,40 @@ pub fn volume_serial(volume_id: &str) -> String {
     volume_id.replacen('-', "", 1)
 }
 
+/// Empty PCIe root ports every machine has for volumes attached while it
+/// runs (AttachVolume): q35's and virt's root bus takes no hot-plugged device.
+pub const HOTPLUG_PORTS: usize = 8;
+
+/// The device id of hot-plug root port `n`.
+pub fn hotplug_port(n: usize) -> String {
+    format!("hotplug{n}")
+}
+
+/// QMP `blockdev-add` arguments for a volume plugged into a running
+/// machine: the same node as a boot disk's ([`DiskSpec`], qcow2, writable,
+/// `discard=unmap`).
+pub fn hotplug_blockdev(node: &str, path: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "driver": "qcow2",
+        "node-name": node,
+        "read-only": false,
+        "discard": "unmap",
+        "file": {"driver": "file", "filename": path},
+    })
+}
+
+/// QMP `device_add` arguments for that volume's disk on root port `port`:
+/// a `virtio-blk-pci` with the volume's serial, as at boot.
+pub fn hotplug_device(id: &str, node: &str, serial: &str, port: usize) -> serde_json::Value {
+    serde_json::json!({
+        "driver": "virtio-blk-pci",
+        "id": id,
+        "drive": node,
+        "serial": serial,
+        "bus": hotplug_port(port),
+    })
+}
+
 /// The QEMU block node name of disk `index` of a spec (QMP snapshots use it).
 pub fn disk_node_name(index: usize) -> String {
     format!("disk{index}")
@@ -734,6 +768,19 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
         a.opt("-device", dev);
     }
 
+    // Root ports for volumes attached while the guest runs (one device
+    // each). No I/O window: a virtio device behind a PCIe port is
+    // modern-only, and eight 4 KiB windows would crowd the firmware's
+    // 64 KiB of I/O space.
+    for port in 0..HOTPLUG_PORTS {
+        let dev = OptList::new("pcie-root-port")
+            .and_then(|d| d.set("id", hotplug_port(port)))
+            .and_then(|d| d.set("chassis", port + 1))
+            .and_then(|d| d.set("io-reserve", 0))
+            .map_err(arg("hotplug"))?;
+        a.opt("-device", dev);
+    }
+
     a.opt("-netdev", netdev(&spec.net).map_err(arg("net"))?);
     a.opt(
         "-device",
@@ -1002,6 +1049,14 @@ mod tests {
             "-device virtio-blk-pci,id=disk1-dev,drive=disk1",
             "-blockdev driver=raw,node-name=seed,read-only=on,file.driver=file,file.filename=/s/instances/i-0123456789abcdef0/seed.img",
             "-device virtio-blk-pci,id=seed-dev,drive=seed,serial=cidata",
+            "-device pcie-root-port,id=hotplug0,chassis=1,io-reserve=0",
+            "-device pcie-root-port,id=hotplug1,chassis=2,io-reserve=0",
+            "-device pcie-root-port,id=hotplug2,chassis=3,io-reserve=0",
+            "-device pcie-root-port,id=hotplug3,chassis=4,io-reserve=0",
+            "-device pcie-root-port,id=hotplug4,chassis=5,io-reserve=0",
+            "-device pcie-root-port,id=hotplug5,chassis=6,io-reserve=0",
+            "-device pcie-root-port,id=hotplug6,chassis=7,io-reserve=0",
+            "-device pcie-root-port,id=hotplug7,chassis=8,io-reserve=0",
             "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775",
             "-device virtio-net-pci,netdev=net0",
             "-device virtio-rng-pci",

@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod launch_templates;
+mod volume_changes;
+
+pub use launch_templates::{LaunchTemplateState, LaunchTemplateVersionState};
+pub use volume_changes::{AttachIntent, VolumeModificationState, VolumePerformance};
+
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -219,6 +225,59 @@ CREATE TABLE volume_bases (
     base_snapshot_id TEXT
 );
 CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
+"#,
+    // 4: launch templates and their versions (`launch_templates`), and what
+    // volumes need beyond their row (`volume_changes`): performance,
+    // the last modification, attach/detach intents.
+    r#"
+CREATE TABLE launch_templates (
+    launch_template_id TEXT PRIMARY KEY,
+    region             TEXT NOT NULL,
+    owner_id           TEXT NOT NULL,
+    name               TEXT NOT NULL,
+    create_time        TEXT NOT NULL,
+    created_by         TEXT NOT NULL,
+    default_version    INTEGER NOT NULL,
+    latest_version     INTEGER NOT NULL,
+    UNIQUE (region, owner_id, name)
+);
+CREATE TABLE launch_template_versions (
+    launch_template_id TEXT NOT NULL REFERENCES launch_templates(launch_template_id) ON DELETE CASCADE,
+    version            INTEGER NOT NULL,
+    description        TEXT,
+    create_time        TEXT NOT NULL,
+    created_by         TEXT NOT NULL,
+    data               TEXT NOT NULL,
+    PRIMARY KEY (launch_template_id, version)
+);
+CREATE TABLE volume_performance (
+    volume_id  TEXT PRIMARY KEY,
+    iops       INTEGER,
+    throughput INTEGER
+);
+CREATE TABLE volume_modifications (
+    volume_id           TEXT PRIMARY KEY,
+    state               TEXT NOT NULL,
+    status_message      TEXT,
+    original_size       INTEGER NOT NULL,
+    target_size         INTEGER NOT NULL,
+    original_type       TEXT NOT NULL,
+    target_type         TEXT NOT NULL,
+    original_iops       INTEGER,
+    target_iops         INTEGER,
+    original_throughput INTEGER,
+    target_throughput   INTEGER,
+    start_time          TEXT NOT NULL,
+    end_time            TEXT
+);
+CREATE TABLE volume_attach_intents (
+    volume_id   TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    op          TEXT NOT NULL,
+    delete_on_termination INTEGER NOT NULL,
+    started     TEXT NOT NULL
+);
 "#,
 ];
 
@@ -1358,6 +1417,7 @@ impl Db<'_> {
     /// Delete a volume record.
     pub fn delete_volume(&self, volume_id: &str) -> Result<()> {
         self.delete_tags_of(volume_id)?;
+        self.delete_volume_changes(volume_id)?;
         self.conn
             .execute("DELETE FROM volume_bases WHERE volume_id = ?1", [volume_id])?;
         self.conn

@@ -418,6 +418,8 @@ pub enum ControlRequest {
     /// resume whatever happens, rename (see [`super::live_snapshot`]). With
     /// no disks, a barrier for a snapshot in flight.
     LiveSnapshot(super::live_snapshot::LiveSnapshotRequest),
+    /// Plug, unplug, grow or find an EBS volume's disk (see [`super::hotplug`]).
+    Disk(super::hotplug::DiskRequest),
     /// Run any QMP command and return its `return` value.
     Qmp {
         execute: String,
@@ -666,6 +668,13 @@ impl Supervisor {
                 None => ControlResponse::err("QEMU's QMP socket is not connected"),
                 Some(q) => match super::live_snapshot::take(&q, &r) {
                     Ok(reply) => ControlResponse::ok(json!(reply)),
+                    Err(e) => ControlResponse::err(e),
+                },
+            },
+            ControlRequest::Disk(r) => match self.qmp() {
+                None => ControlResponse::err("QEMU's QMP socket is not connected"),
+                Some(q) => match super::hotplug::handle(&q, &r) {
+                    Ok(v) => ControlResponse::ok(v),
                     Err(e) => ControlResponse::err(e),
                 },
             },
@@ -1457,6 +1466,11 @@ impl SupervisorClient {
         }
         serde_json::from_value(response.result.unwrap_or(Value::Null))
             .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// A disk operation in the supervisor ([`super::hotplug`]).
+    pub fn disk(&mut self, request: super::hotplug::DiskRequest) -> Result<Value, ClientError> {
+        self.request(&ControlRequest::Disk(request))
     }
 
     /// Runs a QMP command through the supervisor and returns its `return` value.

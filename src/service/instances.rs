@@ -243,7 +243,7 @@ fn launch_count(min: u32, max: u32) -> Result<u32> {
 }
 
 /// EC2's size limits, in GiB, of each EBS volume type.
-fn volume_size_limits(volume_type: &str) -> Result<(u64, u64)> {
+pub(super) fn volume_size_limits(volume_type: &str) -> Result<(u64, u64)> {
     Ok(match volume_type {
         "gp2" | "gp3" => (1, 16384),
         "io1" => (4, 16384),
@@ -295,7 +295,7 @@ fn volume_size_gib(device: &str, ebs: &EbsBlockDevice, snapshot_gib: Option<u64>
 }
 
 /// GiB to bytes, refusing what does not fit in 64 bits.
-fn gib_to_bytes(gib: u64) -> Result<u64> {
+pub(super) fn gib_to_bytes(gib: u64) -> Result<u64> {
     gib.checked_mul(1 << 30)
         .ok_or_else(|| Error::invalid_value(format!("A size of {gib} GiB is too large")))
 }
@@ -1739,6 +1739,9 @@ impl Service {
                 })],
                 _ => Vec::new(),
             };
+            let perf = self.store.read(|db| db.volume_performance(&v.volume_id))?;
+            let (iops, throughput) =
+                super::volumes::performance_shown(&v.volume_type, v.size_gib, perf);
             let mut shape = json!({
                 "Attachments": attachments,
                 "AvailabilityZone": v.availability_zone,
@@ -1748,10 +1751,10 @@ impl Service {
                 "SnapshotId": v.snapshot_id.clone().unwrap_or_default(),
                 "State": v.state,
                 "VolumeId": v.volume_id,
-                "Iops": 3000,
+                "Iops": iops,
                 "VolumeType": v.volume_type,
                 "MultiAttachEnabled": false,
-                "Throughput": 125,
+                "Throughput": throughput,
             });
             if !tags.is_empty() {
                 shape["Tags"] = json!(tags
@@ -1775,7 +1778,7 @@ impl Service {
 }
 
 /// EC2's checks of an InstanceIds parameter.
-fn check_instance_ids(ids_: &[String]) -> Result<()> {
+pub(super) fn check_instance_ids(ids_: &[String]) -> Result<()> {
     for id in ids_ {
         if !ids::is_well_formed(IdKind::Instance, id) {
             return Err(Error::new(

@@ -31,6 +31,7 @@ mod regions;
 pub mod shapes;
 mod snapshots;
 mod tags;
+pub mod volumes;
 
 pub use error::{Error, ErrorCode, Result};
 pub use keypairs::{CreatedKeyPair, DescribeKeyPairsInput, KeyPairInfo};
