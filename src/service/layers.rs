@@ -817,8 +817,6 @@ pub struct CopySnapshotInput {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn chain_depth_setting_has_a_floor() {
         assert!(crate::service::ServiceOptions::from_env().max_chain_depth >= 1);
