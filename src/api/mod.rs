@@ -81,6 +81,27 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeVolumesModifications", |c, v| {
         typed(c, v, Service::describe_volumes_modifications)
     }),
+    ("CreateLaunchTemplate", |c, v| {
+        typed(c, v, Service::create_launch_template)
+    }),
+    ("CreateLaunchTemplateVersion", |c, v| {
+        typed(c, v, Service::create_launch_template_version)
+    }),
+    ("DescribeLaunchTemplates", |c, v| {
+        typed(c, v, Service::describe_launch_templates)
+    }),
+    ("DescribeLaunchTemplateVersions", |c, v| {
+        typed(c, v, Service::describe_launch_template_versions)
+    }),
+    ("ModifyLaunchTemplate", |c, v| {
+        typed(c, v, Service::modify_launch_template)
+    }),
+    ("DeleteLaunchTemplate", |c, v| {
+        typed(c, v, Service::delete_launch_template)
+    }),
+    ("DeleteLaunchTemplateVersions", |c, v| {
+        typed(c, v, Service::delete_launch_template_versions)
+    }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -374,6 +395,23 @@ fn describe_tags(c: &mut Context, v: &Value) -> Result<Option<Value>> {
 }
 
 fn run_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
+    // A launch template's data is the base; the request's members override it.
+    let v = &c.service.apply_launch_template(c.caller, v)?;
+    for (key, honoured) in [
+        ("/HibernationOptions/Configured", false),
+        ("/DisableApiTermination", false),
+        ("/DisableApiStop", false),
+    ] {
+        if v.pointer(key)
+            .and_then(Value::as_bool)
+            .is_some_and(|b| b != honoured)
+        {
+            return Err(Error::new(
+                crate::service::ErrorCode::UnknownParameter,
+                format!("The parameter {} is not supported by amirun's RunInstances yet; leave it out of the request and the launch template", &key[1..]),
+            ));
+        }
+    }
     let count = |key: &str| -> Result<u32> {
         let n = v
             .get(key)
@@ -384,6 +422,7 @@ fn run_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
         })
     };
     let input = crate::service::instances::RunInstancesInput {
+        // Optional on the wire: a launch template may give it.
         image_id: req_str(v, "ImageId")?,
         instance_type: opt_str(v, "InstanceType"),
         min_count: count("MinCount")?,
@@ -545,14 +584,10 @@ fn describe_instance_credit_specifications(c: &mut Context, v: &Value) -> Result
 const NOT_SERVED_YET: &[&str] = &[
     "AuthorizeSecurityGroupEgress",
     "AuthorizeSecurityGroupIngress",
-    "CreateLaunchTemplate",
-    "CreateLaunchTemplateVersion",
     "CreateSecurityGroup",
     "CreateSnapshots",
     "CreateSubnet",
     "CreateVpc",
-    "DeleteLaunchTemplate",
-    "DeleteLaunchTemplateVersions",
     "DeleteSecurityGroup",
     "DeleteSubnet",
     "DeleteVpc",
@@ -560,8 +595,6 @@ const NOT_SERVED_YET: &[&str] = &[
     "DescribeInstanceAttribute",
     "DescribeInstanceStatus",
     "DescribeInternetGateways",
-    "DescribeLaunchTemplateVersions",
-    "DescribeLaunchTemplates",
     "DescribeNetworkInterfaces",
     "DescribeRouteTables",
     "DescribeSecurityGroupRules",
@@ -572,7 +605,6 @@ const NOT_SERVED_YET: &[&str] = &[
     "ExportImage",
     "ModifyInstanceAttribute",
     "ModifyInstanceMetadataOptions",
-    "ModifyLaunchTemplate",
     "ModifySnapshotAttribute",
     "ResetSnapshotAttribute",
     "RevokeSecurityGroupEgress",

@@ -24,6 +24,7 @@ pub mod instance_facts;
 pub mod instance_types;
 pub mod instances;
 mod keypairs;
+pub mod launch_templates;
 pub mod layers;
 pub mod object_lock;
 pub mod recovery;
