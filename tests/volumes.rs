@@ -301,3 +301,140 @@ fn a_data_volume_moves_between_running_guests_grows_online_and_is_deleted_when_d
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The QEMU argv of an instance of this environment, joined by spaces.
+fn qemu_argv(env: &Env, instance_id: &str) -> String {
+    let (pid, _, _) = processes(env)
+        .into_iter()
+        .find(|(_, id, qemu)| *qemu && id == instance_id)
+        .unwrap_or_else(|| panic!("no QEMU of {instance_id}"));
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn volume_files(env: &Env) -> Vec<String> {
+    TestHome::files_in(&env.home().join("volumes"))
+}
+
+/// Each volume operation killed at its worst moment (a failpoint SIGKILLs
+/// the server); the next server's recovery settles it from the files and
+/// the running guest, and nothing is lost or left behind. Then a volume
+/// attached to a stopped instance is on its QEMU command line at the next
+/// start, and terminate keeps it (DeleteOnTermination false).
+#[test]
+fn killed_volume_operations_are_settled_by_recovery() {
+    let env = Env::with_images();
+    let ami = env.ami(X86);
+    let armed = |fp: &str| Serve::start_with(&env, &[("AMIRUN_FAILPOINTS", fp)]);
+    let create = [
+        "create-volume",
+        "--size",
+        "1",
+        "--availability-zone",
+        "us-east-1a",
+    ];
+
+    // Killed after the intent: the record goes, no file stays.
+    armed("create-volume:intent").aws_kills(&create);
+    let server = Serve::start(&env);
+    assert_eq!(
+        server.aws(&["describe-volumes"])["Volumes"],
+        serde_json::json!([])
+    );
+    assert!(volume_files(&env).is_empty(), "{:?}", volume_files(&env));
+    drop(server);
+    // Killed after the file: the volume is made.
+    armed("create-volume:file").aws_kills(&create);
+    let server = Serve::start(&env);
+    let vols = server.aws(&["describe-volumes"])["Volumes"].clone();
+    assert_eq!(vols.as_array().unwrap().len(), 1, "{vols}");
+    assert_eq!(vols[0]["State"], "available");
+    let vol = vols[0]["VolumeId"].as_str().unwrap().to_string();
+    let serial = vol.replacen('-', "", 1);
+
+    let x = launch(&env, &server, &ami, &watcher(&serial, true));
+    server.aws(&["wait", "instance-running", "--instance-ids", &x]);
+    env.wait_console(&x, "amirun-tiny: ready", 300);
+    drop(server);
+
+    // Killed after the guest got the disk: recovery finishes the attach.
+    let attach = [
+        "attach-volume",
+        "--volume-id",
+        &vol,
+        "--instance-id",
+        &x,
+        "--device",
+        "/dev/sdh",
+    ];
+    armed("attach-volume:plugged").aws_kills(&attach);
+    let server = Serve::start(&env);
+    let v = volume(&server, &vol);
+    assert_eq!(v["State"], "in-use", "{v}");
+    assert_eq!(v["Attachments"][0]["Device"], "/dev/sdh");
+    env.wait_console(&x, "amirun-test: wrote", 120);
+    drop(server);
+
+    // Killed after the online grow: recovery completes the modification.
+    armed("modify-volume:grown").aws_kills(&["modify-volume", "--volume-id", &vol, "--size", "3"]);
+    let server = Serve::start(&env);
+    assert_eq!(volume(&server, &vol)["Size"], 3);
+    let m = server.aws(&["describe-volumes-modifications"]);
+    assert_eq!(
+        m["VolumesModifications"][0]["ModificationState"], "completed",
+        "{m}"
+    );
+    let sectors = 3u64 * 1024 * 1024 * 1024 / 512;
+    env.wait_console(&x, &format!("amirun-test: size {serial} {sectors}"), 60);
+    drop(server);
+
+    // Killed before the guest was asked: the volume stays attached.
+    armed("detach-volume:intent").aws_kills(&["detach-volume", "--volume-id", &vol]);
+    let server = Serve::start(&env);
+    assert_eq!(volume(&server, &vol)["State"], "in-use");
+    server.aws(&["detach-volume", "--volume-id", &vol]);
+    server.aws(&["wait", "volume-available", "--volume-ids", &vol]);
+
+    // Attached while stopped: a disk of the next boot.
+    server.aws(&["stop-instances", "--instance-ids", &x]);
+    server.aws(&["wait", "instance-stopped", "--instance-ids", &x]);
+    server.aws(&[
+        "attach-volume",
+        "--volume-id",
+        &vol,
+        "--instance-id",
+        &x,
+        "--device",
+        "/dev/sdf",
+    ]);
+    assert_eq!(volume(&server, &vol)["State"], "in-use");
+    server.aws(&["start-instances", "--instance-ids", &x]);
+    server.aws(&["wait", "instance-running", "--instance-ids", &x]);
+    let argv = qemu_argv(&env, &x);
+    assert!(argv.contains(&format!("serial={serial}")), "{argv}");
+
+    // Terminate keeps it (attached with DeleteOnTermination false).
+    server.aws(&["terminate-instances", "--instance-ids", &x]);
+    server.aws(&["wait", "instance-terminated", "--instance-ids", &x]);
+    server.aws(&["wait", "volume-available", "--volume-ids", &vol]);
+    drop(server);
+
+    // Killed after the intent to delete: recovery finishes it.
+    armed("delete-volume:intent").aws_kills(&["delete-volume", "--volume-id", &vol]);
+    let server = Serve::start(&env);
+    server.aws_fails(
+        &["describe-volumes", "--volume-ids", &vol],
+        "InvalidVolume.NotFound",
+    );
+    // The root volume of the terminated instance went with it.
+    assert_eq!(
+        server.aws(&["describe-volumes"])["Volumes"],
+        serde_json::json!([])
+    );
+    assert!(volume_files(&env).is_empty(), "{:?}", volume_files(&env));
+    assert!(processes(&env).is_empty(), "{:?}", processes(&env));
+}

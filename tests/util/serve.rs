@@ -29,10 +29,17 @@ pub fn pyenv(tool: &str) -> PathBuf {
 
 impl Serve {
     pub fn start(env: &Env) -> Serve {
-        let log = env.path("serve.log");
+        Self::start_with(env, &[])
+    }
+
+    /// With extra environment (e.g. `AMIRUN_FAILPOINTS`).
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Serve {
+        let n = std::fs::read_dir(env.dir.path()).unwrap().count();
+        let log = env.path(&format!("serve-{n}.log"));
         let mut child = env
             .cmd()
             .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -53,21 +60,48 @@ impl Serve {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `aws ec2 ARGS` on a server armed with a failpoint that kills it:
+    /// the call fails (no retry) and the server is gone afterwards.
+    pub fn aws_kills(mut self, args: &[&str]) {
+        let out = Command::new(pyenv("aws"))
+            .arg("ec2")
+            .args(args)
+            .envs(self.client_env())
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_RETRY_MODE", "standard")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "aws ec2 {args:?} succeeded");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server survived its failpoint:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn client_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL_EC2", self.url.clone()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "000000000000".into()),
+            ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_PAGER", String::new()),
+        ]
+    }
+
     fn aws_cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new(pyenv("aws"))
             .arg("ec2")
             .args(args)
             .args(["--output", "json"])
-            .envs([
-                ("AWS_ENDPOINT_URL_EC2", self.url.as_str()),
-                ("AWS_CONFIG_FILE", "/dev/null"),
-                ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-                ("AWS_ACCESS_KEY_ID", "000000000000"),
-                ("AWS_SECRET_ACCESS_KEY", "secret"),
-                ("AWS_DEFAULT_REGION", "us-east-1"),
-                ("AWS_PAGER", ""),
-            ])
+            .envs(self.client_env())
             .output()
             .unwrap()
     }
