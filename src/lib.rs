@@ -12,7 +12,8 @@
 //!    \   /                  (http: SigV4, server limits, import policy forced)
 //!    api/                   the contract: EC2 action -> service method (botocore's model)
 //! service/                  one method per EC2 operation (images, snapshots, tags,
-//!   |                       key pairs, instances + volumes, instance types, boot-test);
+//!   |                       key pairs, instances, volumes, launch templates,
+//!   |                       instance types, boot-test);
 //!   |                       permissions, state rules, object locks, recovery + sweep
 //!   +-- domain (EC2 enums, state machine, pure reconcile)   error_code
 //!   +-- catalog   images   disk (qemu-img)   machine (QEMU argv)   metadata (seed)
@@ -34,7 +35,11 @@
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
 //!   chains, merge on delete), [`service::baking`] makes AMIs from
 //!   instances and moves images in and out, and [`service::bake_recipe`]
-//!   runs `amirun bake RECIPE`. Operations that change files and records
+//!   runs `amirun bake RECIPE`. [`service::volumes`] gives EBS volumes a
+//!   life of their own (create, attach to a running guest by hot-plug or to
+//!   a stopped one, detach, grow online, delete) and
+//!   [`service::launch_templates`] keeps numbered versions of launch
+//!   parameters that RunInstances starts from. Operations that change files and records
 //!   go lock -> intent -> act -> commit; a recovery pass at every open
 //!   settles what a killed process left, from the real qcow2 chains, and
 //!   sweeps files no record owns (`service::recovery`). One operation at a
@@ -48,7 +53,8 @@
 //! - [`disk`] is the only module that runs `qemu-img`.
 //! - [`instance`] runs instances: the per-instance supervisor process that
 //!   owns QEMU, its serial log and control socket, and the QMP client it
-//!   talks to QEMU with. The service starts supervisors from a `launch.json`
+//!   talks to QEMU with; volumes are plugged into and out of a running
+//!   guest there (`instance::hotplug`). The service starts supervisors from a `launch.json`
 //!   and talks to them over their control socket; it never spawns QEMU.
 //! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
 //!   firmware, devices, network), holds the instance-type table, and chooses

@@ -21,7 +21,7 @@
 //!
 //! Each operation holds the locks of the instance and the volume, records
 //! its intent, acts, then commits in one transaction; recovery
-//! ([`Service::recover_volumes`]) settles what a killed process left, from
+//! (`Service::recover_volumes`) settles what a killed process left, from
 //! the real files and the running guest:
 //!
 //! | left behind | decided by | outcome |
