@@ -257,12 +257,17 @@ fn a_data_volume_moves_between_running_guests_grows_online_and_is_deleted_when_d
         &["modify-volume", "--volume-id", &vol, "--size", "1"],
         "InvalidParameterCombination",
     );
+    let t = Instant::now();
     let m = server.aws(&["modify-volume", "--volume-id", &vol, "--size", "2"]);
     let m = &m["VolumeModification"];
     assert_eq!(m["OriginalSize"], 1);
     assert_eq!(m["TargetSize"], 2);
     let sectors = 2u64 * 1024 * 1024 * 1024 / 512;
     env.wait_console(&b, &format!("amirun-test: size {serial} {sectors}"), 60);
+    eprintln!(
+        "modify-volume -> guest sees 2 GiB: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let mods = server.aws(&["describe-volumes-modifications", "--volume-ids", &vol]);
     let mods = &mods["VolumesModifications"][0];
     assert_eq!(mods["ModificationState"], "completed", "{mods}");
@@ -293,6 +298,20 @@ fn a_data_volume_moves_between_running_guests_grows_online_and_is_deleted_when_d
         .join(format!("{vol}.qcow2"))
         .exists());
 
+    // What each volume action cost inside the server (its request log).
+    for line in server.log().lines().filter(|l| {
+        [
+            "AttachVolume",
+            "DetachVolume",
+            "ModifyVolume",
+            "CreateVolume",
+            "CreateSnapshot",
+        ]
+        .iter()
+        .any(|a| l.contains(&format!("action={a} ")) && l.contains("status=200"))
+    }) {
+        eprintln!("{line}");
+    }
     server.aws(&["terminate-instances", "--instance-ids", &a, &b]);
     server.aws(&["wait", "instance-terminated", "--instance-ids", &a, &b]);
     let deadline = Instant::now() + Duration::from_secs(60);
