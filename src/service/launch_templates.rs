@@ -23,7 +23,7 @@ use super::shapes::{Filter, Tag, TagSpecification};
 use super::volumes::{check_device_name, dry_run};
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
-use crate::store::{BlockDeviceMapping, LaunchTemplateState, LaunchTemplateVersionState};
+use crate::store::{LaunchTemplateState, LaunchTemplateVersionState};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -35,6 +35,40 @@ pub struct LaunchTemplateTagSpecificationRequest {
     pub resource_type: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
+}
+
+/// `LaunchTemplateEbsBlockDeviceRequest`: what amirun's volumes honour.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct LaunchTemplateEbsBlockDeviceRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_on_termination: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<u64>,
+}
+
+/// `LaunchTemplateBlockDeviceMappingRequest`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct LaunchTemplateBlockDeviceMappingRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebs: Option<LaunchTemplateEbsBlockDeviceRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_device: Option<String>,
 }
 
 /// `LaunchTemplateHibernationOptionsRequest`.
@@ -78,7 +112,7 @@ pub struct RequestLaunchTemplateData {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tag_specifications: Vec<LaunchTemplateTagSpecificationRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub block_device_mappings: Vec<BlockDeviceMapping>,
+    pub block_device_mappings: Vec<LaunchTemplateBlockDeviceMappingRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_options: Option<LaunchTemplateInstanceMetadataOptionsRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -419,11 +453,17 @@ fn check_data(data: &RequestLaunchTemplateData) -> Result<()> {
         }
     }
     for m in &data.block_device_mappings {
-        if m.device_name != "/dev/xvda" && m.device_name != "/dev/sda1" {
-            check_device_name(&m.device_name).map_err(|_| {
+        let device = m.device_name.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidBlockDeviceMapping,
+                "A block device mapping of the launch template has no DeviceName",
+            )
+        })?;
+        if device != "/dev/xvda" && device != "/dev/sda1" {
+            check_device_name(device).map_err(|_| {
                 Error::new(
                     ErrorCode::InvalidBlockDeviceMapping,
-                    format!("Invalid device name {}", m.device_name),
+                    format!("Invalid device name {device}"),
                 )
             })?;
         }
@@ -1000,5 +1040,11 @@ mod tests {
         let e = crate::api::request::<RequestLaunchTemplateData>(&json!({"Monitoring": {}}))
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::UnknownParameter);
+        let e = crate::api::request::<RequestLaunchTemplateData>(&json!({
+            "BlockDeviceMappings": [{"DeviceName": "/dev/sdf", "Ebs": {"KmsKeyId": "k"}}]
+        }))
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownParameter);
+        assert!(e.message().contains("KmsKeyId"), "{}", e.message());
     }
 }
