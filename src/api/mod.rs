@@ -396,7 +396,12 @@ fn describe_tags(c: &mut Context, v: &Value) -> Result<Option<Value>> {
 
 fn run_instances(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     // A launch template's data is the base; the request's members override it.
-    let v = &c.service.apply_launch_template(c.caller, v)?;
+    let v = &match v.get("LaunchTemplate") {
+        Some(spec) => c
+            .service
+            .apply_launch_template(c.caller, &request(spec)?, v)?,
+        None => v.clone(),
+    };
     for (key, honoured) in [
         ("/HibernationOptions/Configured", false),
         ("/DisableApiTermination", false),

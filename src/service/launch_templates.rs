@@ -949,16 +949,15 @@ impl Service {
     }
 
     /// The launch-template step of RunInstances: a request (botocore's
-    /// member names) with `LaunchTemplate` becomes the template version's
-    /// data with the request's own members on top, its instances tagged
-    /// with the template's id and version. A request without one comes
-    /// back as it is.
-    pub fn apply_launch_template(&mut self, caller: &Caller, request: &Value) -> Result<Value> {
-        let Some(spec) = request.get("LaunchTemplate") else {
-            return Ok(request.clone());
-        };
-        let spec: LaunchTemplateSpecification = crate::api::request(spec)
-            .map_err(|e| Error::new(e.code(), format!("LaunchTemplate: {}", e.message())))?;
+    /// member names) with `LaunchTemplate` (`spec`) becomes the template
+    /// version's data with the request's own members on top, its instances
+    /// tagged with the template's id and version.
+    pub fn apply_launch_template(
+        &mut self,
+        caller: &Caller,
+        spec: &LaunchTemplateSpecification,
+        request: &Value,
+    ) -> Result<Value> {
         let t = self.find_template(
             caller,
             spec.launch_template_id.as_deref(),
