@@ -104,6 +104,17 @@ error_codes! {
     InvalidSnapshotInUse = "InvalidSnapshot.InUse", 400;
     InvalidSnapshotNotFound = "InvalidSnapshot.NotFound", 400;
     InvalidVolumeNotFound = "InvalidVolume.NotFound", 400;
+    InvalidVolumeIdMalformed = "InvalidVolumeID.Malformed", 400;
+    InvalidVolumeZoneMismatch = "InvalidVolume.ZoneMismatch", 400;
+    VolumeInUse = "VolumeInUse", 400;
+    IncorrectModificationState = "IncorrectModificationState", 400;
+    InvalidAttachmentNotFound = "InvalidAttachment.NotFound", 400;
+    InvalidLaunchTemplateIdMalformed = "InvalidLaunchTemplateId.Malformed", 400;
+    InvalidLaunchTemplateIdNotFound = "InvalidLaunchTemplateId.NotFound", 400;
+    InvalidLaunchTemplateIdVersionNotFound = "InvalidLaunchTemplateId.VersionNotFound", 400;
+    InvalidLaunchTemplateNameAlreadyExists = "InvalidLaunchTemplateName.AlreadyExistsException", 400;
+    InvalidLaunchTemplateNameMalformed = "InvalidLaunchTemplateName.MalformedException", 400;
+    InvalidLaunchTemplateNameNotFound = "InvalidLaunchTemplateName.NotFoundException", 400;
     TagLimitExceeded = "TagLimitExceeded", 400;
     // EC2's client errors of the VPC model.
     CannotDelete = "CannotDelete", 400;

@@ -25,6 +25,7 @@ pub enum IdKind {
     InternetGateway,
     RouteTable,
     RouteTableAssociation,
+    LaunchTemplate,
 }
 
 impl IdKind {
@@ -47,6 +48,7 @@ impl IdKind {
             IdKind::InternetGateway => "igw",
             IdKind::RouteTable => "rtb",
             IdKind::RouteTableAssociation => "rtbassoc",
+            IdKind::LaunchTemplate => "lt",
         }
     }
 }

@@ -12,8 +12,9 @@
 //!    \   /                  (http: SigV4, server limits, import policy forced)
 //!    api/                   the contract: EC2 action -> service method (botocore's model)
 //! service/                  one method per EC2 operation (images, snapshots, tags,
-//!   |                       key pairs, instances + volumes, instance types, boot-test,
-//!   |                       VPCs + subnets + security groups + network interfaces);
+//!   |                       key pairs, instances, volumes, launch templates,
+//!   |                       instance types, boot-test, VPCs + subnets + security
+//!   |                       groups + network interfaces);
 //!   |                       permissions, state rules, object locks, recovery + sweep
 //!   +-- domain (EC2 enums, state machine, pure reconcile)   error_code
 //!   +-- catalog   blobs   disk (qemu-img)   machine (QEMU argv)   metadata (seed, IMDS)
@@ -47,6 +48,10 @@
 //!   runs `amirun bake RECIPE`. [`service::hibernation`] keeps EC2's
 //!   hibernation rules: a guest stopped with `Hibernate` is saved next to
 //!   its volumes and resumed on start while its volumes are unchanged.
+//!   [`service::volumes`] gives EBS volumes a life of their own (create,
+//!   attach to a running guest by hot-plug or to a stopped one, detach,
+//!   grow online, delete) and [`service::launch_templates`] keeps numbered
+//!   versions of launch parameters that RunInstances starts from.
 //!   Operations that change files and records go lock -> intent -> act ->
 //!   commit; a recovery pass at every open
 //!   settles what a killed process left, from the real qcow2 chains, and
@@ -70,7 +75,8 @@
 //! - [`instance`] runs instances: the per-instance supervisor process that
 //!   owns QEMU, its serial log and control socket, and the QMP client it
 //!   talks to QEMU with; it also saves and loads a hibernated guest's
-//!   state through QEMU's migration. The service starts supervisors from a `launch.json`
+//!   state through QEMU's migration, and plugs volumes into and out of a
+//!   running guest (`instance::hotplug`). The service starts supervisors from a `launch.json`
 //!   and talks to them over their control socket; it never spawns QEMU.
 //! - [`machine`] turns an instance spec into a QEMU argv (machine, CPU,
 //!   firmware, devices, network, TCG's translation cache sized per guest,

@@ -52,8 +52,9 @@ pub use net::{
     GUEST_GATEWAY, GUEST_NET, IMDS_ADDRESS, IMDS_CLOSED_COMMAND, OUTBOUND_TAG, VPC_TAP_FD,
 };
 pub use spec::{
-    disk_node_name, tb_cache_mib, volume_serial, Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec,
-    MachineSpec, SmbiosIdentity, TbCache,
+    disk_node_name, hotplug_blockdev, hotplug_device, hotplug_port, tb_cache_mib, volume_serial,
+    Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec, MachineSpec, SmbiosIdentity, TbCache,
+    HOTPLUG_PORTS,
 };
 
 /// What went wrong building or preparing a machine.

@@ -37,6 +37,11 @@ pub use snapshots::SnapshotState;
 pub use tags::TagState;
 pub use volumes::VolumeState;
 
+mod launch_templates;
+mod volume_changes;
+
+pub use launch_templates::{LaunchTemplateState, LaunchTemplateVersionState};
+pub use volume_changes::{AttachIntent, VolumeModificationState, VolumePerformance};
 pub mod vpc;
 
 use crate::domain::{

@@ -8,6 +8,8 @@
 //! - [`qmp`]: a small synchronous client for QEMU's machine protocol, used to
 //!   ask QEMU for its status, press the ACPI power button, reset, quit, and
 //!   take live disk snapshots.
+//! - [`hotplug`]: volumes plugged into and out of a running guest
+//!   (AttachVolume, DetachVolume, ModifyVolume), inside the supervisor.
 //! - [`live_snapshot`]: the supervisor's pause-switch-resume of disks, so a
 //!   dying client never leaves a guest paused.
 //! - [`supervisor`]: the detached per-instance process that starts QEMU,
@@ -15,6 +17,7 @@
 //!   socket, saves and resumes hibernated guests, and the probes the
 //!   service uses to derive an instance's state from live facts.
 
+pub mod hotplug;
 pub mod live_snapshot;
 pub mod qmp;
 pub mod supervisor;

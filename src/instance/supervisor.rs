@@ -376,6 +376,13 @@ impl Supervisor {
                     Err(e) => ControlResponse::err(e),
                 },
             },
+            ControlRequest::Disk(r) => match self.qmp() {
+                None => ControlResponse::err("QEMU's QMP socket is not connected"),
+                Some(q) => match super::hotplug::handle(&q, &r) {
+                    Ok(v) => ControlResponse::ok(v),
+                    Err(e) => ControlResponse::err(e),
+                },
+            },
             ControlRequest::Qmp { execute, arguments } => match self.qmp() {
                 None => ControlResponse::err("QEMU's QMP socket is not connected"),
                 Some(q) => match q.execute(&execute, arguments) {

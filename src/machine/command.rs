@@ -209,6 +209,19 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
         a.opt("-device", dev);
     }
 
+    // Root ports for volumes attached while the guest runs (one device
+    // each). No I/O window: a virtio device behind a PCIe port is
+    // modern-only, and eight 4 KiB windows would crowd the firmware's
+    // 64 KiB of I/O space.
+    for port in 0..super::spec::HOTPLUG_PORTS {
+        let dev = OptList::new("pcie-root-port")
+            .and_then(|d| d.set("id", super::spec::hotplug_port(port)))
+            .and_then(|d| d.set("chassis", port + 1))
+            .and_then(|d| d.set("io-reserve", 0))
+            .map_err(arg("hotplug"))?;
+        a.opt("-device", dev);
+    }
+
     a.opt("-netdev", netdev(&spec.net).map_err(arg("net"))?);
     a.opt(
         "-device",
@@ -477,6 +490,14 @@ mod tests {
             "-device virtio-blk-pci,id=disk1-dev,drive=disk1",
             "-blockdev driver=raw,node-name=seed,read-only=on,file.driver=file,file.filename=/s/instances/i-0123456789abcdef0/seed.img",
             "-device virtio-blk-pci,id=seed-dev,drive=seed,serial=cidata",
+            "-device pcie-root-port,id=hotplug0,chassis=1,io-reserve=0",
+            "-device pcie-root-port,id=hotplug1,chassis=2,io-reserve=0",
+            "-device pcie-root-port,id=hotplug2,chassis=3,io-reserve=0",
+            "-device pcie-root-port,id=hotplug3,chassis=4,io-reserve=0",
+            "-device pcie-root-port,id=hotplug4,chassis=5,io-reserve=0",
+            "-device pcie-root-port,id=hotplug5,chassis=6,io-reserve=0",
+            "-device pcie-root-port,id=hotplug6,chassis=7,io-reserve=0",
+            "-device pcie-root-port,id=hotplug7,chassis=8,io-reserve=0",
             "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775",
             "-device virtio-net-pci,netdev=net0",
             "-device virtio-rng-pci",

@@ -227,6 +227,40 @@ pub fn volume_serial(volume_id: &str) -> String {
     volume_id.replacen('-', "", 1)
 }
 
+/// Empty PCIe root ports every machine has for volumes attached while it
+/// runs (AttachVolume): q35's and virt's root bus takes no hot-plugged device.
+pub const HOTPLUG_PORTS: usize = 8;
+
+/// The device id of hot-plug root port `n`.
+pub fn hotplug_port(n: usize) -> String {
+    format!("hotplug{n}")
+}
+
+/// QMP `blockdev-add` arguments for a volume plugged into a running
+/// machine: the same node as a boot disk's ([`DiskSpec`], qcow2, writable,
+/// `discard=unmap`).
+pub fn hotplug_blockdev(node: &str, path: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "driver": "qcow2",
+        "node-name": node,
+        "read-only": false,
+        "discard": "unmap",
+        "file": {"driver": "file", "filename": path},
+    })
+}
+
+/// QMP `device_add` arguments for that volume's disk on root port `port`:
+/// a `virtio-blk-pci` with the volume's serial, as at boot.
+pub fn hotplug_device(id: &str, node: &str, serial: &str, port: usize) -> serde_json::Value {
+    serde_json::json!({
+        "driver": "virtio-blk-pci",
+        "id": id,
+        "drive": node,
+        "serial": serial,
+        "bus": hotplug_port(port),
+    })
+}
+
 /// The QEMU block node name of disk `index` of a spec (QMP snapshots use it).
 pub fn disk_node_name(index: usize) -> String {
     format!("disk{index}")

@@ -96,6 +96,7 @@ pub use describe::{
 };
 pub use launch::{InstanceMetadataOptionsRequest, Placement, RunInstancesRequest};
 use launch_rules::*;
+pub(crate) use launch_rules::{gib_to_bytes, volume_size_limits};
 pub use lifecycle::{
     InstanceIdsRequest, RebootInstancesRequest, StartInstancesRequest, StartInstancesResult,
     StopInstancesRequest, StopInstancesResult, TerminateInstancesRequest, TerminateInstancesResult,
@@ -164,7 +165,7 @@ fn guest_outbound<'a>(
 }
 
 /// EC2's checks of an InstanceIds parameter.
-fn check_instance_ids(ids_: &[String]) -> Result<()> {
+pub(crate) fn check_instance_ids(ids_: &[String]) -> Result<()> {
     for id in ids_ {
         if !ids::is_well_formed(IdKind::Instance, id) {
             return Err(Error::new(

@@ -71,7 +71,6 @@ use crate::ids::{self, IdKind};
 use crate::instance::supervisor::SupervisorClient;
 use crate::store::{Db, SnapshotState, VolumeState};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Default for `AMIRUN_MAX_CHAIN_DEPTH`: snapshot layers in one chain.
@@ -272,7 +271,7 @@ impl Service {
             let next = self.paths.volume_pending(&p.volume.volume_id);
             crate::disk::create_overlay_unopened(&snap, "qcow2", &next, size)?;
             fail("after-overlay")?;
-            switches.push((p.disk_index, next, vol));
+            switches.push((p.disk_index, next, vol, p.volume.volume_id.clone()));
         }
         let mut report = LayerReport {
             mode: "stopped".into(),
@@ -284,7 +283,7 @@ impl Service {
             report.pause_ms = Some(pause);
             report.guest_agent = Some(agent);
         } else {
-            for (_, next, vol) in &switches {
+            for (_, next, vol, _) in &switches {
                 std::fs::rename(next, vol).map_err(io_err(format!(
                     "Cannot move the new overlay {} into place",
                     next.display()
@@ -329,21 +328,32 @@ impl Service {
     fn live_switch(
         &mut self,
         instance_id: &str,
-        switches: &[(Option<usize>, PathBuf, PathBuf)],
+        switches: &[(Option<usize>, PathBuf, PathBuf, String)],
     ) -> Result<(f64, String)> {
+        use crate::instance::hotplug::{DiskLocation, DiskRequest};
         use crate::instance::live_snapshot::{LiveDisk, LiveSnapshotRequest};
         let socket = self.paths.control_socket(instance_id);
         let mut c = SupervisorClient::connect(&socket)?;
-        let blocks = c.qmp("query-block", None)?;
         let mut disks = Vec::new();
-        for (index, next, vol) in switches {
+        for (index, next, vol, volume_id) in switches {
             let index =
                 index.ok_or_else(|| Error::internal("A live snapshot needs the disk's index"))?;
-            let node = active_node(&blocks, index).ok_or_else(|| {
-                Error::internal(format!(
-                    "QEMU of {instance_id} shows no disk {index} (query-block)"
-                ))
+            // The disk is found by its serial (the volume id): a volume
+            // attached or detached while the guest runs moves the others'
+            // positions, never their serials.
+            let serial = crate::machine::volume_serial(volume_id);
+            let found = c.disk(DiskRequest::Find {
+                serial: serial.clone(),
             })?;
+            let node = serde_json::from_value::<Option<DiskLocation>>(found)
+                .ok()
+                .flatten()
+                .map(|l| l.node)
+                .ok_or_else(|| {
+                    Error::internal(format!(
+                        "QEMU of {instance_id} shows no disk with serial {serial}"
+                    ))
+                })?;
             let abs = |p: &PathBuf| {
                 std::path::absolute(p).map_err(io_err(format!("Cannot resolve {}", p.display())))
             };
@@ -609,7 +619,7 @@ impl Service {
     }
 
     /// Make a data-less (catalog) snapshot's blob local.
-    fn fetch_snapshot_data(&mut self, caller: &Caller, s: &SnapshotState) -> Result<()> {
+    pub(crate) fn fetch_snapshot_data(&mut self, caller: &Caller, s: &SnapshotState) -> Result<()> {
         let image = self
             .store
             .read(|db| db.images_using_snapshot(&s.snapshot_id))?;
@@ -825,24 +835,6 @@ fn rebase_onto(path: &Path, backing: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The node a disk's device reads from now (after earlier live snapshots,
-/// not `diskN` any more), from QMP `query-block`.
-fn active_node(blocks: &Value, index: usize) -> Option<String> {
-    let dev = format!("disk{index}-dev");
-    blocks.as_array()?.iter().find_map(|b| {
-        let qdev = b.get("qdev")?.as_str()?;
-        let matches =
-            qdev == dev || qdev.ends_with(&format!("/{dev}")) || qdev.contains(&format!("/{dev}/"));
-        if !matches {
-            return None;
-        }
-        b.get("inserted")?
-            .get("node-name")?
-            .as_str()
-            .map(str::to_owned)
-    })
-}
-
 /// `CreateSnapshot`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -914,23 +906,6 @@ pub struct CopySnapshotResult {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn active_node_follows_qdev() {
-        let blocks = json!([
-            {"device": "", "qdev": "/machine/peripheral/disk0-dev/virtio-backend",
-             "inserted": {"node-name": "disk0-abc"}},
-            {"device": "", "qdev": "/machine/peripheral/disk1-dev/virtio-backend",
-             "inserted": {"node-name": "disk1"}},
-            {"device": "", "qdev": "seed-dev", "inserted": {"node-name": "seed"}}
-        ]);
-        assert_eq!(active_node(&blocks, 0).as_deref(), Some("disk0-abc"));
-        assert_eq!(active_node(&blocks, 1).as_deref(), Some("disk1"));
-        assert_eq!(active_node(&blocks, 2), None);
-    }
-
     #[test]
     fn chain_depth_setting_has_a_floor() {
         assert!(crate::service::ServiceOptions::from_env().max_chain_depth >= 1);

@@ -26,6 +26,7 @@ pub mod instance_facts;
 pub mod instance_types;
 pub mod instances;
 mod keypairs;
+pub mod launch_templates;
 pub mod layers;
 pub mod network_interfaces;
 pub mod object_lock;
@@ -35,6 +36,7 @@ pub mod security_groups;
 pub mod shapes;
 pub mod snapshots;
 pub mod tags;
+pub mod volumes;
 pub mod vpc;
 
 pub use error::{Error, ErrorCode, Result};

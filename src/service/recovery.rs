@@ -32,6 +32,10 @@
 //! | | otherwise | back: the AMI record goes (kept snapshots stay, they are volume bases) |
 //! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete (`Service::finish_delete`) |
 //!
+//! Volumes of their own (create, delete, attach, detach, modify) are
+//! settled the same way by `Service::recover_volumes`, whose table is in
+//! [`super::volumes`].
+//!
 //! A live snapshot's pause, switch, resume and renames happen inside the
 //! instance's supervisor ([`crate::instance::live_snapshot`]); before judging
 //! the files of a running instance, recovery sends its supervisor an empty
@@ -154,6 +158,10 @@ impl Service {
                 }
                 Err(e) => tracing::warn!(image = %i.image_id, "recovery: cannot settle: {e}"),
             }
+        }
+        // Volumes made, deleted, attached, detached or grown by a dead writer.
+        if let Err(e) = self.recover_volumes() {
+            tracing::warn!("recovery: cannot settle volume operations: {e}");
         }
         self.sweep()?;
         Ok(())

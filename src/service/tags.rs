@@ -62,6 +62,7 @@ fn resource_type(id: &str) -> &'static str {
         Some("i") => "instance",
         Some("vol") => "volume",
         Some("key") => "key-pair",
+        Some("lt") => "launch-template",
         _ => "unknown",
     }
 }
@@ -77,6 +78,7 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         "key-pair" => crate::ids::is_well_formed(crate::ids::IdKind::KeyPair, id),
         "instance" => crate::ids::is_well_formed(crate::ids::IdKind::Instance, id),
         "volume" => crate::ids::is_well_formed(crate::ids::IdKind::Volume, id),
+        "launch-template" => crate::ids::is_well_formed(crate::ids::IdKind::LaunchTemplate, id),
         _ => true,
     };
     if !well_formed {
@@ -109,6 +111,9 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         "volume" => db
             .volume(id)?
             .is_some_and(|v| v.region == caller.region && v.owner_id == caller.account),
+        "launch-template" => db
+            .launch_template(id)?
+            .is_some_and(|t| t.region == caller.region && t.owner_id == caller.account),
         _ => {
             return Err(Error::new(
                 ErrorCode::InvalidId,
@@ -126,6 +131,10 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         "volume" => Err(Error::new(
             ErrorCode::InvalidVolumeNotFound,
             format!("The volume '{id}' does not exist."),
+        )),
+        "launch-template" => Err(Error::new(
+            ErrorCode::InvalidLaunchTemplateIdNotFound,
+            format!("The specified launch template, with template ID {id}, does not exist."),
         )),
         _ => Err(snapshot_not_found(id)),
     }

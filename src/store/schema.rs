@@ -170,4 +170,57 @@ CREATE INDEX volume_bases_by_snapshot ON volume_bases(base_snapshot_id);
     r#"
 ALTER TABLE instances ADD COLUMN hibernation TEXT;
 "#,
+    // 6: launch templates and their versions (`launch_templates`), and what
+    // volumes need beyond their row (`volume_changes`): performance,
+    // the last modification, attach/detach intents.
+    r#"
+CREATE TABLE launch_templates (
+    launch_template_id TEXT PRIMARY KEY,
+    region             TEXT NOT NULL,
+    owner_id           TEXT NOT NULL,
+    name               TEXT NOT NULL,
+    create_time        TEXT NOT NULL,
+    created_by         TEXT NOT NULL,
+    default_version    INTEGER NOT NULL,
+    latest_version     INTEGER NOT NULL,
+    UNIQUE (region, owner_id, name)
+);
+CREATE TABLE launch_template_versions (
+    launch_template_id TEXT NOT NULL REFERENCES launch_templates(launch_template_id) ON DELETE CASCADE,
+    version            INTEGER NOT NULL,
+    description        TEXT,
+    create_time        TEXT NOT NULL,
+    created_by         TEXT NOT NULL,
+    data               TEXT NOT NULL,
+    PRIMARY KEY (launch_template_id, version)
+);
+CREATE TABLE volume_performance (
+    volume_id  TEXT PRIMARY KEY,
+    iops       INTEGER,
+    throughput INTEGER
+);
+CREATE TABLE volume_modifications (
+    volume_id           TEXT PRIMARY KEY,
+    state               TEXT NOT NULL,
+    status_message      TEXT,
+    original_size       INTEGER NOT NULL,
+    target_size         INTEGER NOT NULL,
+    original_type       TEXT NOT NULL,
+    target_type         TEXT NOT NULL,
+    original_iops       INTEGER,
+    target_iops         INTEGER,
+    original_throughput INTEGER,
+    target_throughput   INTEGER,
+    start_time          TEXT NOT NULL,
+    end_time            TEXT
+);
+CREATE TABLE volume_attach_intents (
+    volume_id   TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    op          TEXT NOT NULL,
+    delete_on_termination INTEGER NOT NULL,
+    started     TEXT NOT NULL
+);
+"#,
 ];

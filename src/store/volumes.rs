@@ -25,11 +25,12 @@ pub struct VolumeState {
     pub delete_on_termination: bool,
 }
 
-const VOLUME_COLUMNS: &str = "volume_id, region, owner_id, size_gib, snapshot_id, state, \
+pub(super) const VOLUME_COLUMNS: &str =
+    "volume_id, region, owner_id, size_gib, snapshot_id, state, \
     create_time, availability_zone, volume_type, instance_id, device, attach_time, \
     delete_on_termination";
 
-fn volume_row(r: &Row) -> rusqlite::Result<VolumeState> {
+pub(super) fn volume_row(r: &Row) -> rusqlite::Result<VolumeState> {
     Ok(VolumeState {
         volume_id: r.get(0)?,
         region: r.get(1)?,
@@ -108,6 +109,7 @@ impl Db<'_> {
     /// Delete a volume record.
     pub fn delete_volume(&self, volume_id: &str) -> Result<()> {
         self.delete_tags_of(volume_id)?;
+        self.delete_volume_changes(volume_id)?;
         self.conn
             .execute("DELETE FROM volume_bases WHERE volume_id = ?1", [volume_id])?;
         self.conn

@@ -568,6 +568,70 @@ def scenario_vpc():
     assert left == [], left
     assert ec2.delete_security_group(GroupId=sg)["Return"] is True
     expect_error(ec2.describe_security_groups, "InvalidGroup.NotFound", GroupIds=[sg])
+
+
+def scenario_volumes_and_templates():
+    """Volumes and launch templates (issue 14) without a guest: every
+    response checked against the model, EC2's errors, the waiter."""
+    ec2 = client()
+    v = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, VolumeType="io1", Iops=100,
+                          TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "k", "Value": "v"}]}])
+    vid = v["VolumeId"]
+    assert v["Size"] == 4 and v["Iops"] == 100 and v["VolumeType"] == "io1", v
+    waiter(ec2, "volume_available", VolumeIds=[vid])
+    expect_error(ec2.create_volume, "InvalidParameterValue", AvailabilityZone="us-east-1a", Size=20000)
+    expect_error(ec2.create_volume, "InvalidSnapshot.NotFound", AvailabilityZone="us-east-1a",
+                 SnapshotId="snap-0123456789abcdef0")
+    expect_error(ec2.delete_volume, "InvalidVolumeID.Malformed", VolumeId="vol-x")
+    expect_error(ec2.modify_volume, "InvalidParameterValue", VolumeId=vid, Size=1)
+    expect_error(ec2.modify_volume, "InvalidParameterValue", VolumeId=vid, Iops=50)
+    m = ec2.modify_volume(VolumeId=vid, Size=8, VolumeType="gp3")["VolumeModification"]
+    assert (m["OriginalSize"], m["TargetSize"], m["TargetVolumeType"], m["ModificationState"]) == \
+        (4, 8, "gp3", "completed"), m
+    mods = ec2.describe_volumes_modifications(
+        Filters=[{"Name": "target-volume-type", "Values": ["gp3"]}])["VolumesModifications"]
+    assert [x["VolumeId"] for x in mods] == [vid], mods
+    shown = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert (shown["Size"], shown["VolumeType"], shown["Iops"], shown["Throughput"]) == (8, "gp3", 3000, 125), shown
+    expect_error(ec2.attach_volume, "InvalidInstanceID.NotFound", VolumeId=vid,
+                 InstanceId="i-0123456789abcdef0", Device="/dev/sdf")
+    expect_error(ec2.detach_volume, "IncorrectState", VolumeId=vid)
+    ec2.delete_volume(VolumeId=vid)
+    expect_error(ec2.delete_volume, "InvalidVolume.NotFound", VolumeId=vid)
+
+    data = {"ImageId": "ami-0123456789abcdef0", "InstanceType": "t3.micro",
+            "UserData": base64.b64encode(b"#!/bin/sh\n").decode(),
+            "BlockDeviceMappings": [{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 1}}],
+            "MetadataOptions": {"HttpTokens": "required"},
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": "a", "Value": "b"}]}]}
+    lt = ec2.create_launch_template(LaunchTemplateName="boto", LaunchTemplateData=data,
+                                    VersionDescription="one")["LaunchTemplate"]
+    assert lt["DefaultVersionNumber"] == 1 and lt["LatestVersionNumber"] == 1, lt
+    expect_error(ec2.create_launch_template, "InvalidLaunchTemplateName.AlreadyExistsException",
+                 LaunchTemplateName="boto", LaunchTemplateData={"InstanceType": "t3.micro"})
+    expect_error(ec2.create_launch_template, "UnknownParameter",
+                 LaunchTemplateName="boto2", LaunchTemplateData={"Monitoring": {"Enabled": True}})
+    v2 = ec2.create_launch_template_version(LaunchTemplateId=lt["LaunchTemplateId"], SourceVersion="1",
+                                            LaunchTemplateData={"InstanceType": "t3.small"})
+    d2 = v2["LaunchTemplateVersion"]["LaunchTemplateData"]
+    assert d2["InstanceType"] == "t3.small" and d2["ImageId"] == data["ImageId"], d2
+    assert d2["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 1, d2
+    assert d2["MetadataOptions"]["HttpTokens"] == "required", d2
+    vs = ec2.describe_launch_template_versions(LaunchTemplateName="boto", Versions=["$Latest", "$Default"])
+    assert sorted(x["VersionNumber"] for x in vs["LaunchTemplateVersions"]) == [1, 2], vs
+    ec2.modify_launch_template(LaunchTemplateName="boto", DefaultVersion="2")
+    d = ec2.describe_launch_templates(LaunchTemplateNames=["boto"])["LaunchTemplates"][0]
+    assert d["DefaultVersionNumber"] == 2, d
+    r = ec2.delete_launch_template_versions(LaunchTemplateName="boto", Versions=["2", "1"])
+    assert [x["VersionNumber"] for x in r["SuccessfullyDeletedLaunchTemplateVersions"]] == [1], r
+    assert r["UnsuccessfullyDeletedLaunchTemplateVersions"][0]["VersionNumber"] == 2, r
+    expect_error(ec2.run_instances, "InvalidAMIID.NotFound", MinCount=1, MaxCount=1,
+                 LaunchTemplate={"LaunchTemplateName": "boto"})
+    expect_error(ec2.run_instances, "InvalidLaunchTemplateId.Malformed", MinCount=1, MaxCount=1,
+                 LaunchTemplate={"LaunchTemplateId": "lt-nope"})
+    ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
+    expect_error(ec2.delete_launch_template, "InvalidLaunchTemplateName.NotFoundException",
+                 LaunchTemplateName="boto")
     report()
 
 

@@ -304,5 +304,8 @@ fn handle(conn: TcpStream, shared: &(Mutex<State>, Condvar)) {
 }
 
 mod cli;
+mod serve;
 #[allow(unused_imports)]
 pub use cli::*;
+#[allow(unused_imports)]
+pub use serve::*;

@@ -41,6 +41,8 @@ pub enum ControlRequest {
     /// resume whatever happens, rename (see [`crate::instance::live_snapshot`]). With
     /// no disks, a barrier for a snapshot in flight.
     LiveSnapshot(crate::instance::live_snapshot::LiveSnapshotRequest),
+    /// Plug, unplug, grow or find an EBS volume's disk (see [`crate::instance::hotplug`]).
+    Disk(crate::instance::hotplug::DiskRequest),
     /// Run any QMP command and return its `return` value.
     Qmp {
         execute: String,
@@ -220,6 +222,14 @@ impl SupervisorClient {
         }
         serde_json::from_value(response.result.unwrap_or(Value::Null))
             .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// A disk operation in the supervisor ([`crate::instance::hotplug`]).
+    pub fn disk(
+        &mut self,
+        request: crate::instance::hotplug::DiskRequest,
+    ) -> Result<Value, ClientError> {
+        self.request(&ControlRequest::Disk(request))
     }
 
     /// Runs a QMP command through the supervisor and returns its `return` value.

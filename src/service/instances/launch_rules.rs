@@ -40,7 +40,7 @@ pub(super) fn launch_count(min: u32, max: u32) -> Result<u32> {
 }
 
 /// EC2's size limits, in GiB, of each EBS volume type.
-pub(super) fn volume_size_limits(volume_type: &str) -> Result<(u64, u64)> {
+pub(crate) fn volume_size_limits(volume_type: &str) -> Result<(u64, u64)> {
     Ok(match volume_type {
         "gp2" | "gp3" => (1, 16384),
         "io1" => (4, 16384),
@@ -96,7 +96,7 @@ pub(super) fn volume_size_gib(
 }
 
 /// GiB to bytes, refusing what does not fit in 64 bits.
-pub(super) fn gib_to_bytes(gib: u64) -> Result<u64> {
+pub(crate) fn gib_to_bytes(gib: u64) -> Result<u64> {
     gib.checked_mul(1 << 30)
         .ok_or_else(|| Error::invalid_value(format!("A size of {gib} GiB is too large")))
 }

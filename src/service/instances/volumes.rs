@@ -37,10 +37,12 @@ pub struct Volume {
     pub snapshot_id: String,
     pub state: VolumeStateName,
     pub volume_id: String,
-    pub iops: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
     pub volume_type: String,
     pub multi_attach_enabled: bool,
-    pub throughput: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
 }
@@ -108,6 +110,9 @@ impl Service {
                 }],
                 _ => Vec::new(),
             };
+            let perf = self.store.read(|db| db.volume_performance(&v.volume_id))?;
+            let (iops, throughput) =
+                crate::service::volumes::performance_shown(&v.volume_type, v.size_gib, perf);
             out.push(Volume {
                 attachments,
                 availability_zone: v.availability_zone.clone(),
@@ -117,10 +122,10 @@ impl Service {
                 snapshot_id: v.snapshot_id.clone().unwrap_or_default(),
                 state: v.state,
                 volume_id: v.volume_id.clone(),
-                iops: 3000,
+                iops,
                 volume_type: v.volume_type.clone(),
                 multi_attach_enabled: false,
-                throughput: 125,
+                throughput,
                 tags: tags
                     .iter()
                     .map(|t| Tag {

@@ -1,0 +1,145 @@
+//! `amirun serve` on a loopback port, driven by the real aws CLI from
+//! `target/pyenv` (installed by `scripts/test.sh`).
+
+use super::Env;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A running `amirun serve` on a free loopback port; killed on drop.
+pub struct Serve {
+    child: Child,
+    pub url: String,
+    log: PathBuf,
+}
+
+/// A tool of the test venv (boto3, aws CLI).
+pub fn pyenv(tool: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/pyenv/bin")
+        .join(tool);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh (it installs boto3 and awscli into target/pyenv)",
+        p.display()
+    );
+    p
+}
+
+impl Serve {
+    pub fn start(env: &Env) -> Serve {
+        Self::start_with(env, &[])
+    }
+
+    /// With extra environment (e.g. `AMIRUN_FAILPOINTS`).
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Serve {
+        let n = std::fs::read_dir(env.dir.path()).unwrap().count();
+        let log = env.path(&format!("serve-{n}.log"));
+        let mut child = env
+            .cmd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
+            .envs(vars.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("amirun serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("amirun serve: listening on ")
+            .unwrap_or_else(|| panic!("amirun serve printed {line:?}"))
+            .to_string();
+        Serve { child, url, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `aws ec2 ARGS` on a server armed with a failpoint that kills it:
+    /// the call fails (no retry) and the server is gone afterwards.
+    pub fn aws_kills(mut self, args: &[&str]) {
+        let out = Command::new(pyenv("aws"))
+            .arg("ec2")
+            .args(args)
+            .envs(self.client_env())
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_RETRY_MODE", "standard")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "aws ec2 {args:?} succeeded");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server survived its failpoint:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn client_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL_EC2", self.url.clone()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "000000000000".into()),
+            ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_PAGER", String::new()),
+        ]
+    }
+
+    fn aws_cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(pyenv("aws"))
+            .arg("ec2")
+            .args(args)
+            .args(["--output", "json"])
+            .envs(self.client_env())
+            .output()
+            .unwrap()
+    }
+
+    /// `aws ec2 ARGS`, which must succeed; its JSON output (`null` when none).
+    pub fn aws(&self, args: &[&str]) -> Value {
+        let out = self.aws_cmd(args);
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?} failed:\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `aws ec2 ARGS`, which must fail with EC2 error `code`; its stderr.
+    pub fn aws_fails(&self, args: &[&str], code: &str) -> String {
+        let out = self.aws_cmd(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "aws ec2 {args:?} succeeded, expected {code}"
+        );
+        assert!(
+            stderr.contains(&format!("({code})")),
+            "aws ec2 {args:?}: expected {code}, got:\n{stderr}"
+        );
+        stderr
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
