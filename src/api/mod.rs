@@ -72,6 +72,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
         "DescribeInstanceCreditSpecifications",
         describe_instance_credit_specifications,
     ),
+    // Instance status and attributes, snapshot attributes
+    ("DescribeInstanceStatus", |c, v| {
+        typed(c, v, Service::describe_instance_status)
+    }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -552,7 +556,6 @@ const NOT_SERVED_YET: &[&str] = &[
     "DeleteVpc",
     "DescribeAccountAttributes",
     "DescribeInstanceAttribute",
-    "DescribeInstanceStatus",
     "DescribeInternetGateways",
     "DescribeLaunchTemplateVersions",
     "DescribeLaunchTemplates",

@@ -128,12 +128,12 @@ fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
 
 /// One page of `items` and the token for the next, EC2-style: the token is
 /// opaque to clients (here the offset, checked on the way back).
-fn page(
-    items: Vec<Value>,
+pub(crate) fn page<T: Clone>(
+    items: Vec<T>,
     paging: &Paging,
     min: i64,
     max: i64,
-) -> Result<(Vec<Value>, Option<String>)> {
+) -> Result<(Vec<T>, Option<String>)> {
     let size = match paging.max_results {
         None => items.len().max(1),
         Some(n) if (min..=max).contains(&n) => n as usize,

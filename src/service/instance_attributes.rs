@@ -1,0 +1,1 @@
+//! `DescribeInstanceAttribute` and `ModifyInstanceAttribute`.

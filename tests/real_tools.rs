@@ -1,0 +1,233 @@
+//! Real EC2 tools drive `amirun serve` unchanged but for the endpoint: the
+//! aws CLI's waiters, boto3's sts client, Ansible's `amazon.aws` collection
+//! and Packer's `amazon-ebs` builder. Each is installed by
+//! `scripts/test.sh` (aws CLI and boto3 into `target/pyenv`, Ansible too;
+//! Debian's `packer`).
+
+mod util;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+use util::*;
+
+const X86: &str = "amirun/tiny-x86_64";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool of the venv `scripts/test.sh` makes.
+fn pyenv(tool: &str) -> PathBuf {
+    let p = repo().join("target/pyenv/bin").join(tool);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh (it installs the AWS tools into target/pyenv)",
+        p.display()
+    );
+    p
+}
+
+/// A running `amirun serve` on a free loopback port.
+struct Serve {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(env: &Env) -> Serve {
+        let log = env.path("serve.log");
+        let mut child = env
+            .cmd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("amirun serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("amirun serve: listening on ")
+            .unwrap_or_else(|| panic!("amirun serve printed {line:?}"))
+            .to_string();
+        Serve { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The aws CLI against this endpoint.
+    fn aws(&self) -> Command {
+        let mut c = Command::new(pyenv("aws"));
+        c.args(["--output", "json", "ec2"])
+            .envs(client_env(&self.url));
+        c
+    }
+
+    /// `aws ec2 ARGS`, which must succeed; its JSON (Null when it printed nothing).
+    fn aws_ok(&self, args: &[&str]) -> Value {
+        let out = self.aws().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?} failed:\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `aws ec2 ARGS`, which must fail with this EC2 error code.
+    fn aws_fails(&self, args: &[&str], code: &str) -> String {
+        let out = self.aws().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "aws ec2 {args:?} succeeded");
+        assert!(
+            stderr.contains(&format!("({code})")),
+            "aws ec2 {args:?}: expected {code}, got:\n{stderr}"
+        );
+        stderr
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Environment of an AWS client that knows nothing but the endpoint.
+fn client_env(url: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", url),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ACCESS_KEY_ID", "000000000000"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_PAGER", ""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn statuses(v: &Value) -> Vec<Value> {
+    v["InstanceStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `aws ec2 wait instance-status-ok` returns once the guest has booted, and
+/// DescribeInstanceStatus shows the checks as EC2 does along the way.
+#[test]
+fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
+    let env = Env::with_images();
+    let server = Serve::start(&env);
+    let ami = env.ami(X86);
+    let run = server.aws_ok(&[
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+        "--count",
+        "1",
+    ]);
+    let id = run["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Right after the launch: not yet ok (pending: listed only with
+    // --include-all-instances; running: initializing).
+    let early = server.aws_ok(&[
+        "describe-instance-status",
+        "--instance-ids",
+        &id,
+        "--include-all-instances",
+    ]);
+    let s = &statuses(&early)[0];
+    assert_eq!(s["InstanceId"], id.as_str(), "{early}");
+    assert_ne!(s["InstanceStatus"]["Status"], "ok", "{early}");
+    assert_eq!(s["AvailabilityZone"], "us-east-1a", "{early}");
+
+    let started = Instant::now();
+    let out = server
+        .aws()
+        .args(["wait", "instance-status-ok", "--instance-ids", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "waiter failed after {:?}: {}\nconsole:\n{}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr),
+        env.console(&id)
+    );
+    eprintln!("instance-status-ok after {:?}", started.elapsed());
+    // The guest really is up when the waiter says so.
+    assert!(env.console(&id).contains("amirun-tiny: ready"));
+    let ok = server.aws_ok(&["describe-instance-status", "--instance-ids", &id]);
+    let s = &statuses(&ok)[0];
+    assert_eq!(s["InstanceState"]["Name"], "running", "{ok}");
+    assert_eq!(s["SystemStatus"]["Status"], "ok", "{ok}");
+    assert_eq!(s["InstanceStatus"]["Details"][0]["Name"], "reachability");
+    assert_eq!(s["InstanceStatus"]["Details"][0]["Status"], "passed");
+    let filtered = server.aws_ok(&[
+        "describe-instance-status",
+        "--filters",
+        "Name=instance-status.status,Values=initializing",
+    ]);
+    assert!(statuses(&filtered).is_empty(), "{filtered}");
+
+    // Bad input gets EC2's errors.
+    server.aws_fails(
+        &[
+            "describe-instance-status",
+            "--instance-ids",
+            "i-00000000000000000",
+        ],
+        "InvalidInstanceID.NotFound",
+    );
+    server.aws_fails(
+        &["describe-instance-status", "--instance-ids", "x-1"],
+        "InvalidInstanceID.Malformed",
+    );
+    server.aws_fails(
+        &[
+            "describe-instance-status",
+            "--filters",
+            "Name=bogus,Values=1",
+        ],
+        "InvalidParameterValue",
+    );
+
+    // Stopped: not listed by default, not-applicable with --include-all-instances.
+    server.aws_ok(&["stop-instances", "--instance-ids", &id]);
+    server.aws_ok(&["wait", "instance-stopped", "--instance-ids", &id]);
+    let stopped = server.aws_ok(&["describe-instance-status", "--instance-ids", &id]);
+    assert!(statuses(&stopped).is_empty(), "{stopped}");
+    let all = server.aws_ok(&[
+        "describe-instance-status",
+        "--instance-ids",
+        &id,
+        "--include-all-instances",
+    ]);
+    assert_eq!(
+        statuses(&all)[0]["InstanceStatus"]["Status"],
+        "not-applicable"
+    );
+    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+}
