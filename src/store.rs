@@ -18,6 +18,7 @@
 //! `images` (with launch permissions), `snapshots`, `blobs`, `tags`,
 //! `instances`, `volumes` (with their base layers), `key_pairs`, `catalog`.
 
+mod attributes;
 mod blobs;
 mod catalog;
 mod images;
@@ -47,6 +48,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 
 mod util;
 
+use base64::Engine;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -230,4 +231,200 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
         "not-applicable"
     );
     server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+}
+
+/// DescribeInstanceAttribute / ModifyInstanceAttribute as the aws CLI sends
+/// them, with EC2's rules: some attributes change only while stopped, and
+/// the next start boots with them; termination protection holds.
+#[test]
+fn aws_cli_instance_attributes_follow_ec2s_rules() {
+    let env = Env::with_images();
+    let server = Serve::start(&env);
+    let ami = env.ami(X86);
+    let run = server.aws_ok(&[
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+    ]);
+    let id = run["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attr = |name: &str| {
+        server.aws_ok(&[
+            "describe-instance-attribute",
+            "--instance-id",
+            &id,
+            "--attribute",
+            name,
+        ])
+    };
+    assert_eq!(attr("instanceType")["InstanceType"]["Value"], "t3.micro");
+    assert_eq!(
+        attr("disableApiTermination")["DisableApiTermination"]["Value"],
+        false
+    );
+    assert_eq!(
+        attr("instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"],
+        "stop"
+    );
+    assert_eq!(
+        attr("rootDeviceName")["RootDeviceName"]["Value"],
+        "/dev/xvda"
+    );
+    let bdm = attr("blockDeviceMapping");
+    assert_eq!(
+        bdm["BlockDeviceMappings"][0]["Ebs"]["DeleteOnTermination"], true,
+        "{bdm}"
+    );
+    assert_eq!(attr("userData")["InstanceId"], id.as_str());
+    server.aws_fails(
+        &[
+            "describe-instance-attribute",
+            "--instance-id",
+            &id,
+            "--attribute",
+            "colour",
+        ],
+        "InvalidParameterValue",
+    );
+    server.aws_fails(
+        &[
+            "describe-instance-attribute",
+            "--instance-id",
+            "i-00000000000000000",
+            "--attribute",
+            "instanceType",
+        ],
+        "InvalidInstanceID.NotFound",
+    );
+
+    // While running: the type and user data are refused, protection is not.
+    server.aws_fails(
+        &[
+            "modify-instance-attribute",
+            "--instance-id",
+            &id,
+            "--instance-type",
+            "Value=t3.small",
+        ],
+        "IncorrectInstanceState",
+    );
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--disable-api-termination",
+    ]);
+    let refused = server.aws_fails(
+        &["terminate-instances", "--instance-ids", &id],
+        "OperationNotPermitted",
+    );
+    assert!(refused.contains("disableApiTermination"), "{refused}");
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--no-disable-api-termination",
+    ]);
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--block-device-mappings",
+        "DeviceName=/dev/xvda,Ebs={DeleteOnTermination=false}",
+    ]);
+    let bdm = attr("blockDeviceMapping");
+    assert_eq!(
+        bdm["BlockDeviceMappings"][0]["Ebs"]["DeleteOnTermination"], false,
+        "{bdm}"
+    );
+    let volume = bdm["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.aws_fails(
+        &[
+            "modify-instance-attribute",
+            "--instance-id",
+            &id,
+            "--ena-support",
+            "--sriov-net-support",
+            "Value=simple",
+        ],
+        "InvalidParameterCombination",
+    );
+
+    // Stopped: what Packer and Ansible change, then the next boot uses it.
+    server.aws_ok(&["stop-instances", "--instance-ids", &id]);
+    server.aws_ok(&["wait", "instance-stopped", "--instance-ids", &id]);
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--ena-support",
+    ]);
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--sriov-net-support",
+        "Value=simple",
+    ]);
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--attribute",
+        "instanceType",
+        "--value",
+        "t3.small",
+    ]);
+    server.aws_fails(
+        &[
+            "modify-instance-attribute",
+            "--instance-id",
+            &id,
+            "--instance-type",
+            "Value=t4g.micro",
+        ],
+        "InvalidParameterValue",
+    );
+    // As EC2's user guide says: the `--value` form takes the script base64-encoded.
+    let script = env.path("user-data.base64");
+    std::fs::write(
+        &script,
+        base64::engine::general_purpose::STANDARD
+            .encode("#!/bin/sh\necho attribute-user-data-ran\n"),
+    )
+    .unwrap();
+    server.aws_ok(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        &id,
+        "--attribute",
+        "userData",
+        "--value",
+        &format!("file://{}", script.display()),
+    ]);
+    assert_eq!(attr("enaSupport")["EnaSupport"]["Value"], true);
+    assert_eq!(
+        attr("sriovNetSupport")["SriovNetSupport"]["Value"],
+        "simple"
+    );
+    server.aws_ok(&["start-instances", "--instance-ids", &id]);
+    env.wait_console(&id, "attribute-user-data-ran", 300);
+    let i = server.aws_ok(&["describe-instances", "--instance-ids", &id]);
+    assert_eq!(
+        i["Reservations"][0]["Instances"][0]["InstanceType"], "t3.small",
+        "{i}"
+    );
+
+    // Terminate keeps the root volume now that DeleteOnTermination is false.
+    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+    server.aws_ok(&["wait", "instance-terminated", "--instance-ids", &id]);
+    let v = server.aws_ok(&["describe-volumes", "--volume-ids", &volume]);
+    assert_eq!(v["Volumes"][0]["State"], "available", "{v}");
 }

@@ -76,6 +76,12 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeInstanceStatus", |c, v| {
         typed(c, v, Service::describe_instance_status)
     }),
+    ("DescribeInstanceAttribute", |c, v| {
+        typed(c, v, Service::describe_instance_attribute)
+    }),
+    ("ModifyInstanceAttribute", |c, v| {
+        typed(c, v, Service::modify_instance_attribute)
+    }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
 ];
@@ -555,7 +561,6 @@ const NOT_SERVED_YET: &[&str] = &[
     "DeleteVolume",
     "DeleteVpc",
     "DescribeAccountAttributes",
-    "DescribeInstanceAttribute",
     "DescribeInternetGateways",
     "DescribeLaunchTemplateVersions",
     "DescribeLaunchTemplates",
@@ -569,7 +574,6 @@ const NOT_SERVED_YET: &[&str] = &[
     "DescribeVpcs",
     "DetachVolume",
     "ExportImage",
-    "ModifyInstanceAttribute",
     "ModifyInstanceMetadataOptions",
     "ModifyLaunchTemplate",
     "ModifySnapshotAttribute",

@@ -206,7 +206,7 @@ impl Drop for Undo {
 }
 
 /// EC2's limit on user data, counted after base64 decoding.
-const USER_DATA_LIMIT: usize = 16 * 1024;
+pub(crate) const USER_DATA_LIMIT: usize = 16 * 1024;
 
 /// The most instances one request launches (EC2 launches up to MaxCount
 /// within the account's quota; this is amirun's quota).
@@ -1399,6 +1399,7 @@ impl Service {
         force: bool,
     ) -> Result<Value> {
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
+        self.check_api_protection(&instances, "stopped")?;
         for i in &instances {
             if i.root_device_type == RootDeviceType::InstanceStore {
                 return Err(Error::new(
@@ -1549,6 +1550,7 @@ impl Service {
             ));
         }
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
+        self.check_api_protection(&instances, "terminated")?;
         let mut changes = Vec::new();
         for mut i in instances {
             let previous = i.state;
