@@ -40,9 +40,15 @@ struct Serve {
 
 impl Serve {
     fn start(env: &Env) -> Serve {
+        Self::start_with(env, &[])
+    }
+
+    /// With extra environment for the server (and the workers it starts).
+    fn start_with(env: &Env, vars: &[(&str, &str)]) -> Serve {
         let log = env.path("serve.log");
         let mut child = env
             .cmd()
+            .envs(vars.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -427,4 +433,94 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
     server.aws_ok(&["wait", "instance-terminated", "--instance-ids", &id]);
     let v = server.aws_ok(&["describe-volumes", "--volume-ids", &volume]);
     assert_eq!(v["Volumes"][0]["State"], "available", "{v}");
+}
+
+/// How long the server took for the last request of `action` (its log line).
+fn server_ms(log: &str, action: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find(|l| l.contains(&format!("action={action} ")))
+        .and_then(|l| l.rsplit(' ').nth(1))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no {action} in the server log:\n{log}"))
+}
+
+/// `aws ec2 create-image` on a booting instance returns the id at once with
+/// the image pending; the reboot and snapshot happen after, and `aws ec2
+/// wait image-available` then sees the image available.
+#[test]
+fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
+    let env = Env::with_images();
+    // The booting guest may not listen to the power button yet: a short
+    // grace period keeps the reboot short.
+    let server = Serve::start_with(&env, &[("AMIRUN_STOP_TIMEOUT", "10")]);
+    let ami = env.ami(X86);
+    let run = server.aws_ok(&[
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+    ]);
+    let id = run["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    let made = server.aws_ok(&[
+        "create-image",
+        "--instance-id",
+        &id,
+        "--name",
+        "booting-bake",
+        "--tag-specifications",
+        "ResourceType=image,Tags=[{Key=stage,Value=ci}]",
+    ]);
+    let cli_wall = started.elapsed();
+    let image = made["ImageId"].as_str().unwrap().to_string();
+    let ms = server_ms(&server.log(), "CreateImage");
+    eprintln!("create-image: server {ms} ms, aws CLI wall {cli_wall:?}");
+    assert!(ms < 1000, "CreateImage took {ms} ms in the server");
+    let pending = server.aws_ok(&["describe-images", "--image-ids", &image]);
+    assert_eq!(pending["Images"][0]["State"], "pending", "{pending}");
+    assert_eq!(pending["Images"][0]["Tags"][0]["Value"], "ci", "{pending}");
+    // The name is taken from the start.
+    server.aws_fails(
+        &[
+            "create-image",
+            "--instance-id",
+            &id,
+            "--name",
+            "booting-bake",
+        ],
+        "InvalidAMIName.Duplicate",
+    );
+    server.aws_fails(
+        &[
+            "create-image",
+            "--instance-id",
+            "i-00000000000000000",
+            "--name",
+            "x-bake",
+        ],
+        "InvalidInstanceID.NotFound",
+    );
+
+    let started = Instant::now();
+    server.aws_ok(&["wait", "image-available", "--image-ids", &image]);
+    eprintln!("image-available after {:?}", started.elapsed());
+    let done = server.aws_ok(&["describe-images", "--image-ids", &image]);
+    let img = &done["Images"][0];
+    assert_eq!(img["State"], "available", "{done}");
+    let snap = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        .as_str()
+        .unwrap();
+    let s = server.aws_ok(&["describe-snapshots", "--snapshot-ids", snap]);
+    assert_eq!(s["Snapshots"][0]["State"], "completed", "{s}");
+    // EC2 rebooted the instance for the image: it runs again.
+    server.aws_ok(&["wait", "instance-running", "--instance-ids", &id]);
+    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+    // No job or worker is left behind.
+    let jobs = files_in(&env.home().join("jobs"));
+    assert!(jobs.is_empty(), "{jobs:?}");
 }

@@ -57,7 +57,6 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("ImportKeyPair", import_key_pair),
     ("DescribeKeyPairs", describe_key_pairs),
     ("DeleteKeyPair", delete_key_pair),
-    ("CreateImage", create_image),
     ("CreateSnapshot", create_snapshot),
     ("CopySnapshot", copy_snapshot),
     ("DescribeRegions", describe_regions),
@@ -81,6 +80,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     }),
     ("ModifyInstanceAttribute", |c, v| {
         typed(c, v, Service::modify_instance_attribute)
+    }),
+    // EC2's CreateImage returns at once; a worker bakes (service::image_worker).
+    ("CreateImage", |c, v| {
+        typed(c, v, Service::create_image_async)
     }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
@@ -303,19 +306,6 @@ fn reset_image_attribute(c: &mut Context, v: &Value) -> Result<Option<Value>> {
     let (id, attr) = (req_str(v, "ImageId")?, req_str(v, "Attribute")?);
     c.service.reset_image_attribute(c.caller, &id, &attr)?;
     Ok(None)
-}
-
-fn create_image(c: &mut Context, v: &Value) -> Result<Option<Value>> {
-    let input = crate::service::baking::CreateImageInput {
-        instance_id: req_str(v, "InstanceId")?,
-        name: req_str(v, "Name")?,
-        description: opt_str(v, "Description"),
-        no_reboot: flag(v, "NoReboot"),
-        block_device_mappings: de(v, "BlockDeviceMappings")?,
-        tag_specifications: de(v, "TagSpecifications")?,
-        flatten: false,
-    };
-    out(c.service.create_image(c.caller, &input)?)
 }
 
 fn create_snapshot(c: &mut Context, v: &Value) -> Result<Option<Value>> {

@@ -17,6 +17,7 @@ pub mod baking;
 pub mod boot_test;
 pub mod error;
 pub mod filter;
+pub mod image_worker;
 mod images;
 mod imds_config;
 pub mod import_policy;

@@ -142,6 +142,16 @@ impl Service {
             let Some(_lock) = try_lock(&self.paths, &i.image_id)? else {
                 continue;
             };
+            if self.has_image_job(&i.image_id) {
+                // EC2's CreateImage: settled by its worker, or here once it is gone.
+                if !self.image_worker_alive(&i.image_id)? {
+                    tracing::debug!(image = %i.image_id, "recovery: CreateImage worker gone");
+                    if let Err(e) = self.settle_image_job(&i.image_id) {
+                        tracing::warn!(image = %i.image_id, "recovery: cannot settle: {e}");
+                    }
+                }
+                continue;
+            }
             match self.settle_image(&i.image_id) {
                 Ok(kept) => {
                     tracing::debug!(image = %i.image_id, "recovery: writer gone, pending AMI {}",
