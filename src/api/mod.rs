@@ -81,6 +81,15 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("ModifyInstanceAttribute", |c, v| {
         typed(c, v, Service::modify_instance_attribute)
     }),
+    ("DescribeSnapshotAttribute", |c, v| {
+        typed(c, v, Service::describe_snapshot_attribute)
+    }),
+    ("ModifySnapshotAttribute", |c, v| {
+        typed(c, v, Service::modify_snapshot_attribute)
+    }),
+    ("ResetSnapshotAttribute", |c, v| {
+        typed(c, v, Service::reset_snapshot_attribute)
+    }),
     // EC2's CreateImage returns at once; a worker bakes (service::image_worker).
     ("CreateImage", |c, v| {
         typed(c, v, Service::create_image_async)
@@ -558,7 +567,6 @@ const NOT_SERVED_YET: &[&str] = &[
     "DescribeRouteTables",
     "DescribeSecurityGroupRules",
     "DescribeSecurityGroups",
-    "DescribeSnapshotAttribute",
     "DescribeSubnets",
     "DescribeVolumesModifications",
     "DescribeVpcs",
@@ -566,9 +574,7 @@ const NOT_SERVED_YET: &[&str] = &[
     "ExportImage",
     "ModifyInstanceMetadataOptions",
     "ModifyLaunchTemplate",
-    "ModifySnapshotAttribute",
     "ModifyVolume",
-    "ResetSnapshotAttribute",
     "RevokeSecurityGroupEgress",
     "RevokeSecurityGroupIngress",
 ];

@@ -32,6 +32,7 @@ pub mod object_lock;
 pub mod recovery;
 mod regions;
 pub mod shapes;
+pub mod snapshot_attributes;
 mod snapshots;
 mod tags;
 

@@ -30,7 +30,7 @@
 //! | | otherwise | back: `V.next.qcow2` (if it backs onto the snapshot), the snapshot file and the record go |
 //! | `pending` AMI | every snapshot it maps is `completed` | forward: `available` |
 //! | | otherwise | back: the AMI record goes (kept snapshots stay, they are volume bases) |
-//! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete (`Service::finish_delete`) |
+//! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete (`Service::finish_delete`), once no running instance reads it (a deferred delete waits until then) |
 //!
 //! A live snapshot's pause, switch, resume and renames happen inside the
 //! instance's supervisor ([`crate::instance::live_snapshot`]); before judging
@@ -132,6 +132,14 @@ impl Service {
             };
             let fresh = self.store.read(|db| db.snapshot(&s.snapshot_id))?;
             if let Some(s) = fresh.filter(|s| s.state == SnapshotStateName::Deleting) {
+                let id = s.snapshot_id.clone();
+                if self
+                    .store
+                    .read(|db| super::layers::read_by_running_instance(db, &id))?
+                {
+                    // A deferred delete: its layer is read by a running guest.
+                    continue;
+                }
                 tracing::debug!(snapshot = %s.snapshot_id, "recovery: finishing an interrupted delete");
                 if let Err(e) = self.finish_delete(&s) {
                     tracing::warn!(snapshot = %s.snapshot_id, "recovery: cannot finish the delete: {e}");
