@@ -517,10 +517,311 @@ fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
         .unwrap();
     let s = server.aws_ok(&["describe-snapshots", "--snapshot-ids", snap]);
     assert_eq!(s["Snapshots"][0]["State"], "completed", "{s}");
+    snapshot_and_image_attributes(&server, &image, snap);
+
     // EC2 rebooted the instance for the image: it runs again.
     server.aws_ok(&["wait", "instance-running", "--instance-ids", &id]);
     server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
     // No job or worker is left behind.
     let jobs = files_in(&env.home().join("jobs"));
     assert!(jobs.is_empty(), "{jobs:?}");
+}
+
+/// Snapshot and image attributes in the forms the aws CLI, boto3 and
+/// Packer send them, on a baked AMI and its snapshot.
+fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
+    let attr = |name: &str| {
+        server.aws_ok(&[
+            "describe-snapshot-attribute",
+            "--snapshot-id",
+            snap,
+            "--attribute",
+            name,
+        ])
+    };
+    let v = attr("createVolumePermission");
+    assert_eq!(v["SnapshotId"], snap, "{v}");
+    assert_eq!(v["CreateVolumePermissions"], serde_json::json!([]), "{v}");
+    assert_eq!(attr("productCodes")["ProductCodes"], serde_json::json!([]));
+    server.aws_ok(&[
+        "modify-snapshot-attribute",
+        "--snapshot-id",
+        snap,
+        "--attribute",
+        "createVolumePermission",
+        "--operation-type",
+        "add",
+        "--user-ids",
+        "111111111111",
+    ]);
+    server.aws_ok(&[
+        "modify-snapshot-attribute",
+        "--snapshot-id",
+        snap,
+        "--create-volume-permission",
+        "Add=[{Group=all}]",
+    ]);
+    let v = attr("createVolumePermission");
+    assert_eq!(
+        v["CreateVolumePermissions"],
+        serde_json::json!([{"UserId": "111111111111"}, {"Group": "all"}]),
+        "{v}"
+    );
+    server.aws_fails(
+        &[
+            "modify-snapshot-attribute",
+            "--snapshot-id",
+            snap,
+            "--create-volume-permission",
+            "Add=[{UserId=12}]",
+        ],
+        "InvalidParameterValue",
+    );
+    server.aws_fails(
+        &[
+            "describe-snapshot-attribute",
+            "--snapshot-id",
+            "snap-00000000000000000",
+            "--attribute",
+            "productCodes",
+        ],
+        "InvalidSnapshot.NotFound",
+    );
+    server.aws_ok(&[
+        "reset-snapshot-attribute",
+        "--snapshot-id",
+        snap,
+        "--attribute",
+        "createVolumePermission",
+    ]);
+    assert_eq!(
+        attr("createVolumePermission")["CreateVolumePermissions"],
+        serde_json::json!([])
+    );
+
+    // ModifyImageAttribute: the CLI's OperationType form, the structure
+    // form, Packer's structure-plus-UserId form, and the description.
+    let launch = || {
+        server.aws_ok(&[
+            "describe-image-attribute",
+            "--image-id",
+            image,
+            "--attribute",
+            "launchPermission",
+        ])["LaunchPermissions"]
+            .clone()
+    };
+    server.aws_ok(&[
+        "modify-image-attribute",
+        "--image-id",
+        image,
+        "--attribute",
+        "launchPermission",
+        "--operation-type",
+        "add",
+        "--user-ids",
+        "222222222222",
+    ]);
+    server.aws_ok(&[
+        "modify-image-attribute",
+        "--image-id",
+        image,
+        "--launch-permission",
+        "Add=[{UserId=333333333333}],Remove=[{UserId=222222222222}]",
+    ]);
+    assert_eq!(launch(), serde_json::json!([{"UserId": "333333333333"}]));
+    server.aws_ok(&[
+        "modify-image-attribute",
+        "--image-id",
+        image,
+        "--launch-permission",
+        "Add=[{UserId=444444444444}]",
+        "--user-ids",
+        "444444444444",
+    ]);
+    assert_eq!(launch().as_array().unwrap().len(), 2);
+    server.aws_ok(&[
+        "modify-image-attribute",
+        "--image-id",
+        image,
+        "--description",
+        "Value=baked",
+    ]);
+    let d = server.aws_ok(&[
+        "describe-image-attribute",
+        "--image-id",
+        image,
+        "--attribute",
+        "description",
+    ]);
+    assert_eq!(d["Description"]["Value"], "baked", "{d}");
+}
+
+/// boto3's sts client on the same endpoint learns the account, in STS's shape.
+#[test]
+fn boto3_sts_get_caller_identity_on_the_ec2_endpoint() {
+    let env = Env::new();
+    let server = Serve::start(&env);
+    let script = r#"
+import boto3, json, os
+sts = boto3.client("sts", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+who = sts.get_caller_identity()
+print(json.dumps({k: who[k] for k in ("Account", "Arn", "UserId")}))
+other = boto3.client("sts", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                     aws_access_key_id="111111111111", aws_secret_access_key="x")
+print(json.dumps({"Account": other.get_caller_identity()["Account"]}))
+"#;
+    let out = Command::new(pyenv("python"))
+        .args(["-c", script])
+        .envs(client_env(&server.url))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"Account": "000000000000", "Arn": "arn:aws:iam::000000000000:root", "UserId": "000000000000"})
+    );
+    assert_eq!(lines[1]["Account"], "111111111111");
+    assert!(
+        server.log().contains("action=GetCallerIdentity"),
+        "{}",
+        server.log()
+    );
+    // The aws CLI too.
+    let out = Command::new(pyenv("aws"))
+        .args(["sts", "get-caller-identity", "--output", "json"])
+        .envs(client_env(&server.url))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Account"], "000000000000");
+}
+
+/// The Ansible playbook `tests/tools/ansible-ec2.yml` (amazon.aws: launch
+/// with wait, tag, stop, start, bake, remove everything) runs green twice.
+#[test]
+fn ansible_amazon_aws_playbook_runs_green_twice() {
+    let env = Env::with_images();
+    let server = Serve::start(&env);
+    for run in 1..=2 {
+        let started = Instant::now();
+        let out = Command::new(pyenv("ansible-playbook"))
+            .arg(repo().join("tests/tools/ansible-ec2.yml"))
+            .envs(client_env(&server.url))
+            .env("AMIRUN_ENDPOINT", &server.url)
+            .env("RUN_NAME", "ansible")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_LOCAL_TEMP", env.path("ansible-tmp"))
+            .env("ANSIBLE_HOME", env.path("ansible-home"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run} failed:\n{stdout}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        assert!(stdout.contains("failed=0"), "{stdout}");
+        eprintln!("ansible run {run}: {:?}", started.elapsed());
+    }
+    // Everything was removed: no instance left running, no AMI of ours.
+    let images = server.aws_ok(&["describe-images", "--owners", "self"]);
+    assert_eq!(images["Images"], serde_json::json!([]), "{images}");
+}
+
+/// Set in the re-executed test process that runs inside the namespaces.
+const INSIDE: &str = "AMIRUN_TEST_REAL_TOOLS_NETNS";
+const PACKER_TEST: &str = "packer_amazon_ebs_bakes_an_ami_that_boots_with_the_provisioned_file";
+
+/// Debian's `packer` builds `tests/tools/packer-ebs.json` (source AMI
+/// filter, temporary key pair and security group, shell provisioner over
+/// ssh), unchanged but for the endpoint; the AMI boots with the file the
+/// provisioner wrote. Runs inside a network namespace this test creates, so
+/// whatever address Packer dials stays on this machine.
+#[test]
+fn packer_amazon_ebs_bakes_an_ami_that_boots_with_the_provisioned_file() {
+    if Command::new("packer").arg("version").output().is_err() {
+        eprintln!("SKIPPED: `packer` is not installed (scripts/test.sh installs Debian's packer)");
+        return;
+    }
+    if std::env::var_os(INSIDE).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let status = Command::new("unshare")
+            .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg("set -e; ip link set lo up; exec \"$@\"")
+            .arg("sh")
+            .arg(&exe)
+            .args([PACKER_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(INSIDE, "1")
+            .status()
+            .expect("run unshare");
+        assert!(
+            status.success(),
+            "the Packer build inside `unshare --net --mount` failed ({status})"
+        );
+        return;
+    }
+    let env = Env::with_images();
+    let server = Serve::start(&env);
+    let started = Instant::now();
+    let out = Command::new("packer")
+        .args(["build", "-machine-readable"])
+        .arg(repo().join("tests/tools/packer-ebs.json"))
+        .envs(client_env(&server.url))
+        .env("AMIRUN_ENDPOINT", &server.url)
+        .env("RUN_NAME", "test")
+        .env("PACKER_NO_COLOR", "1")
+        .env("PACKER_CACHE_DIR", env.path("packer-cache"))
+        .env("HOME", env.path("packer-home"))
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let said: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            l.contains(",ui,say,") || l.contains(",ui,error,") || l.contains(",ui,message,")
+        })
+        .collect();
+    eprintln!("packer build: {:?}\n{}", started.elapsed(), said.join("\n"));
+    assert!(
+        out.status.success(),
+        "packer build failed:\n{}\n{}\nserver log:\n{}",
+        said.join("\n"),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let ami = stdout
+        .lines()
+        .find(|l| l.contains(",artifact,0,id,"))
+        .and_then(|l| l.rsplit(',').next())
+        .and_then(|id| id.split("%!(PACKER_COMMA)").last())
+        .and_then(|id| id.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no artifact id in:\n{stdout}"))
+        .to_string();
+    assert!(ami.starts_with("ami-"), "{ami}");
+    // The AMI boots with what the provisioner wrote.
+    let check = "#!/bin/sh\necho \"marker: $(cat /etc/packer-marker)\" >/dev/console\n";
+    let run = server.aws_ok(&["run-instances", "--image-id", &ami, "--user-data", check]);
+    let id = run["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.wait_console(&id, "marker: provisioned-by-packer", 600);
+    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
 }
