@@ -32,9 +32,14 @@
 //!   with live facts (supervisor and QEMU alive, exit records) on every read.
 //!   Baking lives there too: [`service::layers`] keeps EBS snapshots as
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
-//!   chains, merge on delete), [`service::baking`] makes AMIs from
-//!   instances and moves images in and out, and [`service::bake_recipe`]
-//!   runs `amirun bake RECIPE`. Operations that change files and records
+//!   chains, merge on delete, deferred while running volumes read the
+//!   layer), [`service::baking`] makes AMIs from instances and moves images
+//!   in and out, [`service::image_worker`] answers EC2's CreateImage at
+//!   once and bakes in a detached `amirun __create-image` worker, and
+//!   [`service::bake_recipe`] runs `amirun bake RECIPE`. Instance status
+//!   checks ([`service::instance_status`]) come from live facts (supervisor,
+//!   QEMU, the guest's console); instance and snapshot attributes have
+//!   their own rooms. Operations that change files and records
 //!   go lock -> intent -> act -> commit; a recovery pass at every open
 //!   settles what a killed process left, from the real qcow2 chains, and
 //!   sweeps files no record owns (`service::recovery`). One operation at a

@@ -259,11 +259,18 @@ impl ModifyInstanceAttributeRequest {
                         "Value ({attribute}) for parameter attribute is invalid. The attribute cannot be modified."
                     )))
                 }
-                "blockDeviceMapping" | "groupSet" => {
-                    return Err(Error::invalid_value(format!(
-                        "Value ({attribute}) for parameter attribute is invalid. Use the {} parameter to modify it.",
-                        if attribute == "groupSet" { "GroupId" } else { "BlockDeviceMapping" }
-                    )))
+                // As the VPC model reads it: a comma-separated list of ids.
+                "groupSet" => Change::Groups(
+                    value()?
+                        .split(',')
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect(),
+                ),
+                "blockDeviceMapping" => {
+                    return Err(Error::invalid_value(
+                        "Value (blockDeviceMapping) for parameter attribute is invalid. Use the BlockDeviceMapping parameter to modify it.",
+                    ))
                 }
                 _ => {
                     return Err(Error::invalid_value(format!(
@@ -617,13 +624,19 @@ impl Service {
                     Ok(())
                 })?;
             }
-            Change::Groups(groups) => return self.modify_instance_groups(&i, groups),
+            Change::Groups(groups) => return self.modify_instance_groups(caller, &i, groups),
         }
         Ok(())
     }
 
-    /// `groupSet`: replace an instance's security groups; the VPC model owns them.
-    fn modify_instance_groups(&mut self, i: &InstanceState, _groups: Vec<String>) -> Result<()> {
+    /// `groupSet`: replace an instance's security groups; the VPC model
+    /// owns them (with it: `self.set_instance_groups(caller, &i.instance_id, &groups)`).
+    fn modify_instance_groups(
+        &mut self,
+        _caller: &Caller,
+        i: &InstanceState,
+        _groups: Vec<String>,
+    ) -> Result<()> {
         Err(Error::new(
             ErrorCode::UnsupportedOperation,
             format!(
