@@ -14,7 +14,7 @@
 //!    taken its *worker lock* (`<ami-id>.worker`) by then. Only then does
 //!    the request release the AMI's lock and return the id.
 //! 3. The worker takes the AMI's lock and does what the synchronous
-//!    CreateImage does ([`Service::create_image_as`]: intent, layers,
+//!    CreateImage does (`Service::create_image_as`: intent, layers,
 //!    commit, reboot around it), filling in the pending record. A failure
 //!    marks the AMI `failed` with the error as its state reason; then the
 //!    job goes.
@@ -22,7 +22,7 @@
 //! "AMI pending, its lock and its worker lock free" means the worker (or
 //! the request before it) is gone: recovery ([`super::recovery`]) settles
 //! its snapshots from the files as always, then the AMI here
-//! ([`Service::settle_image_job`]): `available` when every snapshot stands,
+//! (`Service::settle_image_job`): `available` when every snapshot stands,
 //! `failed` otherwise. An instance the worker had stopped for the reboot is
 //! left stopped.
 
