@@ -716,7 +716,9 @@ print(json.dumps({"Account": other.get_caller_identity()["Account"]}))
 #[test]
 fn ansible_amazon_aws_playbook_runs_green_twice() {
     let env = Env::with_images();
-    let server = Serve::start(&env);
+    // Stops (stop, the bake's reboot, terminate) wait for the tiny guest's
+    // power button at most 10 s: the playbook's waiters poll every 15 s.
+    let server = Serve::start_with(&env, &[("AMIRUN_STOP_TIMEOUT", "10")]);
     for run in 1..=2 {
         let started = Instant::now();
         let out = Command::new(pyenv("ansible-playbook"))
