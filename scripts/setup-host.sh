@@ -17,6 +17,8 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok
 for p in qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 seabios ipxe-qemu passt iproute2 nftables dnsmasq-base; do
   have_pkg "$p" || need+=("$p")
 done
+# tests/real_tools.rs runs Debian's packer (amazon-ebs builder).
+have_pkg packer || need+=(packer)
 # scripts/test.sh lints the shell scripts.
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 # tests/http_api.rs installs boto3 and awscli into a venv (scripts/test.sh).

@@ -12,11 +12,15 @@ cargo fmt --check
 shellcheck scripts/*.sh scripts/images/*.sh .ci/run
 scripts/build-images.sh tiny all
 scripts/build-images.sh debian-12 x86_64
-# Real EC2 clients for tests/http_api.rs: boto3 and the aws CLI from PyPI
+# Real EC2 clients for tests/http_api.rs and tests/real_tools.rs: boto3,
+# the aws CLI and Ansible (with its amazon.aws collection) from PyPI
 # (Debian's botocore is years old), in a venv under target/.
-if ! target/pyenv/bin/python -c 'import boto3, awscli' 2>/dev/null; then
+if ! target/pyenv/bin/python -c 'import boto3, awscli, ansible' 2>/dev/null; then
 	python3 -m venv target/pyenv
-	target/pyenv/bin/pip install --quiet --upgrade boto3 awscli
+	target/pyenv/bin/pip install --quiet --upgrade boto3 awscli ansible
+fi
+if ! target/pyenv/bin/ansible-galaxy collection list amazon.aws 2>/dev/null | grep -q '^amazon\.aws '; then
+	target/pyenv/bin/ansible-galaxy collection install amazon.aws
 fi
 cargo clippy --quiet --all-targets -- -D warnings
 cargo build --quiet --all-targets

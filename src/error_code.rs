@@ -92,6 +92,7 @@ error_codes! {
     InvalidAmiNameMalformed = "InvalidAMIName.Malformed", 400;
     InvalidBlockDeviceMapping = "InvalidBlockDeviceMapping", 400;
     InvalidId = "InvalidID", 400;
+    InvalidInstanceAttributeValue = "InvalidInstanceAttributeValue", 400;
     InvalidInstanceIdMalformed = "InvalidInstanceID.Malformed", 400;
     InvalidInstanceIdNotFound = "InvalidInstanceID.NotFound", 400;
     InvalidInstanceType = "InvalidInstanceType", 400;
@@ -100,6 +101,8 @@ error_codes! {
     InvalidKeyPairMalformed = "InvalidKeyPair.Malformed", 400;
     InvalidKeyPairNotFound = "InvalidKeyPair.NotFound", 400;
     InvalidNextToken = "InvalidNextToken", 400;
+    /// The object's own settings forbid the operation (`disableApiTermination`).
+    OperationNotPermitted = "OperationNotPermitted", 400;
     InvalidSnapshotIdMalformed = "InvalidSnapshotID.Malformed", 400;
     InvalidSnapshotInUse = "InvalidSnapshot.InUse", 400;
     InvalidSnapshotNotFound = "InvalidSnapshot.NotFound", 400;

@@ -43,9 +43,14 @@
 //!   with live facts (supervisor and QEMU alive, exit records) on every read.
 //!   Baking lives there too: [`service::layers`] keeps EBS snapshots as
 //!   qcow2 layers (O(1) snapshots of stopped or live volumes, bounded
-//!   chains, merge on delete), [`service::baking`] makes AMIs from
-//!   instances and moves images in and out, and [`service::bake_recipe`]
-//!   runs `amirun bake RECIPE`. [`service::hibernation`] keeps EC2's
+//!   chains, merge on delete, deferred while running volumes read the
+//!   layer), [`service::baking`] makes AMIs from instances and moves images
+//!   in and out, [`service::image_worker`] answers EC2's CreateImage at
+//!   once and bakes in a detached `amirun __create-image` worker, and
+//!   [`service::bake_recipe`] runs `amirun bake RECIPE`. Instance status
+//!   checks ([`service::instance_status`]) come from live facts (supervisor,
+//!   QEMU, the guest's console); instance and snapshot attributes have
+//!   their own rooms. [`service::hibernation`] keeps EC2's
 //!   hibernation rules: a guest stopped with `Hibernate` is saved next to
 //!   its volumes and resumed on start while its volumes are unchanged.
 //!   [`service::volumes`] gives EBS volumes a life of their own (create,

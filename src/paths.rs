@@ -250,6 +250,22 @@ impl Paths {
         self.lock_dir().join(format!("{object_id}.lock"))
     }
 
+    /// Directory of CreateImage jobs handed to a worker process.
+    pub fn image_job_dir(&self) -> PathBuf {
+        self.home.join("jobs")
+    }
+
+    /// The CreateImage job of a `pending` AMI: what its worker
+    /// (`amirun __create-image`) is to do; removed when the AMI is settled.
+    pub fn image_job(&self, image_id: &str) -> PathBuf {
+        self.image_job_dir().join(format!("{image_id}.json"))
+    }
+
+    /// The log (stderr) of a CreateImage job's worker; removed with the job.
+    pub fn image_job_log(&self, image_id: &str) -> PathBuf {
+        self.image_job_dir().join(format!("{image_id}.log"))
+    }
+
     /// Directory of one instance's persistent files.
     pub fn instance_dir(&self, instance_id: &str) -> PathBuf {
         self.home.join("instances").join(instance_id)

@@ -18,6 +18,7 @@
 //! `images` (with launch permissions), `snapshots`, `blobs`, `tags`,
 //! `instances`, `volumes` (with their base layers), `key_pairs`, `catalog`.
 
+mod attributes;
 mod blobs;
 mod catalog;
 mod images;

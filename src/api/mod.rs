@@ -125,7 +125,29 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DeleteKeyPair", |c, v| {
         typed(c, v, Service::delete_key_pair)
     }),
-    ("CreateImage", |c, v| typed(c, v, Service::create_image)),
+    // EC2's CreateImage returns at once; a worker bakes (service::image_worker).
+    ("CreateImage", |c, v| {
+        typed(c, v, Service::create_image_async)
+    }),
+    // Instance status and attributes, snapshot attributes
+    ("DescribeInstanceStatus", |c, v| {
+        typed(c, v, Service::describe_instance_status)
+    }),
+    ("DescribeInstanceAttribute", |c, v| {
+        typed(c, v, Service::describe_instance_attribute)
+    }),
+    ("ModifyInstanceAttribute", |c, v| {
+        typed(c, v, Service::modify_instance_attribute)
+    }),
+    ("DescribeSnapshotAttribute", |c, v| {
+        typed(c, v, Service::describe_snapshot_attribute)
+    }),
+    ("ModifySnapshotAttribute", |c, v| {
+        typed(c, v, Service::modify_snapshot_attribute)
+    }),
+    ("ResetSnapshotAttribute", |c, v| {
+        typed(c, v, Service::reset_snapshot_attribute)
+    }),
     ("CreateSnapshot", |c, v| {
         typed(c, v, Service::create_snapshot)
     }),
@@ -222,9 +244,6 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     }),
     ("DescribeRouteTables", |c, v| {
         typed(c, v, Service::describe_route_tables)
-    }),
-    ("ModifyInstanceAttribute", |c, v| {
-        typed(c, v, Service::modify_instance_attribute)
     }),
     // ExportImage is left out: EC2 exports to S3 (S3ExportLocation), amirun
     // to a local file, and the Query API has no member for a path.
@@ -337,13 +356,8 @@ pub fn invoke(c: &mut Context, action: &str, input: &Value) -> Result<Option<Val
 #[cfg(test)]
 const NOT_SERVED_YET: &[&str] = &[
     "CreateSnapshots",
-    "DescribeInstanceAttribute",
-    "DescribeInstanceStatus",
-    "DescribeSnapshotAttribute",
     "ExportImage",
     "ModifyInstanceMetadataOptions",
-    "ModifySnapshotAttribute",
-    "ResetSnapshotAttribute",
 ];
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! 2. parse the SigV4 `Authorization` header ([`sigv4`]): the access key
 //!    selects the account ([`Credentials::account_for`]), the credential
 //!    scope the region; in strict mode the signature is verified;
+//!    `sts:GetCallerIdentity` is answered here, in STS's XML ([`sts`]);
 //! 3. turn the parameters into the CLI's JSON with botocore's model
 //!    ([`model::parse_input`]);
 //! 4. open a [`Service`] on a blocking thread and run the action with
@@ -30,6 +31,7 @@
 
 pub mod model;
 pub mod sigv4;
+pub mod sts;
 
 use crate::machine::AccelRequest;
 use crate::paths::Paths;
@@ -424,11 +426,12 @@ async fn process(
         params.extend(form_urlencoded::parse(&bytes).into_owned());
     }
     let mut action = None;
+    let mut version = None;
     let mut rest = Vec::new();
     for (k, v) in params {
         match k.as_str() {
             "Action" => action = Some(v),
-            "Version" => {}
+            "Version" => version = Some(v),
             k if k.starts_with("X-Amz-") => {}
             _ => rest.push((k, v)),
         }
@@ -515,6 +518,23 @@ async fn process(
         Ok(c) => c,
         Err(e) => return fail(o, e),
     };
+    if sts::is_sts(&action, version.as_deref()) {
+        o.response = if rest.is_empty() {
+            let who = sts::GetCallerIdentityResult::root_of(&caller.account.to_string());
+            xml_response(StatusCode::OK, who.to_xml(id))
+        } else {
+            let names: Vec<&str> = rest.iter().map(|(k, _)| k.as_str()).collect();
+            let message = format!(
+                "GetCallerIdentity takes no parameters; got {}",
+                names.join(", ")
+            );
+            xml_response(
+                StatusCode::BAD_REQUEST,
+                sts::error_xml("InvalidParameterValue", &message, id),
+            )
+        };
+        return o;
+    }
     if crate::api::handler(&action).is_none() {
         return fail(
             o,

@@ -115,13 +115,25 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl Service {
-    /// `CreateImage` (see the module doc).
+    /// `CreateImage`, done before it returns (see the module doc); EC2's
+    /// asynchronous CreateImage hands the same work to a worker
+    /// ([`super::image_worker`]).
     pub fn create_image(
         &mut self,
         caller: &Caller,
         input: CreateImageRequest,
     ) -> Result<CreateImageResult> {
-        let input = &input;
+        self.create_image_as(caller, &input, None)
+    }
+
+    /// CreateImage making a new AMI, or filling in the `existing` pending
+    /// AMI a worker was handed (whose name is taken already).
+    pub(crate) fn create_image_as(
+        &mut self,
+        caller: &Caller,
+        input: &CreateImageRequest,
+        existing: Option<&str>,
+    ) -> Result<CreateImageResult> {
         let started = Instant::now();
         check_name(&input.name)?;
         if !ids::is_well_formed(IdKind::Instance, &input.instance_id) {
@@ -177,7 +189,7 @@ impl Service {
             )?;
             let made = self
                 .wait_stopped(caller, &id)
-                .and_then(|_| self.create_image_locked(caller, input, "reboot", started));
+                .and_then(|_| self.create_image_locked(caller, input, "reboot", started, existing));
             let restarted = self.start_instances(
                 caller,
                 super::instances::StartInstancesRequest {
@@ -188,7 +200,7 @@ impl Service {
             restarted?;
             return Ok(out);
         }
-        self.create_image_locked(caller, input, mode, started)
+        self.create_image_locked(caller, input, mode, started, existing)
     }
 
     /// CreateImage under the instance's lock (held for the whole file work,
@@ -201,6 +213,7 @@ impl Service {
         input: &CreateImageRequest,
         mode: &str,
         started: Instant,
+        existing: Option<&str>,
     ) -> Result<CreateImageResult> {
         let id = input.instance_id.clone();
         let _instance_lock = super::object_lock::lock(&self.paths, &id)?;
@@ -316,7 +329,7 @@ impl Service {
             locks.push(super::object_lock::lock(&self.paths, &v.volume_id)?);
         }
         let plans = self.plan_layers(volumes, input.flatten)?;
-        let image_id = ids::new_id(IdKind::Image);
+        let image_id = existing.map_or_else(|| ids::new_id(IdKind::Image), String::from);
         locks.push(super::object_lock::lock(&self.paths, &image_id)?);
         for p in &plans {
             locks.push(super::object_lock::lock(&self.paths, &p.snapshot_id)?);
@@ -359,8 +372,16 @@ impl Service {
         );
         let image_tags = tags_for(&input.tag_specifications, "image")?;
         let snap_tags = tags_for(&input.tag_specifications, "snapshot")?;
+        if let Some(pending) = existing {
+            // The worker's AMI: as recorded by its request.
+            let recorded = self.store.read(|db| db.image(pending))?;
+            let recorded = recorded.ok_or_else(|| image_not_found(&[pending.to_string()]))?;
+            image.creation_date = recorded.creation_date;
+        }
         self.store.write(|db| -> Result<()> {
-            check_unique_name(db, caller, &input.name)?;
+            if existing.is_none() {
+                check_unique_name(db, caller, &input.name)?;
+            }
             for s in &records {
                 db.put_snapshot(s)?;
                 for (k, v) in &snap_tags {
@@ -386,7 +407,9 @@ impl Service {
             Ok(r) => r,
             Err(e) => {
                 self.settle_failed(&records);
-                let _ = self.store.write(|db| db.delete_image(&image_id));
+                if existing.is_none() {
+                    let _ = self.store.write(|db| db.delete_image(&image_id));
+                }
                 return Err(e);
             }
         };

@@ -34,7 +34,7 @@ const OFFERING_FILTERS: &[&str] = &["location", "instance-type"];
 
 /// Paging members shared by both actions.
 #[derive(Debug, Clone, Default)]
-struct Paging {
+pub(crate) struct Paging {
     /// `MaxResults` (5 to 1000 for types, 5 to 1000 for offerings).
     pub max_results: Option<i64>,
     /// `NextToken` from the previous page.
@@ -170,7 +170,7 @@ fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
 
 /// One page of `items` and the token for the next, EC2-style: the token is
 /// opaque to clients (here the offset, checked on the way back).
-fn page<T: Clone>(
+pub(crate) fn page<T: Clone>(
     items: Vec<T>,
     paging: &Paging,
     min: i64,

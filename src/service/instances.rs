@@ -94,6 +94,7 @@ pub use describe::{
     InstanceBlockDeviceMapping, InstanceFacts, InstancePlacement, Monitoring, ProductCode,
     Reservation,
 };
+pub(crate) use launch::USER_DATA_LIMIT;
 pub use launch::{InstanceMetadataOptionsRequest, Placement, RunInstancesRequest};
 use launch_rules::*;
 pub(crate) use launch_rules::{gib_to_bytes, volume_size_limits};

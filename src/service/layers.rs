@@ -49,13 +49,17 @@
 //! data S held that the child did not override. The children stay whole and
 //! see the same disk; then S's record and file go. When S is a blob-backed
 //! snapshot (no layer of its own), its children already point at the
-//! immutable blob and nothing is copied. Refused with
-//! `InvalidSnapshot.InUse` while an AMI uses S, while a running instance
-//! has a volume whose chain reads S (its QEMU holds those files open), or
-//! while any file the records do not list as S's dependent backs onto S's
-//! file (the real chains, from `qemu-img info`); refused while S or a
-//! child of S is `pending`. S is marked `deleting` first, so a killed
-//! delete is finished by the next process.
+//! immutable blob and nothing is copied. As on EC2, only an AMI using S
+//! makes the delete `InvalidSnapshot.InUse`; amirun also refuses while any
+//! file the records do not list as S's dependent backs onto S's file (the
+//! real chains, from `qemu-img info`), and while S or a child of S is
+//! `pending`. S is marked `deleting` first (from then on it is gone for
+//! callers: not described, not found), so a killed delete is finished by
+//! the next process. While an instance that is not stopped has a volume
+//! whose chain reads S (its QEMU holds those files open), the delete
+//! succeeds at once and the merge waits: S's layer stays under those
+//! volumes until nothing running reads it, and then the recovery pass of
+//! the next process merges and removes it.
 //!
 //! Copies (CopySnapshot, CopyImage) write under a temporary name, rename,
 //! then record, holding the new ids' locks throughout: a crash leaves only
@@ -679,7 +683,11 @@ impl Service {
                         ),
                     ));
                 }
-                check_unused(db, snapshot_id)?;
+                if s.state == SnapshotStateName::Deleting {
+                    // Deleted already, as far as EC2's callers can tell.
+                    return Err(snapshot_not_found(snapshot_id));
+                }
+                check_not_in_ami(db, snapshot_id)?;
                 if let Some(c) = db
                     .child_snapshots(snapshot_id)?
                     .into_iter()
@@ -711,16 +719,21 @@ impl Service {
                 return Err(super::recovery::backed_onto(snapshot_id, &others));
             }
         }
-        let s = self.store.write(|db| -> Result<SnapshotState> {
-            check_unused(db, snapshot_id)?;
+        let (s, deferred) = self.store.write(|db| -> Result<(SnapshotState, bool)> {
+            check_not_in_ami(db, snapshot_id)?;
             let mut s = db
                 .snapshot(snapshot_id)?
                 .ok_or_else(|| snapshot_not_found(snapshot_id))?;
             s.state = SnapshotStateName::Deleting;
             db.put_snapshot(&s)?;
-            Ok(s)
+            Ok((s, read_by_running_instance(db, snapshot_id)?))
         })?;
         crate::failpoint::hit("delete-snapshot:after-intent")?;
+        if deferred {
+            // Gone for EC2's callers; the layer stays under the running
+            // volumes that read it until they stop, then recovery merges it.
+            return Ok(());
+        }
         self.finish_delete(&s)
     }
 
@@ -796,15 +809,25 @@ impl Service {
     }
 }
 
-/// `InvalidSnapshot.InUse` while an AMI uses the snapshot or a running
-/// instance reads it through a volume's chain.
-fn check_unused(db: &Db, snapshot_id: &str) -> Result<()> {
+/// `InvalidSnapshot.InUse` while an AMI uses the snapshot (EC2's one reason).
+fn check_not_in_ami(db: &Db, snapshot_id: &str) -> Result<()> {
     if let Some(ami) = db.images_using_snapshot(snapshot_id)?.first() {
         return Err(Error::new(
             ErrorCode::InvalidSnapshotInUse,
             format!("The snapshot {snapshot_id} is currently in use by {ami}"),
         ));
     }
+    Ok(())
+}
+
+/// Whether an instance that is not stopped reads the snapshot through a
+/// volume's chain (its QEMU holds those files open, so the layer cannot be
+/// merged into them now).
+pub(crate) fn read_by_running_instance(db: &Db, snapshot_id: &str) -> Result<bool> {
+    Ok(check_unread(db, snapshot_id).is_err())
+}
+
+fn check_unread(db: &Db, snapshot_id: &str) -> Result<()> {
     for i in db.live_instances()? {
         if i.state == InstanceStateName::Stopped {
             continue;

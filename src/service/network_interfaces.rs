@@ -190,9 +190,9 @@ fn in_use_error(ip: Ipv4Addr) -> Error {
 /// An instance's network as describe-instances shows it.
 #[derive(Debug, Clone)]
 pub struct InstanceNetwork {
-    eni: NetworkInterfaceState,
+    pub(crate) eni: NetworkInterfaceState,
     /// (id, name) of each group.
-    groups: Vec<(String, String)>,
+    pub(crate) groups: Vec<(String, String)>,
 }
 
 /// Filters of DescribeInstances this module answers.
@@ -618,7 +618,8 @@ impl Service {
         input: &LaunchNetworkInput,
         count: u32,
     ) -> Result<LaunchNetworkPlan> {
-        let mut subnet_id = input.subnet_id.clone();
+        // Packer 1.6 sends `SubnetId=` (empty) for "the default subnet".
+        let mut subnet_id = input.subnet_id.clone().filter(|s| !s.is_empty());
         let mut group_ids = input.security_group_ids.clone();
         let group_names = input.security_groups.clone();
         let mut private_ip = input.private_ip_address.clone();

@@ -30,7 +30,7 @@
 //! | | otherwise | back: `V.next.qcow2` (if it backs onto the snapshot), the snapshot file and the record go |
 //! | `pending` AMI | every snapshot it maps is `completed` | forward: `available` |
 //! | | otherwise | back: the AMI record goes (kept snapshots stay, they are volume bases) |
-//! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete (`Service::finish_delete`) |
+//! | `deleting` snapshot | (the merge may be half done: some children already point past it) | forward: finish the merge and the delete (`Service::finish_delete`), once no running instance reads it (a deferred delete waits until then) |
 //!
 //! Volumes of their own (create, delete, attach, detach, modify) are
 //! settled the same way by `Service::recover_volumes`, whose table is in
@@ -141,6 +141,14 @@ impl Service {
             };
             let fresh = self.store.read(|db| db.snapshot(&s.snapshot_id))?;
             if let Some(s) = fresh.filter(|s| s.state == SnapshotStateName::Deleting) {
+                let id = s.snapshot_id.clone();
+                if self
+                    .store
+                    .read(|db| super::layers::read_by_running_instance(db, &id))?
+                {
+                    // A deferred delete: its layer is read by a running guest.
+                    continue;
+                }
                 tracing::debug!(snapshot = %s.snapshot_id, "recovery: finishing an interrupted delete");
                 if let Err(e) = self.finish_delete(&s) {
                     tracing::warn!(snapshot = %s.snapshot_id, "recovery: cannot finish the delete: {e}");
@@ -151,6 +159,16 @@ impl Service {
             let Some(_lock) = try_lock(&self.paths, &i.image_id)? else {
                 continue;
             };
+            if self.has_image_job(&i.image_id) {
+                // EC2's CreateImage: settled by its worker, or here once it is gone.
+                if !self.image_worker_alive(&i.image_id)? {
+                    tracing::debug!(image = %i.image_id, "recovery: CreateImage worker gone");
+                    if let Err(e) = self.settle_image_job(&i.image_id) {
+                        tracing::warn!(image = %i.image_id, "recovery: cannot settle: {e}");
+                    }
+                }
+                continue;
+            }
             match self.settle_image(&i.image_id) {
                 Ok(kept) => {
                     tracing::debug!(image = %i.image_id, "recovery: writer gone, pending AMI {}",

@@ -697,7 +697,8 @@ impl Service {
         }
         let default_vpc = self.default_vpc(caller)?;
         self.store.write(|db| -> Result<CreateSecurityGroupResult> {
-            let vpc = match &req.vpc_id {
+            // Packer 1.6 sends `VpcId=` (empty) for "the default VPC".
+            let vpc = match req.vpc_id.as_ref().filter(|v| !v.is_empty()) {
                 Some(id) => owned_vpc(db, caller, id)?,
                 None => default_vpc.clone().ok_or_else(|| {
                     Error::new(ErrorCode::VpcIdNotSpecified, "No default VPC for this user")

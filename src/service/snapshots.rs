@@ -107,7 +107,18 @@ impl Service {
             let mut out = Vec::new();
             let mut missing = input.snapshot_ids.clone();
             for s in db.snapshots_in_region(&caller.region)? {
-                let visible = s.owner_id == caller.account || s.catalog_key.is_some();
+                // A deleted snapshot whose layer still serves running volumes.
+                let deleted = s.state == crate::domain::SnapshotStateName::Deleting;
+                let shared = if deleted || s.owner_id == caller.account {
+                    Vec::new()
+                } else {
+                    db.snapshot_volume_permissions(&s.snapshot_id)?
+                };
+                let shared_with_caller = shared.iter().any(|g| g == "all" || *g == caller.account);
+                let visible = !deleted
+                    && (s.owner_id == caller.account
+                        || s.catalog_key.is_some()
+                        || shared_with_caller);
                 if !visible {
                     continue;
                 }
@@ -127,8 +138,9 @@ impl Service {
                 }
                 if !input.restorable_by_user_ids.is_empty()
                     && !input.restorable_by_user_ids.iter().any(|u| {
-                        (u == "self" && s.owner_id == caller.account)
+                        (u == "self" && (s.owner_id == caller.account || shared_with_caller))
                             || *u == s.owner_id
+                            || shared.contains(u)
                             || u == "all"
                     })
                 {

@@ -617,6 +617,8 @@ const VPC_FILTERS: &[&str] = &[
     "cidr-block-association.state",
     "dhcp-options-id",
     "is-default",
+    // Ansible's amazon.aws looks the default VPC up by the API's member name.
+    "isDefault",
     "owner-id",
     "state",
     "vpc-id",
@@ -911,7 +913,7 @@ impl Service {
                     "dhcp-options-id" => vec![render_vpc(db, &v)
                         .map(|r| r.dhcp_options_id)
                         .unwrap_or_default()],
-                    "is-default" => vec![v.is_default.to_string()],
+                    "is-default" | "isDefault" => vec![v.is_default.to_string()],
                     "owner-id" => vec![v.owner_id.clone()],
                     "vpc-id" => vec![v.vpc_id.clone()],
                     n => filter::tag_values(&tags, n).unwrap_or_default(),

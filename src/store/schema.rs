@@ -223,4 +223,27 @@ CREATE TABLE volume_attach_intents (
     started     TEXT NOT NULL
 );
 "#,
+    // 7: attributes EC2 keeps on instances and snapshots beyond their
+    // records (`super::attributes`): instance attributes by EC2 name (JSON
+    // value), and who may create volumes from a snapshot (`all` for the
+    // public group). Rows go with their object.
+    r#"
+CREATE TABLE instance_attributes (
+    instance_id TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (instance_id, name)
+);
+CREATE TRIGGER instance_attributes_gone AFTER DELETE ON instances BEGIN
+    DELETE FROM instance_attributes WHERE instance_id = OLD.instance_id;
+END;
+CREATE TABLE snapshot_volume_permissions (
+    snapshot_id TEXT NOT NULL,
+    grantee     TEXT NOT NULL,
+    PRIMARY KEY (snapshot_id, grantee)
+);
+CREATE TRIGGER snapshot_volume_permissions_gone AFTER DELETE ON snapshots BEGIN
+    DELETE FROM snapshot_volume_permissions WHERE snapshot_id = OLD.snapshot_id;
+END;
+"#,
 ];

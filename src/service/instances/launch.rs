@@ -147,7 +147,7 @@ impl Drop for Undo {
 }
 
 /// EC2's limit on user data, counted after base64 decoding.
-pub(super) const USER_DATA_LIMIT: usize = 16 * 1024;
+pub(crate) const USER_DATA_LIMIT: usize = 16 * 1024;
 
 /// What [`Service::run_instances`] decided before making anything.
 pub(super) struct LaunchPlan {

@@ -71,6 +71,7 @@ impl Service {
         let (instance_ids, force) = (&input.instance_ids, input.force.unwrap_or(false));
         let hibernate = input.hibernate.unwrap_or(false);
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
+        self.check_api_protection(&instances, "stopped")?;
         for i in &instances {
             if i.root_device_type == RootDeviceType::InstanceStore {
                 return Err(Error::new(
@@ -244,6 +245,7 @@ impl Service {
             ));
         }
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
+        self.check_api_protection(&instances, "terminated")?;
         let mut changes = Vec::new();
         for mut i in instances {
             let previous = i.state;
