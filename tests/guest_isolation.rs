@@ -5,8 +5,9 @@
 //! DNS address on the server's port and on port 53, the metadata address
 //! and another link-local address on the server's port).
 //!
-//! A default guest (outbound access: its supervisor runs QEMU in a network
-//! namespace of its own with pasta as the outbound leg) reaches none of the
+//! A default guest (outbound access: as root it joins its VPC's network,
+//! whose internet gateway is pasta; DHCP names its subnet's VPC router as
+//! gateway and DNS, dnsmasq there) reaches none of the
 //! loopback servers, yet reads its instance id from IMDS, gets its DNS
 //! lookup answered by the host's resolver, and is reachable through its SSH
 //! forward. A guest launched with `amirun:outbound=none` is sealed: no DNS
