@@ -5,8 +5,9 @@
 //! DNS address on the server's port and on port 53, the metadata address
 //! and another link-local address on the server's port).
 //!
-//! A default guest (outbound access: its supervisor runs QEMU in a network
-//! namespace of its own with pasta as the outbound leg) reaches none of the
+//! A default guest (outbound access: as root it joins its VPC's network,
+//! whose internet gateway is pasta; DHCP names its subnet's VPC router as
+//! gateway and DNS, dnsmasq there) reaches none of the
 //! loopback servers, yet reads its instance id from IMDS, gets its DNS
 //! lookup answered by the host's resolver, and is reachable through its SSH
 //! forward. A guest launched with `amirun:outbound=none` is sealed: no DNS
@@ -200,15 +201,15 @@ iid=$(timeout 8 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id
 echo "probe imds instance-id=$iid"
 echo "ssh-forward-reaches-$iid" >/www/index.html
 httpd -p 22 -h /www && echo "probe port-22 server up"
-# What DHCP gave: gateway 169.254.0.2 and DNS 169.254.0.3 with outbound
-# access, neither when sealed (restrict=on); both addresses are in the
-# guest's own /16 (169.254.0.2 is its DHCP server), so it tries them all
-# the same.
+# What DHCP gave: with outbound access (in the default VPC) gateway and
+# DNS are its subnet's VPC router; neither when sealed (restrict=on),
+# which then tries the user network's gateway 169.254.0.2 and DNS
+# 169.254.0.3 all the same (both in the guest's own /16).
 gw=$(ip route | sed -n 's/^default via \([0-9.]*\).*/\1/p' | head -n1)
 dns=$(sed -n 's/^nameserver //p' /etc/resolv.conf | head -n1)
 echo "probe-config gw=$gw dns=$dns"
-gw=169.254.0.2
-dns=169.254.0.3
+gw=${{gw:-169.254.0.2}}
+dns=${{dns:-169.254.0.3}}
 probe() {{
 	body=$(timeout 8 wget -q -O - "$2" 2>/dev/null)
 	case "$body" in
@@ -249,6 +250,17 @@ fn probe_lines(console: &str) -> Vec<String> {
         .filter(|l| l.starts_with("probe"))
         .map(str::to_string)
         .collect()
+}
+
+/// The VPC router of the instance's subnet (its network address + 1, as on
+/// EC2), from what `describe-subnets` says of the instance's `SubnetId`.
+fn vpc_router(env: &Env, instance: &serde_json::Value) -> std::net::Ipv4Addr {
+    let subnet = instance["SubnetId"].as_str().expect("SubnetId");
+    let v = env.ok(&["describe-subnets", "--subnet-ids", subnet]);
+    let cidr = v["Subnets"][0]["CidrBlock"].as_str().expect("CidrBlock");
+    let (net, _) = cidr.split_once('/').expect("a CIDR block");
+    let net: std::net::Ipv4Addr = net.parse().unwrap();
+    (u32::from(net) + 1).into()
 }
 
 fn scenario() {
@@ -307,14 +319,15 @@ fn scenario() {
         }
         assert_eq!(shown["GuestOutbound"], outbound, "{id}: {shown}");
         let config = if outbound == "nat" {
-            "probe-config gw=169.254.0.2 dns=169.254.0.3"
+            let router = vpc_router(&env, &env.instance(id));
+            format!("probe-config gw={router} dns={router}")
         } else {
-            "probe-config gw= dns="
+            "probe-config gw= dns=".into()
         };
         for want in [
             format!("probe imds instance-id={id}"),
             "probe port-22 server up".into(),
-            config.into(),
+            config.clone(),
             "probe gateway blocked".into(),
             "probe gateway-port-53 blocked".into(),
             "probe dns blocked".into(),

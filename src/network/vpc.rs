@@ -271,6 +271,10 @@ pub struct VpcNetwork {
     files: VpcNetworkFiles,
     ns: File,
     member: Option<Flock<File>>,
+    /// Why the internet gateway's leg (pasta) did not start, if it did
+    /// not: the network works without it, with nowhere to send outbound
+    /// traffic or DNS queries (as a guest namespace whose leg failed).
+    leg_error: Option<String>,
 }
 
 impl VpcNetwork {
@@ -289,10 +293,14 @@ impl VpcNetwork {
                 made?
             }
         };
+        let mut leg_error = None;
         let joined = (|| {
             ensure_subnet(files, &ns, plan)?;
             if plan.internet_gateway {
-                ensure_leg(files, &ns)?;
+                if let Err(e) = ensure_leg(files, &ns) {
+                    tracing::warn!("the VPC's internet gateway did not start: {e}");
+                    leg_error = Some(e.to_string());
+                }
             }
             let members = OpenOptions::new()
                 .read(true)
@@ -307,6 +315,7 @@ impl VpcNetwork {
                 files: files.clone(),
                 ns,
                 member: Some(member),
+                leg_error,
             }),
             Err(e) => {
                 leave_locked(files);
@@ -970,7 +979,15 @@ impl VpcPort {
         let public = p
             .public_ip
             .map_or(String::new(), |ip| format!("; public address {ip}"));
-        if p.internet_gateway {
+        if let (true, Some(e)) = (p.internet_gateway, &self._net.leg_error) {
+            NetworkStatus::new(
+                "none",
+                format!(
+                    "VPC network: {} on the VPC's bridge in subnet {}{public}. The outbound leg did not start ({e}); the guest has IMDS and its SSH forward but no DNS or outbound access",
+                    p.ip, p.subnet
+                ),
+            )
+        } else if p.internet_gateway {
             NetworkStatus::new(
                 "nat",
                 format!(
