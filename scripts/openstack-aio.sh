@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# An all-in-one OpenStack (Debian 12's Zed packages) on this machine, for
+# amirun's OpenStack backend and its tests (issue 16).
+#
+#   scripts/openstack-aio.sh [up|down|status]     (default: up)
+#
+# up: installs what is missing, writes the configuration, creates the
+#     databases, starts every service that is not running and waits until
+#     each answers.  Idempotent: a second run changes nothing and only checks
+#     that the services answer.  Needs root; no systemd (each service is
+#     started here as a daemon, logs under /var/log/amirun-aio/).
+# down: stops the services this script started (by their pid files).
+#
+# What runs, all on 127.0.0.1 only:
+#   MariaDB :3306, RabbitMQ :5672 (epmd :4369, distribution :25672),
+#   Keystone :5000 (uwsgi), Glance :9292 (file store), Placement :8778
+#   (uwsgi), Nova API :8774 (uwsgi) + conductor + scheduler + compute
+#   (libvirt, virt_type=qemu: TCG guests), libvirtd + virtlogd (unix
+#   sockets only; libvirt's default NAT network is not started).
+# Networking: no Neutron.  Servers are booted with `networks: none`
+# (compute microversion >= 2.37); the guests have no NIC.
+#
+# Clients: /etc/openstack/clouds.yaml, cloud `amirun-aio` (admin in project
+# admin), `amirun-aio-demo` (member of project demo), region RegionOne.
+set -euo pipefail
+
+ACTION=${1:-up}
+AIO_STATE=/var/lib/amirun-aio
+AIO_LOG=/var/log/amirun-aio
+AIO_RUN=/run/amirun-aio
+SECRETS=/etc/amirun-aio/secrets.env
+CLOUDS=/etc/openstack/clouds.yaml
+HOST=127.0.0.1
+KEYSTONE_URL=http://$HOST:5000/v3
+REGION=RegionOne
+
+PACKAGES=(mariadb-server python3-pymysql rabbitmq-server keystone glance placement-api
+	nova-api nova-conductor nova-scheduler nova-compute-qemu python3-openstackclient
+	qemu-system-x86 qemu-utils uwsgi-plugin-python3)
+
+log() { printf 'openstack-aio: %s\n' "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+[ "$(id -u)" = 0 ] || die "run as root"
+mkdir -p "$AIO_STATE" "$AIO_LOG" "$AIO_RUN"
+
+# ---------------------------------------------------------------- helpers
+
+# write_file PATH MODE OWNER < content: replace PATH only when it differs.
+# Prints "changed" (and returns 0) when it wrote, so callers can restart.
+write_file() {
+	local path=$1 mode=$2 owner=$3 tmp
+	tmp=$(mktemp "$path.XXXXXX" 2>/dev/null || mktemp)
+	cat >"$tmp"
+	if [ -f "$path" ] && cmp -s "$tmp" "$path"; then
+		rm -f "$tmp"
+		return 1
+	fi
+	chmod "$mode" "$tmp"
+	chown "$owner" "$tmp"
+	mv -f "$tmp" "$path"
+	log "wrote $path"
+	return 0
+}
+
+pid_alive() { # PIDFILE
+	[ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# daemon NAME USER CMD...: start CMD in its own session as USER unless its
+# pid file names a live process.  Output to $AIO_LOG/NAME.log.
+daemon() {
+	local name=$1 user=$2 pidf="$AIO_RUN/$1.pid"
+	shift 2
+	if pid_alive "$pidf"; then return 0; fi
+	log "starting $name"
+	local logf="$AIO_LOG/$name.log"
+	touch "$logf"
+	chown "$user" "$logf"
+	setsid runuser -u "$user" -- "$@" </dev/null >>"$logf" 2>&1 &
+	echo $! >"$pidf"
+}
+
+wait_port() { # NAME PORT [SECONDS]
+	local i=0 max=${3:-120}
+	while ! (exec 3<>"/dev/tcp/$HOST/$2") 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -lt $((max * 2)) ] || die "$1 does not listen on $HOST:$2 after ${max}s (see $AIO_LOG/)"
+		sleep 0.5
+	done
+}
+
+wait_http() { # NAME URL [SECONDS]: until the URL answers with any HTTP status
+	local i=0 max=${3:-180}
+	while ! curl -s -o /dev/null -m 5 "$2"; do
+		i=$((i + 1))
+		[ $i -lt $((max / 2)) ] || die "$1 does not answer at $2 after ${max}s (see $AIO_LOG/)"
+		sleep 2
+	done
+}
+
+# once NAME KEY CMD...: run CMD unless it already succeeded with this KEY.
+once() {
+	local stamp="$AIO_STATE/done.$1" key=$2
+	shift 2
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then return 0; fi
+	log "step $(basename "$stamp" | sed 's/^done\.//')"
+	"$@"
+	echo "$key" >"$stamp"
+}
+
+# uwsgi_app NAME USER PORT WSGI_FILE
+uwsgi_app() {
+	local name=$1 user=$2 port=$3 wsgi=$4 pidf="$AIO_RUN/$1.pid"
+	if pid_alive "$pidf"; then return 0; fi
+	log "starting $name (uwsgi on $HOST:$port)"
+	touch "$AIO_LOG/$name.log"
+	chown "$user" "$AIO_LOG/$name.log"
+	uwsgi --plugins python3 --master --die-on-term --lazy-apps --enable-threads \
+		--processes 1 --threads 8 --buffer-size 65535 \
+		--http-socket "$HOST:$port" --wsgi-file "$wsgi" --uid "$user" --gid "$user" \
+		--pidfile "$pidf" --daemonize "$AIO_LOG/$name.log" >/dev/null
+	local i=0
+	while ! pid_alive "$pidf"; do
+		i=$((i + 1))
+		[ $i -lt 40 ] || die "$name did not start (see $AIO_LOG/$name.log)"
+		sleep 0.25
+	done
+}
+
+stop_all() {
+	local f name
+	for name in nova-compute nova-scheduler nova-conductor nova-api placement glance-api keystone libvirtd virtlogd; do
+		f="$AIO_RUN/$name.pid"
+		if pid_alive "$f"; then
+			log "stopping $name"
+			kill "$(cat "$f")" 2>/dev/null || true
+		fi
+		rm -f "$f"
+	done
+	if pid_alive "$AIO_RUN/rabbitmq.pid"; then
+		log "stopping rabbitmq"
+		rabbitmqctl stop >/dev/null 2>&1 || true
+	fi
+	rm -f "$AIO_RUN/rabbitmq.pid"
+	if [ -S /run/mysqld/mysqld.sock ]; then
+		log "stopping mariadb"
+		mysqladmin shutdown 2>/dev/null || true
+	fi
+}
+
+case "$ACTION" in
+up) ;;
+down)
+	stop_all
+	exit 0
+	;;
+status)
+	for f in "$AIO_RUN"/*.pid; do
+		[ -e "$f" ] || continue
+		if pid_alive "$f"; then s=running; else s=dead; fi
+		printf '%-16s %s\n' "$(basename "$f" .pid)" "$s"
+	done
+	exit 0
+	;;
+*) die "usage: $0 [up|down|status]" ;;
+esac
+
+# ---------------------------------------------------------------- packages
+
+install_packages() {
+	local missing=() p
+	for p in "${PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+	done
+	[ ${#missing[@]} -gt 0 ] || return 0
+	log "installing ${missing[*]}"
+	# Debian's OpenStack packages ask debconf whether to set up databases
+	# and register endpoints: no, this script does that by hand.
+	local q
+	for q in keystone/configure_db keystone/create-admin-tenant keystone/register-endpoint \
+		glance/configure_db glance/register-endpoint nova/configure_db nova/register-endpoint \
+		placement/configure_db placement/register-endpoint; do
+		echo "${q%%/*}-common $q boolean false"
+		echo "${q%%/*} $q boolean false"
+	done | debconf-set-selections
+	# Keep the packages' init scripts from starting anything: no systemd here,
+	# and the services are started below with this script's settings.
+	local had_policy=0
+	[ -e /usr/sbin/policy-rc.d ] && had_policy=1
+	if [ $had_policy = 0 ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
+	[ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+	qemu-img --version >/dev/null || die "qemu-img is missing after the install"
+}
+install_packages
+
+# ---------------------------------------------------------------- secrets
+
+if [ ! -s "$SECRETS" ]; then
+	mkdir -p "$(dirname "$SECRETS")"
+	chmod 700 "$(dirname "$SECRETS")"
+	umask 077
+	{
+		for v in DB RABBIT ADMIN DEMO KEYSTONE_DB GLANCE NOVA PLACEMENT; do
+			echo "${v}_PASS=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
+		done
+	} >"$SECRETS.tmp"
+	mv "$SECRETS.tmp" "$SECRETS"
+	umask 022
+fi
+# shellcheck disable=SC1090
+. "$SECRETS"
+
+dburl() { echo "mysql+pymysql://$1:${DB_PASS}@$HOST/$2?charset=utf8"; }
+RABBIT_URL="rabbit://openstack:${RABBIT_PASS}@$HOST:5672/"
+
+# ---------------------------------------------------------------- MariaDB
+
+write_file /etc/mysql/mariadb.conf.d/99-amirun-aio.cnf 644 root:root <<EOT || true
+[mysqld]
+bind-address = $HOST
+max_connections = 1024
+innodb_buffer_pool_size = 256M
+character-set-server = utf8mb4
+collation-server = utf8mb4_general_ci
+EOT
+if ! mysqladmin ping >/dev/null 2>&1; then
+	log "starting mariadb"
+	mkdir -p /run/mysqld
+	chown mysql:mysql /run/mysqld
+	setsid mysqld_safe </dev/null >>"$AIO_LOG/mariadb.log" 2>&1 &
+	i=0
+	until mysqladmin ping >/dev/null 2>&1; do
+		i=$((i + 1))
+		[ $i -lt 120 ] || die "mariadb did not start (see $AIO_LOG/mariadb.log, /var/log/mysql/)"
+		sleep 0.5
+	done
+fi
+create_dbs() {
+	local sql="" db
+	for db in keystone glance placement nova_api nova nova_cell0; do
+		sql+="CREATE DATABASE IF NOT EXISTS $db;"
+	done
+	sql+="CREATE USER IF NOT EXISTS 'openstack'@'localhost' IDENTIFIED BY '$DB_PASS';"
+	sql+="CREATE USER IF NOT EXISTS 'openstack'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';"
+	for db in keystone glance placement nova_api nova nova_cell0; do
+		sql+="GRANT ALL PRIVILEGES ON $db.* TO 'openstack'@'localhost';"
+		sql+="GRANT ALL PRIVILEGES ON $db.* TO 'openstack'@'127.0.0.1';"
+	done
+	mysql -e "$sql"
+}
+once databases "v1-$DB_PASS" create_dbs
+
+# ---------------------------------------------------------------- RabbitMQ
+
+write_file /etc/rabbitmq/rabbitmq-env.conf 644 root:root <<EOT || true
+NODE_IP_ADDRESS=$HOST
+NODE_PORT=5672
+NODENAME=rabbit@localhost
+ERL_EPMD_ADDRESS=$HOST
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+EOT
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+	log "starting rabbitmq"
+	export ERL_EPMD_ADDRESS=$HOST
+	rabbitmq-server -detached >>"$AIO_LOG/rabbitmq.log" 2>&1
+	rabbitmqctl -q wait --timeout 120 /var/lib/rabbitmq/mnesia/rabbit@localhost.pid >/dev/null ||
+		die "rabbitmq did not start (see /var/log/rabbitmq/)"
+fi
+cat /var/lib/rabbitmq/mnesia/rabbit@localhost.pid >"$AIO_RUN/rabbitmq.pid" 2>/dev/null || true
+rabbit_user() {
+	rabbitmqctl -q add_user openstack "$RABBIT_PASS" >/dev/null 2>&1 ||
+		rabbitmqctl -q change_password openstack "$RABBIT_PASS" >/dev/null
+	rabbitmqctl -q set_permissions openstack ".*" ".*" ".*" >/dev/null
+}
+once rabbit-user "v1-$RABBIT_PASS" rabbit_user
+
+# ---------------------------------------------------------------- Keystone
+
+# authtoken SERVICE_USER PASSWORD: the [keystone_authtoken] section of a service.
+authtoken() {
+	cat <<EOT
+[keystone_authtoken]
+www_authenticate_uri = http://$HOST:5000
+auth_url = http://$HOST:5000
+memcached_servers =
+auth_type = password
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = $1
+password = $2
+region_name = $REGION
+EOT
+}
+
+write_file /etc/keystone/keystone.conf 640 root:keystone <<EOT || true
+[DEFAULT]
+log_dir = /var/log/keystone
+[database]
+connection = $(dburl openstack keystone)
+[token]
+provider = fernet
+[cache]
+enabled = false
+EOT
+keystone_db() {
+	runuser -u keystone -- keystone-manage db_sync
+	keystone-manage fernet_setup --keystone-user keystone --keystone-group keystone
+	keystone-manage credential_setup --keystone-user keystone --keystone-group keystone
+	keystone-manage bootstrap --bootstrap-password "$ADMIN_PASS" \
+		--bootstrap-admin-url "$KEYSTONE_URL" --bootstrap-internal-url "$KEYSTONE_URL" \
+		--bootstrap-public-url "$KEYSTONE_URL" --bootstrap-region-id "$REGION"
+}
+once keystone-db "v1-$ADMIN_PASS-$(dpkg-query -W -f='${Version}' keystone)" keystone_db
+uwsgi_app keystone keystone 5000 /usr/bin/keystone-wsgi-public
+wait_http keystone "$KEYSTONE_URL"
+
+export OS_AUTH_URL=$KEYSTONE_URL OS_IDENTITY_API_VERSION=3 OS_REGION_NAME=$REGION \
+	OS_USERNAME=admin OS_PASSWORD=$ADMIN_PASS OS_PROJECT_NAME=admin \
+	OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default OS_INTERFACE=public
+
+# clouds.yaml for every client (openstack CLI, amirun).
+mkdir -p "$(dirname "$CLOUDS")"
+write_file "$CLOUDS" 600 root:root <<EOT || true
+# Written by amirun's scripts/openstack-aio.sh.
+clouds:
+  amirun-aio:
+    region_name: $REGION
+    interface: public
+    identity_api_version: 3
+    auth:
+      auth_url: $KEYSTONE_URL
+      username: admin
+      password: $ADMIN_PASS
+      project_name: admin
+      user_domain_name: Default
+      project_domain_name: Default
+  amirun-aio-demo:
+    region_name: $REGION
+    interface: public
+    identity_api_version: 3
+    auth:
+      auth_url: $KEYSTONE_URL
+      username: demo
+      password: $DEMO_PASS
+      project_name: demo
+      user_domain_name: Default
+      project_domain_name: Default
+EOT
+
+# One openstack CLI run per batch of checks (each start costs seconds).
+keystone_objects() {
+	local out
+	out=$(openstack project list -f value -c Name)
+	grep -qx service <<<"$out" || openstack project create --domain default service >/dev/null
+	grep -qx demo <<<"$out" || openstack project create --domain default demo >/dev/null
+	openstack role show member >/dev/null 2>&1 || openstack role create member >/dev/null
+	local u p
+	for u in demo:$DEMO_PASS glance:$GLANCE_PASS nova:$NOVA_PASS placement:$PLACEMENT_PASS; do
+		p=${u#*:}
+		u=${u%%:*}
+		openstack user create --domain default --password "$p" --or-show "$u" >/dev/null
+		openstack user set --password "$p" "$u"
+	done
+	openstack role add --project demo --user demo member
+	for u in glance nova placement; do
+		openstack role add --project service --user "$u" admin
+	done
+	local svc
+	for svc in glance:image:9292 nova:compute:8774/v2.1 placement:placement:8778; do
+		local name=${svc%%:*} rest=${svc#*:}
+		local type=${rest%%:*} path=${rest#*:}
+		if ! openstack service show "$type" >/dev/null 2>&1; then
+			openstack service create --name "$name" "$type" >/dev/null
+		fi
+		for iface in public internal admin; do
+			if [ -z "$(openstack endpoint list --service "$type" --interface $iface -f value -c ID)" ]; then
+				openstack endpoint create --region "$REGION" "$type" $iface "http://$HOST:$path" >/dev/null
+			fi
+		done
+	done
+}
+once keystone-objects "v1-$ADMIN_PASS-$DEMO_PASS" keystone_objects
+
+# ---------------------------------------------------------------- Glance
+
+{
+	cat <<EOT
+[DEFAULT]
+bind_host = $HOST
+bind_port = 9292
+workers = 1
+log_dir = /var/log/glance
+[database]
+connection = $(dburl openstack glance)
+[glance_store]
+stores = file
+default_store = file
+filesystem_store_datadir = /var/lib/glance/images/
+[paste_deploy]
+flavor = keystone
+[oslo_concurrency]
+lock_path = /var/lib/glance/lock
+EOT
+	authtoken glance "$GLANCE_PASS"
+} | write_file /etc/glance/glance-api.conf 640 root:glance || true
+mkdir -p /var/lib/glance/images /var/lib/glance/lock
+chown glance:glance /var/lib/glance/images /var/lib/glance/lock
+once glance-db "v1-$(dpkg-query -W -f='${Version}' glance-api)" runuser -u glance -- glance-manage db_sync
+daemon glance-api glance glance-api --config-file /etc/glance/glance-api.conf
+
+# ---------------------------------------------------------------- Placement
+
+{
+	cat <<EOT
+[DEFAULT]
+log_dir = /var/log/placement
+[api]
+auth_strategy = keystone
+[placement_database]
+connection = $(dburl openstack placement)
+EOT
+	authtoken placement "$PLACEMENT_PASS"
+} | write_file /etc/placement/placement.conf 640 root:placement || true
+once placement-db "v1-$(dpkg-query -W -f='${Version}' placement-api)" runuser -u placement -- placement-manage db sync
+uwsgi_app placement placement 8778 /usr/bin/placement-api
+
+# ---------------------------------------------------------------- Nova
+
+nova_conf() { # HOST COMPUTE_DRIVER
+	cat <<EOT
+[DEFAULT]
+transport_url = $RABBIT_URL
+my_ip = $HOST
+host = $1
+state_path = /var/lib/nova
+instances_path = /var/lib/nova/instances
+log_dir = /var/log/nova
+rootwrap_config = /etc/nova/rootwrap.conf
+enabled_apis = osapi_compute
+compute_driver = $2
+force_raw_images = false
+[api]
+auth_strategy = keystone
+[api_database]
+connection = $(dburl openstack nova_api)
+[database]
+connection = $(dburl openstack nova)
+[conductor]
+workers = 1
+[scheduler]
+workers = 1
+discover_hosts_in_cells_interval = 30
+[libvirt]
+virt_type = qemu
+cpu_mode = none
+[vnc]
+enabled = false
+[spice]
+enabled = false
+[oslo_concurrency]
+lock_path = /var/lib/nova/tmp
+[oslo_messaging_notifications]
+driver = noop
+[placement]
+region_name = $REGION
+auth_type = password
+auth_url = http://$HOST:5000/v3
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = placement
+password = $PLACEMENT_PASS
+[glance]
+region_name = $REGION
+[wsgi]
+api_paste_config = /etc/nova/api-paste.ini
+EOT
+	authtoken nova "$NOVA_PASS"
+}
+nova_conf aio libvirt.LibvirtDriver | write_file /etc/nova/nova.conf 640 root:nova || true
+mkdir -p /var/lib/nova/tmp /var/lib/nova/instances
+chown nova:nova /var/lib/nova/tmp /var/lib/nova/instances
+nova_db() {
+	runuser -u nova -- nova-manage api_db sync
+	runuser -u nova -- nova-manage cell_v2 map_cell0
+	runuser -u nova -- nova-manage cell_v2 list_cells | grep -q ' cell1 ' ||
+		runuser -u nova -- nova-manage cell_v2 create_cell --name=cell1
+	runuser -u nova -- nova-manage db sync
+}
+once nova-db "v1-$DB_PASS-$(dpkg-query -W -f='${Version}' nova-common)" nova_db
+uwsgi_app nova-api nova 8774 /usr/bin/nova-api-wsgi
+daemon nova-conductor nova nova-conductor --config-file /etc/nova/nova.conf
+daemon nova-scheduler nova nova-scheduler --config-file /etc/nova/nova.conf
+
+# libvirt: unix sockets only, no cgroups or security driver (no systemd,
+# no AppArmor here), and its default NAT network stays off.
+write_file /etc/libvirt/qemu.conf 600 root:root <<EOT || true
+cgroup_controllers = [ ]
+security_driver = "none"
+EOT
+rm -f /etc/libvirt/qemu/networks/autostart/default.xml
+daemon virtlogd root virtlogd
+daemon libvirtd root libvirtd
+i=0
+until virsh -c qemu:///system version >/dev/null 2>&1; do
+	i=$((i + 1))
+	[ $i -lt 120 ] || die "libvirtd does not answer (see $AIO_LOG/libvirtd.log)"
+	sleep 0.5
+done
+daemon nova-compute nova nova-compute --config-file /etc/nova/nova.conf
+
+# ---------------------------------------------------------------- ready?
+
+wait_http glance "http://$HOST:9292/"
+wait_http placement "http://$HOST:8778/"
+wait_http nova-api "http://$HOST:8774/"
+wait_compute() {
+	local i=0
+	until openstack compute service list --service nova-compute -f value -c State 2>/dev/null | grep -q '^up$'; do
+		i=$((i + 1))
+		[ $i -lt 60 ] || die "nova-compute is not up (see $AIO_LOG/nova-compute.log)"
+		sleep 3
+	done
+	runuser -u nova -- nova-manage cell_v2 discover_hosts >/dev/null
+}
+once compute-discovered "v1" wait_compute
+
+cat <<EOT
+openstack-aio: ready.  Point a client at it with
+  export OS_CLIENT_CONFIG_FILE=$CLOUDS OS_CLOUD=amirun-aio    # admin
+  (or OS_CLOUD=amirun-aio-demo: member of project demo)
+  openstack server list
+Region $REGION; Keystone $KEYSTONE_URL; servers boot with networks=none
+(compute API microversion >= 2.37).  Logs: $AIO_LOG/.  Stop: $0 down
+EOT
