@@ -35,7 +35,7 @@ KEYSTONE_URL=http://$HOST:5000/v3
 REGION=RegionOne
 
 PACKAGES=(mariadb-server python3-pymysql rabbitmq-server keystone glance placement-api
-	nova-api nova-conductor nova-scheduler nova-compute-qemu python3-openstackclient
+	nova-api nova-conductor nova-scheduler nova-compute-qemu neutron-api python3-openstackclient
 	qemu-system-x86 qemu-utils uwsgi-plugin-python3)
 
 log() { printf 'openstack-aio: %s\n' "$*" >&2; }
@@ -111,9 +111,10 @@ once() {
 	echo "$key" >"$stamp"
 }
 
-# uwsgi_app NAME USER PORT WSGI_FILE
+# uwsgi_app NAME USER PORT WSGI_FILE [UWSGI_ARGS...]
 uwsgi_app() {
 	local name=$1 user=$2 port=$3 wsgi=$4 pidf="$AIO_RUN/$1.pid"
+	shift 4
 	if pid_alive "$pidf"; then return 0; fi
 	log "starting $name (uwsgi on $HOST:$port)"
 	touch "$AIO_LOG/$name.log"
@@ -121,7 +122,7 @@ uwsgi_app() {
 	uwsgi --plugins python3 --master --die-on-term --lazy-apps --enable-threads \
 		--processes 1 --threads 8 --buffer-size 65535 \
 		--http-socket "$HOST:$port" --wsgi-file "$wsgi" --uid "$user" --gid "$user" \
-		--pidfile "$pidf" --daemonize "$AIO_LOG/$name.log" >/dev/null
+		--pidfile "$pidf" --daemonize "$AIO_LOG/$name.log" "$@" >/dev/null
 	local i=0
 	while ! pid_alive "$pidf"; do
 		i=$((i + 1))
@@ -132,7 +133,7 @@ uwsgi_app() {
 
 stop_all() {
 	local f name
-	for name in nova-compute nova-scheduler nova-conductor nova-api placement glance-api keystone libvirtd virtlogd; do
+	for name in nova-compute nova-scheduler nova-conductor nova-api neutron-api placement glance-api keystone libvirtd virtlogd; do
 		f="$AIO_RUN/$name.pid"
 		if pid_alive "$f"; then
 			log "stopping $name"
@@ -182,9 +183,11 @@ install_packages() {
 	local q
 	for q in keystone/configure_db keystone/create-admin-tenant keystone/register-endpoint \
 		glance/configure_db glance/register-endpoint nova/configure_db nova/register-endpoint \
-		placement/configure_db placement/register-endpoint; do
+		placement/configure_db placement/register-endpoint neutron/configure_db neutron/register-endpoint; do
 		echo "${q%%/*}-common $q boolean false"
 		echo "${q%%/*} $q boolean false"
+		echo "${q%%/*}-api $q boolean false"
+		echo "${q%%/*}-server $q boolean false"
 	done | debconf-set-selections
 	# Keep the packages' init scripts from starting anything: no systemd here,
 	# and the services are started below with this script's settings.
@@ -209,7 +212,7 @@ if [ ! -s "$SECRETS" ]; then
 	chmod 700 "$(dirname "$SECRETS")"
 	umask 077
 	{
-		for v in DB RABBIT ADMIN DEMO KEYSTONE_DB GLANCE NOVA PLACEMENT; do
+		for v in DB RABBIT ADMIN DEMO GLANCE NOVA PLACEMENT NEUTRON; do
 			echo "${v}_PASS=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
 		done
 	} >"$SECRETS.tmp"
@@ -246,18 +249,18 @@ if ! mysqladmin ping >/dev/null 2>&1; then
 fi
 create_dbs() {
 	local sql="" db
-	for db in keystone glance placement nova_api nova nova_cell0; do
+	for db in keystone glance placement nova_api nova nova_cell0 neutron; do
 		sql+="CREATE DATABASE IF NOT EXISTS $db;"
 	done
 	sql+="CREATE USER IF NOT EXISTS 'openstack'@'localhost' IDENTIFIED BY '$DB_PASS';"
 	sql+="CREATE USER IF NOT EXISTS 'openstack'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';"
-	for db in keystone glance placement nova_api nova nova_cell0; do
+	for db in keystone glance placement nova_api nova nova_cell0 neutron; do
 		sql+="GRANT ALL PRIVILEGES ON $db.* TO 'openstack'@'localhost';"
 		sql+="GRANT ALL PRIVILEGES ON $db.* TO 'openstack'@'127.0.0.1';"
 	done
 	mysql -e "$sql"
 }
-once databases "v1-$DB_PASS" create_dbs
+once databases "v2-$DB_PASS" create_dbs
 
 # ---------------------------------------------------------------- RabbitMQ
 
@@ -325,9 +328,6 @@ once keystone-db "v1-$ADMIN_PASS-$(dpkg-query -W -f='${Version}' keystone)" keys
 uwsgi_app keystone keystone 5000 /usr/bin/keystone-wsgi-public
 wait_http keystone "$KEYSTONE_URL"
 
-export OS_AUTH_URL=$KEYSTONE_URL OS_IDENTITY_API_VERSION=3 OS_REGION_NAME=$REGION \
-	OS_USERNAME=admin OS_PASSWORD=$ADMIN_PASS OS_PROJECT_NAME=admin \
-	OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default OS_INTERFACE=public
 
 # clouds.yaml for every client (openstack CLI, amirun).
 mkdir -p "$(dirname "$CLOUDS")"
@@ -358,39 +358,50 @@ clouds:
       project_domain_name: Default
 EOT
 
-# One openstack CLI run per batch of checks (each start costs seconds).
+# Projects, users, services and endpoints, in one Python process (each
+# `openstack` CLI start costs seconds on a loaded machine).
 keystone_objects() {
-	local out
-	out=$(openstack project list -f value -c Name)
-	grep -qx service <<<"$out" || openstack project create --domain default service >/dev/null
-	grep -qx demo <<<"$out" || openstack project create --domain default demo >/dev/null
-	openstack role show member >/dev/null 2>&1 || openstack role create member >/dev/null
-	local u p
-	for u in demo:$DEMO_PASS glance:$GLANCE_PASS nova:$NOVA_PASS placement:$PLACEMENT_PASS; do
-		p=${u#*:}
-		u=${u%%:*}
-		openstack user create --domain default --password "$p" --or-show "$u" >/dev/null
-		openstack user set --password "$p" "$u"
-	done
-	openstack role add --project demo --user demo member
-	for u in glance nova placement; do
-		openstack role add --project service --user "$u" admin
-	done
-	local svc
-	for svc in glance:image:9292 nova:compute:8774/v2.1 placement:placement:8778; do
-		local name=${svc%%:*} rest=${svc#*:}
-		local type=${rest%%:*} path=${rest#*:}
-		if ! openstack service show "$type" >/dev/null 2>&1; then
-			openstack service create --name "$name" "$type" >/dev/null
-		fi
-		for iface in public internal admin; do
-			if [ -z "$(openstack endpoint list --service "$type" --interface $iface -f value -c ID)" ]; then
-				openstack endpoint create --region "$REGION" "$type" $iface "http://$HOST:$path" >/dev/null
-			fi
-		done
-	done
+	DEMO_PASS=$DEMO_PASS GLANCE_PASS=$GLANCE_PASS NOVA_PASS=$NOVA_PASS \
+		PLACEMENT_PASS=$PLACEMENT_PASS NEUTRON_PASS=$NEUTRON_PASS HOST=$HOST REGION=$REGION \
+		python3 - <<'PY'
+import os
+import openstack
+
+c = openstack.connect(cloud="amirun-aio")
+idn = c.identity
+dom = idn.find_domain("default") or idn.find_domain("Default")
+
+def project(name):
+    return idn.find_project(name, domain_id=dom.id) or idn.create_project(name=name, domain_id=dom.id)
+
+def role(name):
+    return idn.find_role(name) or idn.create_role(name=name)
+
+def user(name, password):
+    u = idn.find_user(name, domain_id=dom.id)
+    if u is None:
+        return idn.create_user(name=name, password=password, domain_id=dom.id)
+    return idn.update_user(u, password=password)
+
+service, demo = project("service"), project("demo")
+admin, member = role("admin"), role("member")
+idn.assign_project_role_to_user(demo, user("demo", os.environ["DEMO_PASS"]), member)
+for name in ("glance", "nova", "placement", "neutron"):
+    idn.assign_project_role_to_user(service, user(name, os.environ[name.upper() + "_PASS"]), admin)
+
+host, region = os.environ["HOST"], os.environ["REGION"]
+for name, kind, path in (("glance", "image", "9292"), ("nova", "compute", "8774/v2.1"),
+                         ("placement", "placement", "8778"), ("neutron", "network", "9696")):
+    svc = next((s for s in idn.services() if s.type == kind), None) or \
+        idn.create_service(name=name, type=kind)
+    have = {e.interface for e in idn.endpoints(service_id=svc.id)}
+    for iface in ("public", "internal", "admin"):
+        if iface not in have:
+            idn.create_endpoint(service_id=svc.id, interface=iface,
+                                url=f"http://{host}:{path}", region_id=region)
+PY
 }
-once keystone-objects "v1-$ADMIN_PASS-$DEMO_PASS" keystone_objects
+once keystone-objects "v2-$ADMIN_PASS-$DEMO_PASS" keystone_objects
 
 # ---------------------------------------------------------------- Glance
 
@@ -434,6 +445,42 @@ EOT
 } | write_file /etc/placement/placement.conf 640 root:placement || true
 once placement-db "v1-$(dpkg-query -W -f='${Version}' placement-api)" runuser -u placement -- placement-manage db sync
 uwsgi_app placement placement 8778 /usr/bin/placement-api
+
+# ---------------------------------------------------------------- Neutron
+
+# Only the API server, ML2 with no mechanism driver and no agents: Nova asks
+# Neutron for a server's ports (none: servers boot with networks=none).
+{
+	cat <<EOT
+[DEFAULT]
+core_plugin = ml2
+service_plugins =
+auth_strategy = keystone
+transport_url = $RABBIT_URL
+notify_nova_on_port_status_changes = false
+notify_nova_on_port_data_changes = false
+log_dir = /var/log/neutron
+[database]
+connection = $(dburl openstack neutron)
+[oslo_concurrency]
+lock_path = /var/lib/neutron/tmp
+EOT
+	authtoken neutron "$NEUTRON_PASS"
+} | write_file /etc/neutron/neutron.conf 640 root:neutron || true
+write_file /etc/neutron/plugins/ml2/ml2_conf.ini 640 root:neutron <<EOT || true
+[ml2]
+type_drivers = local,flat
+tenant_network_types = local
+mechanism_drivers =
+extension_drivers =
+EOT
+mkdir -p /var/lib/neutron/tmp
+chown neutron:neutron /var/lib/neutron/tmp
+NEUTRON_ARGS="--config-file=/etc/neutron/neutron.conf --config-file=/etc/neutron/plugins/ml2/ml2_conf.ini"
+# shellcheck disable=SC2086 # two arguments
+once neutron-db "v1-$(dpkg-query -W -f='${Version}' neutron-common)" \
+	runuser -u neutron -- neutron-db-manage $NEUTRON_ARGS upgrade heads
+uwsgi_app neutron-api neutron 9696 /usr/bin/neutron-api --pyargv "$NEUTRON_ARGS"
 
 # ---------------------------------------------------------------- Nova
 
@@ -483,6 +530,15 @@ username = placement
 password = $PLACEMENT_PASS
 [glance]
 region_name = $REGION
+[neutron]
+region_name = $REGION
+auth_type = password
+auth_url = http://$HOST:5000/v3
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = nova
+password = $NOVA_PASS
 [wsgi]
 api_paste_config = /etc/nova/api-paste.ini
 EOT
@@ -525,9 +581,10 @@ daemon nova-compute nova nova-compute --config-file /etc/nova/nova.conf
 wait_http glance "http://$HOST:9292/"
 wait_http placement "http://$HOST:8778/"
 wait_http nova-api "http://$HOST:8774/"
+wait_http neutron "http://$HOST:9696/"
 wait_compute() {
 	local i=0
-	until openstack compute service list --service nova-compute -f value -c State 2>/dev/null | grep -q '^up$'; do
+	until mysql -N -e "SELECT 1 FROM nova.services WHERE topic='compute' AND deleted=0 AND disabled=0 AND updated_at > NOW() - INTERVAL 60 SECOND" | grep -q 1; do
 		i=$((i + 1))
 		[ $i -lt 60 ] || die "nova-compute is not up (see $AIO_LOG/nova-compute.log)"
 		sleep 3
