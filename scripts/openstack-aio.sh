@@ -79,8 +79,24 @@ daemon() {
 	local logf="$AIO_LOG/$name.log"
 	touch "$logf"
 	chown "$user" "$logf"
-	setsid runuser -u "$user" -- "$@" </dev/null >>"$logf" 2>&1 &
+	if [ "$user" = root ]; then
+		setsid "$@" </dev/null >>"$logf" 2>&1 &
+	else
+		setsid runuser -u "$user" -- "$@" </dev/null >>"$logf" 2>&1 &
+	fi
 	echo $! >"$pidf"
+}
+
+stop_daemon() { # NAME: TERM it and wait (at most 30 s) until it is gone.
+	local pidf="$AIO_RUN/$1.pid" i=0
+	pid_alive "$pidf" || return 0
+	log "stopping $1"
+	kill "$(cat "$pidf")" 2>/dev/null || true
+	while pid_alive "$pidf" && [ $i -lt 60 ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	rm -f "$pidf"
 }
 
 wait_port() { # NAME PORT [SECONDS]
@@ -132,14 +148,9 @@ uwsgi_app() {
 }
 
 stop_all() {
-	local f name
+	local name
 	for name in nova-compute nova-scheduler nova-conductor nova-api neutron-api placement glance-api keystone libvirtd virtlogd; do
-		f="$AIO_RUN/$name.pid"
-		if pid_alive "$f"; then
-			log "stopping $name"
-			kill "$(cat "$f")" 2>/dev/null || true
-		fi
-		rm -f "$f"
+		stop_daemon "$name"
 	done
 	if pid_alive "$AIO_RUN/rabbitmq.pid"; then
 		log "stopping rabbitmq"
@@ -207,18 +218,15 @@ install_packages
 
 # ---------------------------------------------------------------- secrets
 
-if [ ! -s "$SECRETS" ]; then
-	mkdir -p "$(dirname "$SECRETS")"
-	chmod 700 "$(dirname "$SECRETS")"
-	umask 077
-	{
-		for v in DB RABBIT ADMIN DEMO GLANCE NOVA PLACEMENT NEUTRON; do
-			echo "${v}_PASS=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
-		done
-	} >"$SECRETS.tmp"
-	mv "$SECRETS.tmp" "$SECRETS"
-	umask 022
-fi
+# One random password per account, made once (a later run adds only new ones).
+mkdir -p "$(dirname "$SECRETS")"
+chmod 700 "$(dirname "$SECRETS")"
+touch "$SECRETS"
+chmod 600 "$SECRETS"
+for v in DB RABBIT ADMIN DEMO GLANCE NOVA PLACEMENT NEUTRON; do
+	grep -q "^${v}_PASS=" "$SECRETS" ||
+		echo "${v}_PASS=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')" >>"$SECRETS"
+done
 # shellcheck disable=SC1090
 . "$SECRETS"
 
@@ -363,7 +371,7 @@ EOT
 keystone_objects() {
 	DEMO_PASS=$DEMO_PASS GLANCE_PASS=$GLANCE_PASS NOVA_PASS=$NOVA_PASS \
 		PLACEMENT_PASS=$PLACEMENT_PASS NEUTRON_PASS=$NEUTRON_PASS HOST=$HOST REGION=$REGION \
-		python3 - <<'PY'
+		/usr/bin/python3 - <<'PY'
 import os
 import openstack
 
@@ -565,11 +573,22 @@ write_file /etc/libvirt/qemu.conf 600 root:root <<EOT || true
 cgroup_controllers = [ ]
 security_driver = "none"
 EOT
+# The unix socket without polkit (no D-Bus here): members of group libvirt
+# (nova) may use it.
+if write_file /etc/libvirt/libvirtd.conf 644 root:root <<EOT; then
+unix_sock_group = "libvirt"
+unix_sock_ro_perms = "0770"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+EOT
+	stop_daemon libvirtd
+fi
 rm -f /etc/libvirt/qemu/networks/autostart/default.xml
 daemon virtlogd root virtlogd
 daemon libvirtd root libvirtd
 i=0
-until virsh -c qemu:///system version >/dev/null 2>&1; do
+until runuser -u nova -- virsh -c qemu:///system version >/dev/null 2>&1; do
 	i=$((i + 1))
 	[ $i -lt 120 ] || die "libvirtd does not answer (see $AIO_LOG/libvirtd.log)"
 	sleep 0.5

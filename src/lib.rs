@@ -63,6 +63,9 @@
 //! - [`network`] is the only module that touches host networking: a guest
 //!   with outbound access runs in a network namespace of its own with an
 //!   outbound leg (pasta) that cannot reach the host's own services.
+//! - [`openstack`] is a blocking client of the OpenStack APIs (Keystone v3,
+//!   Glance v2, Nova) for the OpenStack backend (issue 16); nothing calls it
+//!   from [`service`] yet.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`domain`] holds EC2's closed sets as enums (instance, volume, image
 //!   and snapshot states, root device type, shutdown behavior, boot mode,
@@ -89,6 +92,7 @@ pub mod instance;
 pub mod machine;
 pub mod metadata;
 pub mod network;
+pub mod openstack;
 pub mod paths;
 pub mod private_fs;
 pub mod service;
