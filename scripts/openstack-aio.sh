@@ -127,18 +127,26 @@ once() {
 	echo "$key" >"$stamp"
 }
 
-# uwsgi_app NAME USER PORT WSGI_FILE [UWSGI_ARGS...]
+# uwsgi_app NAME USER PORT WSGI_FILE [UWSGI_ARGS...]: one uwsgi master and
+# worker on HOST:PORT; restarted when its command line changed.
+# "Connection: close": uwsgi's http-socket does not keep connections alive,
+# and a client that reuses one gets its next POST reset.
 uwsgi_app() {
 	local name=$1 user=$2 port=$3 wsgi=$4 pidf="$AIO_RUN/$1.pid"
 	shift 4
-	if pid_alive "$pidf"; then return 0; fi
+	local cmd=(uwsgi --plugins python3 --master --die-on-term --lazy-apps --enable-threads
+		--processes 1 --threads 8 --buffer-size 65535 --add-header "Connection: close"
+		--http-socket "$HOST:$port" --wsgi-file "$wsgi" --uid "$user" --gid "$user"
+		--pidfile "$pidf" --daemonize "$AIO_LOG/$name.log" "$@")
+	if pid_alive "$pidf"; then
+		[ "$(cat "$AIO_RUN/$name.cmd" 2>/dev/null)" = "${cmd[*]}" ] && return 0
+		stop_daemon "$name"
+	fi
 	log "starting $name (uwsgi on $HOST:$port)"
 	touch "$AIO_LOG/$name.log"
 	chown "$user" "$AIO_LOG/$name.log"
-	uwsgi --plugins python3 --master --die-on-term --lazy-apps --enable-threads \
-		--processes 1 --threads 8 --buffer-size 65535 \
-		--http-socket "$HOST:$port" --wsgi-file "$wsgi" --uid "$user" --gid "$user" \
-		--pidfile "$pidf" --daemonize "$AIO_LOG/$name.log" "$@" >/dev/null
+	"${cmd[@]}" >/dev/null
+	echo "${cmd[*]}" >"$AIO_RUN/$name.cmd"
 	local i=0
 	while ! pid_alive "$pidf"; do
 		i=$((i + 1))
