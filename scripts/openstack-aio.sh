@@ -69,12 +69,21 @@ pid_alive() { # PIDFILE
 	[ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
+# conf_hash FILE...: a short digest of configuration files; part of each
+# service's recorded command line, so that a changed file restarts it.
+conf_hash() { cat "$@" | sha256sum | cut -c1-16; }
+
 # daemon NAME USER CMD...: start CMD in its own session as USER unless its
-# pid file names a live process.  Output to $AIO_LOG/NAME.log.
+# pid file names a live process started with the same command line (it is
+# restarted when that changed).  Output to $AIO_LOG/NAME.log.
 daemon() {
 	local name=$1 user=$2 pidf="$AIO_RUN/$1.pid"
 	shift 2
-	if pid_alive "$pidf"; then return 0; fi
+	if pid_alive "$pidf"; then
+		[ "$(cat "$AIO_RUN/$name.cmd" 2>/dev/null)" = "$*" ] && return 0
+		stop_daemon "$name"
+	fi
+	echo "$*" >"$AIO_RUN/$name.cmd"
 	log "starting $name"
 	local logf="$AIO_LOG/$name.log"
 	touch "$logf"
@@ -341,7 +350,7 @@ keystone_db() {
 		--bootstrap-public-url "$KEYSTONE_URL" --bootstrap-region-id "$REGION"
 }
 once keystone-db "v1-$ADMIN_PASS-$(dpkg-query -W -f='${Version}' keystone)" keystone_db
-uwsgi_app keystone keystone 5000 /usr/bin/keystone-wsgi-public
+uwsgi_app keystone keystone 5000 /usr/bin/keystone-wsgi-public --env "AIO_CONF=$(conf_hash /etc/keystone/keystone.conf)"
 wait_http keystone "$KEYSTONE_URL"
 
 
@@ -444,7 +453,8 @@ EOT
 mkdir -p /var/lib/glance/images /var/lib/glance/lock
 chown glance:glance /var/lib/glance/images /var/lib/glance/lock
 once glance-db "v1-$(dpkg-query -W -f='${Version}' glance-api)" runuser -u glance -- glance-manage db_sync
-daemon glance-api glance glance-api --config-file /etc/glance/glance-api.conf
+daemon glance-api glance env "AIO_CONF=$(conf_hash /etc/glance/glance-api.conf)" \
+	glance-api --config-file /etc/glance/glance-api.conf
 
 # ---------------------------------------------------------------- Placement
 
@@ -460,17 +470,19 @@ EOT
 	authtoken placement "$PLACEMENT_PASS"
 } | write_file /etc/placement/placement.conf 640 root:placement || true
 once placement-db "v1-$(dpkg-query -W -f='${Version}' placement-api)" runuser -u placement -- placement-manage db sync
-uwsgi_app placement placement 8778 /usr/bin/placement-api
+uwsgi_app placement placement 8778 /usr/bin/placement-api --env "AIO_CONF=$(conf_hash /etc/placement/placement.conf)"
 
 # ---------------------------------------------------------------- Neutron
 
 # Only the API server, ML2 with no mechanism driver and no agents: Nova asks
 # Neutron for a server's ports (none: servers boot with networks=none).
+# The router plugin is there for its database models (Neutron's port
+# queries need them), not for routers.
 {
 	cat <<EOT
 [DEFAULT]
 core_plugin = ml2
-service_plugins =
+service_plugins = router
 auth_strategy = keystone
 transport_url = $RABBIT_URL
 notify_nova_on_port_status_changes = false
@@ -496,7 +508,8 @@ NEUTRON_ARGS="--config-file=/etc/neutron/neutron.conf --config-file=/etc/neutron
 # shellcheck disable=SC2086 # two arguments
 once neutron-db "v1-$(dpkg-query -W -f='${Version}' neutron-common)" \
 	runuser -u neutron -- neutron-db-manage $NEUTRON_ARGS upgrade heads
-uwsgi_app neutron-api neutron 9696 /usr/bin/neutron-api --pyargv "$NEUTRON_ARGS"
+uwsgi_app neutron-api neutron 9696 /usr/bin/neutron-api --pyargv "$NEUTRON_ARGS" \
+	--env "AIO_CONF=$(conf_hash /etc/neutron/neutron.conf /etc/neutron/plugins/ml2/ml2_conf.ini)"
 
 # ---------------------------------------------------------------- Nova
 
@@ -571,9 +584,10 @@ nova_db() {
 	runuser -u nova -- nova-manage db sync
 }
 once nova-db "v1-$DB_PASS-$(dpkg-query -W -f='${Version}' nova-common)" nova_db
-uwsgi_app nova-api nova 8774 /usr/bin/nova-api-wsgi
-daemon nova-conductor nova nova-conductor --config-file /etc/nova/nova.conf
-daemon nova-scheduler nova nova-scheduler --config-file /etc/nova/nova.conf
+NOVA_CONF="AIO_CONF=$(conf_hash /etc/nova/nova.conf)"
+uwsgi_app nova-api nova 8774 /usr/bin/nova-api-wsgi --env "$NOVA_CONF"
+daemon nova-conductor nova env "$NOVA_CONF" nova-conductor --config-file /etc/nova/nova.conf
+daemon nova-scheduler nova env "$NOVA_CONF" nova-scheduler --config-file /etc/nova/nova.conf
 
 # libvirt: unix sockets only, no cgroups or security driver (no systemd,
 # no AppArmor here), and its default NAT network stays off.
@@ -583,25 +597,23 @@ security_driver = "none"
 EOT
 # The unix socket without polkit (no D-Bus here): members of group libvirt
 # (nova) may use it.
-if write_file /etc/libvirt/libvirtd.conf 644 root:root <<EOT; then
+write_file /etc/libvirt/libvirtd.conf 644 root:root <<EOT || true
 unix_sock_group = "libvirt"
 unix_sock_ro_perms = "0770"
 unix_sock_rw_perms = "0770"
 auth_unix_ro = "none"
 auth_unix_rw = "none"
 EOT
-	stop_daemon libvirtd
-fi
 rm -f /etc/libvirt/qemu/networks/autostart/default.xml
 daemon virtlogd root virtlogd
-daemon libvirtd root libvirtd
+daemon libvirtd root env "AIO_CONF=$(conf_hash /etc/libvirt/libvirtd.conf /etc/libvirt/qemu.conf)" libvirtd
 i=0
 until runuser -u nova -- virsh -c qemu:///system version >/dev/null 2>&1; do
 	i=$((i + 1))
 	[ $i -lt 120 ] || die "libvirtd does not answer (see $AIO_LOG/libvirtd.log)"
 	sleep 0.5
 done
-daemon nova-compute nova nova-compute --config-file /etc/nova/nova.conf
+daemon nova-compute nova env "$NOVA_CONF" nova-compute --config-file /etc/nova/nova.conf
 
 # ---------------------------------------------------------------- ready?
 
