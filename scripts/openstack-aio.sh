@@ -476,13 +476,11 @@ uwsgi_app placement placement 8778 /usr/bin/placement-api --env "AIO_CONF=$(conf
 
 # Only the API server, ML2 with no mechanism driver and no agents: Nova asks
 # Neutron for a server's ports (none: servers boot with networks=none).
-# The router plugin is there for its database models (Neutron's port
-# queries need them), not for routers.
 {
 	cat <<EOT
 [DEFAULT]
 core_plugin = ml2
-service_plugins = router
+service_plugins =
 auth_strategy = keystone
 transport_url = $RABBIT_URL
 notify_nova_on_port_status_changes = false
@@ -508,8 +506,21 @@ NEUTRON_ARGS="--config-file=/etc/neutron/neutron.conf --config-file=/etc/neutron
 # shellcheck disable=SC2086 # two arguments
 once neutron-db "v1-$(dpkg-query -W -f='${Version}' neutron-common)" \
 	runuser -u neutron -- neutron-db-manage $NEUTRON_ARGS upgrade heads
-uwsgi_app neutron-api neutron 9696 /usr/bin/neutron-api --pyargv "$NEUTRON_ARGS" \
-	--env "AIO_CONF=$(conf_hash /etc/neutron/neutron.conf /etc/neutron/plugins/ml2/ml2_conf.ini)"
+# Neutron's WSGI app, with SQLAlchemy's mappers configured before the first
+# request: otherwise a first `GET /v2.0/ports` (Nova's, when it deletes a
+# server) fails with "type object 'Port' has no attribute 'port_forwardings'"
+# because backrefs of models are not there yet.
+write_file "$AIO_STATE/neutron-api-wsgi.py" 644 root:root <<'EOT' || true
+"""neutron-api for uwsgi (scripts/openstack-aio.sh), mappers configured at start."""
+import runpy
+
+from sqlalchemy import orm
+
+application = runpy.run_path("/usr/bin/neutron-api", run_name="neutron_api")["application"]
+orm.configure_mappers()
+EOT
+uwsgi_app neutron-api neutron 9696 "$AIO_STATE/neutron-api-wsgi.py" --pyargv "$NEUTRON_ARGS" \
+	--env "AIO_CONF=$(conf_hash /etc/neutron/neutron.conf /etc/neutron/plugins/ml2/ml2_conf.ini "$AIO_STATE/neutron-api-wsgi.py")"
 
 # ---------------------------------------------------------------- Nova
 
