@@ -17,8 +17,14 @@
 #   (uwsgi), Nova API :8774 (uwsgi) + conductor + scheduler + compute
 #   (libvirt, virt_type=qemu: TCG guests), libvirtd + virtlogd (unix
 #   sockets only; libvirt's default NAT network is not started).
-# Networking: no Neutron.  Servers are booted with `networks: none`
-# (compute microversion >= 2.37); the guests have no NIC.
+# Networking: the Neutron API server alone (ML2, no agents, no networks),
+# because Nova asks it for a server's ports.  Servers are booted with
+# `networks: none` (compute microversion >= 2.37); the guests have no NIC.
+# Fake compute hosts: AIO_FAKE_HOSTS (default 3) more nova-compute
+# processes on Nova's fake driver, hosts fake-1..fake-N, in availability
+# zone `fake` (aggregate fake-hosts): servers asked for there are placed and
+# tracked but run nowhere.  Servers without a zone go to zone `nova`, whose
+# one host `aio` runs real QEMU (TCG) guests.
 #
 # Clients: /etc/openstack/clouds.yaml, cloud `amirun-aio` (admin in project
 # admin), `amirun-aio-demo` (member of project demo), region RegionOne.
@@ -33,6 +39,7 @@ CLOUDS=/etc/openstack/clouds.yaml
 HOST=127.0.0.1
 KEYSTONE_URL=http://$HOST:5000/v3
 REGION=RegionOne
+FAKE_HOSTS=${AIO_FAKE_HOSTS:-3}
 
 PACKAGES=(mariadb-server python3-pymysql rabbitmq-server keystone glance placement-api
 	nova-api nova-conductor nova-scheduler nova-compute-qemu neutron-api python3-openstackclient
@@ -137,14 +144,15 @@ once() {
 }
 
 # uwsgi_app NAME USER PORT WSGI_FILE [UWSGI_ARGS...]: one uwsgi master and
-# worker on HOST:PORT; restarted when its command line changed.
+# UWSGI_PROCESSES (1) workers of UWSGI_THREADS (8) threads on HOST:PORT;
+# restarted when its command line changed.
 # "Connection: close": uwsgi's http-socket does not keep connections alive,
 # and a client that reuses one gets its next POST reset.
 uwsgi_app() {
 	local name=$1 user=$2 port=$3 wsgi=$4 pidf="$AIO_RUN/$1.pid"
 	shift 4
 	local cmd=(uwsgi --plugins python3 --master --die-on-term --lazy-apps --enable-threads
-		--processes 1 --threads 8 --buffer-size 65535 --add-header "Connection: close"
+		--processes "${UWSGI_PROCESSES:-1}" --threads "${UWSGI_THREADS:-8}" --buffer-size 65535 --add-header "Connection: close"
 		--http-socket "$HOST:$port" --wsgi-file "$wsgi" --uid "$user" --gid "$user"
 		--pidfile "$pidf" --daemonize "$AIO_LOG/$name.log" "$@")
 	if pid_alive "$pidf"; then
@@ -166,6 +174,9 @@ uwsgi_app() {
 
 stop_all() {
 	local name
+	for name in "$AIO_RUN"/nova-compute-fake-*.pid; do
+		[ -e "$name" ] && stop_daemon "$(basename "$name" .pid)"
+	done
 	for name in nova-compute nova-scheduler nova-conductor nova-api neutron-api placement glance-api keystone libvirtd virtlogd; do
 		stop_daemon "$name"
 	done
@@ -537,6 +548,7 @@ rootwrap_config = /etc/nova/rootwrap.conf
 enabled_apis = osapi_compute
 compute_driver = $2
 force_raw_images = false
+default_schedule_zone = nova
 [api]
 auth_strategy = keystone
 [api_database]
@@ -596,7 +608,10 @@ nova_db() {
 }
 once nova-db "v1-$DB_PASS-$(dpkg-query -W -f='${Version}' nova-common)" nova_db
 NOVA_CONF="AIO_CONF=$(conf_hash /etc/nova/nova.conf)"
-uwsgi_app nova-api nova 8774 /usr/bin/nova-api-wsgi --env "$NOVA_CONF"
+# One thread per worker, as Debian's own nova-api-uwsgi.ini: nova-api
+# monkey-patches eventlet, and with threads the replies of its RPC calls
+# (console log, …) were lost (MessagingTimeout after 60 s).
+UWSGI_PROCESSES=2 UWSGI_THREADS=1 uwsgi_app nova-api nova 8774 /usr/bin/nova-api-wsgi --env "$NOVA_CONF"
 daemon nova-conductor nova env "$NOVA_CONF" nova-conductor --config-file /etc/nova/nova.conf
 daemon nova-scheduler nova env "$NOVA_CONF" nova-scheduler --config-file /etc/nova/nova.conf
 
@@ -626,6 +641,18 @@ until runuser -u nova -- virsh -c qemu:///system version >/dev/null 2>&1; do
 done
 daemon nova-compute nova env "$NOVA_CONF" nova-compute --config-file /etc/nova/nova.conf
 
+# Fake hosts: the same nova.conf, then one file that renames the host and
+# swaps the driver.
+for n in $(seq 1 "$FAKE_HOSTS"); do
+	write_file "/etc/nova/fake-$n.conf" 640 root:nova <<EOT || true
+[DEFAULT]
+host = fake-$n
+compute_driver = fake.FakeDriver
+EOT
+	daemon "nova-compute-fake-$n" nova env "$NOVA_CONF" "AIO_FAKE=$(conf_hash "/etc/nova/fake-$n.conf")" \
+		nova-compute --config-file /etc/nova/nova.conf --config-file "/etc/nova/fake-$n.conf"
+done
+
 # ---------------------------------------------------------------- ready?
 
 wait_http glance "http://$HOST:9292/"
@@ -634,14 +661,31 @@ wait_http nova-api "http://$HOST:8774/"
 wait_http neutron "http://$HOST:9696/"
 wait_compute() {
 	local i=0
-	until mysql -N -e "SELECT 1 FROM nova.services WHERE topic='compute' AND deleted=0 AND disabled=0 AND updated_at > NOW() - INTERVAL 60 SECOND" | grep -q 1; do
+	local want=$((FAKE_HOSTS + 1))
+	until [ "$(mysql -N -e "SELECT COUNT(*) FROM nova.services WHERE topic='compute' AND deleted=0 AND disabled=0 AND updated_at > NOW() - INTERVAL 60 SECOND")" -ge "$want" ]; do
 		i=$((i + 1))
-		[ $i -lt 60 ] || die "nova-compute is not up (see $AIO_LOG/nova-compute.log)"
+		[ $i -lt 100 ] || die "not all $want nova-compute services are up (see $AIO_LOG/nova-compute*.log)"
 		sleep 3
 	done
 	runuser -u nova -- nova-manage cell_v2 discover_hosts >/dev/null
 }
-once compute-discovered "v1" wait_compute
+once compute-discovered "v2-$FAKE_HOSTS" wait_compute
+
+# Zone `fake` = the fake hosts (an aggregate; Nova mirrors it to Placement).
+fake_zone() {
+	FAKE_HOSTS=$FAKE_HOSTS /usr/bin/python3 - <<'PY'
+import os
+import openstack
+
+c = openstack.connect(cloud="amirun-aio")
+agg = next((a for a in c.compute.aggregates() if a.name == "fake-hosts"), None) or \
+    c.compute.create_aggregate(name="fake-hosts", availability_zone="fake")
+for n in range(1, int(os.environ["FAKE_HOSTS"]) + 1):
+    if f"fake-{n}" not in (agg.hosts or []):
+        agg = c.compute.add_host_to_aggregate(agg, f"fake-{n}")
+PY
+}
+[ "$FAKE_HOSTS" -eq 0 ] || once fake-zone "v1-$FAKE_HOSTS" fake_zone
 
 cat <<EOT
 openstack-aio: ready.  Point a client at it with
@@ -649,5 +693,6 @@ openstack-aio: ready.  Point a client at it with
   (or OS_CLOUD=amirun-aio-demo: member of project demo)
   openstack server list
 Region $REGION; Keystone $KEYSTONE_URL; servers boot with networks=none
-(compute API microversion >= 2.37).  Logs: $AIO_LOG/.  Stop: $0 down
+(compute API microversion >= 2.37); zone nova = host aio (QEMU/TCG guests),
+zone fake = $FAKE_HOSTS fake-driver hosts.  Logs: $AIO_LOG/.  Stop: $0 down
 EOT

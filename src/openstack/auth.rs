@@ -345,10 +345,15 @@ impl Request {
     }
 
     /// A JSON body.
-    pub fn json(mut self, body: &Value) -> Request {
+    pub fn json(self, body: &Value) -> Request {
+        self.json_as(body, "application/json")
+    }
+
+    /// A JSON body with another media type (Glance's JSON patch).
+    pub fn json_as(mut self, body: &Value, content_type: &str) -> Request {
         self.builder = self
             .builder
-            .header("Content-Type", "application/json")
+            .header("Content-Type", content_type)
             .body(body.to_string());
         self
     }

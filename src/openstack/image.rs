@@ -160,11 +160,7 @@ impl Glance<'_> {
         let patch = json!([{"op": "replace", "path": "/visibility", "value": visibility}]);
         self.0
             .request(Method::PATCH, "image", &format!("/v2/images/{id}"))?
-            .json(&patch)
-            .header(
-                "Content-Type",
-                "application/openstack-images-v2.1-json-patch",
-            )
+            .json_as(&patch, "application/openstack-images-v2.1-json-patch")
             .send_json()
     }
 
