@@ -23,8 +23,8 @@
 # Fake compute hosts: AIO_FAKE_HOSTS (default 3) more nova-compute
 # processes on Nova's fake driver, hosts fake-1..fake-N, in availability
 # zone `fake` (aggregate fake-hosts): servers asked for there are placed and
-# tracked but run nowhere.  Servers without a zone go to zone `nova`, whose
-# one host `aio` runs real QEMU (TCG) guests.
+# tracked but run nowhere.  Servers without a zone go to zone `aio`
+# (aggregate aio), whose one host `aio` runs real QEMU (TCG) guests.
 #
 # Clients: /etc/openstack/clouds.yaml, cloud `amirun-aio` (admin in project
 # admin), `amirun-aio-demo` (member of project demo), region RegionOne.
@@ -548,7 +548,7 @@ rootwrap_config = /etc/nova/rootwrap.conf
 enabled_apis = osapi_compute
 compute_driver = $2
 force_raw_images = false
-default_schedule_zone = nova
+default_schedule_zone = aio
 [api]
 auth_strategy = keystone
 [api_database]
@@ -671,21 +671,26 @@ wait_compute() {
 }
 once compute-discovered "v2-$FAKE_HOSTS" wait_compute
 
-# Zone `fake` = the fake hosts (an aggregate; Nova mirrors it to Placement).
-fake_zone() {
+# Zones are aggregates (Nova mirrors them to Placement, whose prefilter
+# places by zone): `aio` = host aio, `fake` = the fake hosts.
+zones() {
 	FAKE_HOSTS=$FAKE_HOSTS /usr/bin/python3 - <<'PY'
 import os
 import openstack
 
 c = openstack.connect(cloud="amirun-aio")
-agg = next((a for a in c.compute.aggregates() if a.name == "fake-hosts"), None) or \
-    c.compute.create_aggregate(name="fake-hosts", availability_zone="fake")
-for n in range(1, int(os.environ["FAKE_HOSTS"]) + 1):
-    if f"fake-{n}" not in (agg.hosts or []):
-        agg = c.compute.add_host_to_aggregate(agg, f"fake-{n}")
+fakes = [f"fake-{n}" for n in range(1, int(os.environ["FAKE_HOSTS"]) + 1)]
+for name, zone, hosts in (("aio", "aio", ["aio"]), ("fake-hosts", "fake", fakes)):
+    if not hosts:
+        continue
+    agg = next((a for a in c.compute.aggregates() if a.name == name), None) or \
+        c.compute.create_aggregate(name=name, availability_zone=zone)
+    for h in hosts:
+        if h not in (agg.hosts or []):
+            agg = c.compute.add_host_to_aggregate(agg, h)
 PY
 }
-[ "$FAKE_HOSTS" -eq 0 ] || once fake-zone "v1-$FAKE_HOSTS" fake_zone
+once zones "v2-$FAKE_HOSTS" zones
 
 cat <<EOT
 openstack-aio: ready.  Point a client at it with
@@ -693,6 +698,6 @@ openstack-aio: ready.  Point a client at it with
   (or OS_CLOUD=amirun-aio-demo: member of project demo)
   openstack server list
 Region $REGION; Keystone $KEYSTONE_URL; servers boot with networks=none
-(compute API microversion >= 2.37); zone nova = host aio (QEMU/TCG guests),
+(compute API microversion >= 2.37); zone aio = host aio (QEMU/TCG guests),
 zone fake = $FAKE_HOSTS fake-driver hosts.  Logs: $AIO_LOG/.  Stop: $0 down
 EOT

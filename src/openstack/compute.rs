@@ -118,6 +118,8 @@ pub struct NewServer {
     pub networks: Vec<String>,
     /// Launch this many at once (Nova's min_count = max_count).
     pub count: u32,
+    /// The availability zone (the cloud's default when None).
+    pub availability_zone: Option<String>,
 }
 
 impl NewServer {
@@ -147,6 +149,9 @@ impl NewServer {
         }
         if !self.block_devices.is_empty() {
             o.insert("block_device_mapping_v2".into(), json!(self.block_devices));
+        }
+        if let Some(az) = &self.availability_zone {
+            o.insert("availability_zone".into(), json!(az));
         }
         if self.config_drive {
             o.insert("config_drive".into(), json!(true));
