@@ -390,14 +390,15 @@ impl Nova<'_> {
         }
     }
 
-    /// Poll until the server is gone (404).
+    /// Poll until the server is gone (404, or DELETED with no task left).
     pub fn wait_deleted(&self, id: &str, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
             match self.show(id) {
                 Err(e) if e.is_not_found() => return Ok(()),
                 Err(e) => return Err(e),
-                Ok(s) if s.status == "DELETED" => return Ok(()),
+                // An admin can still show a deleted server: DELETED, no task.
+                Ok(s) if s.status == "DELETED" && s.task_state.is_none() => return Ok(()),
                 Ok(s) if start.elapsed() > timeout => {
                     return Err(OpenStackError::Timeout {
                         what: format!("server {id}"),
