@@ -290,6 +290,8 @@ create_dbs() {
 	done
 	sql+="CREATE USER IF NOT EXISTS 'openstack'@'localhost' IDENTIFIED BY '$DB_PASS';"
 	sql+="CREATE USER IF NOT EXISTS 'openstack'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';"
+	sql+="ALTER USER 'openstack'@'localhost' IDENTIFIED BY '$DB_PASS';"
+	sql+="ALTER USER 'openstack'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';"
 	for db in keystone glance placement nova_api nova nova_cell0 neutron; do
 		sql+="GRANT ALL PRIVILEGES ON $db.* TO 'openstack'@'localhost';"
 		sql+="GRANT ALL PRIVILEGES ON $db.* TO 'openstack'@'127.0.0.1';"
