@@ -183,6 +183,7 @@ stop_all() {
 	if pid_alive "$AIO_RUN/rabbitmq.pid"; then
 		log "stopping rabbitmq"
 		rabbitmqctl stop >/dev/null 2>&1 || true
+		epmd -kill >/dev/null 2>&1 || true
 	fi
 	rm -f "$AIO_RUN/rabbitmq.pid"
 	if [ -S /run/mysqld/mysqld.sock ]; then
