@@ -421,7 +421,11 @@ pub(crate) fn error_message(body: &str) -> String {
         for ch in body.chars() {
             match ch {
                 '<' => in_tag = true,
-                '>' => in_tag = false,
+                // A tag ends a line: the message is the last text between tags.
+                '>' => {
+                    in_tag = false;
+                    out.push('\n');
+                }
                 c if !in_tag => out.push(c),
                 _ => {}
             }
