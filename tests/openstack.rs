@@ -9,6 +9,7 @@
 //! `AMIRUN_OPENSTACK=required` a missing cloud is a failure instead (for CI
 //! runs that set the cloud up first).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,9 @@ fn skip(reason: &str) {
     if std::env::var("AMIRUN_OPENSTACK").as_deref() == Ok("required") {
         panic!("AMIRUN_OPENSTACK=required but {reason}");
     }
-    eprintln!("skipped: {SETUP} ({reason})");
-    println!("skipped: {SETUP} ({reason})");
+    // Straight to the file descriptor: the test harness captures
+    // `eprintln!`, and a skip must be seen without `--nocapture`.
+    let _ = writeln!(std::io::stderr(), "skipped: {SETUP} ({reason})");
 }
 
 fn tiny_image() -> PathBuf {
