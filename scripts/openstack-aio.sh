@@ -695,6 +695,19 @@ PY
 }
 once zones "v2-$FAKE_HOSTS" zones
 
+# No compute quota for the admin and demo projects (tests launch dozens of
+# servers on the fake hosts; the default is 10 instances, 20 cores).
+quotas() {
+	/usr/bin/python3 - <<'PY'
+import openstack
+
+c = openstack.connect(cloud="amirun-aio")
+for project in ("admin", "demo"):
+    c.set_compute_quotas(project, instances=-1, cores=-1, ram=-1)
+PY
+}
+once quotas "v1" quotas
+
 cat <<EOT
 openstack-aio: ready.  Point a client at it with
   export OS_CLIENT_CONFIG_FILE=$CLOUDS OS_CLOUD=amirun-aio    # admin
