@@ -99,6 +99,9 @@
 //!   guest in a VPC joins the VPC's network ([`network::vpc`]: namespace,
 //!   bridge, taps, dnsmasq, nftables security groups, public-address and
 //!   IMDS relays).
+//! - [`openstack`] is a blocking client of the OpenStack APIs (Keystone v3,
+//!   Glance v2, Nova) for the OpenStack backend (issue 16); nothing calls it
+//!   from [`service`] yet.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`domain`] holds EC2's closed sets as enums (instance, volume, image
 //!   and snapshot states, root device type, shutdown behavior, boot mode,
@@ -125,6 +128,7 @@ pub mod instance;
 pub mod machine;
 pub mod metadata;
 pub mod network;
+pub mod openstack;
 pub mod paths;
 pub mod private_fs;
 pub mod service;
