@@ -779,7 +779,9 @@ fn packer_amazon_ebs_bakes_an_ami_that_boots_with_the_provisioned_file() {
         return;
     }
     let env = Env::with_images();
-    let server = Serve::start(&env);
+    // Inside this test's own namespace the guest may join its VPC's network
+    // (as on EC2: Packer dials its PublicIpAddress on port 22).
+    let server = Serve::start_with(&env, &[("AMIRUN_GUEST_OUTBOUND", "nat")]);
     let started = Instant::now();
     let out = Command::new("packer")
         .args(["build", "-machine-readable"])

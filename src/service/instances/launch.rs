@@ -59,6 +59,33 @@ pub struct RunInstancesRequest {
     /// `Configured=true`: a stop may hibernate ([`crate::service::hibernation`]).
     #[serde(default)]
     pub hibernation_options: Option<crate::service::hibernation::HibernationOptionsRequest>,
+    /// Only an empty one (Packer sends `IamInstanceProfile.Name=`): amirun
+    /// has no IAM roles to give an instance.
+    #[serde(default)]
+    pub iam_instance_profile: Option<IamInstanceProfileSpecification>,
+    /// Only `Enabled=false`: amirun has no detailed monitoring.
+    #[serde(default)]
+    pub monitoring: Option<RunInstancesMonitoringEnabled>,
+    /// Only `false` at launch (ModifyInstanceAttribute turns it on).
+    #[serde(default)]
+    pub disable_api_termination: Option<bool>,
+}
+
+/// `IamInstanceProfile` of `RunInstances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct IamInstanceProfileSpecification {
+    #[serde(default)]
+    pub arn: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `Monitoring` of `RunInstances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct RunInstancesMonitoringEnabled {
+    pub enabled: bool,
 }
 
 impl RunInstancesRequest {
@@ -368,6 +395,27 @@ impl Service {
             return Err(Error::new(
                 ErrorCode::UnsupportedOperation,
                 "EbsOptimized=true is not supported: amirun's volumes have no separate EBS bandwidth; leave it out",
+            ));
+        }
+        if let Some(p) = &input.iam_instance_profile {
+            let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+            if given(&p.arn) || given(&p.name) {
+                return Err(Error::new(
+                    ErrorCode::UnsupportedOperation,
+                    "IamInstanceProfile is not supported: amirun has no IAM roles to give an instance; leave it out",
+                ));
+            }
+        }
+        if input.monitoring.as_ref().is_some_and(|m| m.enabled) {
+            return Err(Error::new(
+                ErrorCode::UnsupportedOperation,
+                "Monitoring.Enabled=true is not supported: amirun has no detailed monitoring; leave it out",
+            ));
+        }
+        if input.disable_api_termination == Some(true) {
+            return Err(Error::new(
+                ErrorCode::UnsupportedOperation,
+                "DisableApiTermination=true at launch is not supported yet; launch, then modify-instance-attribute --disable-api-termination",
             ));
         }
         let shutdown = input
