@@ -493,7 +493,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
         let e = request::<RunInstancesRequest>(&json!({
-            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "Monitoring": {"Enabled": true},
+            "ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "CpuOptions": {"CoreCount": 1},
         }))
         .unwrap_err();
         assert_eq!(e.code(), ErrorCode::UnknownParameter);
