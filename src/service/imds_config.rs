@@ -94,13 +94,8 @@ impl Service {
         if let Some(v) = self.imds_network(&i.instance_id, &i.region)? {
             config.hostname = v.local_hostname.clone();
             config.local_ipv4 = v.local_ipv4.clone();
-            // IMDS must name the MAC the guest's NIC really has: cloud-init's
-            // Ec2 datasource configures only interfaces whose MAC IMDS lists.
-            // On the VPC's network the NIC has the interface's; isolated (no
-            // privilege for the data plane), QEMU's default.
-            if crate::network::vpc::available().is_ok() {
-                config.mac = v.mac.clone();
-            }
+            // `mac` stays QEMU's default here: the boot sets the interface's
+            // once it knows the guest joins the VPC's network (boot.rs).
             config.vpc = Some(v);
         }
         let exe = self

@@ -118,8 +118,14 @@ impl Service {
             ))
         })?;
         let vpc = self.vpc_attachment_for_boot(&i.instance_id)?;
-        let (imds, imds_forward) = self.imds_for_boot(i)?;
+        let (mut imds, imds_forward) = self.imds_for_boot(i)?;
         let (outbound, guest_net, vpc_nic) = self.guest_network(i, outbound, vpc.as_ref())?;
+        // IMDS must name the MAC the guest's NIC really has: cloud-init's Ec2
+        // datasource configures only interfaces whose MAC IMDS lists. On the
+        // VPC's network the NIC has the interface's; isolated, QEMU's default.
+        if let Some(nic) = &vpc_nic {
+            imds.mac = nic.mac.clone();
+        }
         let spec = MachineSpec {
             instance_id: i.instance_id.clone(),
             arch,
