@@ -590,6 +590,8 @@ impl Service {
             crate::service::instances::DescribeVolumesRequest {
                 volume_ids: vec![volume_id.clone()],
                 filters: Vec::new(),
+                max_results: None,
+                next_token: None,
             },
         )?;
         Ok(serde_json::to_value(&shown.volumes[0]).expect("volumes serialize"))

@@ -11,6 +11,11 @@ pub struct DescribeVolumesRequest {
     pub volume_ids: Vec<String>,
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// 5 to 500; the aws CLI pages with it.
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
 /// An attachment of a volume.
@@ -52,6 +57,8 @@ pub struct Volume {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeVolumesResult {
     pub volumes: Vec<Volume>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 pub(super) const VOLUME_FILTERS: &[&str] = &[
@@ -141,6 +148,14 @@ impl Service {
                 format!("The volume '{m}' does not exist."),
             ));
         }
-        Ok(DescribeVolumesResult { volumes: out })
+        let paging = crate::service::instance_types::Paging {
+            max_results: input.max_results,
+            next_token: input.next_token.clone(),
+        };
+        let (volumes, next_token) = crate::service::instance_types::page(out, &paging, 5, 500)?;
+        Ok(DescribeVolumesResult {
+            volumes,
+            next_token,
+        })
     }
 }
