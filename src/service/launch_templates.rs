@@ -20,7 +20,7 @@
 //! Every change is one store transaction: there are no files.
 
 use super::shapes::{Filter, Tag, TagSpecification};
-use super::volumes::{check_device_name, dry_run};
+use super::volumes::check_device_name;
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::{LaunchTemplateState, LaunchTemplateVersionState};
@@ -141,8 +141,6 @@ pub struct CreateLaunchTemplateRequest {
     pub tag_specifications: Vec<TagSpecification>,
     #[serde(default)]
     pub client_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `CreateLaunchTemplateVersion`.
@@ -162,8 +160,6 @@ pub struct CreateLaunchTemplateVersionRequest {
     pub resolve_alias: Option<bool>,
     #[serde(default)]
     pub client_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeLaunchTemplates`.
@@ -180,8 +176,6 @@ pub struct DescribeLaunchTemplatesRequest {
     pub next_token: Option<String>,
     #[serde(default)]
     pub max_results: Option<i64>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeLaunchTemplateVersions`.
@@ -206,8 +200,6 @@ pub struct DescribeLaunchTemplateVersionsRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub resolve_alias: Option<bool>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `ModifyLaunchTemplate`.
@@ -223,8 +215,6 @@ pub struct ModifyLaunchTemplateRequest {
     pub default_version: Option<String>,
     #[serde(default)]
     pub client_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DeleteLaunchTemplate`.
@@ -235,8 +225,6 @@ pub struct DeleteLaunchTemplateRequest {
     pub launch_template_id: Option<String>,
     #[serde(default)]
     pub launch_template_name: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DeleteLaunchTemplateVersions`.
@@ -248,8 +236,6 @@ pub struct DeleteLaunchTemplateVersionsRequest {
     #[serde(default)]
     pub launch_template_name: Option<String>,
     pub versions: Vec<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `LaunchTemplateSpecification` (RunInstances' `LaunchTemplate`).
@@ -591,7 +577,6 @@ impl Service {
         description(&req.version_description)?;
         check_data(&req.launch_template_data)?;
         let tags = super::images::tags_for(&req.tag_specifications, "launch-template")?;
-        dry_run(req.dry_run)?;
         let created = now();
         let t = LaunchTemplateState {
             launch_template_id: ids::new_id(IdKind::LaunchTemplate),
@@ -661,7 +646,6 @@ impl Service {
         {
             base.extend(given);
         }
-        dry_run(req.dry_run)?;
         let id = t.launch_template_id.clone();
         let created_by = format!("arn:aws:iam::{}:root", caller.account);
         let description = req.version_description.clone();
@@ -696,7 +680,6 @@ impl Service {
             check_template_id(id)?;
         }
         filter::check_names(&req.filters, TEMPLATE_FILTERS)?;
-        dry_run(req.dry_run)?;
         let all = self
             .store
             .read(|db| db.launch_templates_of(&caller.region, &caller.account))?;
@@ -743,7 +726,6 @@ impl Service {
         req: DescribeLaunchTemplateVersionsRequest,
     ) -> Result<DescribeLaunchTemplateVersionsResult> {
         filter::check_names(&req.filters, VERSION_FILTERS)?;
-        dry_run(req.dry_run)?;
         let templates = if req.launch_template_id.is_none() && req.launch_template_name.is_none() {
             // EC2 allows this only for $Latest / $Default across templates.
             if req.versions.is_empty()
@@ -837,7 +819,6 @@ impl Service {
             req.launch_template_id.as_deref(),
             req.launch_template_name.as_deref(),
         )?;
-        dry_run(req.dry_run)?;
         if let Some(d) = &req.default_version {
             let v = self.find_version(&t, d)?;
             let (id, n) = (t.launch_template_id.clone(), v.version);
@@ -864,7 +845,6 @@ impl Service {
             req.launch_template_id.as_deref(),
             req.launch_template_name.as_deref(),
         )?;
-        dry_run(req.dry_run)?;
         let shown = self.template_shown(&t)?;
         self.store
             .write(|db| db.delete_launch_template(&t.launch_template_id))?;
@@ -893,7 +873,6 @@ impl Service {
                 "At most 200 versions can be deleted in one request; delete the launch template to delete them all",
             ));
         }
-        dry_run(req.dry_run)?;
         let mut ok = Vec::new();
         let mut failed = Vec::new();
         let id = t.launch_template_id.clone();

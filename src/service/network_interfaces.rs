@@ -32,7 +32,7 @@ use super::filter;
 use super::object_lock;
 use super::security_groups::{group_by_name, owned_group};
 use super::shapes::Filter;
-use super::vpc::{dry_run, owned_subnet, tags_of, zones, Block};
+use super::vpc::{owned_subnet, tags_of, zones, Block};
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::domain::InstanceStateName;
 use crate::ids::{self, IdKind};
@@ -456,8 +456,6 @@ pub struct DescribeNetworkInterfacesRequest {
     pub next_token: Option<String>,
     #[serde(default)]
     pub include_managed_resources: Option<bool>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeNetworkInterfaces`' result (interfaces in EC2's shape).
@@ -1011,7 +1009,6 @@ impl Service {
         caller: &Caller,
         req: DescribeNetworkInterfacesRequest,
     ) -> Result<DescribeNetworkInterfacesResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, ENI_FILTERS)?;
         for id in &req.network_interface_ids {
             if !ids::is_well_formed(IdKind::NetworkInterface, id) {

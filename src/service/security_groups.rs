@@ -10,7 +10,7 @@
 
 use super::filter;
 use super::shapes::{Filter, Tag, TagSpecification};
-use super::vpc::{dry_run, owned_vpc, put_tags, tags_of, Block};
+use super::vpc::{owned_vpc, put_tags, tags_of, Block};
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
 use crate::store::vpc::{SecurityGroupRuleState, SecurityGroupState, VpcState};
@@ -153,8 +153,6 @@ pub struct CreateSecurityGroupRequest {
     pub vpc_id: Option<String>,
     #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `CreateSecurityGroup`'s result.
@@ -175,8 +173,6 @@ pub struct DeleteSecurityGroupRequest {
     pub group_id: Option<String>,
     #[serde(default)]
     pub group_name: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DeleteSecurityGroup`'s result.
@@ -201,8 +197,6 @@ pub struct DescribeSecurityGroupsRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub next_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeSecurityGroups`' result.
@@ -224,8 +218,6 @@ pub struct DescribeSecurityGroupRulesRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub next_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeSecurityGroupRules`' result.
@@ -265,8 +257,6 @@ pub struct SecurityGroupRulesRequest {
     /// Authorize only.
     #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// The names botocore gives the four rule requests.
@@ -678,7 +668,6 @@ impl Service {
         caller: &Caller,
         req: CreateSecurityGroupRequest,
     ) -> Result<CreateSecurityGroupResult> {
-        dry_run(req.dry_run)?;
         let name = req.group_name.trim();
         if name.is_empty() || name.len() > 255 {
             return Err(Error::invalid_value(
@@ -751,7 +740,6 @@ impl Service {
         caller: &Caller,
         req: DeleteSecurityGroupRequest,
     ) -> Result<DeleteSecurityGroupResult> {
-        dry_run(req.dry_run)?;
         let default_vpc = self.default_vpc(caller)?;
         self.sweep_interfaces()?;
         self.store.write(|db| -> Result<DeleteSecurityGroupResult> {
@@ -804,7 +792,6 @@ impl Service {
         caller: &Caller,
         req: DescribeSecurityGroupsRequest,
     ) -> Result<DescribeSecurityGroupsResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, GROUP_FILTERS)?;
         let default_vpc = self.default_vpc(caller)?;
         self.store
@@ -879,7 +866,6 @@ impl Service {
         caller: &Caller,
         req: DescribeSecurityGroupRulesRequest,
     ) -> Result<DescribeSecurityGroupRulesResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, RULE_FILTERS)?;
         self.default_vpc(caller)?;
         self.store
@@ -969,7 +955,6 @@ impl Service {
         req: SecurityGroupRulesRequest,
         egress: bool,
     ) -> Result<AuthorizeSecurityGroupResult> {
-        dry_run(req.dry_run)?;
         if !req.security_group_rule_ids.is_empty() {
             return Err(Error::new(
                 ErrorCode::UnknownParameter,
@@ -1024,7 +1009,6 @@ impl Service {
         req: SecurityGroupRulesRequest,
         egress: bool,
     ) -> Result<RevokeSecurityGroupResult> {
-        dry_run(req.dry_run)?;
         let default_vpc = self.default_vpc(caller)?;
         let (group_id, result) = self.store.write(|db| -> Result<_> {
             let group = target_group(

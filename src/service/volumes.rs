@@ -77,8 +77,6 @@ pub struct CreateVolumeRequest {
     pub throughput: Option<u64>,
     #[serde(default)]
     pub client_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `AttachVolume`.
@@ -88,8 +86,6 @@ pub struct AttachVolumeRequest {
     pub device: String,
     pub instance_id: String,
     pub volume_id: String,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DetachVolume`.
@@ -103,8 +99,6 @@ pub struct DetachVolumeRequest {
     #[serde(default)]
     pub instance_id: Option<String>,
     pub volume_id: String,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DeleteVolume`.
@@ -112,8 +106,6 @@ pub struct DetachVolumeRequest {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DeleteVolumeRequest {
     pub volume_id: String,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `ModifyVolume`.
@@ -131,8 +123,6 @@ pub struct ModifyVolumeRequest {
     pub throughput: Option<u64>,
     #[serde(default)]
     pub multi_attach_enabled: Option<bool>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeVolumesModifications`.
@@ -147,8 +137,6 @@ pub struct DescribeVolumesModificationsRequest {
     pub next_token: Option<String>,
     #[serde(default)]
     pub max_results: Option<i64>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// EC2's `VolumeAttachment` (AttachVolume's and DetachVolume's result).
@@ -212,17 +200,6 @@ const MODIFICATION_FILTERS: &[&str] = &[
     "target-volume-type",
     "volume-id",
 ];
-
-/// `DryRunOperation` when the request only asked whether it would succeed.
-pub(crate) fn dry_run(flag: Option<bool>) -> Result<()> {
-    if flag == Some(true) {
-        return Err(Error::new(
-            ErrorCode::DryRunOperation,
-            "Request would have succeeded, but DryRun flag is set.",
-        ));
-    }
-    Ok(())
-}
 
 fn check_volume_id(id: &str) -> Result<()> {
     if ids::is_well_formed(IdKind::Volume, id) {
@@ -514,7 +491,6 @@ impl Service {
         }
         let perf = check_performance(&volume_type, size, req.iops, req.throughput)?;
         let tags = super::images::tags_for(&req.tag_specifications, "volume")?;
-        dry_run(req.dry_run)?;
         // The snapshot's data, local.
         let base = match &snapshot {
             Some(s) => Some(match super::layers::data_path(&self.paths, s) {
@@ -650,7 +626,6 @@ impl Service {
                 req.device, req.device
             )));
         }
-        dry_run(req.dry_run)?;
         let attach_time = now();
         if running {
             let intent = AttachIntent {
@@ -780,7 +755,6 @@ impl Service {
                 ),
             ));
         }
-        dry_run(req.dry_run)?;
         if running {
             let intent = AttachIntent {
                 volume_id: v.volume_id.clone(),
@@ -863,7 +837,6 @@ impl Service {
                 format!("The volume '{}' is '{}'.", v.volume_id, v.state),
             ));
         }
-        dry_run(req.dry_run)?;
         v.state = VolumeStateName::Deleting;
         self.store.write(|db| db.put_volume(&v))?;
         failpoint("delete-volume:intent")?;
@@ -961,7 +934,6 @@ impl Service {
                 ),
             ));
         }
-        dry_run(req.dry_run)?;
         let mut m = VolumeModificationState {
             volume_id: v.volume_id.clone(),
             state: "modifying".into(),
@@ -1056,7 +1028,6 @@ impl Service {
             check_volume_id(id)?;
         }
         filter::check_names(&req.filters, MODIFICATION_FILTERS)?;
-        dry_run(req.dry_run)?;
         let (mods, volumes) = self.store.read(|db| -> Result<_> {
             Ok((
                 db.volume_modifications()?,

@@ -107,17 +107,6 @@ pub(crate) fn zones(region: &str) -> Vec<String> {
     vec![format!("{region}a")]
 }
 
-/// `DryRunOperation` when a request asks only whether it would succeed.
-pub(crate) fn dry_run(flag: Option<bool>) -> Result<()> {
-    if flag == Some(true) {
-        return Err(Error::new(
-            ErrorCode::DryRunOperation,
-            "Request would have succeeded, but DryRun flag is set.",
-        ));
-    }
-    Ok(())
-}
-
 /// The tags of a resource in EC2's shape.
 pub(crate) fn tags_of(db: &Db, id: &str) -> Result<Vec<Tag>> {
     Ok(db
@@ -317,8 +306,6 @@ pub struct CreateVpcRequest {
     pub instance_tenancy: Option<String>,
     #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `CreateVpc`'s result.
@@ -333,8 +320,6 @@ pub struct CreateVpcResult {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DeleteVpcRequest {
     pub vpc_id: String,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeVpcs`.
@@ -349,8 +334,6 @@ pub struct DescribeVpcsRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub next_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeVpcs`' result.
@@ -405,8 +388,6 @@ pub struct CreateSubnetRequest {
     pub availability_zone_id: Option<String>,
     #[serde(default)]
     pub tag_specifications: Vec<TagSpecification>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `CreateSubnet`'s result.
@@ -421,8 +402,6 @@ pub struct CreateSubnetResult {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DeleteSubnetRequest {
     pub subnet_id: String,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeSubnets`.
@@ -437,8 +416,6 @@ pub struct DescribeSubnetsRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub next_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeSubnets`' result.
@@ -488,8 +465,6 @@ pub struct PrivateDnsNameOptionsOnLaunch {
 pub struct DescribeAccountAttributesRequest {
     #[serde(default)]
     pub attribute_names: Vec<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeAccountAttributes`' result.
@@ -526,8 +501,6 @@ pub struct DescribeInternetGatewaysRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub next_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeInternetGateways`' result.
@@ -568,8 +541,6 @@ pub struct DescribeRouteTablesRequest {
     pub max_results: Option<i64>,
     #[serde(default)]
     pub next_token: Option<String>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
 }
 
 /// `DescribeRouteTables`' result.
@@ -811,7 +782,6 @@ impl Service {
         caller: &Caller,
         req: CreateVpcRequest,
     ) -> Result<CreateVpcResult> {
-        dry_run(req.dry_run)?;
         let cidr = req.cidr_block.ok_or_else(|| Error::missing("CidrBlock"))?;
         let block = parse_block(&cidr, "cidrBlock")?;
         if !(16..=28).contains(&block.prefix) {
@@ -850,7 +820,6 @@ impl Service {
 
     /// `DeleteVpc`: only a VPC with no subnets, interfaces or groups but its `default`.
     pub fn delete_vpc(&mut self, caller: &Caller, req: DeleteVpcRequest) -> Result<()> {
-        dry_run(req.dry_run)?;
         self.default_vpc(caller)?;
         self.sweep_interfaces()?;
         self.store.write(|db| -> Result<()> {
@@ -887,7 +856,6 @@ impl Service {
         caller: &Caller,
         req: DescribeVpcsRequest,
     ) -> Result<DescribeVpcsResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, VPC_FILTERS)?;
         self.default_vpc(caller)?;
         self.store.read(|db| -> Result<DescribeVpcsResult> {
@@ -932,7 +900,6 @@ impl Service {
         caller: &Caller,
         req: CreateSubnetRequest,
     ) -> Result<CreateSubnetResult> {
-        dry_run(req.dry_run)?;
         let cidr = req.cidr_block.ok_or_else(|| Error::missing("CidrBlock"))?;
         let block = parse_block(&cidr, "cidrBlock")?;
         let zones = zones(&caller.region);
@@ -993,7 +960,6 @@ impl Service {
 
     /// `DeleteSubnet`: only a subnet no network interface is in.
     pub fn delete_subnet(&mut self, caller: &Caller, req: DeleteSubnetRequest) -> Result<()> {
-        dry_run(req.dry_run)?;
         self.default_vpc(caller)?;
         self.sweep_interfaces()?;
         self.store.write(|db| -> Result<()> {
@@ -1025,7 +991,6 @@ impl Service {
         caller: &Caller,
         req: DescribeSubnetsRequest,
     ) -> Result<DescribeSubnetsResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, SUBNET_FILTERS)?;
         self.default_vpc(caller)?;
         self.store.read(|db| -> Result<DescribeSubnetsResult> {
@@ -1069,7 +1034,6 @@ impl Service {
         caller: &Caller,
         req: DescribeAccountAttributesRequest,
     ) -> Result<DescribeAccountAttributesResult> {
-        dry_run(req.dry_run)?;
         if let Some(bad) = req
             .attribute_names
             .iter()
@@ -1112,7 +1076,6 @@ impl Service {
         caller: &Caller,
         req: DescribeInternetGatewaysRequest,
     ) -> Result<DescribeInternetGatewaysResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, IGW_FILTERS)?;
         self.default_vpc(caller)?;
         self.store
@@ -1172,7 +1135,6 @@ impl Service {
         caller: &Caller,
         req: DescribeRouteTablesRequest,
     ) -> Result<DescribeRouteTablesResult> {
-        dry_run(req.dry_run)?;
         filter::check_names(&req.filters, ROUTE_TABLE_FILTERS)?;
         self.default_vpc(caller)?;
         self.store.read(|db| -> Result<DescribeRouteTablesResult> {
