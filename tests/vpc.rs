@@ -630,6 +630,67 @@ fn security_groups_and_rules_round_trip_with_ec2s_shapes_and_errors() {
     );
 }
 
+/// MaxResults/NextToken page the VPC describes: every group exactly once,
+/// pages no larger than asked, a bad token refused.
+#[test]
+fn describe_security_groups_and_vpcs_page() {
+    let home = TestHome::new();
+    let mut svc = open(&home, false);
+    let mut made = vec![
+        ok(&mut svc, "DescribeSecurityGroups", json!({}))["SecurityGroups"][0]["GroupId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    for n in 0..6 {
+        let g = ok(
+            &mut svc,
+            "CreateSecurityGroup",
+            json!({"GroupName": format!("page-{n}"), "Description": "paging"}),
+        );
+        made.push(g["GroupId"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut req = json!({"MaxResults": 5});
+        if let Some(t) = &token {
+            req["NextToken"] = json!(t);
+        }
+        let page = ok(&mut svc, "DescribeSecurityGroups", req);
+        let groups = page["SecurityGroups"].as_array().unwrap();
+        assert!(groups.len() <= 5, "{page}");
+        seen.extend(
+            groups
+                .iter()
+                .map(|g| g["GroupId"].as_str().unwrap().to_string()),
+        );
+        pages += 1;
+        match page["NextToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 2);
+    let (mut a, mut b) = (seen.clone(), made.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "every group exactly once");
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"MaxResults": 5, "NextToken": "nope"}),
+        "InvalidNextToken",
+    );
+    fails(
+        &mut svc,
+        "DescribeVpcs",
+        json!({"MaxResults": 2}),
+        "InvalidParameterValue",
+    );
+}
+
 #[test]
 fn run_instances_refuses_bad_network_members_and_makes_nothing() {
     let home = TestHome::new();

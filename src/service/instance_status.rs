@@ -224,12 +224,11 @@ impl Service {
                 statuses.push(s);
             }
         }
-        let paging = super::instance_types::Paging {
+        let paging = super::paging::Paging {
             max_results: input.max_results,
             next_token: input.next_token,
         };
-        let (instance_statuses, next_token) =
-            super::instance_types::page(statuses, &paging, 5, 1000)?;
+        let (instance_statuses, next_token) = super::paging::page(statuses, &paging, 5, 1000)?;
         Ok(DescribeInstanceStatusResult {
             instance_statuses,
             next_token,

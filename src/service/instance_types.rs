@@ -5,6 +5,7 @@
 //! Every type amirun knows is offered in every region and in its one zone.
 
 use super::filter;
+use super::paging::{page, Paging};
 use super::shapes::Filter;
 use super::{Caller, Error, ErrorCode, Result, Service};
 use crate::machine::{InstanceType, INSTANCE_TYPES};
@@ -31,15 +32,6 @@ const TYPE_FILTERS: &[&str] = &[
 ];
 
 const OFFERING_FILTERS: &[&str] = &["location", "instance-type"];
-
-/// Paging members shared by both actions.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Paging {
-    /// `MaxResults` (5 to 1000 for types, 5 to 1000 for offerings).
-    pub max_results: Option<i64>,
-    /// `NextToken` from the previous page.
-    pub next_token: Option<String>,
-}
 
 /// `DescribeInstanceTypes`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -166,41 +158,6 @@ fn type_values(t: &InstanceType, name: &str) -> Vec<String> {
         "bare-metal" => b(false),
         _ => Vec::new(),
     }
-}
-
-/// One page of `items` and the token for the next, EC2-style: the token is
-/// opaque to clients (here the offset, checked on the way back).
-pub(crate) fn page<T: Clone>(
-    items: Vec<T>,
-    paging: &Paging,
-    min: i64,
-    max: i64,
-) -> Result<(Vec<T>, Option<String>)> {
-    let size = match paging.max_results {
-        None => items.len().max(1),
-        Some(n) if (min..=max).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(Error::invalid_value(format!(
-                "Value ( {n} ) for parameter maxResults is invalid. Parameter must be between {min} and {max}."
-            )))
-        }
-    };
-    let start = match &paging.next_token {
-        None => 0,
-        Some(t) => t
-            .strip_prefix("amirun-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n <= items.len())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::InvalidNextToken,
-                    format!("The token '{t}' is invalid; pass the NextToken of the previous page"),
-                )
-            })?,
-    };
-    let end = (start + size).min(items.len());
-    let next = (end < items.len()).then(|| format!("amirun-{end}"));
-    Ok((items[start..end].to_vec(), next))
 }
 
 impl Service {

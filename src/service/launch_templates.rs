@@ -19,6 +19,7 @@
 //! (ModifyLaunchTemplate) and cannot be deleted while it is the default.
 //! Every change is one store transaction: there are no files.
 
+use super::paging::Paging;
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::volumes::check_device_name;
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
@@ -298,6 +299,8 @@ pub struct CreateLaunchTemplateVersionResult {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeLaunchTemplatesResult {
     pub launch_templates: Vec<LaunchTemplate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `DescribeLaunchTemplateVersions`' result.
@@ -305,6 +308,8 @@ pub struct DescribeLaunchTemplatesResult {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeLaunchTemplateVersionsResult {
     pub launch_template_versions: Vec<LaunchTemplateVersion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// A version that was deleted.
@@ -676,6 +681,7 @@ impl Service {
         caller: &Caller,
         req: DescribeLaunchTemplatesRequest,
     ) -> Result<DescribeLaunchTemplatesResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         for id in &req.launch_template_ids {
             check_template_id(id)?;
         }
@@ -714,8 +720,10 @@ impl Service {
                 out.push(self.template_shown(&t)?);
             }
         }
+        let (launch_templates, next_token) = super::paging::page(out, &paging, 1, 200)?;
         Ok(DescribeLaunchTemplatesResult {
-            launch_templates: out,
+            launch_templates,
+            next_token,
         })
     }
 
@@ -725,6 +733,7 @@ impl Service {
         caller: &Caller,
         req: DescribeLaunchTemplateVersionsRequest,
     ) -> Result<DescribeLaunchTemplateVersionsResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, VERSION_FILTERS)?;
         let templates = if req.launch_template_id.is_none() && req.launch_template_name.is_none() {
             // EC2 allows this only for $Latest / $Default across templates.
@@ -803,8 +812,10 @@ impl Service {
                 }
             }
         }
+        let (launch_template_versions, next_token) = super::paging::page(out, &paging, 1, 200)?;
         Ok(DescribeLaunchTemplateVersionsResult {
-            launch_template_versions: out,
+            launch_template_versions,
+            next_token,
         })
     }
 

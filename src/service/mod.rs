@@ -32,6 +32,7 @@ pub mod launch_templates;
 pub mod layers;
 pub mod network_interfaces;
 pub mod object_lock;
+pub mod paging;
 pub mod recovery;
 pub mod regions;
 pub mod security_groups;

@@ -30,6 +30,7 @@
 
 use super::filter;
 use super::object_lock;
+use super::paging::Paging;
 use super::security_groups::{group_by_name, owned_group};
 use super::shapes::Filter;
 use super::vpc::{owned_subnet, tags_of, zones, Block};
@@ -463,6 +464,8 @@ pub struct DescribeNetworkInterfacesRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeNetworkInterfacesResult {
     pub network_interfaces: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 const ENI_FILTERS: &[&str] = &[
@@ -1009,6 +1012,7 @@ impl Service {
         caller: &Caller,
         req: DescribeNetworkInterfacesRequest,
     ) -> Result<DescribeNetworkInterfacesResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, ENI_FILTERS)?;
         for id in &req.network_interface_ids {
             if !ids::is_well_formed(IdKind::NetworkInterface, id) {
@@ -1090,8 +1094,10 @@ impl Service {
                         out.push(render_interface(db, e, &caller.region)?);
                     }
                 }
+                let (network_interfaces, next_token) = super::paging::page(out, &paging, 5, 1000)?;
                 Ok(DescribeNetworkInterfacesResult {
-                    network_interfaces: out,
+                    network_interfaces,
+                    next_token,
                 })
             })
     }

@@ -9,6 +9,7 @@
 //! second permission is a duplicate adds none of them.
 
 use super::filter;
+use super::paging::Paging;
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::vpc::{owned_vpc, put_tags, tags_of, Block};
 use super::{Caller, Error, ErrorCode, Result, Service};
@@ -204,6 +205,8 @@ pub struct DescribeSecurityGroupsRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeSecurityGroupsResult {
     pub security_groups: Vec<SecurityGroup>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `DescribeSecurityGroupRules`.
@@ -225,6 +228,8 @@ pub struct DescribeSecurityGroupRulesRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeSecurityGroupRulesResult {
     pub security_group_rules: Vec<SecurityGroupRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `AuthorizeSecurityGroupIngress`/`Egress` and `RevokeSecurityGroupIngress`/`Egress`:
@@ -792,6 +797,7 @@ impl Service {
         caller: &Caller,
         req: DescribeSecurityGroupsRequest,
     ) -> Result<DescribeSecurityGroupsResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, GROUP_FILTERS)?;
         let default_vpc = self.default_vpc(caller)?;
         self.store
@@ -854,8 +860,10 @@ impl Service {
                         out.push(render_group(db, g)?);
                     }
                 }
+                let (security_groups, next_token) = super::paging::page(out, &paging, 5, 1000)?;
                 Ok(DescribeSecurityGroupsResult {
-                    security_groups: out,
+                    security_groups,
+                    next_token,
                 })
             })
     }
@@ -866,6 +874,7 @@ impl Service {
         caller: &Caller,
         req: DescribeSecurityGroupRulesRequest,
     ) -> Result<DescribeSecurityGroupRulesResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, RULE_FILTERS)?;
         self.default_vpc(caller)?;
         self.store
@@ -901,8 +910,11 @@ impl Service {
                         format!("The security group rule ID '{missing}' does not exist"),
                     ));
                 }
+                let (security_group_rules, next_token) =
+                    super::paging::page(out, &paging, 5, 1000)?;
                 Ok(DescribeSecurityGroupRulesResult {
-                    security_group_rules: out,
+                    security_group_rules,
+                    next_token,
                 })
             })
     }

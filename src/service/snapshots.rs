@@ -2,6 +2,7 @@
 //! Taking, copying and deleting layers is in [`super::layers`].
 
 use super::filter;
+use super::paging::Paging;
 use super::shapes::*;
 use super::{check_snapshot_id, snapshot_not_found, Caller, Result, Service};
 use crate::domain::SnapshotStateName;
@@ -63,6 +64,11 @@ pub struct DescribeSnapshotsRequest {
     pub restorable_by_user_ids: Vec<String>,
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// 5 to 1000 (the aws CLI sends 1000 unless told otherwise).
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
 /// What `DescribeSnapshots` returns.
@@ -70,6 +76,8 @@ pub struct DescribeSnapshotsRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeSnapshotsResult {
     pub snapshots: Vec<Snapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `DeleteSnapshot`.
@@ -99,6 +107,7 @@ impl Service {
         caller: &Caller,
         input: DescribeSnapshotsRequest,
     ) -> Result<DescribeSnapshotsResult> {
+        let paging = Paging::of(input.max_results, &input.next_token);
         for id in &input.snapshot_ids {
             check_snapshot_id(id)?;
         }
@@ -158,7 +167,11 @@ impl Service {
             if let Some(m) = missing.first() {
                 return Err(snapshot_not_found(m));
             }
-            Ok(DescribeSnapshotsResult { snapshots: out })
+            let (snapshots, next_token) = super::paging::page(out, &paging, 5, 1000)?;
+            Ok(DescribeSnapshotsResult {
+                snapshots,
+                next_token,
+            })
         })
     }
 }

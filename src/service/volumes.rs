@@ -34,6 +34,7 @@
 
 use super::instances::{check_instance_ids, gib_to_bytes, volume_size_limits};
 use super::object_lock::{self, try_lock};
+use super::paging::Paging;
 use super::shapes::{Filter, TagSpecification};
 use super::{filter, now, Caller, Error, ErrorCode, Result, Service};
 use crate::domain::{InstanceStateName, SnapshotStateName, VolumeStateName};
@@ -189,6 +190,8 @@ pub struct ModifyVolumeResult {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeVolumesModificationsResult {
     pub volumes_modifications: Vec<VolumeModification>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 const MODIFICATION_FILTERS: &[&str] = &[
@@ -1024,6 +1027,7 @@ impl Service {
         caller: &Caller,
         req: DescribeVolumesModificationsRequest,
     ) -> Result<DescribeVolumesModificationsResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         for id in &req.volume_ids {
             check_volume_id(id)?;
         }
@@ -1062,8 +1066,10 @@ impl Service {
             })
             .map(modification_shown)
             .collect();
+        let (volumes_modifications, next_token) = super::paging::page(out, &paging, 5, 500)?;
         Ok(DescribeVolumesModificationsResult {
-            volumes_modifications: out,
+            volumes_modifications,
+            next_token,
         })
     }
 

@@ -14,6 +14,7 @@
 //! (as on EC2; `default_vpcs_made` remembers it).
 
 use super::filter;
+use super::paging::Paging;
 use super::shapes::{Filter, Tag, TagSpecification};
 use super::{now, Caller, Error, ErrorCode, Result, Service};
 use crate::ids::{self, IdKind};
@@ -341,6 +342,8 @@ pub struct DescribeVpcsRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeVpcsResult {
     pub vpcs: Vec<Vpc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// A VPC as EC2 shows it.
@@ -423,6 +426,8 @@ pub struct DescribeSubnetsRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeSubnetsResult {
     pub subnets: Vec<Subnet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// A subnet as EC2 shows it.
@@ -508,6 +513,8 @@ pub struct DescribeInternetGatewaysRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInternetGatewaysResult {
     pub internet_gateways: Vec<InternetGateway>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// An internet gateway as EC2 shows it.
@@ -548,6 +555,8 @@ pub struct DescribeRouteTablesRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeRouteTablesResult {
     pub route_tables: Vec<RouteTable>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// A route table as EC2 shows it.
@@ -856,6 +865,7 @@ impl Service {
         caller: &Caller,
         req: DescribeVpcsRequest,
     ) -> Result<DescribeVpcsResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, VPC_FILTERS)?;
         self.default_vpc(caller)?;
         self.store.read(|db| -> Result<DescribeVpcsResult> {
@@ -890,7 +900,8 @@ impl Service {
                     vpcs.push(render_vpc(db, &v)?);
                 }
             }
-            Ok(DescribeVpcsResult { vpcs })
+            let (vpcs, next_token) = super::paging::page(vpcs, &paging, 5, 1000)?;
+            Ok(DescribeVpcsResult { vpcs, next_token })
         })
     }
 
@@ -991,6 +1002,7 @@ impl Service {
         caller: &Caller,
         req: DescribeSubnetsRequest,
     ) -> Result<DescribeSubnetsResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, SUBNET_FILTERS)?;
         self.default_vpc(caller)?;
         self.store.read(|db| -> Result<DescribeSubnetsResult> {
@@ -1024,7 +1036,11 @@ impl Service {
                     subnets.push(shown);
                 }
             }
-            Ok(DescribeSubnetsResult { subnets })
+            let (subnets, next_token) = super::paging::page(subnets, &paging, 5, 1000)?;
+            Ok(DescribeSubnetsResult {
+                subnets,
+                next_token,
+            })
         })
     }
 
@@ -1076,6 +1092,7 @@ impl Service {
         caller: &Caller,
         req: DescribeInternetGatewaysRequest,
     ) -> Result<DescribeInternetGatewaysResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, IGW_FILTERS)?;
         self.default_vpc(caller)?;
         self.store
@@ -1122,8 +1139,10 @@ impl Service {
                         });
                     }
                 }
+                let (internet_gateways, next_token) = super::paging::page(out, &paging, 5, 1000)?;
                 Ok(DescribeInternetGatewaysResult {
-                    internet_gateways: out,
+                    internet_gateways,
+                    next_token,
                 })
             })
     }
@@ -1135,6 +1154,7 @@ impl Service {
         caller: &Caller,
         req: DescribeRouteTablesRequest,
     ) -> Result<DescribeRouteTablesResult> {
+        let paging = Paging::of(req.max_results, &req.next_token);
         filter::check_names(&req.filters, ROUTE_TABLE_FILTERS)?;
         self.default_vpc(caller)?;
         self.store.read(|db| -> Result<DescribeRouteTablesResult> {
@@ -1202,7 +1222,11 @@ impl Service {
                     });
                 }
             }
-            Ok(DescribeRouteTablesResult { route_tables: out })
+            let (route_tables, next_token) = super::paging::page(out, &paging, 5, 100)?;
+            Ok(DescribeRouteTablesResult {
+                route_tables,
+                next_token,
+            })
         })
     }
 }

@@ -149,11 +149,11 @@ impl Service {
             ));
         }
         // EC2: above 500, only 500 come back (the aws CLI asks for 1000).
-        let paging = crate::service::instance_types::Paging {
+        let paging = crate::service::paging::Paging {
             max_results: input.max_results.map(|m| m.min(500)),
             next_token: input.next_token.clone(),
         };
-        let (volumes, next_token) = crate::service::instance_types::page(out, &paging, 5, 500)?;
+        let (volumes, next_token) = crate::service::paging::page(out, &paging, 5, 500)?;
         Ok(DescribeVolumesResult {
             volumes,
             next_token,
