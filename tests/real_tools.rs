@@ -8,9 +8,8 @@ mod util;
 
 use base64::Engine;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 use util::*;
 
@@ -18,116 +17,6 @@ const X86: &str = "amirun/tiny-x86_64";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A tool of the venv `scripts/test.sh` makes.
-fn pyenv(tool: &str) -> PathBuf {
-    let p = repo().join("target/pyenv/bin").join(tool);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh (it installs the AWS tools into target/pyenv)",
-        p.display()
-    );
-    p
-}
-
-/// A running `amirun serve` on a free loopback port.
-struct Serve {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(env: &Env) -> Serve {
-        Self::start_with(env, &[])
-    }
-
-    /// With extra environment for the server (and the workers it starts).
-    fn start_with(env: &Env, vars: &[(&str, &str)]) -> Serve {
-        let log = env.path("serve.log");
-        let mut child = env
-            .cmd()
-            .envs(vars.iter().copied())
-            .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("amirun serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("amirun serve: listening on ")
-            .unwrap_or_else(|| panic!("amirun serve printed {line:?}"))
-            .to_string();
-        Serve { child, url, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The aws CLI against this endpoint.
-    fn aws(&self) -> Command {
-        let mut c = Command::new(pyenv("aws"));
-        c.args(["--output", "json", "ec2"])
-            .envs(client_env(&self.url));
-        c
-    }
-
-    /// `aws ec2 ARGS`, which must succeed; its JSON (Null when it printed nothing).
-    fn aws_ok(&self, args: &[&str]) -> Value {
-        let out = self.aws().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "aws ec2 {args:?} failed:\n{}\nserver log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// `aws ec2 ARGS`, which must fail with this EC2 error code.
-    fn aws_fails(&self, args: &[&str], code: &str) -> String {
-        let out = self.aws().args(args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "aws ec2 {args:?} succeeded");
-        assert!(
-            stderr.contains(&format!("({code})")),
-            "aws ec2 {args:?}: expected {code}, got:\n{stderr}"
-        );
-        stderr
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Environment of an AWS client that knows nothing but the endpoint.
-fn client_env(url: &str) -> Vec<(String, String)> {
-    [
-        ("AWS_ENDPOINT_URL", url),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ACCESS_KEY_ID", "000000000000"),
-        ("AWS_SECRET_ACCESS_KEY", "secret"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        ("AWS_PAGER", ""),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }
 
 fn statuses(v: &Value) -> Vec<Value> {
@@ -144,7 +33,7 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
     let env = Env::with_images();
     let server = Serve::start(&env);
     let ami = env.ami(X86);
-    let run = server.aws_ok(&[
+    let run = server.aws(&[
         "run-instances",
         "--image-id",
         &ami,
@@ -159,7 +48,7 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
         .to_string();
     // Right after the launch: not yet ok (pending: listed only with
     // --include-all-instances; running: initializing).
-    let early = server.aws_ok(&[
+    let early = server.aws(&[
         "describe-instance-status",
         "--instance-ids",
         &id,
@@ -172,7 +61,7 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
 
     let started = Instant::now();
     let out = server
-        .aws()
+        .aws_command()
         .args(["wait", "instance-status-ok", "--instance-ids", &id])
         .output()
         .unwrap();
@@ -186,13 +75,13 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
     eprintln!("instance-status-ok after {:?}", started.elapsed());
     // The guest really is up when the waiter says so.
     assert!(env.console(&id).contains("amirun-tiny: ready"));
-    let ok = server.aws_ok(&["describe-instance-status", "--instance-ids", &id]);
+    let ok = server.aws(&["describe-instance-status", "--instance-ids", &id]);
     let s = &statuses(&ok)[0];
     assert_eq!(s["InstanceState"]["Name"], "running", "{ok}");
     assert_eq!(s["SystemStatus"]["Status"], "ok", "{ok}");
     assert_eq!(s["InstanceStatus"]["Details"][0]["Name"], "reachability");
     assert_eq!(s["InstanceStatus"]["Details"][0]["Status"], "passed");
-    let filtered = server.aws_ok(&[
+    let filtered = server.aws(&[
         "describe-instance-status",
         "--filters",
         "Name=instance-status.status,Values=initializing",
@@ -222,11 +111,11 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
     );
 
     // Stopped: not listed by default, not-applicable with --include-all-instances.
-    server.aws_ok(&["stop-instances", "--instance-ids", &id]);
-    server.aws_ok(&["wait", "instance-stopped", "--instance-ids", &id]);
-    let stopped = server.aws_ok(&["describe-instance-status", "--instance-ids", &id]);
+    server.aws(&["stop-instances", "--instance-ids", &id]);
+    server.aws(&["wait", "instance-stopped", "--instance-ids", &id]);
+    let stopped = server.aws(&["describe-instance-status", "--instance-ids", &id]);
     assert!(statuses(&stopped).is_empty(), "{stopped}");
-    let all = server.aws_ok(&[
+    let all = server.aws(&[
         "describe-instance-status",
         "--instance-ids",
         &id,
@@ -236,7 +125,7 @@ fn aws_cli_instance_status_ok_waiter_waits_for_the_booted_guest() {
         statuses(&all)[0]["InstanceStatus"]["Status"],
         "not-applicable"
     );
-    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+    server.aws(&["terminate-instances", "--instance-ids", &id]);
 }
 
 /// DescribeInstanceAttribute / ModifyInstanceAttribute as the aws CLI sends
@@ -247,7 +136,7 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
     let env = Env::with_images();
     let server = Serve::start(&env);
     let ami = env.ami(X86);
-    let run = server.aws_ok(&[
+    let run = server.aws(&[
         "run-instances",
         "--image-id",
         &ami,
@@ -259,7 +148,7 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
         .unwrap()
         .to_string();
     let attr = |name: &str| {
-        server.aws_ok(&[
+        server.aws(&[
             "describe-instance-attribute",
             "--instance-id",
             &id,
@@ -318,7 +207,7 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
         ],
         "IncorrectInstanceState",
     );
-    server.aws_ok(&[
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
@@ -329,13 +218,13 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
         "OperationNotPermitted",
     );
     assert!(refused.contains("disableApiTermination"), "{refused}");
-    server.aws_ok(&[
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
         "--no-disable-api-termination",
     ]);
-    server.aws_ok(&[
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
@@ -364,22 +253,22 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
     );
 
     // Stopped: what Packer and Ansible change, then the next boot uses it.
-    server.aws_ok(&["stop-instances", "--instance-ids", &id]);
-    server.aws_ok(&["wait", "instance-stopped", "--instance-ids", &id]);
-    server.aws_ok(&[
+    server.aws(&["stop-instances", "--instance-ids", &id]);
+    server.aws(&["wait", "instance-stopped", "--instance-ids", &id]);
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
         "--ena-support",
     ]);
-    server.aws_ok(&[
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
         "--sriov-net-support",
         "Value=simple",
     ]);
-    server.aws_ok(&[
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
@@ -406,7 +295,7 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
             .encode("#!/bin/sh\necho attribute-user-data-ran\n"),
     )
     .unwrap();
-    server.aws_ok(&[
+    server.aws(&[
         "modify-instance-attribute",
         "--instance-id",
         &id,
@@ -420,18 +309,18 @@ fn aws_cli_instance_attributes_follow_ec2s_rules() {
         attr("sriovNetSupport")["SriovNetSupport"]["Value"],
         "simple"
     );
-    server.aws_ok(&["start-instances", "--instance-ids", &id]);
+    server.aws(&["start-instances", "--instance-ids", &id]);
     env.wait_console(&id, "attribute-user-data-ran", 300);
-    let i = server.aws_ok(&["describe-instances", "--instance-ids", &id]);
+    let i = server.aws(&["describe-instances", "--instance-ids", &id]);
     assert_eq!(
         i["Reservations"][0]["Instances"][0]["InstanceType"], "t3.small",
         "{i}"
     );
 
     // Terminate keeps the root volume now that DeleteOnTermination is false.
-    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
-    server.aws_ok(&["wait", "instance-terminated", "--instance-ids", &id]);
-    let v = server.aws_ok(&["describe-volumes", "--volume-ids", &volume]);
+    server.aws(&["terminate-instances", "--instance-ids", &id]);
+    server.aws(&["wait", "instance-terminated", "--instance-ids", &id]);
+    let v = server.aws(&["describe-volumes", "--volume-ids", &volume]);
     assert_eq!(v["Volumes"][0]["State"], "available", "{v}");
 }
 
@@ -455,7 +344,7 @@ fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
     // grace period keeps the reboot short.
     let server = Serve::start_with(&env, &[("AMIRUN_STOP_TIMEOUT", "10")]);
     let ami = env.ami(X86);
-    let run = server.aws_ok(&[
+    let run = server.aws(&[
         "run-instances",
         "--image-id",
         &ami,
@@ -467,7 +356,7 @@ fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
         .unwrap()
         .to_string();
     let started = Instant::now();
-    let made = server.aws_ok(&[
+    let made = server.aws(&[
         "create-image",
         "--instance-id",
         &id,
@@ -481,7 +370,7 @@ fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
     let ms = server_ms(&server.log(), "CreateImage");
     eprintln!("create-image: server {ms} ms, aws CLI wall {cli_wall:?}");
     assert!(ms < 1000, "CreateImage took {ms} ms in the server");
-    let pending = server.aws_ok(&["describe-images", "--image-ids", &image]);
+    let pending = server.aws(&["describe-images", "--image-ids", &image]);
     assert_eq!(pending["Images"][0]["State"], "pending", "{pending}");
     assert_eq!(pending["Images"][0]["Tags"][0]["Value"], "ci", "{pending}");
     // The name is taken from the start.
@@ -507,21 +396,21 @@ fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
     );
 
     let started = Instant::now();
-    server.aws_ok(&["wait", "image-available", "--image-ids", &image]);
+    server.aws(&["wait", "image-available", "--image-ids", &image]);
     eprintln!("image-available after {:?}", started.elapsed());
-    let done = server.aws_ok(&["describe-images", "--image-ids", &image]);
+    let done = server.aws(&["describe-images", "--image-ids", &image]);
     let img = &done["Images"][0];
     assert_eq!(img["State"], "available", "{done}");
     let snap = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
         .as_str()
         .unwrap();
-    let s = server.aws_ok(&["describe-snapshots", "--snapshot-ids", snap]);
+    let s = server.aws(&["describe-snapshots", "--snapshot-ids", snap]);
     assert_eq!(s["Snapshots"][0]["State"], "completed", "{s}");
     snapshot_and_image_attributes(&server, &image, snap);
 
     // EC2 rebooted the instance for the image: it runs again.
-    server.aws_ok(&["wait", "instance-running", "--instance-ids", &id]);
-    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+    server.aws(&["wait", "instance-running", "--instance-ids", &id]);
+    server.aws(&["terminate-instances", "--instance-ids", &id]);
     // No job or worker is left behind.
     let jobs = files_in(&env.home().join("jobs"));
     assert!(jobs.is_empty(), "{jobs:?}");
@@ -531,7 +420,7 @@ fn aws_cli_create_image_returns_at_once_and_the_waiter_sees_it_available() {
 /// Packer send them, on a baked AMI and its snapshot.
 fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
     let attr = |name: &str| {
-        server.aws_ok(&[
+        server.aws(&[
             "describe-snapshot-attribute",
             "--snapshot-id",
             snap,
@@ -543,7 +432,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
     assert_eq!(v["SnapshotId"], snap, "{v}");
     assert_eq!(v["CreateVolumePermissions"], serde_json::json!([]), "{v}");
     assert_eq!(attr("productCodes")["ProductCodes"], serde_json::json!([]));
-    server.aws_ok(&[
+    server.aws(&[
         "modify-snapshot-attribute",
         "--snapshot-id",
         snap,
@@ -554,7 +443,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
         "--user-ids",
         "111111111111",
     ]);
-    server.aws_ok(&[
+    server.aws(&[
         "modify-snapshot-attribute",
         "--snapshot-id",
         snap,
@@ -587,7 +476,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
         ],
         "InvalidSnapshot.NotFound",
     );
-    server.aws_ok(&[
+    server.aws(&[
         "reset-snapshot-attribute",
         "--snapshot-id",
         snap,
@@ -602,7 +491,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
     // ModifyImageAttribute: the CLI's OperationType form, the structure
     // form, Packer's structure-plus-UserId form, and the description.
     let launch = || {
-        server.aws_ok(&[
+        server.aws(&[
             "describe-image-attribute",
             "--image-id",
             image,
@@ -611,7 +500,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
         ])["LaunchPermissions"]
             .clone()
     };
-    server.aws_ok(&[
+    server.aws(&[
         "modify-image-attribute",
         "--image-id",
         image,
@@ -622,7 +511,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
         "--user-ids",
         "222222222222",
     ]);
-    server.aws_ok(&[
+    server.aws(&[
         "modify-image-attribute",
         "--image-id",
         image,
@@ -630,7 +519,7 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
         "Add=[{UserId=333333333333}],Remove=[{UserId=222222222222}]",
     ]);
     assert_eq!(launch(), serde_json::json!([{"UserId": "333333333333"}]));
-    server.aws_ok(&[
+    server.aws(&[
         "modify-image-attribute",
         "--image-id",
         image,
@@ -640,14 +529,14 @@ fn snapshot_and_image_attributes(server: &Serve, image: &str, snap: &str) {
         "444444444444",
     ]);
     assert_eq!(launch().as_array().unwrap().len(), 2);
-    server.aws_ok(&[
+    server.aws(&[
         "modify-image-attribute",
         "--image-id",
         image,
         "--description",
         "Value=baked",
     ]);
-    let d = server.aws_ok(&[
+    let d = server.aws(&[
         "describe-image-attribute",
         "--image-id",
         image,
@@ -673,7 +562,7 @@ print(json.dumps({"Account": other.get_caller_identity()["Account"]}))
 "#;
     let out = Command::new(pyenv("python"))
         .args(["-c", script])
-        .envs(client_env(&server.url))
+        .envs(server.client_env())
         .output()
         .unwrap();
     assert!(
@@ -699,7 +588,7 @@ print(json.dumps({"Account": other.get_caller_identity()["Account"]}))
     // The aws CLI too.
     let out = Command::new(pyenv("aws"))
         .args(["sts", "get-caller-identity", "--output", "json"])
-        .envs(client_env(&server.url))
+        .envs(server.client_env())
         .output()
         .unwrap();
     assert!(
@@ -723,7 +612,7 @@ fn ansible_amazon_aws_playbook_runs_green_twice() {
         let started = Instant::now();
         let out = Command::new(pyenv("ansible-playbook"))
             .arg(repo().join("tests/tools/ansible-ec2.yml"))
-            .envs(client_env(&server.url))
+            .envs(server.client_env())
             .env("AMIRUN_ENDPOINT", &server.url)
             .env("RUN_NAME", "ansible")
             .env("ANSIBLE_NOCOLOR", "1")
@@ -742,7 +631,7 @@ fn ansible_amazon_aws_playbook_runs_green_twice() {
         eprintln!("ansible run {run}: {:?}", started.elapsed());
     }
     // Everything was removed: no instance left running, no AMI of ours.
-    let images = server.aws_ok(&["describe-images", "--owners", "self"]);
+    let images = server.aws(&["describe-images", "--owners", "self"]);
     assert_eq!(images["Images"], serde_json::json!([]), "{images}");
 }
 
@@ -786,7 +675,7 @@ fn packer_amazon_ebs_bakes_an_ami_that_boots_with_the_provisioned_file() {
     let out = Command::new("packer")
         .args(["build", "-machine-readable"])
         .arg(repo().join("tests/tools/packer-ebs.json"))
-        .envs(client_env(&server.url))
+        .envs(server.client_env())
         .env("AMIRUN_ENDPOINT", &server.url)
         .env("RUN_NAME", "test")
         .env("PACKER_NO_COLOR", "1")
@@ -821,11 +710,11 @@ fn packer_amazon_ebs_bakes_an_ami_that_boots_with_the_provisioned_file() {
     assert!(ami.starts_with("ami-"), "{ami}");
     // The AMI boots with what the provisioner wrote.
     let check = "#!/bin/sh\necho \"marker: $(cat /etc/packer-marker)\" >/dev/console\n";
-    let run = server.aws_ok(&["run-instances", "--image-id", &ami, "--user-data", check]);
+    let run = server.aws(&["run-instances", "--image-id", &ami, "--user-data", check]);
     let id = run["Instances"][0]["InstanceId"]
         .as_str()
         .unwrap()
         .to_string();
     env.wait_console(&id, "marker: provisioned-by-packer", 600);
-    server.aws_ok(&["terminate-instances", "--instance-ids", &id]);
+    server.aws(&["terminate-instances", "--instance-ids", &id]);
 }

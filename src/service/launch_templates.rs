@@ -80,22 +80,6 @@ pub struct LaunchTemplateHibernationOptionsRequest {
     pub configured: Option<bool>,
 }
 
-/// `LaunchTemplateInstanceMetadataOptionsRequest`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", deny_unknown_fields)]
-pub struct LaunchTemplateInstanceMetadataOptionsRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_tokens: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_put_response_hop_limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_protocol_ipv6: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_metadata_tags: Option<String>,
-}
-
 /// `RequestLaunchTemplateData`: the members amirun keeps. Anything else is
 /// refused (UnknownParameter), never dropped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -115,7 +99,7 @@ pub struct RequestLaunchTemplateData {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_device_mappings: Vec<LaunchTemplateBlockDeviceMappingRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_options: Option<LaunchTemplateInstanceMetadataOptionsRequest>,
+    pub metadata_options: Option<crate::service::instances::InstanceMetadataOptionsRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_group_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -47,6 +47,16 @@ pub struct Tag {
     pub value: Option<String>,
 }
 
+impl From<&crate::store::TagState> for Tag {
+    /// A stored tag as EC2 shows it.
+    fn from(t: &crate::store::TagState) -> Tag {
+        Tag {
+            key: t.key.clone(),
+            value: Some(t.value.clone()),
+        }
+    }
+}
+
 /// Tags to put on resources created by an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]

@@ -209,13 +209,7 @@ fn render_snapshot(s: &SnapshotState, tags: &[crate::store::TagState], depth: us
         volume_id: s.volume_id.clone().unwrap_or_else(|| "vol-ffffffff".into()),
         volume_size: s.volume_size_gib,
         storage_tier: "standard".into(),
-        tags: tags
-            .iter()
-            .map(|t| Tag {
-                key: t.key.clone(),
-                value: Some(t.value.clone()),
-            })
-            .collect(),
+        tags: tags.iter().map(Tag::from).collect(),
         amirun: Some(SnapshotLayer {
             parent_snapshot_id: s.parent_snapshot_id.clone(),
             has_layer: s.has_file,

@@ -110,14 +110,7 @@ pub(crate) fn zones(region: &str) -> Vec<String> {
 
 /// The tags of a resource in EC2's shape.
 pub(crate) fn tags_of(db: &Db, id: &str) -> Result<Vec<Tag>> {
-    Ok(db
-        .tags_of(id)?
-        .into_iter()
-        .map(|t| Tag {
-            key: t.key,
-            value: Some(t.value),
-        })
-        .collect())
+    Ok(db.tags_of(id)?.iter().map(Tag::from).collect())
 }
 
 /// Record the tags `specs` give resources of `resource_type`.

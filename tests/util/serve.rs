@@ -83,9 +83,11 @@ impl Serve {
         }
     }
 
-    fn client_env(&self) -> Vec<(&'static str, String)> {
+    /// Environment of an AWS client that knows nothing but this endpoint
+    /// (every service: EC2 and STS alike).
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ENDPOINT_URL_EC2", self.url.clone()),
+            ("AWS_ENDPOINT_URL", self.url.clone()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
@@ -96,14 +98,15 @@ impl Serve {
         ]
     }
 
+    /// The aws CLI against this endpoint (`aws --output json ec2`).
+    pub fn aws_command(&self) -> Command {
+        let mut c = Command::new(pyenv("aws"));
+        c.args(["--output", "json", "ec2"]).envs(self.client_env());
+        c
+    }
+
     fn aws_cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new(pyenv("aws"))
-            .arg("ec2")
-            .args(args)
-            .args(["--output", "json"])
-            .envs(self.client_env())
-            .output()
-            .unwrap()
+        self.aws_command().args(args).output().unwrap()
     }
 
     /// `aws ec2 ARGS`, which must succeed; its JSON output (`null` when none).

@@ -173,13 +173,7 @@ pub(super) fn render_image(image: &ImageState, tags: &[crate::store::TagState]) 
             code: image.state.to_string(),
             message: m.clone(),
         }),
-        tags: tags
-            .iter()
-            .map(|t| Tag {
-                key: t.key.clone(),
-                value: Some(t.value.clone()),
-            })
-            .collect(),
+        tags: tags.iter().map(Tag::from).collect(),
         virtualization_type: image.virtualization_type.clone(),
         boot_mode: image.boot_mode,
         source_instance_id: image.source_instance_id.clone(),

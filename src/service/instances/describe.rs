@@ -436,13 +436,7 @@ impl Service {
                     message: message.to_string(),
                 }
             }),
-            tags: tags
-                .iter()
-                .map(|t| Tag {
-                    key: t.key.clone(),
-                    value: Some(t.value.clone()),
-                })
-                .collect(),
+            tags: tags.iter().map(Tag::from).collect(),
             vpc_id: None,
             subnet_id: None,
             public_ip_address: None,

@@ -106,24 +106,24 @@ impl RunInstancesRequest {
     }
 }
 
-/// `MetadataOptions` of `RunInstances` (IMDS settings).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `MetadataOptions` of `RunInstances` (IMDS settings), also a launch template's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct InstanceMetadataOptionsRequest {
     /// `optional` (default) or `required` (IMDSv2 only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_tokens: Option<String>,
     /// 1 to 64 (default 1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_put_response_hop_limit: Option<i64>,
     /// `enabled` (default) or `disabled`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_endpoint: Option<String>,
     /// Only `disabled`: IMDS answers on IPv4.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_protocol_ipv6: Option<String>,
     /// Only `disabled`: instance tags are not in the metadata.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_metadata_tags: Option<String>,
 }
 

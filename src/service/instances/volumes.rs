@@ -133,13 +133,7 @@ impl Service {
                 volume_type: v.volume_type.clone(),
                 multi_attach_enabled: false,
                 throughput,
-                tags: tags
-                    .iter()
-                    .map(|t| Tag {
-                        key: t.key.clone(),
-                        value: Some(t.value.clone()),
-                    })
-                    .collect(),
+                tags: tags.iter().map(Tag::from).collect(),
             });
         }
         if let Some(m) = missing.first() {
