@@ -568,6 +568,7 @@ def scenario_vpc():
     assert left == [], left
     assert ec2.delete_security_group(GroupId=sg)["Return"] is True
     expect_error(ec2.describe_security_groups, "InvalidGroup.NotFound", GroupIds=[sg])
+    report()
 
 
 def scenario_volumes_and_templates():
