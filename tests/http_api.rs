@@ -6,145 +6,16 @@
 mod util;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use util::*;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv with boto3 and awscli.
-fn pyenv(tool: &str) -> PathBuf {
-    let p = repo().join("target/pyenv/bin").join(tool);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh (it installs boto3 and awscli into target/pyenv)",
-        p.display()
-    );
-    p
-}
-
-/// A running `amirun serve` on a free loopback port.
-struct Serve {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(env: &Env, args: &[&str]) -> Serve {
-        let n = std::fs::read_dir(env.dir.path()).unwrap().count();
-        let log = env.path(&format!("serve-{n}.log"));
-        let mut child = env
-            .cmd()
-            .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("amirun serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("amirun serve: listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "amirun serve printed {line:?}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Serve { child, url, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, and wait for a clean exit.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(
-                    st.success(),
-                    "amirun serve exited with {st}:\n{}",
-                    self.log()
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "amirun serve did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.log()
-    }
-
-    /// Run a scenario of `tests/python/ec2_api.py` against this server.
-    fn python(&self, scenario: &str, extra: &[(&str, &str)]) -> String {
-        let mut c = Command::new(pyenv("python"));
-        c.arg(repo().join("tests/python/ec2_api.py"))
-            .arg(scenario)
-            .envs(client_env(&self.url))
-            .envs(extra.iter().copied());
-        let out = c.output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert!(
-            out.status.success(),
-            "scenario {scenario} failed:\n{stdout}\n{stderr}\nserver log:\n{}",
-            self.log()
-        );
-        eprintln!("{stdout}{stderr}");
-        stdout.into_owned()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Environment of an AWS client that knows nothing but the endpoint.
-fn client_env(url: &str) -> Vec<(String, String)> {
-    [
-        ("AWS_ENDPOINT_URL_EC2", url),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ACCESS_KEY_ID", "000000000000"),
-        ("AWS_SECRET_ACCESS_KEY", "secret"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        ("AWS_PAGER", ""),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 #[test]
 fn boto3_runs_bakes_copies_shares_and_terminates_across_a_restart() {
     let env = Env::with_images();
     let state = env.path("scenario.json");
     let state = state.to_str().unwrap();
-    let server = Serve::start(&env, &[]);
+    let server = Serve::start(&env);
     server.python("launch", &[("SCENARIO_STATE", state)]);
     // Restart the server: nothing is lost, the instance keeps running.
     let log = server.stop();
@@ -153,7 +24,7 @@ fn boto3_runs_bakes_copies_shares_and_terminates_across_a_restart() {
         "{log}"
     );
     assert!(log.contains("amirun serve: stopped"), "{log}");
-    let server = Serve::start(&env, &[]);
+    let server = Serve::start(&env);
     let out = server.python("finish", &[("SCENARIO_STATE", state)]);
     assert!(out.contains("checked "), "{out}");
     let log = server.log();
@@ -168,7 +39,7 @@ fn boto3_runs_bakes_copies_shares_and_terminates_across_a_restart() {
 #[test]
 fn aws_cli_describe_images_prints_what_amirun_prints() {
     let env = Env::with_images();
-    let server = Serve::start(&env, &[]);
+    let server = Serve::start(&env);
     let out = Command::new(pyenv("aws"))
         .args([
             "ec2",
@@ -178,8 +49,8 @@ fn aws_cli_describe_images_prints_what_amirun_prints() {
             "--endpoint-url",
             &server.url,
         ])
-        .envs(client_env("http://127.0.0.1:9"))
-        .env_remove("AWS_ENDPOINT_URL_EC2")
+        .envs(server.client_env())
+        .env_remove("AWS_ENDPOINT_URL")
         .output()
         .unwrap();
     assert!(
@@ -198,7 +69,9 @@ fn aws_cli_describe_images_prints_what_amirun_prints() {
     let out = Command::new(pyenv("aws"))
         .args(["ec2", "describe-images", "--output", "json", "--image-ids"])
         .arg(via_cli["Images"][0]["ImageId"].as_str().unwrap())
-        .envs(client_env(&server.url))
+        .envs(server.client_env())
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("AWS_ENDPOINT_URL_EC2", &server.url)
         .output()
         .unwrap();
     assert!(
@@ -213,7 +86,7 @@ fn aws_cli_describe_images_prints_what_amirun_prints() {
 #[test]
 fn errors_reach_boto3_with_ec2_codes_and_bad_requests_never_crash_the_server() {
     let env = Env::with_images();
-    let server = Serve::start(&env, &[]);
+    let server = Serve::start(&env);
     server.python("errors", &[]);
     let out = server.python("bench", &[("BENCH_REQUESTS", "200")]);
     assert!(out.contains("requests/s"), "{out}");
@@ -235,7 +108,7 @@ fn errors_reach_boto3_with_ec2_codes_and_bad_requests_never_crash_the_server() {
 #[test]
 fn strict_mode_verifies_signatures_from_the_signed_headers() {
     let env = Env::with_images();
-    let server = Serve::start(
+    let server = Serve::start_args(
         &env,
         &[
             "--strict",
@@ -249,7 +122,7 @@ fn strict_mode_verifies_signatures_from_the_signed_headers() {
     // The aws CLI signs differently from boto3's defaults (its own headers).
     let out = Command::new(pyenv("aws"))
         .args(["ec2", "describe-key-pairs", "--output", "json"])
-        .envs(client_env(&server.url))
+        .envs(server.client_env())
         .env("AWS_ACCESS_KEY_ID", "AKIDSTRICT")
         .env("AWS_SECRET_ACCESS_KEY", "right-secret")
         .output()
@@ -274,7 +147,7 @@ fn api_callers_import_only_urls_and_files_under_the_import_dir() {
     let env = Env::with_images();
     let secret = env.path("root-only-file");
     std::fs::write(&secret, "the host's secret\n").unwrap();
-    let server = Serve::start(&env, &[]);
+    let server = Serve::start(&env);
     server.python(
         "import_refused",
         &[("SECRET_FILE", secret.to_str().unwrap())],
@@ -285,7 +158,7 @@ fn api_callers_import_only_urls_and_files_under_the_import_dir() {
     std::fs::create_dir_all(&dir).unwrap();
     make_raw(&dir.join("disk.raw"), 1);
     std::os::unix::fs::symlink(&secret, dir.join("escape")).unwrap();
-    let server = Serve::start(&env, &["--import-dir", dir.to_str().unwrap()]);
+    let server = Serve::start_args(&env, &["--import-dir", dir.to_str().unwrap()]);
     server.python(
         "imports",
         &[
@@ -376,7 +249,7 @@ fn status_of(addr: &str, request: &str) -> String {
 fn slow_clients_are_cut_off_while_others_are_answered() {
     use std::io::{Read, Write};
     let env = Env::with_images();
-    let server = Serve::start(
+    let server = Serve::start_args(
         &env,
         &[
             "--header-timeout",
@@ -456,7 +329,7 @@ fn slow_clients_are_cut_off_while_others_are_answered() {
 
     // With room for 2 connections, 2 idle ones make a third request wait
     // until the header timeout frees a slot; then it is answered.
-    let server = Serve::start(&env, &["--header-timeout", "2", "--max-connections", "2"]);
+    let server = Serve::start_args(&env, &["--header-timeout", "2", "--max-connections", "2"]);
     let addr = server.url.trim_start_matches("http://").to_string();
     let idle: Vec<_> = (0..2)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())

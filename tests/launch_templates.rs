@@ -396,27 +396,7 @@ fn template_versions_launch_and_roll_a_fleet_onto_a_baked_ami() {
 fn boto3_sees_volumes_and_templates_as_botocore_models_them() {
     let env = Env::with_images();
     let server = Serve::start(&env);
-    let out = std::process::Command::new(pyenv("python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/ec2_api.py"
-        ))
-        .arg("volumes_and_templates")
-        .env("AWS_ENDPOINT_URL_EC2", &server.url)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "{stdout}\n{stderr}\nserver log:\n{}",
-        server.log()
-    );
+    let stdout = server.python("volumes_and_templates", &[]);
     for action in [
         "CreateVolume",
         "ModifyVolume",

@@ -11,7 +11,6 @@ use amirun::api::{invoke, Context};
 use amirun::machine::AccelRequest;
 use amirun::service::{Caller, Service, ServiceOptions};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -868,88 +867,12 @@ fn two_processes_on_a_fresh_home_make_one_default_vpc() {
 
 // ----- boto3 against `amirun serve`, with a real launch -----
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A running `amirun serve` on a free loopback port.
-struct Serve {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(env: &util::Env) -> Serve {
-        let log = env.path("serve.log");
-        let mut child = env
-            .cmd()
-            .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("amirun serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("amirun serve: listening on ")
-            .unwrap_or_else(|| panic!("amirun serve printed {line:?}"))
-            .to_string();
-        Serve { child, url, log }
-    }
-
-    fn python(&self, env: &util::Env, scenario: &str) -> String {
-        let python = repo().join("target/pyenv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run scripts/test.sh",
-            python.display()
-        );
-        let out = Command::new(python)
-            .arg(repo().join("tests/python/ec2_api.py"))
-            .arg(scenario)
-            .envs([
-                ("AWS_ENDPOINT_URL_EC2", self.url.as_str()),
-                ("AWS_CONFIG_FILE", "/dev/null"),
-                ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-                ("AWS_ACCESS_KEY_ID", "000000000000"),
-                ("AWS_SECRET_ACCESS_KEY", "secret"),
-                ("AWS_DEFAULT_REGION", "us-east-1"),
-            ])
-            .env("AMIRUN_TEST_HOME", env.home())
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert!(
-            out.status.success(),
-            "scenario {scenario} failed:\n{stdout}\n{stderr}\nserver log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        eprintln!("{stdout}{stderr}");
-        stdout.into_owned()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn boto3_sees_the_default_vpc_and_an_instance_in_its_subnet_with_groups_and_addresses() {
     let env = util::Env::with_images();
-    let server = Serve::start(&env);
+    let server = util::Serve::start(&env);
     let start = Instant::now();
-    let out = server.python(&env, "vpc");
+    let out = server.python("vpc", &[("AMIRUN_TEST_HOME", env.home().to_str().unwrap())]);
     assert!(out.contains("checked "), "{out}");
     eprintln!("vpc scenario: {:?}", start.elapsed());
     // Nothing of the instance is left running.

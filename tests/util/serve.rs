@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A running `amirun serve` on a free loopback port; killed on drop.
 pub struct Serve {
@@ -29,16 +30,26 @@ pub fn pyenv(tool: &str) -> PathBuf {
 
 impl Serve {
     pub fn start(env: &Env) -> Serve {
-        Self::start_with(env, &[])
+        Self::spawn(env, &[], &[])
     }
 
     /// With extra environment (e.g. `AMIRUN_FAILPOINTS`).
     pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Serve {
+        Self::spawn(env, &[], vars)
+    }
+
+    /// With extra `amirun serve` options (e.g. `--strict`, `--import-dir`).
+    pub fn start_args(env: &Env, args: &[&str]) -> Serve {
+        Self::spawn(env, args, &[])
+    }
+
+    fn spawn(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Serve {
         let n = std::fs::read_dir(env.dir.path()).unwrap().count();
         let log = env.path(&format!("serve-{n}.log"));
         let mut child = env
             .cmd()
             .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
+            .args(args)
             .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -51,13 +62,70 @@ impl Serve {
         let url = line
             .trim()
             .strip_prefix("amirun serve: listening on ")
-            .unwrap_or_else(|| panic!("amirun serve printed {line:?}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "amirun serve printed {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
             .to_string();
         Serve { child, url, log }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and wait for a clean exit; the server's log.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(
+                    st.success(),
+                    "amirun serve exited with {st}:\n{}",
+                    self.log()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "amirun serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log()
+    }
+
+    /// Run a scenario of `tests/python/ec2_api.py` (boto3) against this
+    /// server, with `extra` environment; it must succeed. Its stdout.
+    pub fn python(&self, scenario: &str, extra: &[(&str, &str)]) -> String {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/ec2_api.py");
+        let out = Command::new(pyenv("python"))
+            .arg(script)
+            .arg(scenario)
+            .envs(self.client_env())
+            .env("AWS_ENDPOINT_URL_EC2", &self.url)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success(),
+            "scenario {scenario} failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+            self.log()
+        );
+        eprintln!("{stdout}{stderr}");
+        stdout.into_owned()
     }
 
     /// `aws ec2 ARGS` on a server armed with a failpoint that kills it:
