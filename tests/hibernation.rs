@@ -342,17 +342,20 @@ fn a_tiny_guest_gives_back_the_memory_it_freed_also_after_resume() {
         console.contains("balloon-driver-bound"),
         "the guest's virtio_balloon driver found no device:\n{console}"
     );
+    // Reports follow frees by about 2 s: poll, and say the last reading.
     let small = |when: &str| {
-        let mut last = None;
-        poll(
-            &format!("guest RAM under {BOUND_KIB} KiB {when} (last {last:?})"),
-            120,
-            || {
-                let rss = guest_ram_rss_kib(qemu_pid(&id)?, 512)?;
-                last = Some(rss);
-                (rss < BOUND_KIB).then_some(rss)
-            },
-        )
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let rss = qemu_pid(&id).and_then(|pid| guest_ram_rss_kib(pid, 512));
+            match rss {
+                Some(kib) if kib < BOUND_KIB => return kib,
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "guest RAM resident {when}: {rss:?} KiB, not under {BOUND_KIB}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     };
     eprintln!("guest RAM resident at boot: {} KiB", small("after boot"));
 
