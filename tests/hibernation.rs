@@ -3,7 +3,8 @@
 //! and started again; the process its user data started keeps counting on
 //! the console, with no new boot. A saved state that was cut short, or
 //! whose volume changed meanwhile (create-image), is never resumed: the
-//! guest boots cleanly instead.
+//! guest boots cleanly instead. Memory the guest freed goes back to the
+//! host (free-page reporting), before and after a resume.
 
 mod util;
 
