@@ -3,14 +3,17 @@
 #  1. debian-12 (t3.micro, TCG): cold boot to ssh answering, then
 #     stop --hibernate, then start (resume) to ssh answering; their ratio;
 #  2. a tiny t3.nano guest's QEMU RSS (VmRSS once the guest printed its
-#     ready marker) and time to ready, with QEMU's default TCG translation
-#     cache (AMIRUN_TCG_TB_MIB=qemu, the old behaviour) and with amirun's
-#     per-guest sizing, N times each, alternating;
+#     ready marker, and again 5 s later) and time to ready, with QEMU's
+#     defaults (AMIRUN_MEMORY_SAVINGS=off: QEMU's default TCG translation
+#     cache and no free-page-reporting balloon, the old behaviour) and
+#     with amirun's savings (the default), N times each, alternating;
 #  3. how many of 16 tiny guests launched at once reach ready, and how long
 #     all of them take.
 # The machine is shared: the load average is printed with the results.
 #
 #   scripts/bench-hibernate.sh [N]      (default N=3)
+# Images come from scripts/build-images.sh, which honours AMIRUN_BUILD_DIR
+# and AMIRUN_HOME (the catalog it writes) as always.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-3}"
@@ -18,6 +21,7 @@ READY='amirun-tiny: ready'
 GUESTS=16
 
 scripts/build-images.sh tiny x86_64 >/dev/null
+catalog="${AMIRUN_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/amirun}/catalog.d/local-images.json"
 cargo build --quiet --bin amirun
 AMIRUN="$PWD/target/debug/amirun"
 work=$(mktemp -d)
@@ -30,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$AMIRUN_HOME/catalog.d"
-cp "${XDG_DATA_HOME:-$HOME/.local/share}/amirun/catalog.d/local-images.json" "$AMIRUN_HOME/catalog.d/"
+cp "$catalog" "$AMIRUN_HOME/catalog.d/"
 ami_of() { "$AMIRUN" describe-images --filters "Name=name,Values=$1" --query 'Images[0].ImageId' --output text; }
 tiny=$(ami_of amirun/tiny-x86_64)
 debian=$(ami_of debian-12-x86_64-local)
@@ -76,21 +80,26 @@ until_true 300 ssh_answers "$deb"
 resume=$(since "$t0")
 "$AMIRUN" terminate-instances --instance-ids "$deb" >/dev/null
 
-# 2. tiny t3.nano: QEMU RSS and time to ready, old vs new TCG cache sizing.
-old_rss=() new_rss=() old_t=() new_t=()
+# 2. tiny t3.nano: QEMU RSS and time to ready, QEMU's defaults vs savings.
+old_rss=() new_rss=() old_rss5=() new_rss5=() old_t=() new_t=()
 for _ in $(seq "$N"); do
 	for mode in old new; do
+		if [ "$mode" = old ]; then savings=off; else savings=on; fi
 		t0=$(now)
-		if [ "$mode" = old ]; then
-			id=$(AMIRUN_TCG_TB_MIB=qemu "$AMIRUN" run-instances --image-id "$tiny" --instance-type t3.nano --query 'Instances[0].InstanceId' --output text)
-		else
-			id=$("$AMIRUN" run-instances --image-id "$tiny" --instance-type t3.nano --query 'Instances[0].InstanceId' --output text)
-		fi
+		id=$(AMIRUN_MEMORY_SAVINGS=$savings "$AMIRUN" run-instances --image-id "$tiny" --instance-type t3.nano \
+			--query 'Instances[0].InstanceId' --output text)
 		until_true 600 ready "$id"
 		t=$(since "$t0")
-		r=$(rss_mb "$(qemu_pid "$id")")
+		p=$(qemu_pid "$id")
+		r=$(rss_mb "$p")
+		sleep 5 # not synchronisation: the second reading is meant to be 5 s later
+		r5=$(rss_mb "$p")
 		stop_now "$id"
-		if [ "$mode" = old ]; then old_rss+=("$r") old_t+=("$t"); else new_rss+=("$r") new_t+=("$t"); fi
+		if [ "$mode" = old ]; then
+			old_rss+=("$r") old_rss5+=("$r5") old_t+=("$t")
+		else
+			new_rss+=("$r") new_rss5+=("$r5") new_t+=("$t")
+		fi
 	done
 done
 
@@ -110,12 +119,13 @@ for id in "${many[@]}"; do stop_now "$id"; done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$cold" "$save" "$resume" "$state_mb" "${old_rss[*]}" "${new_rss[*]}" "${old_t[*]}" "${new_t[*]}" \
-	"$n_ready" "$GUESTS" "$all_t" "$sum_rss" "$load_before" "$load_after" "$N" <<'PY'
+	"$n_ready" "$GUESTS" "$all_t" "$sum_rss" "$load_before" "$load_after" "$N" "${old_rss5[*]}" "${new_rss5[*]}" <<'PY'
 import statistics, sys
 a = sys.argv[1:]
 cold, save, resume, state_mb = float(a[0]), float(a[1]), float(a[2]), a[3]
 old_rss, new_rss, old_t, new_t = ([float(x) for x in s.split()] for s in a[4:8])
 n_ready, guests, all_t, sum_rss, load_before, load_after, n = a[8], a[9], float(a[10]), a[11], a[12], a[13], a[14]
+old_rss5, new_rss5 = ([float(x) for x in s.split()] for s in a[15:17])
 p50 = statistics.median
 print(f"{'debian-12 t3.micro, TCG':<44} {'seconds':>9}")
 print(f"{'cold boot -> ssh answers':<44} {cold:9.2f}")
@@ -123,11 +133,12 @@ print(f"{'stop --hibernate -> stopped':<44} {save:9.2f}   (state {state_mb} MB)"
 print(f"{'start (resume) -> ssh answers':<44} {resume:9.2f}")
 print(f"{'ratio cold / resume':<44} {cold / resume:9.1f}x")
 print()
-print(f"{'tiny t3.nano, TCG, ' + n + ' runs each, p50 (min-max)':<44} {'old: QEMU default':>22} {'new: sized':>22}")
+print(f"{'tiny t3.nano, TCG, ' + n + ' runs each, p50 (min-max)':<44} {'old: QEMU defaults':>22} {'new: savings':>22}")
 fmt = lambda xs, d: f"{p50(xs):.{d}f} ({min(xs):.{d}f}-{max(xs):.{d}f})"
 print(f"{'QEMU VmRSS at ready, MB':<44} {fmt(old_rss, 0):>22} {fmt(new_rss, 0):>22}")
+print(f"{'QEMU VmRSS 5 s after ready, MB':<44} {fmt(old_rss5, 0):>22} {fmt(new_rss5, 0):>22}")
 print(f"{'launch -> ready, s':<44} {fmt(old_t, 1):>22} {fmt(new_t, 1):>22}")
-print(f"{'RSS new / old (p50)':<44} {p50(new_rss) / p50(old_rss):22.2f}")
+print(f"{'RSS new / old (p50, at ready)':<44} {p50(new_rss) / p50(old_rss):22.2f}")
 print(f"{'time new / old (p50)':<44} {p50(new_t) / p50(old_t):22.2f}")
 print()
 print(f"{guests} tiny t3.nano guests at once: {n_ready} reached ready in {all_t:.1f} s; QEMU RSS total {sum_rss} MB")

@@ -53,8 +53,8 @@ pub use net::{
 };
 pub use spec::{
     disk_node_name, hotplug_blockdev, hotplug_device, hotplug_port, tb_cache_mib, volume_serial,
-    Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec, MachineSpec, SmbiosIdentity, TbCache,
-    HOTPLUG_PORTS,
+    Accel, Arch, Boot, BootMode, DiskFormat, DiskSpec, FreePages, MachineSpec, SmbiosIdentity,
+    TbCache, BALLOON_ID, HOTPLUG_PORTS,
 };
 
 /// What went wrong building or preparing a machine.

@@ -116,6 +116,7 @@ fn spec(dir: &Path, arch: Arch, boot: Boot) -> MachineSpec {
         serial_log: dir.join("serial.log"),
         smbios: SmbiosIdentity::for_instance(ID, "t3.micro"),
         tb_cache: machine::TbCache::ForGuest,
+        free_pages: machine::FreePages::Reported,
         incoming: false,
     }
 }

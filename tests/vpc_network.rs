@@ -256,6 +256,7 @@ fn launch(paths: &Paths, att: &VpcAttachment, user_data: &str, ssh_port: u16) ->
         serial_log: paths.serial_log(&id),
         smbios: SmbiosIdentity::for_instance(&id, "t3.micro"),
         tb_cache: Default::default(),
+        free_pages: Default::default(),
         incoming: false,
     };
     let cmd = machine::qemu_command(&spec).unwrap();

@@ -5,8 +5,8 @@
 use super::net::{is_unicast_mac, netdev};
 use super::qemu_opts::{ArgError, Argv, OptList};
 use super::{
-    disk_node_name, tb_cache_mib, Accel, Arch, Boot, DiskFormat, DiskSpec, MachineError,
-    MachineSpec, TbCache,
+    disk_node_name, tb_cache_mib, Accel, Arch, Boot, DiskFormat, DiskSpec, FreePages, MachineError,
+    MachineSpec, TbCache, BALLOON_ID,
 };
 use std::path::{Path, PathBuf};
 
@@ -64,7 +64,7 @@ pub const MAX_SERIAL: usize = 20;
 /// The argv, in order (every choice explained inline):
 /// `-name`, `-nodefaults -no-user-config -display none`, `-machine`,
 /// `-accel`, `-cpu`, `-smp`, `-m`, firmware or kernel, disks, seed, network,
-/// `virtio-rng`, serial, QMP, SMBIOS.
+/// `virtio-rng`, the free-page-reporting balloon, serial, QMP, SMBIOS.
 pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
     validate(spec)?;
     let id = &spec.instance_id;
@@ -238,6 +238,16 @@ pub fn qemu_command(spec: &MachineSpec) -> Result<QemuCommand, MachineError> {
         "-device",
         OptList::new("virtio-rng-pci").map_err(arg("rng"))?,
     );
+    // Memory the guest frees goes back to the host (see `FreePages`).
+    if spec.free_pages == FreePages::Reported {
+        a.opt(
+            "-device",
+            OptList::new("virtio-balloon-pci")
+                .and_then(|d| d.set("id", BALLOON_ID))
+                .and_then(|d| d.switch("free-page-reporting", true))
+                .map_err(arg("free_pages"))?,
+        );
+    }
 
     // Console: the first serial port (ttyS0 / ttyAMA0) to a log file, the
     // source of GetConsoleOutput. Truncated at each boot; a resumed guest
@@ -448,6 +458,7 @@ mod tests {
             serial_log: "/s/instances/i-0123456789abcdef0/serial.log".into(),
             smbios: SmbiosIdentity::for_instance(ID, "t3.micro"),
             tb_cache: TbCache::ForGuest,
+            free_pages: FreePages::Reported,
             incoming: false,
         }
     }
@@ -501,6 +512,7 @@ mod tests {
             "-netdev user,id=net0,ipv6=off,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/amirun imds-relay 127.0.0.1:8775",
             "-device virtio-net-pci,netdev=net0",
             "-device virtio-rng-pci",
+            "-device virtio-balloon-pci,id=balloon0,free-page-reporting=on",
             "-chardev file,id=serial0,path=/s/instances/i-0123456789abcdef0/serial.log",
             "-serial chardev:serial0",
             "-chardev socket,id=qmp,path=/s/instances/i-0123456789abcdef0/qmp.sock,server=on,wait=off",
@@ -802,6 +814,16 @@ mod tests {
             .filter(|l| !l.starts_with("-chardev file"))
             .collect();
         assert_eq!(same, cold_same);
+    }
+
+    #[test]
+    fn freed_guest_memory_goes_back_unless_kept() {
+        let balloon = "-device virtio-balloon-pci,id=balloon0,free-page-reporting=on";
+        let mut spec = base(Arch::Arm64, kernel());
+        assert!(lines(&qemu_command(&spec).unwrap()).contains(&balloon.to_string()));
+        spec.free_pages = FreePages::Kept;
+        let l = lines(&qemu_command(&spec).unwrap());
+        assert!(!l.iter().any(|l| l.contains("balloon")), "{l:#?}");
     }
 
     #[test]

@@ -325,6 +325,8 @@ pub struct MachineSpec {
     pub smbios: SmbiosIdentity,
     /// TCG's translation-block cache; ignored under KVM.
     pub tb_cache: TbCache,
+    /// Whether memory the guest freed goes back to the host.
+    pub free_pages: FreePages,
     /// Start paused, waiting for a saved state to be loaded over QMP
     /// (`-incoming defer`, then `migrate-incoming`): a resume from
     /// hibernation. The rest of the argv is the same as for a cold boot.
@@ -356,6 +358,34 @@ pub enum TbCache {
 pub fn tb_cache_mib(memory_mib: u64) -> u32 {
     (memory_mib / 32).clamp(16, 256) as u32
 }
+
+/// What becomes of guest memory the guest has freed.
+///
+/// QEMU keeps every page of guest RAM the guest ever wrote: firmware, the
+/// boot loader, the kernel's decompression and the initramfs touch far more
+/// than a small guest goes on using. A tiny t3.nano guest (512 MiB) held
+/// 166 MB of its RAM when ready, 4 KiB pages or huge pages alike. With a
+/// virtio balloon that offers free-page reporting, a guest kernel with
+/// `CONFIG_PAGE_REPORTING` (Debian's, with the `virtio_balloon` driver)
+/// reports its free 2 MiB blocks, at once when the driver loads and then
+/// as more are freed, and QEMU drops them from its RSS. The balloon is
+/// never inflated: the guest keeps all the memory of its instance type, and
+/// a reported page the guest takes again is simply a new zero page. A
+/// guest without the driver ignores the device. The device is part of the
+/// machine's state, so a hibernated guest resumes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FreePages {
+    /// Reported by the guest and dropped by QEMU
+    /// (`virtio-balloon-pci,free-page-reporting=on`), for every instance
+    /// type: what it saves grows with the memory.
+    #[default]
+    Reported,
+    /// Kept by QEMU (no balloon device), for comparison in benchmarks.
+    Kept,
+}
+
+/// The balloon device's id (QMP `qom-get` reads it at this path).
+pub const BALLOON_ID: &str = "balloon0";
 
 #[cfg(test)]
 mod tests {

@@ -133,6 +133,12 @@ pub struct ServiceOptions {
     /// `qemu` for QEMU's own default; unset: sized for the guest, see
     /// [`crate::machine::TbCache`]). For benchmarks.
     pub tb_cache: crate::machine::TbCache,
+    /// Whether guests give the memory they freed back to the host
+    /// ([`crate::machine::FreePages`]). `AMIRUN_MEMORY_SAVINGS=off` turns
+    /// this and the sized TCG cache off together (QEMU's defaults, the
+    /// baseline of `scripts/bench-hibernate.sh`); `AMIRUN_TCG_TB_MIB`
+    /// still sets the cache. For benchmarks.
+    pub free_pages: crate::machine::FreePages,
 }
 
 impl Default for ServiceOptions {
@@ -148,6 +154,7 @@ impl Default for ServiceOptions {
             default_outbound: crate::machine::Outbound::Nat,
             launch_accel: crate::machine::AccelRequest::default(),
             tb_cache: crate::machine::TbCache::ForGuest,
+            free_pages: crate::machine::FreePages::Reported,
         }
     }
 }
@@ -157,7 +164,17 @@ impl ServiceOptions {
     /// amirun's service settings are read from it.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok();
-        let defaults = ServiceOptions::default();
+        let mut defaults = ServiceOptions::default();
+        match var("AMIRUN_MEMORY_SAVINGS").as_deref() {
+            None | Some("on") => {}
+            Some("off") => {
+                defaults.tb_cache = crate::machine::TbCache::QemuDefault;
+                defaults.free_pages = crate::machine::FreePages::Kept;
+            }
+            Some(v) => {
+                tracing::warn!("AMIRUN_MEMORY_SAVINGS={v} is neither 'on' nor 'off'; ignored")
+            }
+        }
         ServiceOptions {
             stop_timeout_secs: var("AMIRUN_STOP_TIMEOUT")
                 .and_then(|s| s.parse().ok())

@@ -146,6 +146,7 @@ impl Service {
             serial_log: self.paths.serial_log(&i.instance_id),
             smbios: SmbiosIdentity::for_instance(&i.instance_id, &i.instance_type),
             tb_cache: self.options.tb_cache,
+            free_pages: self.options.free_pages,
             incoming: resume,
         };
         let cmd = machine::qemu_command(&spec)?;
