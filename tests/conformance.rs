@@ -674,3 +674,30 @@ fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
     let re = regex::Regex::new(r"^User initiated \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GMT\)$").unwrap();
     assert!(re.is_match(&reason), "{reason}");
 }
+
+/// boto3's paginators see every instance, image, snapshot and volume
+/// exactly once with small pages (instances launched and terminated at
+/// once: terminated ones still show), and EC2's page limits and
+/// combination rules hold.
+#[test]
+fn boto3_paginators_see_every_object_once() {
+    let env = Env::with_images();
+    let server = Serve::start(&env);
+    let started = std::time::Instant::now();
+    server.python(&env, "paging", &[]);
+    eprintln!("paging scenario: {:?}", started.elapsed());
+    // No guest outlives the test: every launched instance ends terminated.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let live = env.ok(&[
+            "describe-instances",
+            "--filters",
+            "Name=instance-state-name,Values=pending,running,stopping,stopped,shutting-down",
+        ]);
+        if live["Reservations"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{live}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -567,8 +567,14 @@ impl Service {
         check_data(&req.launch_template_data)?;
         let tags = super::images::tags_for(&req.tag_specifications, "launch-template")?;
         let created = now();
+        // `ClientToken`: the template's id comes from it, so a repeat finds
+        // what the first request made.
+        let template_id = match &req.client_token {
+            Some(token) => super::client_token_id(IdKind::LaunchTemplate, caller, token)?,
+            None => ids::new_id(IdKind::LaunchTemplate),
+        };
         let t = LaunchTemplateState {
-            launch_template_id: ids::new_id(IdKind::LaunchTemplate),
+            launch_template_id: template_id,
             region: caller.region.clone(),
             owner_id: caller.account.to_string(),
             name: req.launch_template_name.clone(),
@@ -585,7 +591,20 @@ impl Service {
             created_by: t.created_by.clone(),
             data: data_json(&req.launch_template_data),
         };
-        self.store.write(|db| -> Result<()> {
+        let token = req.client_token.as_deref();
+        let made = self.store.write(|db| -> Result<Option<LaunchTemplateState>> {
+            // A repeated token: what the first request made, when it asked the same.
+            if let (Some(token), Some(made)) = (token, db.launch_template(&t.launch_template_id)?) {
+                let first = db.launch_template_versions(&made.launch_template_id)?;
+                let same = made.owner_id == t.owner_id
+                    && made.name == t.name
+                    && first.iter().any(|x| x.version == 1 && x.data == v.data);
+                return if same {
+                    Ok(Some(made))
+                } else {
+                    Err(super::idempotent_mismatch(token))
+                };
+            }
             // Checked inside the transaction: two creates of one name race here.
             if db
                 .launch_templates_of(&t.region, &t.owner_id)?
@@ -605,10 +624,10 @@ impl Service {
             for (k, val) in &tags {
                 db.put_tag(&t.launch_template_id, k, val)?;
             }
-            Ok(())
+            Ok(None)
         })?;
         Ok(LaunchTemplateResult {
-            launch_template: self.template_shown(&t)?,
+            launch_template: self.template_shown(made.as_ref().unwrap_or(&t))?,
         })
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """EC2 conformance checks through boto3 against `amirun serve` (issue 17):
 instance types and offerings, key pairs with tags and filters, and EC2's
-error codes and wording. Run by tests/conformance.rs; every raw response is
+error codes and wording, and paging. Run by tests/conformance.rs; every raw response is
 checked against botocore's model by ec2_api.py's hook. Exits non-zero on the
 first failed check."""
 import os
@@ -84,6 +84,73 @@ def scenario_instance(instance_id=None):
     i = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert i["InstanceType"] == "m1.small", i["InstanceType"]
     assert i["MetadataOptions"]["HttpPutResponseHopLimit"] == 1, i["MetadataOptions"]
+    report()
+
+
+def paged(ec2, op, key, size, **kwargs):
+    """Every item of boto3's paginator over `op` with pages of `size`,
+    checking no page is larger and more than one page came back."""
+    items, pages = [], 0
+    for page in ec2.get_paginator(op).paginate(PaginationConfig={"PageSize": size}, **kwargs):
+        got = page[key]
+        if key == "Reservations":
+            got = [i for r in got for i in r["Instances"]]
+        assert len(got) <= size, (op, len(got), size)
+        items += got
+        pages += 1
+    assert pages > 1, (op, pages, len(items))
+    return items
+
+
+def once(items, field, expected):
+    ids = [x[field] for x in items]
+    assert len(ids) == len(set(ids)), ("duplicates", sorted(ids))
+    assert set(ids) == set(expected), ("got", sorted(ids), "want", sorted(expected))
+
+
+def scenario_paging():
+    """boto3's paginators over instances, images, snapshots and volumes see
+    every object exactly once with small pages, and EC2's limits hold."""
+    ec2 = client()
+    tiny = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"][0]
+    r = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7)
+    r2 = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=2, MaxCount=2)
+    launched = [i["InstanceId"] for i in r["Instances"] + r2["Instances"]]
+    ec2.terminate_instances(InstanceIds=launched)
+    vols = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"] for _ in range(7)]
+    snaps = [ec2.create_snapshot(VolumeId=v)["SnapshotId"] for v in vols]
+    for n, s in enumerate(snaps[:5]):
+        ec2.register_image(
+            Name="paged-%d" % n,
+            RootDeviceName="/dev/xvda",
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": s}}],
+        )
+    # What each listing holds in one call, then through small pages.
+    all_instances = [i["InstanceId"] for res in ec2.describe_instances()["Reservations"] for i in res["Instances"]]
+    once([{"InstanceId": i} for i in all_instances], "InstanceId", launched)
+    once(paged(ec2, "describe_instances", "Reservations", 5), "InstanceId", launched)
+    all_images = [i["ImageId"] for i in ec2.describe_images()["Images"]]
+    assert len(all_images) >= 7, all_images
+    once(paged(ec2, "describe_images", "Images", 6), "ImageId", all_images)
+    all_snaps = [s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]]
+    assert set(snaps) <= set(all_snaps), (snaps, all_snaps)
+    once(paged(ec2, "describe_snapshots", "Snapshots", 5, OwnerIds=["self"]), "SnapshotId", all_snaps)
+    all_vols = [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]]
+    assert set(vols) <= set(all_vols), (vols, all_vols)
+    once(paged(ec2, "describe_volumes", "Volumes", 5), "VolumeId", all_vols)
+    # A filter pages over what it selects.
+    t3 = paged(ec2, "describe_instances", "Reservations", 5,
+                    Filters=[{"Name": "instance-type", "Values": ["t3.micro"]}])
+    once(t3, "InstanceId", launched)
+    # EC2's limits and combination rules.
+    e = expect_error(ec2.describe_instances, "InvalidParameterCombination", InstanceIds=launched[:1], MaxResults=5)
+    assert "instancesSet" in str(e) and "maxResults" in str(e), e
+    e = expect_error(ec2.describe_instances, "InvalidParameterValue", MaxResults=4)
+    assert "between 5 and 1000" in str(e), e
+    e = expect_error(ec2.describe_images, "InvalidParameterValue", MaxResults=5)
+    assert "between 6 and 1000" in str(e), e
+    expect_error(ec2.describe_images, "InvalidNextToken", MaxResults=6, NextToken="bogus")
+    expect_error(ec2.describe_instances, "InvalidNextToken", MaxResults=5, NextToken="bogus")
     report()
 
 

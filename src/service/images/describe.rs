@@ -61,13 +61,20 @@ pub struct DescribeImagesRequest {
     pub include_deprecated: Option<bool>,
     #[serde(default)]
     pub include_disabled: Option<bool>,
+    /// Page size, 6 to 1000 images (EC2's range).
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
-/// What `DescribeImages` returns.
+/// What `DescribeImages` returns: a page of images in id order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeImagesResult {
     pub images: Vec<Image>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 pub(super) const IMAGE_FILTERS: &[&str] = &[
@@ -254,6 +261,11 @@ impl Service {
                 }
                 Ok(out)
             })
-            .map(|images| DescribeImagesResult { images })
+            .and_then(|images| {
+                let paging =
+                    crate::service::paging::Paging::of(input.max_results, &input.next_token);
+                let (images, next_token) = crate::service::paging::page(images, &paging, 6, 1000)?;
+                Ok(DescribeImagesResult { images, next_token })
+            })
     }
 }

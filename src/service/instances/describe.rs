@@ -157,13 +157,22 @@ pub struct DescribeInstancesRequest {
     pub instance_ids: Vec<String>,
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// Page size, 5 to 1000 instances; not with `InstanceIds` (EC2's rule).
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
-/// What `DescribeInstances` returns.
+/// What `DescribeInstances` returns. A page holds `MaxResults` instances
+/// (in launch order), grouped in their reservations; a reservation larger
+/// than a page continues on the next.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstancesResult {
     pub reservations: Vec<Reservation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `GetConsoleOutput`.
@@ -259,6 +268,12 @@ impl Service {
         input: DescribeInstancesRequest,
     ) -> Result<DescribeInstancesResult> {
         let (instance_ids, filters) = (&input.instance_ids, &input.filters);
+        if !instance_ids.is_empty() && input.max_results.is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidParameterCombination,
+                "The parameter instancesSet cannot be used with the parameter maxResults",
+            ));
+        }
         filter::check_names(
             filters,
             &[
@@ -277,7 +292,7 @@ impl Service {
         } else {
             self.owned_instances(caller, instance_ids)?
         };
-        let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
+        let mut selected: Vec<(String, Instance)> = Vec::new();
         let networks = self.instance_networks(caller)?;
         for i in wanted {
             let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
@@ -304,15 +319,19 @@ impl Service {
             if let Some(n) = net {
                 crate::service::network_interfaces::add_instance_fields(&mut shape, n, &i.region);
             }
-            match reservations
-                .iter_mut()
-                .find(|(r, _)| *r == i.reservation_id)
-            {
+            selected.push((i.reservation_id.clone(), shape));
+        }
+        let paging = crate::service::paging::Paging::of(input.max_results, &input.next_token);
+        let (page, next_token) = crate::service::paging::page(selected, &paging, 5, 1000)?;
+        let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
+        for (reservation_id, shape) in page {
+            match reservations.iter_mut().find(|(r, _)| *r == reservation_id) {
                 Some((_, list)) => list.push(shape),
-                None => reservations.push((i.reservation_id.clone(), vec![shape])),
+                None => reservations.push((reservation_id, vec![shape])),
             }
         }
         Ok(DescribeInstancesResult {
+            next_token,
             reservations: reservations
                 .into_iter()
                 .map(|(reservation_id, instances)| Reservation {
@@ -332,7 +351,7 @@ impl Service {
             caller,
             DescribeInstancesRequest {
                 instance_ids: vec![id.to_string()],
-                filters: Vec::new(),
+                ..Default::default()
             },
         )?;
         Ok(serde_json::to_value(shown).expect("results serialize"))
