@@ -109,15 +109,42 @@ def once(items, field, expected):
 
 
 def scenario_paging():
-    """boto3's paginators over instances, images, snapshots and volumes see
-    every object exactly once with small pages, and EC2's limits hold."""
+    """boto3's paginators over instances, images, snapshots, volumes and tags
+    see every object exactly once with small pages, and EC2's limits hold;
+    ClientToken makes RunInstances, CreateVolume and CreateLaunchTemplate
+    idempotent, with EC2's mismatch error for other parameters."""
     ec2 = client()
     tiny = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"][0]
-    r = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7)
+    r = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7,
+                          ClientToken="paging-7")
     r2 = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=2, MaxCount=2)
     launched = [i["InstanceId"] for i in r["Instances"] + r2["Instances"]]
+    # ClientToken: the same request again is the same reservation; other
+    # parameters under that token are EC2's IdempotentParameterMismatch.
+    again = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7,
+                              ClientToken="paging-7")
+    assert again["ReservationId"] == r["ReservationId"], (again, r)
+    assert [i["InstanceId"] for i in again["Instances"]] == launched[:7], again
+    expect_error(ec2.run_instances, "IdempotentParameterMismatch", ImageId=tiny["ImageId"],
+                 InstanceType="t3.small", MinCount=7, MaxCount=7, ClientToken="paging-7")
+    expect_error(ec2.run_instances, "IdempotentParameterMismatch", ImageId=tiny["ImageId"],
+                 InstanceType="t3.micro", MinCount=1, MaxCount=1, ClientToken="paging-7")
     ec2.terminate_instances(InstanceIds=launched)
-    vols = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"] for _ in range(7)]
+    vols = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"] for _ in range(6)]
+    v = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, ClientToken="vol-token")
+    assert ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, ClientToken="vol-token")["VolumeId"] == v["VolumeId"]
+    expect_error(ec2.create_volume, "IdempotentParameterMismatch", AvailabilityZone="us-east-1a", Size=2,
+                 ClientToken="vol-token")
+    vols.append(v["VolumeId"])
+    data = {"ImageId": tiny["ImageId"], "InstanceType": "t3.micro"}
+    lt = ec2.create_launch_template(LaunchTemplateName="lt-a", LaunchTemplateData=data, ClientToken="lt-token")
+    lt2 = ec2.create_launch_template(LaunchTemplateName="lt-a", LaunchTemplateData=data, ClientToken="lt-token")
+    assert lt2["LaunchTemplate"]["LaunchTemplateId"] == lt["LaunchTemplate"]["LaunchTemplateId"], (lt, lt2)
+    expect_error(ec2.create_launch_template, "IdempotentParameterMismatch", LaunchTemplateName="lt-a",
+                 LaunchTemplateData={"ImageId": tiny["ImageId"], "InstanceType": "t3.small"}, ClientToken="lt-token")
+    # boto3 fills ClientToken itself: two plain creates are two templates.
+    ec2.create_launch_template(LaunchTemplateName="lt-b", LaunchTemplateData=data)
+    assert len(ec2.describe_launch_templates()["LaunchTemplates"]) == 2
     snaps = [ec2.create_snapshot(VolumeId=v)["SnapshotId"] for v in vols]
     for n, s in enumerate(snaps[:5]):
         ec2.register_image(
@@ -151,6 +178,9 @@ def scenario_paging():
     assert "between 6 and 1000" in str(e), e
     expect_error(ec2.describe_images, "InvalidNextToken", MaxResults=6, NextToken="bogus")
     expect_error(ec2.describe_instances, "InvalidNextToken", MaxResults=5, NextToken="bogus")
+    ec2.create_tags(Resources=vols, Tags=[{"Key": "paged", "Value": "yes"}])
+    tags = paged(ec2, "describe_tags", "Tags", 5)
+    assert len(tags) == len(ec2.describe_tags()["Tags"]), tags
     report()
 
 
