@@ -5,7 +5,10 @@ error codes and wording, and paging. Run by tests/conformance.rs; every raw resp
 checked against botocore's model by ec2_api.py's hook. Exits non-zero on the
 first failed check."""
 import os
+import re
 import sys
+
+import botocore.session
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ec2_api import client, expect_error, report  # noqa: E402
@@ -181,7 +184,54 @@ def scenario_paging():
     ec2.create_tags(Resources=vols, Tags=[{"Key": "paged", "Value": "yes"}])
     tags = paged(ec2, "describe_tags", "Tags", 5)
     assert len(tags) == len(ec2.describe_tags()["Tags"]), tags
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=launched, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    instance_filters(ec2, launched)
     report()
+
+
+def documented_filters(op):
+    """The filter names botocore's documentation lists for an operation."""
+    doc = ec2_model().operation_model(op).input_shape.members["Filters"].documentation
+    return re.findall(r"<li> <p> <code>([a-z0-9.:\-]+)</code>", doc)
+
+
+def instance_filters(ec2, launched):
+    """Every filter EC2 documents for DescribeInstances is taken (but the
+    three amirun keeps no data for, refused), and they select by what
+    describe-instances shows."""
+    refused = {"client-token", "availability-zone-id", "usage-operation-update-time"}
+    names = documented_filters("DescribeInstances")
+    assert len(names) > 100, names
+    for n in names:
+        f = [{"Name": n, "Values": ["*"]}]
+        if n in refused:
+            expect_error(ec2.describe_instances, "InvalidParameterValue", Filters=f)
+        else:
+            ec2.describe_instances(Filters=f)
+    expect_error(ec2.describe_instances, "InvalidParameterValue", Filters=[{"Name": "no-such-filter", "Values": ["x"]}])
+
+    def ids(*filters):
+        fs = [{"Name": n, "Values": v} for n, v in filters]
+        return sorted(i["InstanceId"] for r in ec2.describe_instances(Filters=fs)["Reservations"] for i in r["Instances"])
+
+    everyone = sorted(launched)
+    assert ids(("owner-id", ["000000000000"])) == everyone
+    assert ids(("owner-id", ["111111111111"])) == []
+    assert ids(("state-reason-code", ["Client.UserInitiatedShutdown"])) == everyone
+    assert ids(("metadata-options.http-tokens", ["optional", "required"])) == everyone
+    assert ids(("launch-index", ["6"])) == [launched[6]], ids(("launch-index", ["6"]))
+    assert ids(("reservation-id", [ec2_reservation(ec2, launched[7])])) == sorted(launched[7:])
+    assert ids(("block-device-mapping.device-name", ["/dev/*"])) == everyone
+    assert ids(("spot-instance-request-id", ["*"])) == []
+    assert ids(("hypervisor", ["xen"]), ("virtualization-type", ["hvm"]), ("tenancy", ["default"])) == everyone
+
+
+def ec2_reservation(ec2, iid):
+    return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["ReservationId"]
+
+
+def ec2_model():
+    return botocore.session.get_session().get_service_model("ec2")
 
 
 if __name__ == "__main__":
