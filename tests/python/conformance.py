@@ -186,6 +186,7 @@ def scenario_paging():
     assert len(tags) == len(ec2.describe_tags()["Tags"]), tags
     ec2.get_waiter("instance_terminated").wait(InstanceIds=launched, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
     instance_filters(ec2, launched)
+    other_filters(ec2, vols, snaps)
     report()
 
 
@@ -224,6 +225,35 @@ def instance_filters(ec2, launched):
     assert ids(("block-device-mapping.device-name", ["/dev/*"])) == everyone
     assert ids(("spot-instance-request-id", ["*"])) == []
     assert ids(("hypervisor", ["xen"]), ("virtualization-type", ["hvm"]), ("tenancy", ["default"])) == everyone
+
+
+def other_filters(ec2, vols, snaps):
+    """Every filter EC2 documents for DescribeImages, DescribeSnapshots and
+    DescribeVolumes is taken (but availability-zone-id, refused), and the
+    new ones select."""
+    for op, call in [("DescribeImages", ec2.describe_images), ("DescribeSnapshots", ec2.describe_snapshots),
+                     ("DescribeVolumes", ec2.describe_volumes)]:
+        # The documentation's lists also name values (`low`, `high`) and `tag`
+        # (for tag:KEY) as code; the filter names are the rest.
+        names = [n for n in documented_filters(op)
+                 if n not in ("tag", "informational", "low", "medium", "high", "critical")]
+        assert len(names) > 8, (op, names)
+        for n in names:
+            f = [{"Name": n, "Values": ["*"]}]
+            if n == "availability-zone-id":
+                expect_error(call, "InvalidParameterValue", Filters=f)
+            else:
+                call(Filters=f)
+    got = ec2.describe_volumes(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]},
+                                        {"Name": "encrypted", "Values": ["false"]}])["Volumes"]
+    assert set(vols) <= {v["VolumeId"] for v in got}, got
+    assert ec2.describe_volumes(Filters=[{"Name": "attachment.status", "Values": ["attached"]},
+                                         {"Name": "volume-id", "Values": vols}])["Volumes"] == []
+    got = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "storage-tier", "Values": ["standard"]}])
+    assert set(snaps) <= {s["SnapshotId"] for s in got["Snapshots"]}, got
+    got = ec2.describe_images(Filters=[{"Name": "name", "Values": ["paged-*"]},
+                                       {"Name": "creation-date", "Values": ["20*"]}])["Images"]
+    assert len(got) == 5, got
 
 
 def ec2_reservation(ec2, iid):
