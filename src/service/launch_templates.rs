@@ -657,7 +657,51 @@ impl Service {
         let id = t.launch_template_id.clone();
         let created_by = format!("arn:aws:iam::{}:root", caller.account);
         let description = req.version_description.clone();
+        // `ClientToken`: the parameters' fingerprint, to tell a repeat
+        // (the version the first request made) from a mismatch.
+        let token = match &req.client_token {
+            Some(token) => {
+                super::client_token_id(IdKind::LaunchTemplate, caller, token)?;
+                Some(token.clone())
+            }
+            None => None,
+        };
+        let fingerprint = json!({
+            "LaunchTemplateId": id,
+            "SourceVersion": req.source_version,
+            "VersionDescription": description,
+            "LaunchTemplateData": data,
+        })
+        .to_string();
         let (t, v) = self.store.write(|db| -> Result<_> {
+            if let Some(token) = &token {
+                let first = db.client_token(
+                    &caller.account,
+                    &caller.region,
+                    "CreateLaunchTemplateVersion",
+                    token,
+                )?;
+                if let Some((made, print)) = first {
+                    let version = made
+                        .rsplit_once(':')
+                        .and_then(|(_, n)| n.parse::<i64>().ok());
+                    let existing = db
+                        .launch_template_versions(&id)?
+                        .into_iter()
+                        .find(|x| Some(x.version) == version);
+                    match existing {
+                        Some(v) if print == fingerprint => {
+                            let t = db.launch_template(&id)?.ok_or_else(|| id_not_found(&id))?;
+                            return Ok((t, v));
+                        }
+                        _ if print != fingerprint => {
+                            return Err(super::idempotent_mismatch(token));
+                        }
+                        // The version is gone (deleted): a new one.
+                        _ => {}
+                    }
+                }
+            }
             // Numbered inside the transaction: concurrent versions queue.
             let mut t = db.launch_template(&id)?.ok_or_else(|| id_not_found(&id))?;
             t.latest_version += 1;
@@ -671,6 +715,16 @@ impl Service {
             };
             db.put_launch_template(&t)?;
             db.put_launch_template_version(&v)?;
+            if let Some(token) = &token {
+                db.put_client_token(
+                    &caller.account,
+                    &caller.region,
+                    "CreateLaunchTemplateVersion",
+                    token,
+                    &format!("{id}:{}", v.version),
+                    &fingerprint,
+                )?;
+            }
             Ok((t, v))
         })?;
         Ok(CreateLaunchTemplateVersionResult {

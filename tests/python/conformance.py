@@ -114,8 +114,8 @@ def once(items, field, expected):
 def scenario_paging():
     """boto3's paginators over instances, images, snapshots, volumes and tags
     see every object exactly once with small pages, and EC2's limits hold;
-    ClientToken makes RunInstances, CreateVolume and CreateLaunchTemplate
-    idempotent, with EC2's mismatch error for other parameters."""
+    ClientToken makes RunInstances, CreateVolume, CreateLaunchTemplate and
+    CreateLaunchTemplateVersion idempotent, with EC2's mismatch error for other parameters."""
     ec2 = client()
     tiny = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"][0]
     r = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7,
@@ -145,6 +145,14 @@ def scenario_paging():
     assert lt2["LaunchTemplate"]["LaunchTemplateId"] == lt["LaunchTemplate"]["LaunchTemplateId"], (lt, lt2)
     expect_error(ec2.create_launch_template, "IdempotentParameterMismatch", LaunchTemplateName="lt-a",
                  LaunchTemplateData={"ImageId": tiny["ImageId"], "InstanceType": "t3.small"}, ClientToken="lt-token")
+    ltid = lt["LaunchTemplate"]["LaunchTemplateId"]
+    v2 = ec2.create_launch_template_version(LaunchTemplateId=ltid, LaunchTemplateData=data, ClientToken="v-token")
+    v2b = ec2.create_launch_template_version(LaunchTemplateId=ltid, LaunchTemplateData=data, ClientToken="v-token")
+    assert v2["LaunchTemplateVersion"]["VersionNumber"] == v2b["LaunchTemplateVersion"]["VersionNumber"] == 2, v2b
+    expect_error(ec2.create_launch_template_version, "IdempotentParameterMismatch", LaunchTemplateId=ltid,
+                 LaunchTemplateData={"InstanceType": "t3.small"}, ClientToken="v-token")
+    v3 = ec2.create_launch_template_version(LaunchTemplateId=ltid, LaunchTemplateData=data)
+    assert v3["LaunchTemplateVersion"]["VersionNumber"] == 3, v3
     # boto3 fills ClientToken itself: two plain creates are two templates.
     ec2.create_launch_template(LaunchTemplateName="lt-b", LaunchTemplateData=data)
     assert len(ec2.describe_launch_templates()["LaunchTemplates"]) == 2
