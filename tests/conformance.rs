@@ -686,6 +686,55 @@ fn boto3_paginators_see_every_object_once() {
     let started = std::time::Instant::now();
     server.python(&env, "paging", &[]);
     eprintln!("paging scenario: {:?}", started.elapsed());
+    // The aws CLI pages by itself (`--page-size` sends MaxResults and
+    // follows NextToken; `--max-items` stops early with a NextToken).
+    let aws = util::Serve::start(&env);
+    let ids = |v: &serde_json::Value, list: &str, id: &str| -> Vec<String> {
+        let mut out: Vec<String> = match list {
+            "Reservations" => v[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r["Instances"].as_array().unwrap().iter())
+                .map(|i| i[id].as_str().unwrap().to_string())
+                .collect(),
+            _ => v[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i[id].as_str().unwrap().to_string())
+                .collect(),
+        };
+        out.sort();
+        out
+    };
+    for (verb, list, id, size) in [
+        ("describe-instances", "Reservations", "InstanceId", "5"),
+        ("describe-images", "Images", "ImageId", "6"),
+        ("describe-volumes", "Volumes", "VolumeId", "5"),
+    ] {
+        let all = ids(&aws.aws(&[verb]), list, id);
+        let paged = ids(&aws.aws(&[verb, "--page-size", size]), list, id);
+        assert_eq!(paged, all, "{verb} --page-size {size}");
+        let mut once = paged.clone();
+        once.dedup();
+        assert_eq!(once, paged, "{verb}: each object once");
+        if verb == "describe-instances" {
+            // --max-items counts reservations there.
+            continue;
+        }
+        let first = aws.aws(&[verb, "--max-items", "3"]);
+        assert_eq!(
+            ids(&first, list, id).len(),
+            3,
+            "{verb} --max-items 3: {first}"
+        );
+        assert!(
+            first["NextToken"].is_string(),
+            "{verb} --max-items 3: {first}"
+        );
+    }
+    drop(aws);
     // No guest outlives the test: every launched instance ends terminated.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
