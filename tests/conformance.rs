@@ -528,7 +528,7 @@ fn api_shapes_and_errors_through_boto3() {
 }
 
 #[test]
-fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
+fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type_and_create_snapshots() {
     let env = Env::with_images();
     // An arm64 AMI with no type: EC2's mismatch error for m1.small.
     let r = env.fails(
@@ -552,6 +552,102 @@ fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
         std::fs::read_to_string(env.home().join("instances").join(&id).join("launch.json"))
             .unwrap();
     assert!(launch.contains("1740M"), "{launch}");
+    // CreateSnapshots: every EBS volume of the running guest at one point
+    // (one pause), less what ExcludeBootVolume / ExcludeDataVolumeIds leave out.
+    let root_vol = i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data_vol = env.ok(&[
+        "create-volume",
+        "--availability-zone",
+        "us-east-1a",
+        "--size",
+        "1",
+        "--tag-specifications",
+        "ResourceType=volume,Tags=[{Key=from,Value=volume}]",
+    ])["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&[
+        "attach-volume",
+        "--volume-id",
+        &data_vol,
+        "--instance-id",
+        &id,
+        "--device",
+        "/dev/sdf",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while env.ok(&["describe-volumes", "--volume-ids", &data_vol])["Volumes"][0]["State"]
+        != "in-use"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{data_vol} never in use"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let both = env.ok(&[
+        "create-snapshots",
+        "--instance-specification",
+        &format!("InstanceId={id}"),
+        "--description",
+        "both",
+        "--copy-tags-from-source",
+        "volume",
+    ]);
+    let snaps = both["Snapshots"].as_array().unwrap();
+    let mut vols: Vec<&str> = snaps
+        .iter()
+        .map(|s| s["VolumeId"].as_str().unwrap())
+        .collect();
+    vols.sort();
+    let mut want = vec![root_vol.as_str(), data_vol.as_str()];
+    want.sort();
+    assert_eq!(vols, want, "{both}");
+    for s in snaps {
+        assert_eq!(s["State"], "completed", "{s}");
+        assert_eq!(s["Description"], "both", "{s}");
+    }
+    let data_snap = snaps
+        .iter()
+        .find(|s| s["VolumeId"] == data_vol.as_str())
+        .unwrap();
+    assert_eq!(
+        data_snap["Tags"],
+        serde_json::json!([{"Key": "from", "Value": "volume"}])
+    );
+    let data_only = env.ok(&[
+        "create-snapshots",
+        "--instance-specification",
+        &format!("InstanceId={id},ExcludeBootVolume=true"),
+    ]);
+    assert_eq!(
+        data_only["Snapshots"].as_array().unwrap().len(),
+        1,
+        "{data_only}"
+    );
+    assert_eq!(data_only["Snapshots"][0]["VolumeId"], data_vol.as_str());
+    env.fails(
+        &[
+            "create-snapshots",
+            "--instance-specification",
+            &format!("{{\"InstanceId\": \"{id}\", \"ExcludeDataVolumeIds\": [\"{root_vol}\"]}}"),
+        ],
+        "InvalidParameterValue",
+    );
+    env.fails(
+        &[
+            "create-snapshots",
+            "--instance-specification",
+            &format!("InstanceId={id},ExcludeBootVolume=true"),
+            "--copy-tags-from-source",
+            "instance",
+        ],
+        "InvalidParameterValue",
+    );
     // GetInstanceUefiData: the vars store, base64, for a uefi instance
     // (the tiny AMI is uefi-preferred and OVMF is installed).
     assert_eq!(i["BootMode"], "uefi");
