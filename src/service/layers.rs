@@ -532,17 +532,18 @@ impl Service {
             .owned_instances(caller, std::slice::from_ref(&spec.instance_id))?
             .remove(0);
         let iid = instance.instance_id.clone();
-        let live =
-            match instance.state {
-                InstanceStateName::Stopped => None,
-                InstanceStateName::Running | InstanceStateName::Pending => Some(iid.clone()),
-                s => return Err(Error::new(
+        let live = match instance.state {
+            InstanceStateName::Stopped => None,
+            InstanceStateName::Running | InstanceStateName::Pending => Some(iid.clone()),
+            s => {
+                return Err(Error::new(
                     ErrorCode::IncorrectState,
                     format!(
                         "Instance {iid} is {s}; snapshot its volumes when it is running or stopped"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let data_volumes: Vec<&str> = instance
             .devices
             .iter()

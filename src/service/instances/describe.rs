@@ -319,10 +319,15 @@ pub(super) const INSTANCE_FILTERS: &[&str] = &[
 /// PascalCase (`metadata-options.http-tokens` is
 /// `MetadataOptions.HttpTokens`), but for the names EC2 spells otherwise.
 /// Lists are flattened; empty strings are no value.
-pub(super) fn shown_values(shown: &Value, i: &InstanceState, name: &str) -> Vec<String> {
+pub(super) fn shown_values(
+    shown: &Value,
+    owner_id: &str,
+    reservation_id: &str,
+    name: &str,
+) -> Vec<String> {
     let path: String = match name {
-        "owner-id" => return vec![i.owner_id.clone()],
-        "reservation-id" => return vec![i.reservation_id.clone()],
+        "owner-id" => return vec![owner_id.to_string()],
+        "reservation-id" => return vec![reservation_id.to_string()],
         "instance-state-code" => "State.Code".into(),
         "instance-state-name" => "State.Name".into(),
         // EC2 shows no EnclaveOptions/Operator/MaintenanceOptions for
@@ -501,7 +506,7 @@ impl Service {
                         net, &i.region, n,
                     )
                     .or_else(|| filter::tag_values(&tags, n))
-                    .unwrap_or_else(|| shown_values(&shown, &i, n)),
+                    .unwrap_or_else(|| shown_values(&shown, &i.owner_id, &i.reservation_id, n)),
                 });
                 if !keep {
                     continue;
@@ -760,5 +765,52 @@ mod tests {
             super::state_transition_reason("Server.InternalError: x", "2026-11-22T18:44:25.000Z"),
             "Server.InternalError: x (2026-11-22 18:44:25 GMT)"
         );
+    }
+
+    /// Filter names map onto the shown instance: kebab paths to PascalCase
+    /// members, through lists, with EC2's own spellings where they differ.
+    #[test]
+    fn filters_read_the_instance_as_shown() {
+        let shown = serde_json::json!({
+            "State": {"Code": 48, "Name": "terminated"},
+            "StateReason": {"Code": "Client.UserInitiatedShutdown", "Message": "m"},
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+            "BlockDeviceMappings": [
+                {"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-1", "DeleteOnTermination": true}},
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeId": "vol-2", "DeleteOnTermination": false}}
+            ],
+            "Placement": {"GroupName": "", "Tenancy": "default"},
+            "AmiLaunchIndex": 3,
+            "EbsOptimized": false,
+            "NetworkInterfaces": [{"PrivateIpAddresses": [{"Association": {"PublicIp": "127.0.0.9"}}]}]
+        });
+        let v = |n: &str| super::shown_values(&shown, "123456789012", "r-1", n);
+        assert_eq!(v("instance-state-code"), ["48"]);
+        assert_eq!(v("state-reason-code"), ["Client.UserInitiatedShutdown"]);
+        assert_eq!(v("metadata-options.http-tokens"), ["required"]);
+        assert_eq!(v("metadata-options.http-put-response-hop-limit"), ["1"]);
+        assert_eq!(v("block-device-mapping.volume-id"), ["vol-1", "vol-2"]);
+        assert_eq!(
+            v("block-device-mapping.device-name"),
+            ["/dev/xvda", "/dev/sdf"]
+        );
+        assert_eq!(
+            v("block-device-mapping.delete-on-termination"),
+            ["true", "false"]
+        );
+        assert!(
+            v("placement-group-name").is_empty(),
+            "an empty string is no value"
+        );
+        assert_eq!(v("tenancy"), ["default"]);
+        assert_eq!(v("launch-index"), ["3"]);
+        assert_eq!(v("ebs-optimized"), ["false"]);
+        assert_eq!(v("owner-id"), ["123456789012"]);
+        assert_eq!(v("reservation-id"), ["r-1"]);
+        assert_eq!(
+            v("network-interface.addresses.association.public-ip"),
+            ["127.0.0.9"]
+        );
+        assert!(v("spot-instance-request-id").is_empty());
     }
 }
