@@ -1,9 +1,10 @@
 //! EC2 conformance (issue 17): instance types as EC2 describes them, EC2's
 //! default type, key pair formats, fingerprints, tags and filters, EC2's
-//! error codes and wording, the small read-only instance actions, and
-//! catalog pins. CLI checks here; boto3 checks through `amirun serve` in
+//! error codes and wording, the small read-only instance actions, catalog
+//! pins, paging (boto3's paginators and the aws CLI's), every documented
+//! describe filter, ClientToken idempotency, and CreateSnapshots. CLI
+//! checks here; boto3 checks through `amirun serve` in
 //! tests/python/conformance.py.
-
 mod util;
 
 use std::io::{BufRead, BufReader};
