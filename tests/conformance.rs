@@ -5,6 +5,7 @@
 //! describe filter, ClientToken idempotency, and CreateSnapshots. CLI
 //! checks here; boto3 checks through `amirun serve` in
 //! tests/python/conformance.py.
+
 mod util;
 
 use std::io::{BufRead, BufReader};
