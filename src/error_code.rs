@@ -63,6 +63,8 @@ error_codes! {
     /// `DryRun` was set and the request would have succeeded.
     DryRunOperation = "DryRunOperation", 412;
     IncompleteSignature = "IncompleteSignature", 400;
+    /// A `ClientToken` came back with different parameters.
+    IdempotentParameterMismatch = "IdempotentParameterMismatch", 400;
     InvalidAction = "InvalidAction", 400;
     InvalidParameter = "InvalidParameter", 400;
     InvalidParameterCombination = "InvalidParameterCombination", 400;

@@ -1,7 +1,9 @@
 //! EC2 conformance (issue 17): instance types as EC2 describes them, EC2's
 //! default type, key pair formats, fingerprints, tags and filters, EC2's
-//! error codes and wording, the small read-only instance actions, and
-//! catalog pins. CLI checks here; boto3 checks through `amirun serve` in
+//! error codes and wording, the small read-only instance actions, catalog
+//! pins, paging (boto3's paginators and the aws CLI's), every documented
+//! describe filter, ClientToken idempotency, and CreateSnapshots. CLI
+//! checks here; boto3 checks through `amirun serve` in
 //! tests/python/conformance.py.
 
 mod util;
@@ -528,7 +530,7 @@ fn api_shapes_and_errors_through_boto3() {
 }
 
 #[test]
-fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
+fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type_and_create_snapshots() {
     let env = Env::with_images();
     // An arm64 AMI with no type: EC2's mismatch error for m1.small.
     let r = env.fails(
@@ -552,6 +554,102 @@ fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
         std::fs::read_to_string(env.home().join("instances").join(&id).join("launch.json"))
             .unwrap();
     assert!(launch.contains("1740M"), "{launch}");
+    // CreateSnapshots: every EBS volume of the running guest at one point
+    // (one pause), less what ExcludeBootVolume / ExcludeDataVolumeIds leave out.
+    let root_vol = i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data_vol = env.ok(&[
+        "create-volume",
+        "--availability-zone",
+        "us-east-1a",
+        "--size",
+        "1",
+        "--tag-specifications",
+        "ResourceType=volume,Tags=[{Key=from,Value=volume}]",
+    ])["VolumeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&[
+        "attach-volume",
+        "--volume-id",
+        &data_vol,
+        "--instance-id",
+        &id,
+        "--device",
+        "/dev/sdf",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while env.ok(&["describe-volumes", "--volume-ids", &data_vol])["Volumes"][0]["State"]
+        != "in-use"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{data_vol} never in use"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let both = env.ok(&[
+        "create-snapshots",
+        "--instance-specification",
+        &format!("InstanceId={id}"),
+        "--description",
+        "both",
+        "--copy-tags-from-source",
+        "volume",
+    ]);
+    let snaps = both["Snapshots"].as_array().unwrap();
+    let mut vols: Vec<&str> = snaps
+        .iter()
+        .map(|s| s["VolumeId"].as_str().unwrap())
+        .collect();
+    vols.sort();
+    let mut want = vec![root_vol.as_str(), data_vol.as_str()];
+    want.sort();
+    assert_eq!(vols, want, "{both}");
+    for s in snaps {
+        assert_eq!(s["State"], "completed", "{s}");
+        assert_eq!(s["Description"], "both", "{s}");
+    }
+    let data_snap = snaps
+        .iter()
+        .find(|s| s["VolumeId"] == data_vol.as_str())
+        .unwrap();
+    assert_eq!(
+        data_snap["Tags"],
+        serde_json::json!([{"Key": "from", "Value": "volume"}])
+    );
+    let data_only = env.ok(&[
+        "create-snapshots",
+        "--instance-specification",
+        &format!("InstanceId={id},ExcludeBootVolume=true"),
+    ]);
+    assert_eq!(
+        data_only["Snapshots"].as_array().unwrap().len(),
+        1,
+        "{data_only}"
+    );
+    assert_eq!(data_only["Snapshots"][0]["VolumeId"], data_vol.as_str());
+    env.fails(
+        &[
+            "create-snapshots",
+            "--instance-specification",
+            &format!("{{\"InstanceId\": \"{id}\", \"ExcludeDataVolumeIds\": [\"{root_vol}\"]}}"),
+        ],
+        "InvalidParameterValue",
+    );
+    env.fails(
+        &[
+            "create-snapshots",
+            "--instance-specification",
+            &format!("InstanceId={id},ExcludeBootVolume=true"),
+            "--copy-tags-from-source",
+            "instance",
+        ],
+        "InvalidParameterValue",
+    );
     // GetInstanceUefiData: the vars store, base64, for a uefi instance
     // (the tiny AMI is uefi-preferred and OVMF is installed).
     assert_eq!(i["BootMode"], "uefi");
@@ -673,4 +771,80 @@ fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type() {
         .to_string();
     let re = regex::Regex::new(r"^User initiated \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GMT\)$").unwrap();
     assert!(re.is_match(&reason), "{reason}");
+}
+
+/// boto3's paginators see every instance, image, snapshot and volume
+/// exactly once with small pages (instances launched and terminated at
+/// once: terminated ones still show), and EC2's page limits and
+/// combination rules hold.
+#[test]
+fn boto3_paginators_see_every_object_once() {
+    let env = Env::with_images();
+    let server = Serve::start(&env);
+    let started = std::time::Instant::now();
+    server.python(&env, "paging", &[]);
+    eprintln!("paging scenario: {:?}", started.elapsed());
+    // The aws CLI pages by itself (`--page-size` sends MaxResults and
+    // follows NextToken; `--max-items` stops early with a NextToken).
+    let aws = util::Serve::start(&env);
+    let ids = |v: &serde_json::Value, list: &str, id: &str| -> Vec<String> {
+        let mut out: Vec<String> = match list {
+            "Reservations" => v[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r["Instances"].as_array().unwrap().iter())
+                .map(|i| i[id].as_str().unwrap().to_string())
+                .collect(),
+            _ => v[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i[id].as_str().unwrap().to_string())
+                .collect(),
+        };
+        out.sort();
+        out
+    };
+    for (verb, list, id, size) in [
+        ("describe-instances", "Reservations", "InstanceId", "5"),
+        ("describe-images", "Images", "ImageId", "6"),
+        ("describe-volumes", "Volumes", "VolumeId", "5"),
+    ] {
+        let all = ids(&aws.aws(&[verb]), list, id);
+        let paged = ids(&aws.aws(&[verb, "--page-size", size]), list, id);
+        assert_eq!(paged, all, "{verb} --page-size {size}");
+        let mut once = paged.clone();
+        once.dedup();
+        assert_eq!(once, paged, "{verb}: each object once");
+        if verb == "describe-instances" {
+            // --max-items counts reservations there.
+            continue;
+        }
+        let first = aws.aws(&[verb, "--max-items", "3"]);
+        assert_eq!(
+            ids(&first, list, id).len(),
+            3,
+            "{verb} --max-items 3: {first}"
+        );
+        assert!(
+            first["NextToken"].is_string(),
+            "{verb} --max-items 3: {first}"
+        );
+    }
+    drop(aws);
+    // No guest outlives the test: every launched instance ends terminated.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let live = env.ok(&[
+            "describe-instances",
+            "--filters",
+            "Name=instance-state-name,Values=pending,running,stopping,stopped,shutting-down",
+        ]);
+        if live["Reservations"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{live}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

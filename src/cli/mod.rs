@@ -696,7 +696,7 @@ fn wait(service: &mut Service, caller: &Caller, a: &WaitArgs) -> Result<(), Fail
     let read = |service: &mut Service| {
         let input = crate::service::instances::DescribeInstancesRequest {
             instance_ids: a.instance_ids.clone(),
-            filters: Vec::new(),
+            ..Default::default()
         };
         let v =
             serde_json::to_value(service.describe_instances(caller, input)?).expect("serializable");

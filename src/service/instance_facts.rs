@@ -33,6 +33,11 @@ pub struct DescribeInstanceCreditSpecificationsRequest {
     pub instance_ids: Vec<String>,
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// Page size, 5 to 1000; not with `InstanceIds` (EC2's rule).
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
 /// One instance's CPU credit mode.
@@ -48,6 +53,8 @@ pub struct InstanceCreditSpecification {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstanceCreditSpecificationsResult {
     pub instance_credit_specifications: Vec<InstanceCreditSpecification>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// EC2's default credit mode for a burstable family: `standard` for t2,
@@ -103,6 +110,12 @@ impl Service {
         input: DescribeInstanceCreditSpecificationsRequest,
     ) -> Result<DescribeInstanceCreditSpecificationsResult> {
         let (instance_ids, filters) = (&input.instance_ids, &input.filters);
+        if !instance_ids.is_empty() && input.max_results.is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidParameterCombination,
+                "The parameter instancesSet cannot be used with the parameter maxResults",
+            ));
+        }
         filter::check_names(filters, &["instance-id"])?;
         let instances = if instance_ids.is_empty() {
             self.store
@@ -136,8 +149,12 @@ impl Service {
                 });
             }
         }
+        let paging = super::paging::Paging::of(input.max_results, &input.next_token);
+        let (instance_credit_specifications, next_token) =
+            super::paging::page(out, &paging, 5, 1000)?;
         Ok(DescribeInstanceCreditSpecificationsResult {
-            instance_credit_specifications: out,
+            instance_credit_specifications,
+            next_token,
         })
     }
 }

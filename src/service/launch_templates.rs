@@ -567,8 +567,14 @@ impl Service {
         check_data(&req.launch_template_data)?;
         let tags = super::images::tags_for(&req.tag_specifications, "launch-template")?;
         let created = now();
+        // `ClientToken`: the template's id comes from it, so a repeat finds
+        // what the first request made.
+        let template_id = match &req.client_token {
+            Some(token) => super::client_token_id(IdKind::LaunchTemplate, caller, token)?,
+            None => ids::new_id(IdKind::LaunchTemplate),
+        };
         let t = LaunchTemplateState {
-            launch_template_id: ids::new_id(IdKind::LaunchTemplate),
+            launch_template_id: template_id,
             region: caller.region.clone(),
             owner_id: caller.account.to_string(),
             name: req.launch_template_name.clone(),
@@ -585,7 +591,20 @@ impl Service {
             created_by: t.created_by.clone(),
             data: data_json(&req.launch_template_data),
         };
-        self.store.write(|db| -> Result<()> {
+        let token = req.client_token.as_deref();
+        let made = self.store.write(|db| -> Result<Option<LaunchTemplateState>> {
+            // A repeated token: what the first request made, when it asked the same.
+            if let (Some(token), Some(made)) = (token, db.launch_template(&t.launch_template_id)?) {
+                let first = db.launch_template_versions(&made.launch_template_id)?;
+                let same = made.owner_id == t.owner_id
+                    && made.name == t.name
+                    && first.iter().any(|x| x.version == 1 && x.data == v.data);
+                return if same {
+                    Ok(Some(made))
+                } else {
+                    Err(super::idempotent_mismatch(token))
+                };
+            }
             // Checked inside the transaction: two creates of one name race here.
             if db
                 .launch_templates_of(&t.region, &t.owner_id)?
@@ -605,10 +624,10 @@ impl Service {
             for (k, val) in &tags {
                 db.put_tag(&t.launch_template_id, k, val)?;
             }
-            Ok(())
+            Ok(None)
         })?;
         Ok(LaunchTemplateResult {
-            launch_template: self.template_shown(&t)?,
+            launch_template: self.template_shown(made.as_ref().unwrap_or(&t))?,
         })
     }
 
@@ -638,7 +657,51 @@ impl Service {
         let id = t.launch_template_id.clone();
         let created_by = format!("arn:aws:iam::{}:root", caller.account);
         let description = req.version_description.clone();
+        // `ClientToken`: the parameters' fingerprint, to tell a repeat
+        // (the version the first request made) from a mismatch.
+        let token = match &req.client_token {
+            Some(token) => {
+                super::client_token_id(IdKind::LaunchTemplate, caller, token)?;
+                Some(token.clone())
+            }
+            None => None,
+        };
+        let fingerprint = json!({
+            "LaunchTemplateId": id,
+            "SourceVersion": req.source_version,
+            "VersionDescription": description,
+            "LaunchTemplateData": data,
+        })
+        .to_string();
         let (t, v) = self.store.write(|db| -> Result<_> {
+            if let Some(token) = &token {
+                let first = db.client_token(
+                    &caller.account,
+                    &caller.region,
+                    "CreateLaunchTemplateVersion",
+                    token,
+                )?;
+                if let Some((made, print)) = first {
+                    let version = made
+                        .rsplit_once(':')
+                        .and_then(|(_, n)| n.parse::<i64>().ok());
+                    let existing = db
+                        .launch_template_versions(&id)?
+                        .into_iter()
+                        .find(|x| Some(x.version) == version);
+                    match existing {
+                        Some(v) if print == fingerprint => {
+                            let t = db.launch_template(&id)?.ok_or_else(|| id_not_found(&id))?;
+                            return Ok((t, v));
+                        }
+                        _ if print != fingerprint => {
+                            return Err(super::idempotent_mismatch(token));
+                        }
+                        // The version is gone (deleted): a new one.
+                        _ => {}
+                    }
+                }
+            }
             // Numbered inside the transaction: concurrent versions queue.
             let mut t = db.launch_template(&id)?.ok_or_else(|| id_not_found(&id))?;
             t.latest_version += 1;
@@ -652,6 +715,16 @@ impl Service {
             };
             db.put_launch_template(&t)?;
             db.put_launch_template_version(&v)?;
+            if let Some(token) = &token {
+                db.put_client_token(
+                    &caller.account,
+                    &caller.region,
+                    "CreateLaunchTemplateVersion",
+                    token,
+                    &format!("{id}:{}", v.version),
+                    &fingerprint,
+                )?;
+            }
             Ok((t, v))
         })?;
         Ok(CreateLaunchTemplateVersionResult {

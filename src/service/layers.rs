@@ -508,6 +508,149 @@ impl Service {
         })
     }
 
+    /// `CreateSnapshots`: a snapshot of each EBS volume of an instance
+    /// (less the boot volume or listed data volumes), crash-consistent: a
+    /// running guest's disks all switch to their new layers in one pause
+    /// (one QMP transaction), a stopped one's while nothing writes.
+    pub fn create_snapshots(
+        &mut self,
+        caller: &Caller,
+        input: CreateSnapshotsRequest,
+    ) -> Result<CreateSnapshotsResult> {
+        let spec = &input.instance_specification;
+        let copy_volume_tags = match input.copy_tags_from_source.as_deref() {
+            None => false,
+            Some("volume") => true,
+            Some(other) => {
+                return Err(Error::invalid_value(format!(
+                    "Value ({other}) for parameter CopyTagsFromSource is invalid; use volume"
+                )))
+            }
+        };
+        self.refresh_instances(caller)?;
+        let instance = self
+            .owned_instances(caller, std::slice::from_ref(&spec.instance_id))?
+            .remove(0);
+        let iid = instance.instance_id.clone();
+        let live = match instance.state {
+            InstanceStateName::Stopped => None,
+            InstanceStateName::Running | InstanceStateName::Pending => Some(iid.clone()),
+            s => {
+                return Err(Error::new(
+                    ErrorCode::IncorrectState,
+                    format!(
+                        "Instance {iid} is {s}; snapshot its volumes when it is running or stopped"
+                    ),
+                ))
+            }
+        };
+        let data_volumes: Vec<&str> = instance
+            .devices
+            .iter()
+            .filter(|d| d.device_name != instance.root_device_name)
+            .filter_map(|d| d.volume_id.as_deref())
+            .collect();
+        if let Some(v) = spec
+            .exclude_data_volume_ids
+            .iter()
+            .find(|v| !data_volumes.contains(&v.as_str()))
+        {
+            return Err(Error::invalid_value(format!(
+                "Volume {v} is not a data volume of {iid}; ExcludeDataVolumeIds names data volumes of the instance"
+            )));
+        }
+        // Instance first, then its volumes, then the new snapshots: held until the commit.
+        let mut locks = vec![super::object_lock::lock(&self.paths, &iid)?];
+        let mut volumes = Vec::new();
+        for (index, d) in instance.devices.iter().enumerate() {
+            let Some(vid) = &d.volume_id else { continue };
+            let boot = d.device_name == instance.root_device_name;
+            if (boot && spec.exclude_boot_volume == Some(true))
+                || spec.exclude_data_volume_ids.contains(vid)
+            {
+                continue;
+            }
+            let v = self
+                .store
+                .read(|db| db.volume(vid))?
+                .ok_or_else(|| Error::internal(format!("Volume {vid} of {iid} is missing")))?;
+            locks.push(super::object_lock::lock(&self.paths, vid)?);
+            volumes.push((v, Some(index)));
+        }
+        if volumes.is_empty() {
+            return Err(Error::invalid_value(format!(
+                "Instance {iid} has no EBS volume left to snapshot"
+            )));
+        }
+        let zones: Vec<String> = volumes
+            .iter()
+            .map(|(v, _)| v.availability_zone.clone())
+            .collect();
+        let plans = self.plan_layers(volumes, false)?;
+        for p in &plans {
+            locks.push(super::object_lock::lock(&self.paths, &p.snapshot_id)?);
+        }
+        let description = input.description.clone().unwrap_or_default();
+        let records = self.pending_snapshots(caller, &plans, &description);
+        let tags = super::images::tags_for(&input.tag_specifications, "snapshot")?;
+        let mut tags_of = Vec::new();
+        for p in &plans {
+            let mut t = tags.clone();
+            if copy_volume_tags {
+                for vt in self.store.read(|db| db.tags_of(&p.volume.volume_id))? {
+                    if !t.iter().any(|(k, _)| *k == vt.key) {
+                        t.push((vt.key, vt.value));
+                    }
+                }
+            }
+            tags_of.push(t);
+        }
+        self.store.write(|db| -> Result<()> {
+            for (s, t) in records.iter().zip(&tags_of) {
+                db.put_snapshot(s)?;
+                for (k, v) in t {
+                    db.put_tag(&s.snapshot_id, k, v)?;
+                }
+            }
+            Ok(())
+        })?;
+        let report = match self.take_layers("create-snapshots", live.as_deref(), &plans) {
+            Ok(r) => r,
+            Err(e) => {
+                self.settle_failed(&records);
+                return Err(e);
+            }
+        };
+        self.store.write(|db| Self::record_layers(db, &report))?;
+        drop(locks);
+        let snapshots = records
+            .iter()
+            .zip(&report.layers)
+            .zip(tags_of)
+            .zip(zones)
+            .map(|(((s, l), t), zone)| SnapshotInfo {
+                description: description.clone(),
+                tags: t
+                    .into_iter()
+                    .map(|(key, value)| Tag {
+                        key,
+                        value: Some(value),
+                    })
+                    .collect(),
+                encrypted: false,
+                volume_id: l.volume_id.clone(),
+                state: SnapshotStateName::Completed,
+                volume_size: s.volume_size_gib,
+                start_time: s.start_time.clone(),
+                progress: "100%".into(),
+                owner_id: s.owner_id.clone(),
+                snapshot_id: s.snapshot_id.clone(),
+                availability_zone: zone,
+            })
+            .collect();
+        Ok(CreateSnapshotsResult { snapshots })
+    }
+
     /// `CopySnapshot`: a new snapshot with the same data. A layer is copied
     /// as a layer on the same parent; with `flatten`, the whole chain is
     /// written as one standalone qcow2.
@@ -890,6 +1033,55 @@ pub struct CreateSnapshotResult {
     pub tags: Vec<Tag>,
     #[serde(rename = "Amirun")]
     pub amirun: LayerReport,
+}
+
+/// `CreateSnapshots`: every EBS volume of one instance, at one point.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CreateSnapshotsRequest {
+    pub instance_specification: InstanceSpecification,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
+    /// `volume`: each snapshot also gets its volume's tags.
+    #[serde(default)]
+    pub copy_tags_from_source: Option<String>,
+}
+
+/// Which instance's volumes `CreateSnapshots` takes, and which it leaves out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct InstanceSpecification {
+    pub instance_id: String,
+    #[serde(default)]
+    pub exclude_boot_volume: Option<bool>,
+    #[serde(default)]
+    pub exclude_data_volume_ids: Vec<String>,
+}
+
+/// One snapshot of `CreateSnapshots` (botocore's `SnapshotInfo`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnapshotInfo {
+    pub description: String,
+    pub tags: Vec<Tag>,
+    pub encrypted: bool,
+    pub volume_id: String,
+    pub state: SnapshotStateName,
+    pub volume_size: u64,
+    pub start_time: String,
+    pub progress: String,
+    pub owner_id: String,
+    pub snapshot_id: String,
+    pub availability_zone: String,
+}
+
+/// What `CreateSnapshots` returns.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateSnapshotsResult {
+    pub snapshots: Vec<SnapshotInfo>,
 }
 
 /// `CopySnapshot`.

@@ -238,6 +238,17 @@ pub(crate) fn client_token_id(kind: IdKind, caller: &Caller, token: &str) -> Res
     ))
 }
 
+/// EC2's answer to a `ClientToken` that comes back with other parameters
+/// than the request that first used it.
+pub(crate) fn idempotent_mismatch(token: &str) -> Error {
+    Error::new(
+        ErrorCode::IdempotentParameterMismatch,
+        format!(
+            "The client token '{token}' was used before with different parameters; use a new token for a new request"
+        ),
+    )
+}
+
 /// Current time in EC2's format (`2026-11-22T18:44:25.000Z`).
 pub(crate) fn now() -> String {
     chrono::Utc::now()

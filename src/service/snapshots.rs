@@ -87,8 +87,12 @@ pub struct DeleteSnapshotRequest {
     pub snapshot_id: String,
 }
 
+/// `DescribeSnapshots`' filters, EC2's documented list.
 const SNAPSHOT_FILTERS: &[&str] = &[
     "description",
+    "encrypted",
+    "storage-tier",
+    "transfer-type",
     "owner-alias",
     "owner-id",
     "progress",
@@ -184,6 +188,9 @@ fn snapshot_filter_values(
     let one = |v: &str| vec![v.to_string()];
     match name {
         "description" => s.description.iter().cloned().collect(),
+        "encrypted" => one("false"),
+        "storage-tier" => one("standard"),
+        "transfer-type" => one("standard"),
         "owner-alias" => s.owner_alias.iter().cloned().collect(),
         "owner-id" => one(&s.owner_id),
         "progress" => one("100%"),

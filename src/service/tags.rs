@@ -30,6 +30,11 @@ pub type DeleteTagsRequest = TagsRequest;
 pub struct DescribeTagsRequest {
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// Page size, 5 to 1000 tags.
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
 /// What `DescribeTags` returns.
@@ -37,6 +42,8 @@ pub struct DescribeTagsRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeTagsResult {
     pub tags: Vec<TagDescription>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// A tag as `describe-tags` shows it.
@@ -228,7 +235,9 @@ impl Service {
                     });
                 }
             }
-            Ok(DescribeTagsResult { tags: out })
+            let paging = super::paging::Paging::of(input.max_results, &input.next_token);
+            let (tags, next_token) = super::paging::page(out, &paging, 5, 1000)?;
+            Ok(DescribeTagsResult { tags, next_token })
         })
     }
 }

@@ -511,8 +511,31 @@ impl Service {
             }),
             None => None,
         };
-        let volume_id = ids::new_id(IdKind::Volume);
+        // `ClientToken`: the volume's id comes from it, so a repeat finds
+        // the volume the first request made (EC2's mismatch error when the
+        // parameters differ).
+        let volume_id = match &req.client_token {
+            Some(token) => super::client_token_id(IdKind::Volume, caller, token)?,
+            None => ids::new_id(IdKind::Volume),
+        };
         let _lock = object_lock::lock(&self.paths, &volume_id)?;
+        if let Some(token) = &req.client_token {
+            if let Some(made) = self
+                .store
+                .read(|db| db.volume(&volume_id))?
+                .filter(|v| v.owner_id == caller.account)
+            {
+                let same = made.size_gib == size
+                    && made.volume_type == volume_type
+                    && made.availability_zone == zone
+                    && made.snapshot_id == req.snapshot_id;
+                if !same {
+                    return Err(super::idempotent_mismatch(token));
+                }
+                drop(_lock);
+                return self.volume_json(caller, &volume_id);
+            }
+        }
         let record = VolumeState {
             volume_id: volume_id.clone(),
             region: caller.region.clone(),
@@ -564,10 +587,15 @@ impl Service {
             }
             Ok(())
         })?;
+        self.volume_json(caller, &volume_id)
+    }
+
+    /// One volume as `CreateVolume` answers it.
+    fn volume_json(&mut self, caller: &Caller, volume_id: &str) -> Result<Value> {
         let shown = self.describe_volumes(
             caller,
             crate::service::instances::DescribeVolumesRequest {
-                volume_ids: vec![volume_id.clone()],
+                volume_ids: vec![volume_id.to_string()],
                 filters: Vec::new(),
                 max_results: None,
                 next_token: None,

@@ -170,4 +170,42 @@ impl Db<'_> {
         )?;
         Ok(n > 0)
     }
+
+    /// What a request with this idempotency token made (`made`) and the
+    /// fingerprint of its parameters, if one came before.
+    pub fn client_token(
+        &self,
+        account: &str,
+        region: &str,
+        action: &str,
+        token: &str,
+    ) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT made, fingerprint FROM client_tokens \
+                 WHERE account = ?1 AND region = ?2 AND action = ?3 AND token = ?4",
+                params![account, region, action, token],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Record what a request with an idempotency token made.
+    pub fn put_client_token(
+        &self,
+        account: &str,
+        region: &str,
+        action: &str,
+        token: &str,
+        made: &str,
+        fingerprint: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO client_tokens \
+             (account, region, action, token, made, fingerprint) VALUES (?1,?2,?3,?4,?5,?6)",
+            params![account, region, action, token, made, fingerprint],
+        )?;
+        Ok(())
+    }
 }

@@ -246,4 +246,18 @@ CREATE TRIGGER snapshot_volume_permissions_gone AFTER DELETE ON snapshots BEGIN
     DELETE FROM snapshot_volume_permissions WHERE snapshot_id = OLD.snapshot_id;
 END;
 "#,
+    // 8: idempotency tokens (`ClientToken`) of requests whose result has
+    // no id to derive from the token (a launch template's next version):
+    // what the first request made and a fingerprint of its parameters.
+    r#"
+CREATE TABLE client_tokens (
+    account     TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    made        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (account, region, action, token)
+);
+"#,
 ];

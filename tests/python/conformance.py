@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """EC2 conformance checks through boto3 against `amirun serve` (issue 17):
 instance types and offerings, key pairs with tags and filters, and EC2's
-error codes and wording. Run by tests/conformance.rs; every raw response is
+error codes and wording, and paging. Run by tests/conformance.rs; every raw response is
 checked against botocore's model by ec2_api.py's hook. Exits non-zero on the
 first failed check."""
 import os
+import re
 import sys
+
+import botocore.session
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ec2_api import client, expect_error, report  # noqa: E402
@@ -85,6 +88,188 @@ def scenario_instance(instance_id=None):
     assert i["InstanceType"] == "m1.small", i["InstanceType"]
     assert i["MetadataOptions"]["HttpPutResponseHopLimit"] == 1, i["MetadataOptions"]
     report()
+
+
+def paged(ec2, op, key, size, **kwargs):
+    """Every item of boto3's paginator over `op` with pages of `size`,
+    checking no page is larger and more than one page came back."""
+    items, pages = [], 0
+    for page in ec2.get_paginator(op).paginate(PaginationConfig={"PageSize": size}, **kwargs):
+        got = page[key]
+        if key == "Reservations":
+            got = [i for r in got for i in r["Instances"]]
+        assert len(got) <= size, (op, len(got), size)
+        items += got
+        pages += 1
+    assert pages > 1, (op, pages, len(items))
+    return items
+
+
+def once(items, field, expected):
+    ids = [x[field] for x in items]
+    assert len(ids) == len(set(ids)), ("duplicates", sorted(ids))
+    assert set(ids) == set(expected), ("got", sorted(ids), "want", sorted(expected))
+
+
+def scenario_paging():
+    """boto3's paginators over instances, images, snapshots, volumes and tags
+    see every object exactly once with small pages, and EC2's limits hold;
+    ClientToken makes RunInstances, CreateVolume, CreateLaunchTemplate and
+    CreateLaunchTemplateVersion idempotent, with EC2's mismatch error for other parameters."""
+    ec2 = client()
+    tiny = ec2.describe_images(Filters=[{"Name": "name", "Values": ["amirun/tiny-x86_64"]}])["Images"][0]
+    r = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7,
+                          ClientToken="paging-7")
+    r2 = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=2, MaxCount=2)
+    launched = [i["InstanceId"] for i in r["Instances"] + r2["Instances"]]
+    # ClientToken: the same request again is the same reservation; other
+    # parameters under that token are EC2's IdempotentParameterMismatch.
+    again = ec2.run_instances(ImageId=tiny["ImageId"], InstanceType="t3.micro", MinCount=7, MaxCount=7,
+                              ClientToken="paging-7")
+    assert again["ReservationId"] == r["ReservationId"], (again, r)
+    assert [i["InstanceId"] for i in again["Instances"]] == launched[:7], again
+    expect_error(ec2.run_instances, "IdempotentParameterMismatch", ImageId=tiny["ImageId"],
+                 InstanceType="t3.small", MinCount=7, MaxCount=7, ClientToken="paging-7")
+    expect_error(ec2.run_instances, "IdempotentParameterMismatch", ImageId=tiny["ImageId"],
+                 InstanceType="t3.micro", MinCount=1, MaxCount=1, ClientToken="paging-7")
+    ec2.terminate_instances(InstanceIds=launched)
+    vols = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"] for _ in range(6)]
+    v = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, ClientToken="vol-token")
+    assert ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, ClientToken="vol-token")["VolumeId"] == v["VolumeId"]
+    expect_error(ec2.create_volume, "IdempotentParameterMismatch", AvailabilityZone="us-east-1a", Size=2,
+                 ClientToken="vol-token")
+    vols.append(v["VolumeId"])
+    data = {"ImageId": tiny["ImageId"], "InstanceType": "t3.micro"}
+    lt = ec2.create_launch_template(LaunchTemplateName="lt-a", LaunchTemplateData=data, ClientToken="lt-token")
+    lt2 = ec2.create_launch_template(LaunchTemplateName="lt-a", LaunchTemplateData=data, ClientToken="lt-token")
+    assert lt2["LaunchTemplate"]["LaunchTemplateId"] == lt["LaunchTemplate"]["LaunchTemplateId"], (lt, lt2)
+    expect_error(ec2.create_launch_template, "IdempotentParameterMismatch", LaunchTemplateName="lt-a",
+                 LaunchTemplateData={"ImageId": tiny["ImageId"], "InstanceType": "t3.small"}, ClientToken="lt-token")
+    ltid = lt["LaunchTemplate"]["LaunchTemplateId"]
+    v2 = ec2.create_launch_template_version(LaunchTemplateId=ltid, LaunchTemplateData=data, ClientToken="v-token")
+    v2b = ec2.create_launch_template_version(LaunchTemplateId=ltid, LaunchTemplateData=data, ClientToken="v-token")
+    assert v2["LaunchTemplateVersion"]["VersionNumber"] == v2b["LaunchTemplateVersion"]["VersionNumber"] == 2, v2b
+    expect_error(ec2.create_launch_template_version, "IdempotentParameterMismatch", LaunchTemplateId=ltid,
+                 LaunchTemplateData={"InstanceType": "t3.small"}, ClientToken="v-token")
+    v3 = ec2.create_launch_template_version(LaunchTemplateId=ltid, LaunchTemplateData=data)
+    assert v3["LaunchTemplateVersion"]["VersionNumber"] == 3, v3
+    # boto3 fills ClientToken itself: two plain creates are two templates.
+    ec2.create_launch_template(LaunchTemplateName="lt-b", LaunchTemplateData=data)
+    assert len(ec2.describe_launch_templates()["LaunchTemplates"]) == 2
+    snaps = [ec2.create_snapshot(VolumeId=v)["SnapshotId"] for v in vols]
+    for n, s in enumerate(snaps[:5]):
+        ec2.register_image(
+            Name="paged-%d" % n,
+            RootDeviceName="/dev/xvda",
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": s}}],
+        )
+    # What each listing holds in one call, then through small pages.
+    all_instances = [i["InstanceId"] for res in ec2.describe_instances()["Reservations"] for i in res["Instances"]]
+    once([{"InstanceId": i} for i in all_instances], "InstanceId", launched)
+    once(paged(ec2, "describe_instances", "Reservations", 5), "InstanceId", launched)
+    all_images = [i["ImageId"] for i in ec2.describe_images()["Images"]]
+    assert len(all_images) >= 7, all_images
+    once(paged(ec2, "describe_images", "Images", 6), "ImageId", all_images)
+    all_snaps = [s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]]
+    assert set(snaps) <= set(all_snaps), (snaps, all_snaps)
+    once(paged(ec2, "describe_snapshots", "Snapshots", 5, OwnerIds=["self"]), "SnapshotId", all_snaps)
+    all_vols = [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]]
+    assert set(vols) <= set(all_vols), (vols, all_vols)
+    once(paged(ec2, "describe_volumes", "Volumes", 5), "VolumeId", all_vols)
+    # A filter pages over what it selects.
+    t3 = paged(ec2, "describe_instances", "Reservations", 5,
+                    Filters=[{"Name": "instance-type", "Values": ["t3.micro"]}])
+    once(t3, "InstanceId", launched)
+    # EC2's limits and combination rules.
+    e = expect_error(ec2.describe_instances, "InvalidParameterCombination", InstanceIds=launched[:1], MaxResults=5)
+    assert "instancesSet" in str(e) and "maxResults" in str(e), e
+    e = expect_error(ec2.describe_instances, "InvalidParameterValue", MaxResults=4)
+    assert "between 5 and 1000" in str(e), e
+    e = expect_error(ec2.describe_images, "InvalidParameterValue", MaxResults=5)
+    assert "between 6 and 1000" in str(e), e
+    expect_error(ec2.describe_images, "InvalidNextToken", MaxResults=6, NextToken="bogus")
+    expect_error(ec2.describe_instances, "InvalidNextToken", MaxResults=5, NextToken="bogus")
+    ec2.create_tags(Resources=vols, Tags=[{"Key": "paged", "Value": "yes"}])
+    tags = paged(ec2, "describe_tags", "Tags", 5)
+    assert len(tags) == len(ec2.describe_tags()["Tags"]), tags
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=launched, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    instance_filters(ec2, launched)
+    other_filters(ec2, vols, snaps)
+    report()
+
+
+def documented_filters(op):
+    """The filter names botocore's documentation lists for an operation."""
+    doc = ec2_model().operation_model(op).input_shape.members["Filters"].documentation
+    return re.findall(r"<li> <p> <code>([a-z0-9.:\-]+)</code>", doc)
+
+
+def instance_filters(ec2, launched):
+    """Every filter EC2 documents for DescribeInstances is taken (but the
+    three amirun keeps no data for, refused), and they select by what
+    describe-instances shows."""
+    refused = {"client-token", "availability-zone-id", "usage-operation-update-time"}
+    names = documented_filters("DescribeInstances")
+    assert len(names) > 100, names
+    for n in names:
+        f = [{"Name": n, "Values": ["*"]}]
+        if n in refused:
+            expect_error(ec2.describe_instances, "InvalidParameterValue", Filters=f)
+        else:
+            ec2.describe_instances(Filters=f)
+    expect_error(ec2.describe_instances, "InvalidParameterValue", Filters=[{"Name": "no-such-filter", "Values": ["x"]}])
+
+    def ids(*filters):
+        fs = [{"Name": n, "Values": v} for n, v in filters]
+        return sorted(i["InstanceId"] for r in ec2.describe_instances(Filters=fs)["Reservations"] for i in r["Instances"])
+
+    everyone = sorted(launched)
+    assert ids(("owner-id", ["000000000000"])) == everyone
+    assert ids(("owner-id", ["111111111111"])) == []
+    assert ids(("state-reason-code", ["Client.UserInitiatedShutdown"])) == everyone
+    assert ids(("metadata-options.http-tokens", ["optional", "required"])) == everyone
+    assert ids(("launch-index", ["6"])) == [launched[6]], ids(("launch-index", ["6"]))
+    assert ids(("reservation-id", [ec2_reservation(ec2, launched[7])])) == sorted(launched[7:])
+    assert ids(("block-device-mapping.device-name", ["/dev/*"])) == everyone
+    assert ids(("spot-instance-request-id", ["*"])) == []
+    assert ids(("hypervisor", ["xen"]), ("virtualization-type", ["hvm"]), ("tenancy", ["default"])) == everyone
+
+
+def other_filters(ec2, vols, snaps):
+    """Every filter EC2 documents for DescribeImages, DescribeSnapshots and
+    DescribeVolumes is taken (but availability-zone-id, refused), and the
+    new ones select."""
+    for op, call in [("DescribeImages", ec2.describe_images), ("DescribeSnapshots", ec2.describe_snapshots),
+                     ("DescribeVolumes", ec2.describe_volumes)]:
+        # The documentation's lists also name values (`low`, `high`) and `tag`
+        # (for tag:KEY) as code; the filter names are the rest.
+        names = [n for n in documented_filters(op)
+                 if n not in ("tag", "informational", "low", "medium", "high", "critical")]
+        assert len(names) > 8, (op, names)
+        for n in names:
+            f = [{"Name": n, "Values": ["*"]}]
+            if n == "availability-zone-id":
+                expect_error(call, "InvalidParameterValue", Filters=f)
+            else:
+                call(Filters=f)
+    got = ec2.describe_volumes(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]},
+                                        {"Name": "encrypted", "Values": ["false"]}])["Volumes"]
+    assert set(vols) <= {v["VolumeId"] for v in got}, got
+    assert ec2.describe_volumes(Filters=[{"Name": "attachment.status", "Values": ["attached"]},
+                                         {"Name": "volume-id", "Values": vols}])["Volumes"] == []
+    got = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "storage-tier", "Values": ["standard"]}])
+    assert set(snaps) <= {s["SnapshotId"] for s in got["Snapshots"]}, got
+    got = ec2.describe_images(Filters=[{"Name": "name", "Values": ["paged-*"]},
+                                       {"Name": "creation-date", "Values": ["20*"]}])["Images"]
+    assert len(got) == 5, got
+
+
+def ec2_reservation(ec2, iid):
+    return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["ReservationId"]
+
+
+def ec2_model():
+    return botocore.session.get_session().get_service_model("ec2")
 
 
 if __name__ == "__main__":

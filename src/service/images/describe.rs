@@ -61,17 +61,57 @@ pub struct DescribeImagesRequest {
     pub include_deprecated: Option<bool>,
     #[serde(default)]
     pub include_disabled: Option<bool>,
+    /// Page size, 6 to 1000 images (EC2's range).
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
-/// What `DescribeImages` returns.
+/// What `DescribeImages` returns: a page of images in id order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeImagesResult {
     pub images: Vec<Image>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
+/// `DescribeImages`' filters, EC2's documented list. What amirun's AMIs
+/// never have (product codes, kernels by id, watermarks, scan results,
+/// instance type specifications, SSM parameters) has no values, as on EC2
+/// for an AMI without it.
 pub(super) const IMAGE_FILTERS: &[&str] = &[
     "architecture",
+    "block-device-mapping.encrypted",
+    "creation-date",
+    "ena-support",
+    "free-tier-eligible",
+    "image-allowed",
+    "image-watermark.source-image-creation-time",
+    "image-watermark.source-image-id",
+    "image-watermark.source-image-region",
+    "image-watermark.watermark-creation-time",
+    "image-watermark.watermark-key",
+    "instance-type-specification.supported-instance-type",
+    "instance-type-specification.unsupported-instance-type",
+    "kernel-id",
+    "manifest-location",
+    "platform",
+    "product-code",
+    "product-code.type",
+    "public-ssm-parameter-name",
+    "ramdisk-id",
+    "scan-result.critical-fix-available-since",
+    "scan-result.finding-scan-date",
+    "scan-result.high-fix-available-since",
+    "scan-result.highest-finding-severity-label",
+    "scan-result.informational-fix-available-since",
+    "scan-result.low-fix-available-since",
+    "scan-result.medium-fix-available-since",
+    "sriov-net-support",
+    "state-reason-code",
+    "state-reason-message",
     "block-device-mapping.delete-on-termination",
     "block-device-mapping.device-name",
     "block-device-mapping.snapshot-id",
@@ -116,6 +156,21 @@ pub(super) fn image_filter_values(
         "boot-mode" => image.boot_mode.iter().map(|b| b.to_string()).collect(),
         "description" => opt(&image.description),
         "hypervisor" => one("xen"),
+        "creation-date" => one(&image.creation_date),
+        "ena-support" => one("true"),
+        "sriov-net-support" => one("simple"),
+        // No Allowed AMIs settings in amirun: every AMI is allowed; none is
+        // free-tier eligible (no billing).
+        "image-allowed" => one("true"),
+        "free-tier-eligible" => one("false"),
+        "manifest-location" => opt(&image.image_location),
+        "state-reason-code" => image
+            .state_reason
+            .iter()
+            .map(|_| image.state.to_string())
+            .collect(),
+        "state-reason-message" => opt(&image.state_reason),
+        "block-device-mapping.encrypted" => ebs().map(|_| "false".to_string()).collect(),
         "image-id" => one(&image.image_id),
         "image-type" => one("machine"),
         "is-public" => one(if image.public { "true" } else { "false" }),
@@ -254,6 +309,11 @@ impl Service {
                 }
                 Ok(out)
             })
-            .map(|images| DescribeImagesResult { images })
+            .and_then(|images| {
+                let paging =
+                    crate::service::paging::Paging::of(input.max_results, &input.next_token);
+                let (images, next_token) = crate::service::paging::page(images, &paging, 6, 1000)?;
+                Ok(DescribeImagesResult { images, next_token })
+            })
     }
 }

@@ -157,13 +157,22 @@ pub struct DescribeInstancesRequest {
     pub instance_ids: Vec<String>,
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// Page size, 5 to 1000 instances; not with `InstanceIds` (EC2's rule).
+    #[serde(default)]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
-/// What `DescribeInstances` returns.
+/// What `DescribeInstances` returns. A page holds `MaxResults` instances
+/// (in launch order), grouped in their reservations; a reservation larger
+/// than a page continues on the next.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstancesResult {
     pub reservations: Vec<Reservation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `GetConsoleOutput`.
@@ -186,19 +195,216 @@ pub struct GetConsoleOutputResult {
     pub output: Base64Blob,
 }
 
+/// `DescribeInstances`' filters as EC2 documents them (botocore's list),
+/// besides the network ones of
+/// [`crate::service::network_interfaces::INSTANCE_NETWORK_FILTERS`] and
+/// `tag:KEY`. Each is answered from the instance as `describe-instances`
+/// shows it ([`shown_values`]); a feature amirun never gives an instance
+/// (Spot, capacity reservations, outposts, IPv6, …) has no values, as on
+/// EC2 for an instance without it. What amirun does not keep
+/// (`client-token`, `availability-zone-id`, `usage-operation-update-time`)
+/// is refused rather than answered wrongly.
 pub(super) const INSTANCE_FILTERS: &[&str] = &[
+    "affinity",
     "architecture",
     "availability-zone",
+    "block-device-mapping.attach-time",
+    "block-device-mapping.delete-on-termination",
+    "block-device-mapping.device-name",
+    "block-device-mapping.status",
+    "block-device-mapping.volume-id",
+    "boot-mode",
+    "capacity-reservation-id",
+    "capacity-reservation-specification.capacity-reservation-preference",
+    "capacity-reservation-specification.capacity-reservation-target.capacity-reservation-id",
+    "capacity-reservation-specification.capacity-reservation-target.capacity-reservation-resource-group-arn",
+    "current-instance-boot-mode",
+    "ebs-optimized",
+    "ena-support",
+    "enclave-options.enabled",
+    "hibernation-options.configured",
+    "host-id",
+    "hypervisor",
+    "iam-instance-profile.arn",
+    "iam-instance-profile.id",
     "image-id",
     "instance-id",
+    "instance-lifecycle",
     "instance-state-code",
     "instance-state-name",
     "instance-type",
+    "ipv6-address",
+    "kernel-id",
     "key-name",
+    "launch-index",
+    "launch-time",
+    "maintenance-options.auto-recovery",
+    "metadata-options.http-endpoint",
+    "metadata-options.http-protocol-ipv4",
+    "metadata-options.http-protocol-ipv6",
+    "metadata-options.http-put-response-hop-limit",
+    "metadata-options.http-tokens",
+    "metadata-options.instance-metadata-tags",
+    "metadata-options.state",
+    "monitoring-state",
+    "network-interface.addresses.association.allocation-id",
+    "network-interface.addresses.association.association-id",
+    "network-interface.addresses.association.carrier-ip",
+    "network-interface.addresses.association.customer-owned-ip",
+    "network-interface.addresses.association.ip-owner-id",
+    "network-interface.addresses.association.public-dns-name",
+    "network-interface.addresses.association.public-ip",
+    "network-interface.addresses.private-dns-name",
+    "network-interface.association.allocation-id",
+    "network-interface.association.association-id",
+    "network-interface.association.carrier-ip",
+    "network-interface.association.customer-owned-ip",
+    "network-interface.association.ip-owner-id",
+    "network-interface.association.public-dns-name",
+    "network-interface.attachment.attach-time",
+    "network-interface.attachment.instance-id",
+    "network-interface.attachment.instance-owner-id",
+    "network-interface.attachment.network-card-index",
+    "network-interface.availability-zone",
+    "network-interface.deny-all-igw-traffic",
+    "network-interface.ipv4-prefixes.ipv4-prefix",
+    "network-interface.ipv6-address",
+    "network-interface.ipv6-addresses.ipv6-address",
+    "network-interface.ipv6-addresses.is-primary-ipv6",
+    "network-interface.ipv6-native",
+    "network-interface.ipv6-prefixes.ipv6-prefix",
+    "network-interface.operator.managed",
+    "network-interface.operator.principal",
+    "network-interface.outpost-arn",
+    "network-interface.owner-id",
+    "network-interface.private-ip-address",
+    "network-interface.public-dns-name",
+    "network-interface.requester-id",
+    "network-interface.requester-managed",
+    "network-interface.tag-key",
+    "network-interface.tag-value",
+    "network-performance-options.bandwidth-weighting",
+    "operator.managed",
+    "operator.principal",
+    "outpost-arn",
+    "owner-id",
+    "placement-group-name",
+    "placement-partition-number",
+    "platform",
+    "platform-details",
+    "private-dns-name-options.enable-resource-name-dns-a-record",
+    "private-dns-name-options.enable-resource-name-dns-aaaa-record",
+    "private-dns-name-options.hostname-type",
+    "product-code",
+    "product-code.type",
+    "ramdisk-id",
+    "reason",
+    "requester-id",
     "reservation-id",
+    "root-device-name",
     "root-device-type",
+    "spot-instance-request-id",
+    "state-reason-code",
+    "state-reason-message",
     "tag-key",
+    "tenancy",
+    "tpm-support",
+    "usage-operation",
+    "virtualization-type",
 ];
+
+/// An instance's values for one of [`INSTANCE_FILTERS`], read from the
+/// instance as `describe-instances` shows it (`shown`, botocore's member
+/// names): the filter's path in kebab case is the shape's path in
+/// PascalCase (`metadata-options.http-tokens` is
+/// `MetadataOptions.HttpTokens`), but for the names EC2 spells otherwise.
+/// Lists are flattened; empty strings are no value.
+pub(super) fn shown_values(
+    shown: &Value,
+    owner_id: &str,
+    reservation_id: &str,
+    name: &str,
+) -> Vec<String> {
+    let path: String = match name {
+        "owner-id" => return vec![owner_id.to_string()],
+        "reservation-id" => return vec![reservation_id.to_string()],
+        "instance-state-code" => "State.Code".into(),
+        "instance-state-name" => "State.Name".into(),
+        // EC2 shows no EnclaveOptions/Operator/MaintenanceOptions for
+        // amirun's instances; their values are EC2's defaults.
+        "enclave-options.enabled" | "operator.managed" | "network-interface.operator.managed" => {
+            return vec!["false".into()]
+        }
+        "maintenance-options.auto-recovery" => return vec!["default".into()],
+        "launch-index" => "AmiLaunchIndex".into(),
+        "reason" => "StateTransitionReason".into(),
+        "state-reason-code" => "StateReason.Code".into(),
+        "state-reason-message" => "StateReason.Message".into(),
+        "monitoring-state" => "Monitoring.State".into(),
+        "tenancy" => "Placement.Tenancy".into(),
+        "affinity" => "Placement.Affinity".into(),
+        "host-id" => "Placement.HostId".into(),
+        "placement-group-name" => "Placement.GroupName".into(),
+        "placement-partition-number" => "Placement.PartitionNumber".into(),
+        "product-code" => "ProductCodes.ProductCodeId".into(),
+        "product-code.type" => "ProductCodes.ProductCodeType".into(),
+        "block-device-mapping.device-name" => "BlockDeviceMappings.DeviceName".into(),
+        n if n.starts_with("block-device-mapping.") => {
+            format!(
+                "BlockDeviceMappings.Ebs.{}",
+                pascal(&n["block-device-mapping.".len()..])
+            )
+        }
+        "network-interface.tag-key" => "NetworkInterfaces.TagSet.Key".into(),
+        "network-interface.tag-value" => "NetworkInterfaces.TagSet.Value".into(),
+        "network-interface.ipv6-address" => "NetworkInterfaces.Ipv6Addresses.Ipv6Address".into(),
+        n if n.starts_with("network-interface.addresses.") => format!(
+            "NetworkInterfaces.PrivateIpAddresses.{}",
+            pascal_path(&n["network-interface.addresses.".len()..])
+        ),
+        n if n.starts_with("network-interface.") => format!(
+            "NetworkInterfaces.{}",
+            pascal_path(&n["network-interface.".len()..])
+        ),
+        n => pascal_path(n),
+    };
+    let mut out = Vec::new();
+    collect(shown, &path.split('.').collect::<Vec<_>>(), &mut out);
+    out
+}
+
+/// `http-put-response-hop-limit` as `HttpPutResponseHopLimit`.
+fn pascal(kebab: &str) -> String {
+    kebab
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn pascal_path(kebab: &str) -> String {
+    kebab.split('.').map(pascal).collect::<Vec<_>>().join(".")
+}
+
+/// The scalars at `path` under `v`, through lists.
+fn collect(v: &Value, path: &[&str], out: &mut Vec<String>) {
+    match (v, path.split_first()) {
+        (Value::Array(items), _) => items.iter().for_each(|i| collect(i, path, out)),
+        (Value::Object(o), Some((first, rest))) => {
+            if let Some(next) = o.get(*first) {
+                collect(next, rest, out);
+            }
+        }
+        (Value::String(s), None) if !s.is_empty() => out.push(s.clone()),
+        (Value::Bool(b), None) => out.push(b.to_string()),
+        (Value::Number(n), None) => out.push(n.to_string()),
+        _ => {}
+    }
+}
 
 /// The login user an image's vendor uses.
 pub(super) fn default_user(image: Option<&ImageState>) -> String {
@@ -259,6 +465,12 @@ impl Service {
         input: DescribeInstancesRequest,
     ) -> Result<DescribeInstancesResult> {
         let (instance_ids, filters) = (&input.instance_ids, &input.filters);
+        if !instance_ids.is_empty() && input.max_results.is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidParameterCombination,
+                "The parameter instancesSet cannot be used with the parameter maxResults",
+            ));
+        }
         filter::check_names(
             filters,
             &[
@@ -277,42 +489,42 @@ impl Service {
         } else {
             self.owned_instances(caller, instance_ids)?
         };
-        let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
+        let mut selected: Vec<(String, Instance)> = Vec::new();
         let networks = self.instance_networks(caller)?;
         for i in wanted {
             let tags = self.store.read(|db| db.tags_of(&i.instance_id))?;
             let net = networks.get(&i.instance_id);
-            let keep = filter::matches(filters, |name| match name {
-                "architecture" => vec![i.architecture.to_string()],
-                "availability-zone" => vec![format!("{}a", i.region)],
-                "image-id" => vec![i.image_id.clone()],
-                "instance-id" => vec![i.instance_id.clone()],
-                "instance-state-code" => vec![i.state.code().to_string()],
-                "instance-state-name" => vec![i.state.to_string()],
-                "instance-type" => vec![i.instance_type.clone()],
-                "key-name" => i.key_name.iter().cloned().collect(),
-                "reservation-id" => vec![i.reservation_id.clone()],
-                "root-device-type" => vec![i.root_device_type.to_string()],
-                n => crate::service::network_interfaces::instance_filter_values(net, &i.region, n)
-                    .or_else(|| filter::tag_values(&tags, n))
-                    .unwrap_or_default(),
-            });
-            if !keep {
-                continue;
-            }
             let mut shape = self.render_instance(&i, &tags);
             if let Some(n) = net {
                 crate::service::network_interfaces::add_instance_fields(&mut shape, n, &i.region);
             }
-            match reservations
-                .iter_mut()
-                .find(|(r, _)| *r == i.reservation_id)
-            {
+            if !filters.is_empty() {
+                let shown = serde_json::to_value(&shape).expect("instances serialize");
+                let keep = filter::matches(filters, |name| match name {
+                    "availability-zone" => vec![format!("{}a", i.region)],
+                    n => crate::service::network_interfaces::instance_filter_values(
+                        net, &i.region, n,
+                    )
+                    .or_else(|| filter::tag_values(&tags, n))
+                    .unwrap_or_else(|| shown_values(&shown, &i.owner_id, &i.reservation_id, n)),
+                });
+                if !keep {
+                    continue;
+                }
+            }
+            selected.push((i.reservation_id.clone(), shape));
+        }
+        let paging = crate::service::paging::Paging::of(input.max_results, &input.next_token);
+        let (page, next_token) = crate::service::paging::page(selected, &paging, 5, 1000)?;
+        let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
+        for (reservation_id, shape) in page {
+            match reservations.iter_mut().find(|(r, _)| *r == reservation_id) {
                 Some((_, list)) => list.push(shape),
-                None => reservations.push((i.reservation_id.clone(), vec![shape])),
+                None => reservations.push((reservation_id, vec![shape])),
             }
         }
         Ok(DescribeInstancesResult {
+            next_token,
             reservations: reservations
                 .into_iter()
                 .map(|(reservation_id, instances)| Reservation {
@@ -332,7 +544,7 @@ impl Service {
             caller,
             DescribeInstancesRequest {
                 instance_ids: vec![id.to_string()],
-                filters: Vec::new(),
+                ..Default::default()
             },
         )?;
         Ok(serde_json::to_value(shown).expect("results serialize"))
@@ -553,5 +765,52 @@ mod tests {
             super::state_transition_reason("Server.InternalError: x", "2026-11-22T18:44:25.000Z"),
             "Server.InternalError: x (2026-11-22 18:44:25 GMT)"
         );
+    }
+
+    /// Filter names map onto the shown instance: kebab paths to PascalCase
+    /// members, through lists, with EC2's own spellings where they differ.
+    #[test]
+    fn filters_read_the_instance_as_shown() {
+        let shown = serde_json::json!({
+            "State": {"Code": 48, "Name": "terminated"},
+            "StateReason": {"Code": "Client.UserInitiatedShutdown", "Message": "m"},
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+            "BlockDeviceMappings": [
+                {"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-1", "DeleteOnTermination": true}},
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeId": "vol-2", "DeleteOnTermination": false}}
+            ],
+            "Placement": {"GroupName": "", "Tenancy": "default"},
+            "AmiLaunchIndex": 3,
+            "EbsOptimized": false,
+            "NetworkInterfaces": [{"PrivateIpAddresses": [{"Association": {"PublicIp": "127.0.0.9"}}]}]
+        });
+        let v = |n: &str| super::shown_values(&shown, "123456789012", "r-1", n);
+        assert_eq!(v("instance-state-code"), ["48"]);
+        assert_eq!(v("state-reason-code"), ["Client.UserInitiatedShutdown"]);
+        assert_eq!(v("metadata-options.http-tokens"), ["required"]);
+        assert_eq!(v("metadata-options.http-put-response-hop-limit"), ["1"]);
+        assert_eq!(v("block-device-mapping.volume-id"), ["vol-1", "vol-2"]);
+        assert_eq!(
+            v("block-device-mapping.device-name"),
+            ["/dev/xvda", "/dev/sdf"]
+        );
+        assert_eq!(
+            v("block-device-mapping.delete-on-termination"),
+            ["true", "false"]
+        );
+        assert!(
+            v("placement-group-name").is_empty(),
+            "an empty string is no value"
+        );
+        assert_eq!(v("tenancy"), ["default"]);
+        assert_eq!(v("launch-index"), ["3"]);
+        assert_eq!(v("ebs-optimized"), ["false"]);
+        assert_eq!(v("owner-id"), ["123456789012"]);
+        assert_eq!(v("reservation-id"), ["r-1"]);
+        assert_eq!(
+            v("network-interface.addresses.association.public-ip"),
+            ["127.0.0.9"]
+        );
+        assert!(v("spot-instance-request-id").is_empty());
     }
 }

@@ -210,6 +210,19 @@ impl Service {
             Some(token) => {
                 let id = crate::service::client_token_id(IdKind::Reservation, caller, token)?;
                 if let Some(done) = self.launched_reservation(caller, &id)? {
+                    // EC2 refuses a token that comes back with other parameters.
+                    let wanted_type = (input.instance_type.as_deref())
+                        .unwrap_or(machine::instance_types::DEFAULT_INSTANCE_TYPE);
+                    let count = done.instances.len() as u32;
+                    let same = (input.min_count..=input.max_count).contains(&count)
+                        && done.instances.iter().all(|i| {
+                            i.image_id == input.image_id
+                                && i.instance_type == wanted_type
+                                && i.key_name == input.key_name
+                        });
+                    if !same {
+                        return Err(crate::service::idempotent_mismatch(token));
+                    }
                     return Ok(done);
                 }
                 id
@@ -341,7 +354,7 @@ impl Service {
             caller,
             DescribeInstancesRequest {
                 instance_ids: instances.iter().map(|i| i.instance_id.clone()).collect(),
-                filters: Vec::new(),
+                ..Default::default()
             },
         )?;
         shown
@@ -648,7 +661,7 @@ impl Service {
             caller,
             DescribeInstancesRequest {
                 instance_ids: ids_,
-                filters: Vec::new(),
+                ..Default::default()
             },
         )?;
         Ok(shown.reservations.into_iter().next())

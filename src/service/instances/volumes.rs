@@ -61,7 +61,18 @@ pub struct DescribeVolumesResult {
     pub next_token: Option<String>,
 }
 
+/// `DescribeVolumes`' filters, EC2's documented list (but
+/// `availability-zone-id`, which amirun does not keep: refused).
 pub(super) const VOLUME_FILTERS: &[&str] = &[
+    "attachment.attach-time",
+    "attachment.status",
+    "availability-zone",
+    "create-time",
+    "encrypted",
+    "fast-restored",
+    "multi-attach-enabled",
+    "operator.managed",
+    "operator.principal",
     "attachment.instance-id",
     "attachment.delete-on-termination",
     "attachment.device",
@@ -94,6 +105,13 @@ impl Service {
             let tags = self.store.read(|db| db.tags_of(&v.volume_id))?;
             let keep = filter::matches(filters, |name| match name {
                 "attachment.instance-id" => v.instance_id.iter().cloned().collect(),
+                "attachment.attach-time" => v.attach_time.iter().cloned().collect(),
+                "attachment.status" => v.instance_id.iter().map(|_| "attached".into()).collect(),
+                "availability-zone" => vec![v.availability_zone.clone()],
+                "create-time" => vec![v.create_time.clone()],
+                "encrypted" | "fast-restored" | "multi-attach-enabled" | "operator.managed" => {
+                    vec!["false".into()]
+                }
                 "attachment.delete-on-termination" => vec![v.delete_on_termination.to_string()],
                 "attachment.device" => v.device.iter().cloned().collect(),
                 "size" => vec![v.size_gib.to_string()],
