@@ -115,6 +115,7 @@
 //!   secrets) and checks the runtime directory before use.
 
 pub mod api;
+pub mod backend;
 pub mod blobs;
 pub mod catalog;
 pub mod cli;

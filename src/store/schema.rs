@@ -246,4 +246,9 @@ CREATE TRIGGER snapshot_volume_permissions_gone AFTER DELETE ON snapshots BEGIN
     DELETE FROM snapshot_volume_permissions WHERE snapshot_id = OLD.snapshot_id;
 END;
 "#,
+    // 8: reserved for branch s4-conf's migration (the lead renumbers at merge).
+    "",
+    // 9: what remote backends hold (`super::remote`): AMIs published to a
+    // region's backend, and instances running there with their server ids.
+    super::remote::MIGRATION,
 ];

@@ -258,6 +258,9 @@ impl Service {
         caller: &Caller,
         input: DescribeInstancesRequest,
     ) -> Result<DescribeInstancesResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            return self.remote_describe_instances(caller, &*backend, &input);
+        }
         let (instance_ids, filters) = (&input.instance_ids, &input.filters);
         filter::check_names(
             filters,
@@ -453,6 +456,9 @@ impl Service {
         caller: &Caller,
         input: GetConsoleOutputRequest,
     ) -> Result<GetConsoleOutputResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            return self.remote_console_output(caller, &*backend, &input);
+        }
         let (instance_id, latest) = (input.instance_id.as_str(), input.latest.unwrap_or(false));
         let i = self
             .owned_instances(caller, &[instance_id.to_string()])?
