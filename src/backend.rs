@@ -319,8 +319,11 @@ mod tests {
         .unwrap();
         let e = RegionBindings::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("bound twice"), "{e}");
-        std::fs::write(dir.path().join("x.json"), r#"{"region": "r", "cloud": "c", "extra": 1}"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join("x.json"),
+            r#"{"region": "r", "cloud": "c", "extra": 1}"#,
+        )
+        .unwrap();
         assert!(RegionBindings::load(dir.path()).is_err());
     }
 }

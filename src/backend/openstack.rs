@@ -89,9 +89,7 @@ impl OpenStackBackend {
         }) {
             Ok(f) => Ok(f.id),
             // Made by another launch meanwhile.
-            Err(e) if e.status() == Some(409) => {
-                find()?.ok_or_else(|| self.err(e))
-            }
+            Err(e) if e.status() == Some(409) => find()?.ok_or_else(|| self.err(e)),
             Err(e) => Err(self.err(e)),
         }
     }
@@ -244,9 +242,7 @@ impl Backend for OpenStackBackend {
     }
 
     fn servers(&self) -> Result<Vec<ServerFacts>> {
-        let servers = Nova(&self.session)
-            .list(false)
-            .map_err(|e| self.err(e))?;
+        let servers = Nova(&self.session).list(false).map_err(|e| self.err(e))?;
         Ok(servers
             .into_iter()
             .filter_map(|s| {

@@ -162,10 +162,17 @@ mod tests {
         };
         store.write(|db| db.put_remote_image(&img)).unwrap();
         assert_eq!(
-            store.read(|db| db.remote_image("ami-1", "eu-west-1")).unwrap(),
+            store
+                .read(|db| db.remote_image("ami-1", "eu-west-1"))
+                .unwrap(),
             Some(img)
         );
-        assert_eq!(store.read(|db| db.remote_image("ami-1", "us-east-1")).unwrap(), None);
+        assert_eq!(
+            store
+                .read(|db| db.remote_image("ami-1", "us-east-1"))
+                .unwrap(),
+            None
+        );
         let i = RemoteInstanceState {
             instance_id: "i-1".into(),
             region: "eu-west-1".into(),
@@ -190,9 +197,14 @@ mod tests {
             updated: "t".into(),
         };
         store.write(|db| db.put_remote_instance(&i)).unwrap();
-        assert_eq!(store.read(|db| db.remote_instance("i-1")).unwrap(), Some(i.clone()));
         assert_eq!(
-            store.read(|db| db.remote_instances_in_region("eu-west-1")).unwrap(),
+            store.read(|db| db.remote_instance("i-1")).unwrap(),
+            Some(i.clone())
+        );
+        assert_eq!(
+            store
+                .read(|db| db.remote_instances_in_region("eu-west-1"))
+                .unwrap(),
             vec![i]
         );
         store.write(|db| db.delete_remote_instance("i-1")).unwrap();

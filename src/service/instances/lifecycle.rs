@@ -75,8 +75,12 @@ impl Service {
                     format!("Hibernation is not supported in region {}, whose instances run on a remote backend", caller.region),
                 ));
             }
-            let stopping_instances =
-                self.remote_change(caller, &*backend, &input.instance_ids, crate::backend::PowerAction::Stop)?;
+            let stopping_instances = self.remote_change(
+                caller,
+                &*backend,
+                &input.instance_ids,
+                crate::backend::PowerAction::Stop,
+            )?;
             return Ok(StopInstancesResult { stopping_instances });
         }
         let (instance_ids, force) = (&input.instance_ids, input.force.unwrap_or(false));
@@ -166,8 +170,12 @@ impl Service {
         input: StartInstancesRequest,
     ) -> Result<StartInstancesResult> {
         if let Some(backend) = self.remote_backend(caller)? {
-            let starting_instances =
-                self.remote_change(caller, &*backend, &input.instance_ids, crate::backend::PowerAction::Start)?;
+            let starting_instances = self.remote_change(
+                caller,
+                &*backend,
+                &input.instance_ids,
+                crate::backend::PowerAction::Start,
+            )?;
             return Ok(StartInstancesResult { starting_instances });
         }
         let instance_ids = &input.instance_ids;
@@ -232,7 +240,12 @@ impl Service {
         input: RebootInstancesRequest,
     ) -> Result<()> {
         if let Some(backend) = self.remote_backend(caller)? {
-            self.remote_change(caller, &*backend, &input.instance_ids, crate::backend::PowerAction::Reboot)?;
+            self.remote_change(
+                caller,
+                &*backend,
+                &input.instance_ids,
+                crate::backend::PowerAction::Reboot,
+            )?;
             return Ok(());
         }
         let instance_ids = &input.instance_ids;
@@ -265,9 +278,15 @@ impl Service {
             ));
         }
         if let Some(backend) = self.remote_backend(caller)? {
-            let terminating_instances =
-                self.remote_change(caller, &*backend, instance_ids, crate::backend::PowerAction::Delete)?;
-            return Ok(TerminateInstancesResult { terminating_instances });
+            let terminating_instances = self.remote_change(
+                caller,
+                &*backend,
+                instance_ids,
+                crate::backend::PowerAction::Delete,
+            )?;
+            return Ok(TerminateInstancesResult {
+                terminating_instances,
+            });
         }
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         self.check_api_protection(&instances, "terminated")?;

@@ -258,16 +258,16 @@ impl Service {
             }
         }
         let refused: [(bool, &str); 11] = [
-            (!input.block_device_mappings.is_empty(), "BlockDeviceMapping"),
+            (
+                !input.block_device_mappings.is_empty(),
+                "BlockDeviceMapping",
+            ),
             (!input.security_group_ids.is_empty(), "SecurityGroupId"),
             (!input.security_groups.is_empty(), "SecurityGroup"),
             (input.subnet_id.is_some(), "SubnetId"),
             (input.private_ip_address.is_some(), "PrivateIpAddress"),
             (!input.network_interfaces.is_empty(), "NetworkInterface"),
-            (
-                input.hibernation_options.is_some(),
-                "HibernationOptions",
-            ),
+            (input.hibernation_options.is_some(), "HibernationOptions"),
             (input.ebs_optimized == Some(true), "EbsOptimized=true"),
             (
                 input.monitoring.as_ref().is_some_and(|m| m.enabled),
@@ -300,7 +300,10 @@ impl Service {
         }
         let zone = match &input.placement {
             Some(p) => {
-                if p.tenancy.as_deref().is_some_and(|t| !t.is_empty() && t != "default") {
+                if p.tenancy
+                    .as_deref()
+                    .is_some_and(|t| !t.is_empty() && t != "default")
+                {
                     return Err(unsupported("A tenancy other than default", region));
                 }
                 p.availability_zone.clone().filter(|z| !z.is_empty())
@@ -443,7 +446,10 @@ impl Service {
         let rows = self
             .store
             .read(|db| db.remote_instances_in_region(&caller.region))?;
-        if rows.iter().all(|r| r.state == InstanceStateName::Terminated) {
+        if rows
+            .iter()
+            .all(|r| r.state == InstanceStateName::Terminated)
+        {
             return Ok(());
         }
         let servers = backend.servers().map_err(backend_error)?;
@@ -735,9 +741,8 @@ impl Service {
                     next
                 };
                 if matches!(action, PowerAction::Stop | PowerAction::Delete) {
-                    r.state_reason = Some(
-                        "Client.UserInitiatedShutdown: User initiated shutdown".into(),
-                    );
+                    r.state_reason =
+                        Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
                 }
                 r.updated = now();
                 let row = r.clone();
@@ -825,7 +830,11 @@ mod tests {
             (ServerPower::Failed("x".into()), S::Pending, S::Terminated),
             (ServerPower::Failed("x".into()), S::Running, S::Stopped),
         ] {
-            assert_eq!(state_of(&power, recorded), want, "{power:?} from {recorded}");
+            assert_eq!(
+                state_of(&power, recorded),
+                want,
+                "{power:?} from {recorded}"
+            );
         }
     }
 
