@@ -27,12 +27,11 @@ pub enum BackendError {
     #[error("Region binding {path}: {reason}")]
     Binding { path: String, reason: String },
     /// The cloud refused the request (it made nothing).
-    #[error("{backend} refused the request: {message}")]
+    #[error("{backend} refused the request")]
     Refused {
         backend: String,
-        message: String,
         #[source]
-        source: crate::openstack::OpenStackError,
+        source: Box<crate::openstack::OpenStackError>,
     },
     /// The cloud could not be asked, or answered unexpectedly: what it
     /// made, if anything, is found again by its group name.
@@ -40,7 +39,7 @@ pub enum BackendError {
     Failed {
         backend: String,
         #[source]
-        source: crate::openstack::OpenStackError,
+        source: Box<crate::openstack::OpenStackError>,
     },
 }
 

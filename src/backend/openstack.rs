@@ -58,8 +58,7 @@ impl OpenStackBackend {
         match e.status() {
             Some(s) if (400..500).contains(&s) => BackendError::Refused {
                 backend,
-                message: e.to_string(),
-                source: e,
+                source: Box::new(e),
             },
             _ => failed(&backend, e),
         }
@@ -113,7 +112,7 @@ impl OpenStackBackend {
 fn failed(backend: &str, source: OpenStackError) -> BackendError {
     BackendError::Failed {
         backend: backend.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 

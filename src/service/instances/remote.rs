@@ -730,10 +730,9 @@ impl Service {
                 _ => None,
             };
             if let Some(next) = next {
-                match &r.server_id {
-                    Some(server) => backend.power(server, action).map_err(backend_error)?,
-                    // Terminating a launch that never reached the backend.
-                    None => {}
+                // (A launch that never reached the backend has no server to ask.)
+                if let Some(server) = &r.server_id {
+                    backend.power(server, action).map_err(backend_error)?;
                 }
                 r.state = if action == PowerAction::Delete && r.server_id.is_none() {
                     S::Terminated
