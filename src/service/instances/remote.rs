@@ -69,8 +69,16 @@ pub(super) fn state_of(power: &ServerPower, recorded: InstanceStateName) -> Inst
     }
 }
 
+/// The backend's error, its message first and the cloud's answer as the cause.
 fn backend_error(e: backend::BackendError) -> Error {
-    Error::internal(e.to_string()).with_source(e)
+    let message = e.to_string();
+    match e {
+        backend::BackendError::Refused { source, .. }
+        | backend::BackendError::Failed { source, .. } => {
+            Error::internal(message).with_source(source)
+        }
+        other => Error::internal(message).with_source(other),
+    }
 }
 
 fn unsupported(what: &str, region: &str) -> Error {
