@@ -536,7 +536,11 @@ from sqlalchemy import orm
 application = runpy.run_path("/usr/bin/neutron-api", run_name="neutron_api")["application"]
 orm.configure_mappers()
 EOT
-uwsgi_app neutron-api neutron 9696 "$AIO_STATE/neutron-api-wsgi.py" --pyargv "$NEUTRON_ARGS" \
+# One thread per worker, as for nova-api below: neutron-api monkey-patches
+# eventlet, and with threads a worker deadlocked ("greenlet.error: cannot
+# switch to a different thread"), which hung every Nova call that asks it
+# for ports.
+UWSGI_PROCESSES=2 UWSGI_THREADS=1 uwsgi_app neutron-api neutron 9696 "$AIO_STATE/neutron-api-wsgi.py" --pyargv "$NEUTRON_ARGS" \
 	--env "AIO_CONF=$(conf_hash /etc/neutron/neutron.conf /etc/neutron/plugins/ml2/ml2_conf.ini "$AIO_STATE/neutron-api-wsgi.py")"
 
 # ---------------------------------------------------------------- Nova

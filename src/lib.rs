@@ -99,9 +99,16 @@
 //!   guest in a VPC joins the VPC's network ([`network::vpc`]: namespace,
 //!   bridge, taps, dnsmasq, nftables security groups, public-address and
 //!   IMDS relays).
+//! - [`backend`] is where instances run and image data live when a region
+//!   is not this machine: a region bound in `$AMIRUN_HOME/regions.d` runs
+//!   on a [`backend::Backend`] ([`backend::openstack`]: Glance images, Nova
+//!   servers); the service dispatches RunInstances, DescribeInstances,
+//!   Stop/Start/Reboot/TerminateInstances and GetConsoleOutput of such a
+//!   region there at the top of each method (`service::instances::remote`
+//!   keeps EC2's ids, states and rules; the store maps ids to the
+//!   backend's). Local regions never reach it.
 //! - [`openstack`] is a blocking client of the OpenStack APIs (Keystone v3,
-//!   Glance v2, Nova) for the OpenStack backend (issue 16); nothing calls it
-//!   from [`service`] yet.
+//!   Glance v2, Nova) that [`backend::openstack`] speaks through.
 //! - [`paths`] is the only module that knows file names on disk.
 //! - [`domain`] holds EC2's closed sets as enums (instance, volume, image
 //!   and snapshot states, root device type, shutdown behavior, boot mode,
@@ -115,6 +122,7 @@
 //!   secrets) and checks the runtime directory before use.
 
 pub mod api;
+pub mod backend;
 pub mod blobs;
 pub mod catalog;
 pub mod cli;

@@ -146,6 +146,20 @@ impl Paths {
         self.home.join("catalog.d")
     }
 
+    /// Directory of region bindings (`*.json`): which regions run on
+    /// another backend than the local engine ([`crate::backend::RegionBindings`]).
+    pub fn regions_dir(&self) -> PathBuf {
+        self.home.join("regions.d")
+    }
+
+    /// Where an AMI's root disk is flattened before a remote backend takes
+    /// it (removed once uploaded).
+    pub fn publish_file(&self, image_id: &str, region: &str) -> PathBuf {
+        self.home
+            .join("publish")
+            .join(format!("{image_id}-{region}.qcow2"))
+    }
+
     /// Directory of finished, verified blobs.
     pub fn blob_dir(&self) -> PathBuf {
         self.home.join("blobs/sha256")

@@ -39,9 +39,11 @@ pub use tags::TagState;
 pub use volumes::VolumeState;
 
 mod launch_templates;
+mod remote;
 mod volume_changes;
 
 pub use launch_templates::{LaunchTemplateState, LaunchTemplateVersionState};
+pub use remote::{RemoteImageState, RemoteInstanceState};
 pub use volume_changes::{AttachIntent, VolumeModificationState, VolumePerformance};
 pub mod vpc;
 

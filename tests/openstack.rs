@@ -8,9 +8,20 @@
 //! It is `#[ignore]`d: the README's test command does not set up the cloud
 //! (about 12 minutes of packages). Run it with `scripts/openstack-aio.sh &&
 //! cargo test --test openstack -- --ignored`; a missing cloud then fails it.
+//!
+//! The other tests drive the `amirun` CLI in a region bound to the cloud
+//! (a `regions.d` file in the test's own AMIRUN_HOME): the tiny AMI booted
+//! under Nova with EC2's lifecycle, and 40 instances spread over the
+//! fake-driver hosts.
 
+mod util;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::Env;
 
 use amirun::openstack::compute::{NewFlavor, NewServer, Nova, RebootKind};
 use amirun::openstack::image::{Glance, NewImage};
@@ -241,4 +252,404 @@ fn tiny_image_boots_under_nova_and_is_shared_through_glance() {
         std::thread::sleep(Duration::from_secs(2));
     }
     step(t0, "deleted");
+}
+
+/// The clouds.yaml the all-in-one script writes.
+const CLOUDS_YAML: &str = "/etc/openstack/clouds.yaml";
+
+/// An amirun installation whose `region` runs on the all-in-one cloud.
+fn bound_env(region: &str) -> Env {
+    if !std::path::Path::new(CLOUDS_YAML).is_file() {
+        skip(&format!("no {CLOUDS_YAML}"));
+    }
+    let env = Env::with_images();
+    let dir = env.home().join("regions.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{region}.json")),
+        format!(
+            r#"{{"region": "{region}", "backend": "openstack", "cloud": "amirun-aio", "clouds_yaml": "{CLOUDS_YAML}"}}"#
+        ),
+    )
+    .unwrap();
+    env
+}
+
+/// `amirun --region R ARGS…`, which must succeed; its JSON.
+fn amirun(env: &Env, region: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--region", region];
+    all.extend_from_slice(args);
+    env.ok(&all)
+}
+
+/// Instance id -> state name, as describe-instances shows them.
+fn states(env: &Env, region: &str, ids: &[String]) -> BTreeMap<String, String> {
+    let mut args = vec!["describe-instances", "--instance-ids"];
+    args.extend(ids.iter().map(String::as_str));
+    let v = amirun(env, region, &args);
+    let mut out = BTreeMap::new();
+    for r in v["Reservations"].as_array().unwrap() {
+        for i in r["Instances"].as_array().unwrap() {
+            out.insert(
+                i["InstanceId"].as_str().unwrap().to_string(),
+                i["State"]["Name"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    out
+}
+
+/// Poll describe-instances until every instance is in `want`.
+fn wait_state(env: &Env, region: &str, ids: &[String], want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = states(env, region, ids);
+        if now.len() == ids.len() && now.values().all(|s| s == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all {want} within {secs}s: {now:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Deletes, whatever happens, the Nova servers of the test's launch
+/// groups and the Glance images amirun published for its region.
+struct CloudCleanup {
+    groups: Vec<String>,
+    region: String,
+}
+
+impl Drop for CloudCleanup {
+    fn drop(&mut self) {
+        let Ok(admin) = connect("amirun-aio") else {
+            return;
+        };
+        let nova = Nova(&admin);
+        if let Ok(servers) = nova.list(false) {
+            for s in servers {
+                if s.metadata
+                    .get("amirun:group")
+                    .is_some_and(|g| self.groups.contains(g))
+                {
+                    let _ = nova.delete(&s.id);
+                }
+            }
+        }
+        if let Ok(images) = Glance(&admin).list(None) {
+            for i in images {
+                if i.name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("amirun-ami-") && n.ends_with(&self.region))
+                {
+                    let _ = Glance(&admin).delete(&i.id);
+                }
+            }
+        }
+    }
+}
+
+fn decoded_console(env: &Env, region: &str, id: &str) -> String {
+    let v = amirun(env, region, &["get-console-output", "--instance-id", id]);
+    v["Output"].as_str().unwrap_or_default().to_string()
+}
+
+fn wait_console(env: &Env, region: &str, id: &str, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let c = decoded_console(env, region, id);
+        if let Some(at) = c.rfind(needle) {
+            if c[at..].contains("amirun-tiny: ready") {
+                return c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no '{needle}' then 'amirun-tiny: ready' on {id}'s console within {secs}s:\n{c}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+#[test]
+#[ignore = "needs an OpenStack cloud: scripts/openstack-aio.sh, then cargo test --test openstack -- --ignored"]
+fn amirun_region_on_openstack_runs_the_tiny_ami_with_ec2s_lifecycle() {
+    const REGION: &str = "eu-west-1";
+    let t0 = Instant::now();
+    let env = bound_env(REGION);
+    let mut cleanup = CloudCleanup {
+        groups: Vec::new(),
+        region: REGION.into(),
+    };
+    let ami = amirun(
+        &env,
+        REGION,
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=amirun/tiny-x86_64",
+            "--query",
+            "Images[0].ImageId",
+        ],
+    );
+    let ami = ami
+        .as_str()
+        .expect("the tiny AMI in the bound region")
+        .to_string();
+    amirun(&env, REGION, &["create-key-pair", "--key-name", "os-key"]);
+    let launched = amirun(
+        &env,
+        REGION,
+        &[
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--key-name",
+            "os-key",
+            "--user-data",
+            "echo hello",
+            "--tag-specifications",
+            "ResourceType=instance,Tags=[{Key=Name,Value=on-nova}]",
+        ],
+    );
+    let reservation = launched["ReservationId"].as_str().unwrap().to_string();
+    cleanup.groups.push(format!("amirun-{reservation}"));
+    let id = launched["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    step(
+        t0,
+        &format!("run-instances: {id} (AMI published to Glance)"),
+    );
+    let ids = vec![id.clone()];
+    wait_state(&env, REGION, &ids, "running", 300);
+    let shown = amirun(&env, REGION, &["describe-instances", "--instance-ids", &id]);
+    let i = &shown["Reservations"][0]["Instances"][0];
+    assert_eq!(i["InstanceType"], "t3.micro");
+    assert_eq!(i["ImageId"], ami.as_str());
+    assert_eq!(i["KeyName"], "os-key");
+    assert_eq!(i["Tags"][0]["Value"], "on-nova");
+    assert_eq!(i["Placement"]["AvailabilityZone"], "aio");
+    step(t0, "running");
+
+    // Nova has the server, with the key pair amirun imported.
+    let admin = connect("amirun-aio").unwrap_or_else(|e| panic!("{SETUP} first: {e}"));
+    let nova = Nova(&admin);
+    let server = nova
+        .list(false)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.metadata.get("amirun:group") == Some(&format!("amirun-{reservation}")))
+        .expect("the Nova server of the reservation");
+    assert_eq!(server.host.as_deref(), Some("aio"));
+    assert!(nova
+        .keypair("amirun-000000000000-os-key")
+        .unwrap()
+        .is_some());
+
+    wait_console(&env, REGION, &id, "amirun-tiny: boot 1", 300);
+    step(t0, "get-console-output: amirun-tiny: boot 1 ... ready");
+
+    // EC2's rules: a running instance cannot start, an unknown one is not found.
+    let r = env.fails(
+        &[
+            "--region",
+            REGION,
+            "reboot-instances",
+            "--instance-ids",
+            "i-0123456789abcdef0",
+        ],
+        "InvalidInstanceID.NotFound",
+    );
+    assert!(r.stderr.contains("i-0123456789abcdef0"), "{}", r.stderr);
+
+    amirun(&env, REGION, &["stop-instances", "--instance-ids", &id]);
+    wait_state(&env, REGION, &ids, "stopped", 300);
+    step(t0, "stopped");
+    amirun(&env, REGION, &["start-instances", "--instance-ids", &id]);
+    wait_state(&env, REGION, &ids, "running", 300);
+    // The root disk survived the stop: the tiny image counts its boots there.
+    wait_console(&env, REGION, &id, "amirun-tiny: boot 2", 300);
+    step(t0, "started again: amirun-tiny: boot 2 ... ready");
+
+    let t = amirun(
+        &env,
+        REGION,
+        &["terminate-instances", "--instance-ids", &id],
+    );
+    assert_eq!(
+        t["TerminatingInstances"][0]["PreviousState"]["Name"],
+        "running"
+    );
+    wait_state(&env, REGION, &ids, "terminated", 300);
+    assert!(!nova.list(false).unwrap().iter().any(|s| s.id == server.id));
+    step(t0, "terminated; the Nova server is gone");
+}
+
+#[test]
+#[ignore = "needs an OpenStack cloud: scripts/openstack-aio.sh, then cargo test --test openstack -- --ignored"]
+fn forty_instances_spread_over_the_fake_hosts() {
+    const REGION: &str = "eu-west-2";
+    let t0 = Instant::now();
+    let env = bound_env(REGION);
+    let mut cleanup = CloudCleanup {
+        groups: Vec::new(),
+        region: REGION.into(),
+    };
+    let ami = amirun(
+        &env,
+        REGION,
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=amirun/tiny-x86_64",
+            "--query",
+            "Images[0].ImageId",
+        ],
+    );
+    let ami = ami.as_str().unwrap().to_string();
+    let launched = amirun(
+        &env,
+        REGION,
+        &[
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.nano",
+            "--count",
+            "40",
+            "--placement",
+            "AvailabilityZone=fake",
+        ],
+    );
+    let reservation = launched["ReservationId"].as_str().unwrap().to_string();
+    let group = format!("amirun-{reservation}");
+    cleanup.groups.push(group.clone());
+    let ids: Vec<String> = launched["Instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["InstanceId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 40);
+    step(t0, "run-instances --count 40 returned");
+    wait_state(&env, REGION, &ids, "running", 600);
+    step(t0, "all 40 running");
+
+    // Where Nova placed them (OS-EXT-SRV-ATTR:host).
+    let admin = connect("amirun-aio").unwrap_or_else(|e| panic!("{SETUP} first: {e}"));
+    let nova = Nova(&admin);
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for s in nova.list(false).unwrap() {
+        if s.metadata.get("amirun:group") == Some(&group) {
+            *per_host
+                .entry(s.host.clone().unwrap_or_else(|| "(none)".into()))
+                .or_default() += 1;
+        }
+    }
+    eprintln!("placement per host: {per_host:?}");
+    assert_eq!(per_host.values().sum::<usize>(), 40, "{per_host:?}");
+    assert!(
+        per_host.keys().all(|h| h.starts_with("fake-")),
+        "{per_host:?}"
+    );
+    assert!(per_host.len() >= 2, "not spread: {per_host:?}");
+
+    // The zone is EC2's Placement.AvailabilityZone, and a filter.
+    let in_zone = amirun(
+        &env,
+        REGION,
+        &[
+            "describe-instances",
+            "--filters",
+            "Name=availability-zone,Values=fake",
+            "Name=instance-state-name,Values=running",
+            "--query",
+            "length(Reservations[].Instances[])",
+        ],
+    );
+    assert_eq!(in_zone, 40);
+
+    // EC2's rule: an instance-store root cannot stop (and nothing changes).
+    let store_ami = amirun(
+        &env,
+        REGION,
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=amirun/tiny-x86_64-instance-store",
+            "--query",
+            "Images[0].ImageId",
+        ],
+    );
+    let launched = amirun(
+        &env,
+        REGION,
+        &[
+            "run-instances",
+            "--image-id",
+            store_ami.as_str().unwrap(),
+            "--instance-type",
+            "t3.nano",
+            "--placement",
+            "AvailabilityZone=fake",
+        ],
+    );
+    cleanup.groups.push(format!(
+        "amirun-{}",
+        launched["ReservationId"].as_str().unwrap()
+    ));
+    let store_id = launched["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(
+        &env,
+        REGION,
+        std::slice::from_ref(&store_id),
+        "running",
+        300,
+    );
+    let r = env.fails(
+        &[
+            "--region",
+            REGION,
+            "stop-instances",
+            "--instance-ids",
+            &store_id,
+        ],
+        "UnsupportedOperation",
+    );
+    assert!(r.stderr.contains("cannot be stopped"), "{}", r.stderr);
+    assert_eq!(
+        states(&env, REGION, std::slice::from_ref(&store_id))[&store_id],
+        "running"
+    );
+    step(t0, "instance-store root: stop refused");
+
+    let mut all = ids.clone();
+    all.push(store_id);
+    let mut args = vec!["terminate-instances", "--instance-ids"];
+    args.extend(all.iter().map(String::as_str));
+    let t = amirun(&env, REGION, &args);
+    assert_eq!(t["TerminatingInstances"].as_array().unwrap().len(), 41);
+    wait_state(&env, REGION, &all, "terminated", 600);
+    let left = nova
+        .list(false)
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .get("amirun:group")
+                .is_some_and(|g| cleanup.groups.contains(g))
+        })
+        .count();
+    assert_eq!(left, 0, "Nova servers left behind");
+    step(t0, "all 41 terminated; no Nova server left");
 }

@@ -214,6 +214,10 @@ impl Session {
         let http = Client::builder()
             .user_agent(concat!("amirun/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
+            // A fresh connection per request: the all-in-one cloud's uwsgi
+            // servers close idle connections under a reused one, which
+            // reqwest reports as "error sending request".
+            .pool_max_idle_per_host(0)
             // Bounds each wait for headers or a body read, not a whole upload.
             .timeout(Duration::from_secs(300))
             .build()

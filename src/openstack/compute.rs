@@ -65,6 +65,12 @@ pub struct Server {
     /// The compute host (only shown to admins).
     #[serde(rename = "OS-EXT-SRV-ATTR:host", default)]
     pub host: Option<String>,
+    /// The server's index in its multi-create (only shown to admins).
+    #[serde(rename = "OS-EXT-SRV-ATTR:launch_index", default)]
+    pub launch_index: Option<u32>,
+    /// The availability zone it was placed in.
+    #[serde(rename = "OS-EXT-AZ:availability_zone", default)]
+    pub availability_zone: Option<String>,
     #[serde(default)]
     pub tenant_id: Option<String>,
     #[serde(default)]
@@ -210,6 +216,18 @@ struct ConsoleOutput {
     output: String,
 }
 #[derive(Deserialize)]
+struct OneKeypair {
+    keypair: Keypair,
+}
+
+/// An ssh key pair Nova installs into guests (per user).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Keypair {
+    pub name: String,
+    pub public_key: String,
+}
+
+#[derive(Deserialize)]
 struct ImageCreated {
     image_id: String,
 }
@@ -249,6 +267,34 @@ impl Nova<'_> {
     /// Delete a flavor (admin).
     pub fn delete_flavor(&self, id: &str) -> Result<()> {
         self.req(Method::DELETE, &format!("/flavors/{id}"))?
+            .send()?;
+        Ok(())
+    }
+
+    /// The key pair named `name`, if the user has one.
+    pub fn keypair(&self, name: &str) -> Result<Option<Keypair>> {
+        match self
+            .req(Method::GET, &format!("/os-keypairs/{name}"))?
+            .send_json::<OneKeypair>()
+        {
+            Ok(k) => Ok(Some(k.keypair)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Import a public key as key pair `name`.
+    pub fn import_keypair(&self, name: &str, public_key: &str) -> Result<Keypair> {
+        let k: OneKeypair = self
+            .req(Method::POST, "/os-keypairs")?
+            .json(&json!({"keypair": {"name": name, "public_key": public_key}}))
+            .send_json()?;
+        Ok(k.keypair)
+    }
+
+    /// Delete key pair `name`.
+    pub fn delete_keypair(&self, name: &str) -> Result<()> {
+        self.req(Method::DELETE, &format!("/os-keypairs/{name}"))?
             .send()?;
         Ok(())
     }

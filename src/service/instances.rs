@@ -85,6 +85,7 @@ mod launch;
 mod launch_rules;
 mod lifecycle;
 mod reconcile;
+mod remote;
 mod volumes;
 
 use boot::free_port;
@@ -103,6 +104,7 @@ pub use lifecycle::{
     StopInstancesRequest, StopInstancesResult, TerminateInstancesRequest, TerminateInstancesResult,
 };
 pub use reconcile::WaitFailure;
+pub(crate) use remote::RemoteRegions;
 pub use volumes::{DescribeVolumesRequest, DescribeVolumesResult, Volume, VolumeAttachment};
 
 /// An instance's state as EC2 shows it.

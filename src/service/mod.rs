@@ -220,6 +220,8 @@ pub struct Service {
     progress: Progress,
     import_policy: import_policy::ImportPolicy,
     options: ServiceOptions,
+    /// Regions bound to a remote backend (`$AMIRUN_HOME/regions.d`).
+    remote: instances::RemoteRegions,
 }
 
 /// The id of what a request with an idempotency token (`ClientToken`) makes:
@@ -275,6 +277,7 @@ impl Service {
                 Error::internal(format!("Cannot make {} private", file.display())).with_source(e)
             })?;
         }
+        let remote = instances::RemoteRegions::load(&paths)?;
         let store = Store::open(&paths.database(), &paths.database_lock())?;
         let blobs = BlobStore::new(paths.clone());
         let mut service = Service {
@@ -288,6 +291,7 @@ impl Service {
             },
             import_policy: options.import_policy.clone(),
             options: options.clone(),
+            remote,
         };
         let catalog = catalog::load(&service.paths.catalog_dir(), &options.extra_catalogs)?;
         warn_skipped(&catalog);

@@ -260,4 +260,7 @@ CREATE TABLE client_tokens (
     PRIMARY KEY (account, region, action, token)
 );
 "#,
+    // 9: what remote backends hold (`super::remote`): AMIs published to a
+    // region's backend, and instances running there with their server ids.
+    super::remote::MIGRATION,
 ];

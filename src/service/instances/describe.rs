@@ -464,13 +464,11 @@ impl Service {
         caller: &Caller,
         input: DescribeInstancesRequest,
     ) -> Result<DescribeInstancesResult> {
-        let (instance_ids, filters) = (&input.instance_ids, &input.filters);
-        if !instance_ids.is_empty() && input.max_results.is_some() {
-            return Err(Error::new(
-                ErrorCode::InvalidParameterCombination,
-                "The parameter instancesSet cannot be used with the parameter maxResults",
-            ));
+        if let Some(backend) = self.remote_backend(caller)? {
+            return self.remote_describe_instances(caller, &*backend, &input);
         }
+        check_paging(&input)?;
+        let (instance_ids, filters) = (&input.instance_ids, &input.filters);
         filter::check_names(
             filters,
             &[
@@ -514,27 +512,7 @@ impl Service {
             }
             selected.push((i.reservation_id.clone(), shape));
         }
-        let paging = crate::service::paging::Paging::of(input.max_results, &input.next_token);
-        let (page, next_token) = crate::service::paging::page(selected, &paging, 5, 1000)?;
-        let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
-        for (reservation_id, shape) in page {
-            match reservations.iter_mut().find(|(r, _)| *r == reservation_id) {
-                Some((_, list)) => list.push(shape),
-                None => reservations.push((reservation_id, vec![shape])),
-            }
-        }
-        Ok(DescribeInstancesResult {
-            next_token,
-            reservations: reservations
-                .into_iter()
-                .map(|(reservation_id, instances)| Reservation {
-                    groups: Vec::new(),
-                    instances,
-                    owner_id: caller.account.to_string(),
-                    reservation_id,
-                })
-                .collect(),
-        })
+        paged_reservations(caller, selected, &input)
     }
 
     /// `DescribeInstances` of one instance as JSON (`{"Reservations": [...]}`),
@@ -665,6 +643,9 @@ impl Service {
         caller: &Caller,
         input: GetConsoleOutputRequest,
     ) -> Result<GetConsoleOutputResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            return self.remote_console_output(caller, &*backend, &input);
+        }
         let (instance_id, latest) = (input.instance_id.as_str(), input.latest.unwrap_or(false));
         let i = self
             .owned_instances(caller, &[instance_id.to_string()])?
@@ -737,6 +718,47 @@ impl Service {
             identity_file,
         })
     }
+}
+
+/// EC2's rule: `MaxResults` pages a listing, so it cannot come with ids.
+pub(super) fn check_paging(input: &DescribeInstancesRequest) -> Result<()> {
+    if !input.instance_ids.is_empty() && input.max_results.is_some() {
+        return Err(Error::new(
+            ErrorCode::InvalidParameterCombination,
+            "The parameter instancesSet cannot be used with the parameter maxResults",
+        ));
+    }
+    Ok(())
+}
+
+/// One page of the instances shown (in launch order, each with its
+/// reservation id), grouped into reservations as DescribeInstances answers.
+pub(super) fn paged_reservations(
+    caller: &Caller,
+    selected: Vec<(String, Instance)>,
+    input: &DescribeInstancesRequest,
+) -> Result<DescribeInstancesResult> {
+    let paging = crate::service::paging::Paging::of(input.max_results, &input.next_token);
+    let (page, next_token) = crate::service::paging::page(selected, &paging, 5, 1000)?;
+    let mut reservations: Vec<(String, Vec<Instance>)> = Vec::new();
+    for (reservation_id, shape) in page {
+        match reservations.iter_mut().find(|(r, _)| *r == reservation_id) {
+            Some((_, list)) => list.push(shape),
+            None => reservations.push((reservation_id, vec![shape])),
+        }
+    }
+    Ok(DescribeInstancesResult {
+        next_token,
+        reservations: reservations
+            .into_iter()
+            .map(|(reservation_id, instances)| Reservation {
+                groups: Vec::new(),
+                instances,
+                owner_id: caller.account.to_string(),
+                reservation_id,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

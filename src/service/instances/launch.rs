@@ -205,6 +205,9 @@ impl Service {
         caller: &Caller,
         input: RunInstancesRequest,
     ) -> Result<Reservation> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            return self.remote_run_instances(caller, &*backend, &input);
+        }
         let input = &input;
         let reservation_id = match &input.client_token {
             Some(token) => {

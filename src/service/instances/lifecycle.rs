@@ -68,6 +68,21 @@ impl Service {
         caller: &Caller,
         input: StopInstancesRequest,
     ) -> Result<StopInstancesResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            if input.hibernate == Some(true) {
+                return Err(Error::new(
+                    ErrorCode::UnsupportedOperation,
+                    format!("Hibernation is not supported in region {}, whose instances run on a remote backend", caller.region),
+                ));
+            }
+            let stopping_instances = self.remote_change(
+                caller,
+                &*backend,
+                &input.instance_ids,
+                crate::backend::PowerAction::Stop,
+            )?;
+            return Ok(StopInstancesResult { stopping_instances });
+        }
         let (instance_ids, force) = (&input.instance_ids, input.force.unwrap_or(false));
         let hibernate = input.hibernate.unwrap_or(false);
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
@@ -154,6 +169,15 @@ impl Service {
         caller: &Caller,
         input: StartInstancesRequest,
     ) -> Result<StartInstancesResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            let starting_instances = self.remote_change(
+                caller,
+                &*backend,
+                &input.instance_ids,
+                crate::backend::PowerAction::Start,
+            )?;
+            return Ok(StartInstancesResult { starting_instances });
+        }
         let instance_ids = &input.instance_ids;
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
@@ -215,6 +239,15 @@ impl Service {
         caller: &Caller,
         input: RebootInstancesRequest,
     ) -> Result<()> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            self.remote_change(
+                caller,
+                &*backend,
+                &input.instance_ids,
+                crate::backend::PowerAction::Reboot,
+            )?;
+            return Ok(());
+        }
         let instance_ids = &input.instance_ids;
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         for i in &instances {
@@ -243,6 +276,17 @@ impl Service {
                 ErrorCode::InvalidParameterCombination,
                 "No instances specified",
             ));
+        }
+        if let Some(backend) = self.remote_backend(caller)? {
+            let terminating_instances = self.remote_change(
+                caller,
+                &*backend,
+                instance_ids,
+                crate::backend::PowerAction::Delete,
+            )?;
+            return Ok(TerminateInstancesResult {
+                terminating_instances,
+            });
         }
         let (_locks, instances) = self.lock_owned_instances(caller, instance_ids)?;
         self.check_api_protection(&instances, "terminated")?;
