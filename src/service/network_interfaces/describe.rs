@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// `DescribeNetworkInterfaces`.
+/// `DescribeNetworkInterfaces`. `IncludeManagedResources` is honoured
+/// trivially: amirun has no interfaces managed by other services.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DescribeNetworkInterfacesRequest {
