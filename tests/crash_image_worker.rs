@@ -11,67 +11,11 @@
 mod util;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use util::*;
 
 const X86: &str = "amirun/tiny-x86_64";
-
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(env: &Env, failpoint: Option<&str>) -> Serve {
-        let mut cmd = env.cmd();
-        if let Some(f) = failpoint {
-            cmd.env("AMIRUN_FAILPOINTS", f);
-        }
-        let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("amirun serve: listening on http://")
-            .unwrap_or_else(|| panic!("amirun serve printed {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        Serve { child, addr }
-    }
-
-    /// One unsigned Query API request; the raw response (status line and body).
-    fn call(&self, body: &str) -> String {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            s,
-            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = text.find(open)? + open.len();
@@ -153,7 +97,7 @@ fn a_killed_create_image_worker_is_settled_from_the_files() {
         ("create-image:after-overlay", Some("failed")),
         ("create-image:after-rename", Some("available")),
     ] {
-        let server = Serve::start(&env, Some(failpoint));
+        let server = Serve::start_with(&env, &[("AMIRUN_FAILPOINTS", failpoint)]);
         let name = format!("bake-{}", failpoint.trim_start_matches("create-image:"));
         let started = Instant::now();
         let reply = server.call(&format!(
@@ -203,7 +147,7 @@ fn a_killed_create_image_worker_is_settled_from_the_files() {
     }
 
     // Without a failpoint the worker bakes; the AMI boots with the marker.
-    let server = Serve::start(&env, None);
+    let server = Serve::start(&env);
     let reply = server.call(&format!(
         "Action=CreateImage&Version=2016-11-15&InstanceId={i}&Name=bake-whole"
     ));

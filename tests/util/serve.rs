@@ -3,7 +3,8 @@
 
 use super::Env;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,7 +107,15 @@ impl Serve {
     /// Run a scenario of `tests/python/ec2_api.py` (boto3) against this
     /// server, with `extra` environment; it must succeed. Its stdout.
     pub fn python(&self, scenario: &str, extra: &[(&str, &str)]) -> String {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/ec2_api.py");
+        self.python_script("ec2_api.py", scenario, extra)
+    }
+
+    /// Run a scenario of `tests/python/SCRIPT` against this server, with
+    /// `extra` environment; it must succeed. Its stdout.
+    pub fn python_script(&self, script: &str, scenario: &str, extra: &[(&str, &str)]) -> String {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/python")
+            .join(script);
         let out = Command::new(pyenv("python"))
             .arg(script)
             .arg(scenario)
@@ -126,6 +135,22 @@ impl Serve {
         );
         eprintln!("{stdout}{stderr}");
         stdout.into_owned()
+    }
+
+    /// One unsigned Query API request (`Action=...&Version=...`); the raw
+    /// response, status line and body.
+    pub fn call(&self, body: &str) -> String {
+        let addr = self.url.trim_start_matches("http://").trim_end_matches('/');
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     }
 
     /// `aws ec2 ARGS` on a server armed with a failpoint that kills it:
