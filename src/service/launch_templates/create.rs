@@ -30,6 +30,8 @@ pub struct CreateLaunchTemplateVersionRequest {
     #[serde(default)]
     pub version_description: Option<String>,
     pub launch_template_data: RequestLaunchTemplateData,
+    /// Honoured trivially: an ImageId must be an AMI id (`resolve:ssm:`
+    /// aliases are refused), so there is never an alias to resolve.
     #[serde(default)]
     pub resolve_alias: Option<bool>,
     #[serde(default)]

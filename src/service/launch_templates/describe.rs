@@ -39,6 +39,8 @@ pub struct DescribeLaunchTemplateVersionsRequest {
     pub next_token: Option<String>,
     #[serde(default)]
     pub max_results: Option<i64>,
+    /// Honoured trivially: an ImageId must be an AMI id (`resolve:ssm:`
+    /// aliases are refused), so there is never an alias to resolve.
     #[serde(default)]
     pub resolve_alias: Option<bool>,
 }
