@@ -202,6 +202,10 @@ const MODIFICATION_FILTERS: &[&str] = &[
     "target-size",
     "target-volume-type",
     "volume-id",
+    "original-iops",
+    "target-iops",
+    "originalMultiAttachEnabled",
+    "targetMultiAttachEnabled",
 ];
 
 fn check_volume_id(id: &str) -> Result<()> {
@@ -1089,7 +1093,7 @@ impl Service {
                     "target-size" => vec![m.target_size.to_string()],
                     "target-volume-type" => vec![m.target_type.clone()],
                     "volume-id" => vec![m.volume_id.clone()],
-                    _ => Vec::new(),
+                    n => filter::shown_values(&modification_shown(m), n),
                 })
             })
             .map(modification_shown)
