@@ -181,6 +181,24 @@ mod tests {
     }
 
     #[test]
+    fn shown_values_follow_the_shape() {
+        let v = serde_json::json!({
+            "CidrBlockAssociationSet": [{"State": "associated"}],
+            "Routes": [{"GatewayId": "igw-1"}, {"GatewayId": ""}],
+            "IsDefault": true,
+            "Attachment": {"DeviceIndex": 0},
+        });
+        assert_eq!(
+            shown_values(&v, "cidr-block-association.state"),
+            ["associated"]
+        );
+        assert_eq!(shown_values(&v, "route.gateway-id"), ["igw-1"]);
+        assert_eq!(shown_values(&v, "is-default"), ["true"]);
+        assert_eq!(shown_values(&v, "attachment.device-index"), ["0"]);
+        assert!(shown_values(&v, "ipv6-cidr-block-association.state").is_empty());
+    }
+
+    #[test]
     fn unknown_filter_is_an_error() {
         let f = vec![Filter {
             name: "colour".into(),
