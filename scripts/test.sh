@@ -24,4 +24,5 @@ if ! target/pyenv/bin/ansible-galaxy collection list amazon.aws 2>/dev/null | gr
 fi
 cargo clippy --quiet --all-targets -- -D warnings
 cargo build --quiet --all-targets
-cargo test 2>&1
+# Every test binary runs even when one fails, so one run shows every failure.
+cargo test --no-fail-fast 2>&1

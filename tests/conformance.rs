@@ -459,6 +459,15 @@ fn api_shapes_and_errors_through_boto3() {
 }
 
 #[test]
+fn every_documented_filter_of_the_other_describes_is_taken() {
+    let env = Env::new();
+    let server = Serve::start(&env);
+    let started = std::time::Instant::now();
+    server.python_script("conformance.py", "filters", &[]);
+    eprintln!("filters scenario: {:?}", started.elapsed());
+}
+
+#[test]
 fn m1_small_is_the_default_boots_tiny_x86_and_arm64_needs_a_type_and_create_snapshots() {
     let env = Env::with_images();
     // An arm64 AMI with no type: EC2's mismatch error for m1.small.

@@ -105,6 +105,66 @@ pub fn tag_values(tags: &[crate::store::TagState], name: &str) -> Option<Vec<Str
     })
 }
 
+/// The values a shown object (its serialized shape, botocore's member
+/// names) has for filter `name`: the name's path in kebab case is the
+/// shape's path in PascalCase (`attachment.vpc-id` is `Attachment.VpcId`),
+/// a list member also found under EC2's `…Set` or plural spelling
+/// (`cidr-block-association.state` is `CidrBlockAssociationSet.State`).
+/// A name with no such path (a feature amirun never gives the object:
+/// IPv6, outposts, …) has no values, so it matches nothing, as on EC2 for
+/// an object without the feature.
+pub fn shown_values<T: serde::Serialize>(shown: &T, name: &str) -> Vec<String> {
+    let v = serde_json::to_value(shown).unwrap_or_default();
+    path_values(&v, &pascal_path(name))
+}
+
+/// The scalars at a dotted PascalCase `path` under `v`, through lists
+/// (`Set`-suffixed members too); empty strings are no value.
+pub fn path_values(v: &serde_json::Value, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    collect(v, &path.split('.').collect::<Vec<_>>(), &mut out);
+    out
+}
+
+/// `http-put-response-hop-limit` as `HttpPutResponseHopLimit`.
+pub fn pascal(kebab: &str) -> String {
+    kebab
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `metadata-options.http-tokens` as `MetadataOptions.HttpTokens`.
+pub fn pascal_path(kebab: &str) -> String {
+    kebab.split('.').map(pascal).collect::<Vec<_>>().join(".")
+}
+
+/// The scalars at `path` under `v`, through lists.
+fn collect(v: &serde_json::Value, path: &[&str], out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (v, path.split_first()) {
+        (Value::Array(items), _) => items.iter().for_each(|i| collect(i, path, out)),
+        (Value::Object(o), Some((first, rest))) => {
+            if let Some(next) = o
+                .get(*first)
+                .or_else(|| o.get(&format!("{first}Set")))
+                .or_else(|| o.get(&format!("{first}s")))
+            {
+                collect(next, rest, out);
+            }
+        }
+        (Value::String(s), None) if !s.is_empty() => out.push(s.clone()),
+        (Value::Bool(b), None) => out.push(b.to_string()),
+        (Value::Number(n), None) => out.push(n.to_string()),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +178,24 @@ mod tests {
         assert!(wildcard_match("??", "ab"));
         assert!(!wildcard_match("??", "abc"));
         assert!(wildcard_match("x86_64", "x86_64"));
+    }
+
+    #[test]
+    fn shown_values_follow_the_shape() {
+        let v = serde_json::json!({
+            "CidrBlockAssociationSet": [{"State": "associated"}],
+            "Routes": [{"GatewayId": "igw-1"}, {"GatewayId": ""}],
+            "IsDefault": true,
+            "Attachment": {"DeviceIndex": 0},
+        });
+        assert_eq!(
+            shown_values(&v, "cidr-block-association.state"),
+            ["associated"]
+        );
+        assert_eq!(shown_values(&v, "route.gateway-id"), ["igw-1"]);
+        assert_eq!(shown_values(&v, "is-default"), ["true"]);
+        assert_eq!(shown_values(&v, "attachment.device-index"), ["0"]);
+        assert!(shown_values(&v, "ipv6-cidr-block-association.state").is_empty());
     }
 
     #[test]

@@ -166,7 +166,8 @@ pub fn guest_check(console: &str) -> Check {
     }
 }
 
-/// EC2's filters for `DescribeInstanceStatus` that amirun answers.
+/// EC2's filters for `DescribeInstanceStatus` (botocore's list), the
+/// others answered from the status as shown ([`filter::shown_values`]).
 const STATUS_FILTERS: &[&str] = &[
     "availability-zone",
     "instance-state-code",
@@ -175,6 +176,17 @@ const STATUS_FILTERS: &[&str] = &[
     "instance-status.status",
     "system-status.reachability",
     "system-status.status",
+    "availability-zone-id",
+    "event.code",
+    "event.description",
+    "event.instance-event-id",
+    "event.not-after",
+    "event.not-before",
+    "event.not-before-deadline",
+    "operator.managed",
+    "operator.principal",
+    "attached-ebs-status.status",
+    "application-status.status",
 ];
 
 impl Service {
@@ -218,7 +230,7 @@ impl Service {
                 "system-status.status" => vec![s.system_status.status.clone()],
                 "instance-status.reachability" => reachability(&s.instance_status),
                 "system-status.reachability" => reachability(&s.system_status),
-                _ => Vec::new(),
+                n => filter::shown_values(&s, n),
             });
             if keep {
                 statuses.push(s);

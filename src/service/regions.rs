@@ -2,7 +2,8 @@
 //! ask first. Every region name is usable; the usual commercial ones are
 //! listed, each with one zone (`<region>a`), where instances are placed.
 
-use super::{Caller, Error, Result, Service};
+use super::shapes::Filter;
+use super::{filter, Caller, Error, Result, Service};
 use crate::catalog::DEFAULT_REGIONS;
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DescribeRegionsRequest {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
     #[serde(default)]
     pub region_names: Vec<String>,
     #[serde(default)]
@@ -37,6 +40,8 @@ pub struct DescribeRegionsResult {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct DescribeAvailabilityZonesRequest {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
     #[serde(default)]
     pub zone_names: Vec<String>,
     #[serde(default)]
@@ -67,6 +72,27 @@ pub struct DescribeAvailabilityZonesResult {
     pub availability_zones: Vec<AvailabilityZone>,
 }
 
+/// `DescribeRegions`' filters (botocore's list), answered from the region
+/// as shown ([`filter::shown_values`]).
+const REGION_FILTERS: &[&str] = &["endpoint", "opt-in-status", "region-name"];
+
+/// `DescribeAvailabilityZones`' filters (botocore's list), answered from
+/// the zone as shown; what a zone of amirun never has (a parent zone, a
+/// long group name) matches nothing.
+const ZONE_FILTERS: &[&str] = &[
+    "group-long-name",
+    "group-name",
+    "message",
+    "opt-in-status",
+    "parent-zone-id",
+    "parent-zone-name",
+    "region-name",
+    "state",
+    "zone-id",
+    "zone-name",
+    "zone-type",
+];
+
 /// EC2's short zone id prefix for a region (`us-east-1` -> `use1`).
 pub(crate) fn zone_id(region: &str) -> String {
     let parts: Vec<&str> = region.split('-').collect();
@@ -85,6 +111,7 @@ impl Service {
         caller: &Caller,
         input: DescribeRegionsRequest,
     ) -> Result<DescribeRegionsResult> {
+        filter::check_names(&input.filters, REGION_FILTERS)?;
         let names = &input.region_names;
         let mut regions: Vec<String> = DEFAULT_REGIONS.iter().map(|r| r.to_string()).collect();
         if !regions.contains(&caller.region) {
@@ -103,6 +130,7 @@ impl Service {
                 region_name: r.clone(),
                 opt_in_status: "opt-in-not-required".into(),
             })
+            .filter(|r| filter::matches(&input.filters, |n| filter::shown_values(r, n)))
             .collect();
         Ok(DescribeRegionsResult { regions })
     }
@@ -113,6 +141,7 @@ impl Service {
         caller: &Caller,
         input: DescribeAvailabilityZonesRequest,
     ) -> Result<DescribeAvailabilityZonesResult> {
+        filter::check_names(&input.filters, ZONE_FILTERS)?;
         let zone = format!("{}a", caller.region);
         let id = zone_id(&caller.region);
         if let Some(n) = input.zone_names.iter().find(|n| **n != zone) {
@@ -127,19 +156,22 @@ impl Service {
                 caller.region
             )));
         }
-        Ok(DescribeAvailabilityZonesResult {
-            availability_zones: vec![AvailabilityZone {
-                state: "available".into(),
-                opt_in_status: "opt-in-not-required".into(),
-                messages: Vec::new(),
-                region_name: caller.region.clone(),
-                zone_name: zone,
-                zone_id: id,
-                group_name: caller.region.clone(),
-                network_border_group: caller.region.clone(),
-                zone_type: "availability-zone".into(),
-            }],
-        })
+        let zones = vec![AvailabilityZone {
+            state: "available".into(),
+            opt_in_status: "opt-in-not-required".into(),
+            messages: Vec::new(),
+            region_name: caller.region.clone(),
+            zone_name: zone,
+            zone_id: id,
+            group_name: caller.region.clone(),
+            network_border_group: caller.region.clone(),
+            zone_type: "availability-zone".into(),
+        }];
+        let availability_zones = zones
+            .into_iter()
+            .filter(|z| filter::matches(&input.filters, |n| filter::shown_values(z, n)))
+            .collect();
+        Ok(DescribeAvailabilityZonesResult { availability_zones })
     }
 }
 

@@ -264,6 +264,96 @@ def other_filters(ec2, vols, snaps):
     assert len(got) == 5, got
 
 
+# The describes whose filters scenario_filters audits, with an argument
+# they need to answer.
+AUDITED = ["DescribeKeyPairs", "DescribeTags", "DescribeRegions", "DescribeAvailabilityZones",
+           "DescribeVpcs", "DescribeSubnets", "DescribeSecurityGroups", "DescribeSecurityGroupRules",
+           "DescribeInternetGateways", "DescribeRouteTables", "DescribeNetworkInterfaces",
+           "DescribeInstanceStatus", "DescribeInstanceTypes", "DescribeInstanceTypeOfferings",
+           "DescribeVolumesModifications", "DescribeInstanceCreditSpecifications"]
+
+
+def scenario_filters():
+    """Every filter botocore documents for the audited describes is taken,
+    an unknown one refused with InvalidParameterValue, and some select."""
+    ec2 = client()
+    region = ec2.meta.region_name
+    for op in AUDITED:
+        doc = ec2_model().operation_model(op).input_shape.members["Filters"].documentation
+        # `tag` is `tag:<key>` in the documentation; the values some lists
+        # name as code are not filters.
+        names = [n for n in re.findall(r"<li>\s*<p>\s*<code>([A-Za-z0-9.\-]+)</code>", doc) if n != "tag"]
+        assert names, op
+        call = getattr(ec2, re.sub(r"(?<!^)([A-Z])", r"_\1", op).lower())
+        for n in names + ["tag:any"]:
+            try:
+                call(Filters=[{"Name": n, "Values": ["*"]}])
+            except Exception as e:  # noqa: BLE001
+                raise AssertionError("%s refuses its documented filter %s: %s" % (op, n, e))
+        e = expect_error(call, "InvalidParameterValue", Filters=[{"Name": "no-such-filter", "Values": ["x"]}])
+        assert "The filter 'no-such-filter' is invalid" in str(e), e
+
+    def one(name, *values):
+        return [{"Name": name, "Values": list(values)}]
+
+    # VPCs: the default one by either spelling, a created one by its block.
+    default = [v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"] if v["IsDefault"]]
+    assert len(default) == 1, default
+    for n in ("isDefault", "is-default"):
+        got = [v["VpcId"] for v in ec2.describe_vpcs(Filters=one(n, "true"))["Vpcs"]]
+        assert got == default, (n, got)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    got = [v["VpcId"] for v in ec2.describe_vpcs(Filters=one("cidr", "10.9.0.0/16"))["Vpcs"]]
+    assert got == [vpc], got
+    got = {v["VpcId"] for v in ec2.describe_vpcs(Filters=one("cidr-block-association.state", "associated"))["Vpcs"]}
+    assert got == {vpc, default[0]}, got
+    assert ec2.describe_vpcs(Filters=one("ipv6-cidr-block-association.state", "*"))["Vpcs"] == []
+    # Subnets: the default ones are the defaults for their zone; shown
+    # fields (the hostname type) select too.
+    subnets = ec2.describe_subnets(Filters=one("vpc-id", default[0]))["Subnets"]
+    got = ec2.describe_subnets(Filters=one("default-for-az", "true"))["Subnets"]
+    assert {s["SubnetId"] for s in got} == {s["SubnetId"] for s in subnets}, got
+    hostname = subnets[0].get("PrivateDnsNameOptionsOnLaunch", {}).get("HostnameType")
+    if hostname:
+        got = ec2.describe_subnets(Filters=one("private-dns-name-options-on-launch.hostname-type", hostname))
+        assert subnets[0]["SubnetId"] in {s["SubnetId"] for s in got["Subnets"]}, got
+    assert ec2.describe_subnets(Filters=one("outpost-arn", "*"))["Subnets"] == []
+    # Security groups: by name and by a rule's port.
+    sg = ec2.create_security_group(GroupName="filtered", Description="d", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 2222, "ToPort": 2222, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}])
+    got = [g["GroupId"] for g in ec2.describe_security_groups(Filters=one("group-name", "filtered"))["SecurityGroups"]]
+    assert got == [sg], got
+    got = ec2.describe_security_groups(Filters=one("ip-permission.from-port", "2222"))["SecurityGroups"]
+    assert [g["GroupId"] for g in got] == [sg], got
+    assert ec2.describe_security_groups(Filters=one("ip-permission.ipv6-cidr", "*"))["SecurityGroups"] == []
+    # Key pairs by fingerprint; tags by resource.
+    k = ec2.create_key_pair(KeyName="printed")
+    ec2.create_key_pair(KeyName="other")
+    got = ec2.describe_key_pairs(Filters=one("fingerprint", k["KeyFingerprint"]))["KeyPairs"]
+    assert [x["KeyName"] for x in got] == ["printed"], got
+    ec2.create_tags(Resources=[vpc], Tags=[{"Key": "team", "Value": "blue"}])
+    ec2.create_tags(Resources=[sg], Tags=[{"Key": "team", "Value": "red"}])
+    got = ec2.describe_tags(Filters=one("resource-id", vpc))["Tags"]
+    assert got == [{"Key": "team", "ResourceId": vpc, "ResourceType": "vpc", "Value": "blue"}], got
+    # Regions and zones, which took no filters before.
+    got = ec2.describe_regions(Filters=one("region-name", region))["Regions"]
+    assert [r["RegionName"] for r in got] == [region], got
+    got = ec2.describe_regions(Filters=one("endpoint", "ec2.%s.*" % region))["Regions"]
+    assert [r["RegionName"] for r in got] == [region], got
+    assert len(ec2.describe_availability_zones(Filters=one("zone-type", "availability-zone"))["AvailabilityZones"]) == 1
+    assert ec2.describe_availability_zones(Filters=one("parent-zone-id", "*"))["AvailabilityZones"] == []
+    # Route tables: only main associations, so none by subnet.
+    assert ec2.describe_route_tables(Filters=one("association.subnet-id", "*"))["RouteTables"] == []
+    # Instance types by a shown field no dedicated code answers.
+    t = ec2.describe_instance_types(InstanceTypes=["t3.micro"])["InstanceTypes"][0]
+    perf = t.get("NetworkInfo", {}).get("NetworkPerformance")
+    if perf:
+        got = ec2.describe_instance_types(Filters=one("network-info.network-performance", perf))["InstanceTypes"]
+        assert "t3.micro" in {x["InstanceType"] for x in got}, got
+    report()
+
+
 def ec2_reservation(ec2, iid):
     return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["ReservationId"]
 

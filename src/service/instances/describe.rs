@@ -352,7 +352,7 @@ pub(super) fn shown_values(
         n if n.starts_with("block-device-mapping.") => {
             format!(
                 "BlockDeviceMappings.Ebs.{}",
-                pascal(&n["block-device-mapping.".len()..])
+                filter::pascal(&n["block-device-mapping.".len()..])
             )
         }
         "network-interface.tag-key" => "NetworkInterfaces.TagSet.Key".into(),
@@ -360,50 +360,15 @@ pub(super) fn shown_values(
         "network-interface.ipv6-address" => "NetworkInterfaces.Ipv6Addresses.Ipv6Address".into(),
         n if n.starts_with("network-interface.addresses.") => format!(
             "NetworkInterfaces.PrivateIpAddresses.{}",
-            pascal_path(&n["network-interface.addresses.".len()..])
+            filter::pascal_path(&n["network-interface.addresses.".len()..])
         ),
         n if n.starts_with("network-interface.") => format!(
             "NetworkInterfaces.{}",
-            pascal_path(&n["network-interface.".len()..])
+            filter::pascal_path(&n["network-interface.".len()..])
         ),
-        n => pascal_path(n),
+        n => filter::pascal_path(n),
     };
-    let mut out = Vec::new();
-    collect(shown, &path.split('.').collect::<Vec<_>>(), &mut out);
-    out
-}
-
-/// `http-put-response-hop-limit` as `HttpPutResponseHopLimit`.
-fn pascal(kebab: &str) -> String {
-    kebab
-        .split('-')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
-fn pascal_path(kebab: &str) -> String {
-    kebab.split('.').map(pascal).collect::<Vec<_>>().join(".")
-}
-
-/// The scalars at `path` under `v`, through lists.
-fn collect(v: &Value, path: &[&str], out: &mut Vec<String>) {
-    match (v, path.split_first()) {
-        (Value::Array(items), _) => items.iter().for_each(|i| collect(i, path, out)),
-        (Value::Object(o), Some((first, rest))) => {
-            if let Some(next) = o.get(*first) {
-                collect(next, rest, out);
-            }
-        }
-        (Value::String(s), None) if !s.is_empty() => out.push(s.clone()),
-        (Value::Bool(b), None) => out.push(b.to_string()),
-        (Value::Number(n), None) => out.push(n.to_string()),
-        _ => {}
-    }
+    filter::path_values(shown, &path)
 }
 
 /// The login user an image's vendor uses.

@@ -55,6 +55,17 @@ const ENI_FILTERS: &[&str] = &[
     "subnet-id",
     "vpc-id",
     "tag-key",
+    "association.allocation-id",
+    "association.association-id",
+    "addresses.association.owner-id",
+    "addresses.association.public-ip",
+    "association.ip-owner-id",
+    "attachment.attach-time",
+    "availability-zone-id",
+    "ipv6-addresses.ipv6-address",
+    "operator.managed",
+    "operator.principal",
+    "requester-id",
 ];
 
 fn render_interface(db: &Db, e: &NetworkInterfaceState, region: &str) -> Result<Value> {
@@ -195,7 +206,13 @@ impl Service {
                             "status" => one("in-use"),
                             "subnet-id" => one(&e.subnet_id),
                             "vpc-id" => one(&e.vpc_id),
-                            n => filter::tag_values(&tags, n).unwrap_or_default(),
+                            n => filter::tag_values(&tags, n).unwrap_or_else(|| {
+                                // `addresses.*` is the shape's PrivateIpAddresses.
+                                let n = n.replacen("addresses.", "private-ip-addresses.", 1);
+                                render_interface(db, e, region)
+                                    .map(|v| filter::shown_values(&v, &n))
+                                    .unwrap_or_default()
+                            }),
                         }
                     });
                     if keep {

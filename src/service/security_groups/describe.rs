@@ -72,6 +72,10 @@ const GROUP_FILTERS: &[&str] = &[
     "owner-id",
     "vpc-id",
     "tag-key",
+    "egress.ip-permission.ipv6-cidr",
+    "egress.ip-permission.prefix-list-id",
+    "ip-permission.ipv6-cidr",
+    "ip-permission.prefix-list-id",
 ];
 
 const RULE_FILTERS: &[&str] = &["group-id", "security-group-rule-id", "tag-key"];

@@ -84,6 +84,10 @@ const MODIFICATION_FILTERS: &[&str] = &[
     "target-size",
     "target-volume-type",
     "volume-id",
+    "original-iops",
+    "target-iops",
+    "originalMultiAttachEnabled",
+    "targetMultiAttachEnabled",
 ];
 
 fn modification_shown(m: &VolumeModificationState) -> VolumeModification {
@@ -319,7 +323,7 @@ impl Service {
                     "target-size" => vec![m.target_size.to_string()],
                     "target-volume-type" => vec![m.target_type.clone()],
                     "volume-id" => vec![m.volume_id.clone()],
-                    _ => Vec::new(),
+                    n => filter::shown_values(&modification_shown(m), n),
                 })
             })
             .map(modification_shown)

@@ -120,6 +120,15 @@ const ROUTE_TABLE_FILTERS: &[&str] = &[
     "route.state",
     "vpc-id",
     "tag-key",
+    "association.gateway-id",
+    "association.subnet-id",
+    "route.destination-ipv6-cidr-block",
+    "route.destination-prefix-list-id",
+    "route.egress-only-internet-gateway-id",
+    "route.instance-id",
+    "route.nat-gateway-id",
+    "route.transit-gateway-id",
+    "route.vpc-peering-connection-id",
 ];
 
 impl Service {

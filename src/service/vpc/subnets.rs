@@ -106,6 +106,18 @@ const SUBNET_FILTERS: &[&str] = &[
     "subnet-id",
     "vpc-id",
     "tag-key",
+    "customer-owned-ipv4-pool",
+    "enable-dns64",
+    "enable-lni-at-device-index",
+    "ipv6-cidr-block-association.ipv6-cidr-block",
+    "ipv6-cidr-block-association.association-id",
+    "ipv6-cidr-block-association.state",
+    "ipv6-native",
+    "map-customer-owned-ip-on-launch",
+    "outpost-arn",
+    "private-dns-name-options-on-launch.hostname-type",
+    "private-dns-name-options-on-launch.enable-resource-name-dns-a-record",
+    "private-dns-name-options-on-launch.enable-resource-name-dns-aaaa-record",
 ];
 
 /// How many addresses of a subnet are free.
@@ -276,7 +288,8 @@ impl Service {
                     "subnet-arn" => vec![shown.subnet_arn.clone()],
                     "subnet-id" => vec![s.subnet_id.clone()],
                     "vpc-id" => vec![s.vpc_id.clone()],
-                    n => filter::tag_values(&tags, n).unwrap_or_default(),
+                    n => filter::tag_values(&tags, n)
+                        .unwrap_or_else(|| filter::shown_values(&shown, n)),
                 });
                 if keep {
                     subnets.push(shown);

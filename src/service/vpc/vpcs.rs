@@ -96,6 +96,11 @@ const VPC_FILTERS: &[&str] = &[
     "state",
     "vpc-id",
     "tag-key",
+    "cidr-block-association.association-id",
+    "ipv6-cidr-block-association.ipv6-cidr-block",
+    "ipv6-cidr-block-association.ipv6-pool",
+    "ipv6-cidr-block-association.association-id",
+    "ipv6-cidr-block-association.state",
 ];
 
 fn render_vpc(db: &Db, v: &VpcState) -> Result<Vpc> {
@@ -234,7 +239,11 @@ impl Service {
                     "is-default" | "isDefault" => vec![v.is_default.to_string()],
                     "owner-id" => vec![v.owner_id.clone()],
                     "vpc-id" => vec![v.vpc_id.clone()],
-                    n => filter::tag_values(&tags, n).unwrap_or_default(),
+                    n => filter::tag_values(&tags, n).unwrap_or_else(|| {
+                        render_vpc(db, &v)
+                            .map(|r| filter::shown_values(&r, n))
+                            .unwrap_or_default()
+                    }),
                 });
                 if keep {
                     vpcs.push(render_vpc(db, &v)?);
