@@ -367,10 +367,15 @@ impl Service {
             .ok_or_else(|| Error::internal(format!("Reservation {reservation_id} is not shown")))
     }
 
-    /// Everything a launch checks before it makes anything, and what it
-    /// needs from the checks: the AMI (its data made local), the type, the
-    /// merged mappings with each EBS volume's size, the accelerator.
-    fn plan_launch(&mut self, caller: &Caller, input: &RunInstancesRequest) -> Result<LaunchPlan> {
+    /// The checks every launch makes first, wherever it runs (this
+    /// machine or a region's backend): the AMI is available, the type
+    /// exists and fits the AMI's architecture, the count and the user data
+    /// are within EC2's limits.
+    pub(super) fn check_launch_basics(
+        &mut self,
+        caller: &Caller,
+        input: &RunInstancesRequest,
+    ) -> Result<LaunchBasics> {
         let image = self.launchable_image(caller, &input.image_id)?;
         if image.state != ImageStateName::Available {
             return Err(Error::new(
@@ -403,6 +408,24 @@ impl Service {
                 )));
             }
         }
+        Ok(LaunchBasics {
+            image,
+            type_name,
+            itype,
+            count,
+        })
+    }
+
+    /// Everything a launch checks before it makes anything, and what it
+    /// needs from the checks: the AMI (its data made local), the type, the
+    /// merged mappings with each EBS volume's size, the accelerator.
+    fn plan_launch(&mut self, caller: &Caller, input: &RunInstancesRequest) -> Result<LaunchPlan> {
+        let LaunchBasics {
+            image,
+            type_name,
+            itype,
+            count,
+        } = self.check_launch_basics(caller, input)?;
         // Subnet and groups first: a zone is checked against its subnet.
         let network = self.plan_launch_network(caller, &input.network(), count)?;
         check_placement(input.placement.as_ref(), &caller.region)?;
@@ -669,4 +692,12 @@ impl Service {
         )?;
         Ok(shown.reservations.into_iter().next())
     }
+}
+
+/// What [`Service::check_launch_basics`] found.
+pub(super) struct LaunchBasics {
+    pub image: ImageState,
+    pub type_name: String,
+    pub itype: &'static machine::InstanceType,
+    pub count: u32,
 }

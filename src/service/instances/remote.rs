@@ -236,35 +236,12 @@ impl Service {
             None => ids::new_id(IdKind::Reservation),
         };
         // Everything is checked before anything is made.
-        let image = self.launchable_image(caller, &input.image_id)?;
-        if image.state != ImageStateName::Available {
-            return Err(Error::new(
-                ErrorCode::InvalidAmiIdUnavailable,
-                format!("Image {} is {}, not available", image.image_id, image.state),
-            ));
-        }
-        let type_name = (input.instance_type.as_deref())
-            .unwrap_or(machine::instance_types::DEFAULT_INSTANCE_TYPE)
-            .to_string();
-        let itype = machine::instance_type(&type_name).ok_or_else(|| {
-            Error::invalid_value(format!("Invalid value '{type_name}' for InstanceType."))
-        })?;
-        if !itype.supports_architecture(image.architecture.as_str()) {
-            return Err(Error::invalid_value(format!(
-                "The architecture '{}' of the specified instance type does not match the architecture '{}' of the specified AMI.",
-                itype.architectures_for_error(),
-                image.architecture
-            )));
-        }
-        let count = launch_count(input.min_count, input.max_count)?;
-        if let Some(u) = &input.user_data {
-            if u.bytes().len() > USER_DATA_LIMIT {
-                return Err(Error::invalid_value(format!(
-                    "User data is limited to {USER_DATA_LIMIT} bytes (this is {} bytes after base64 decoding)",
-                    u.bytes().len()
-                )));
-            }
-        }
+        let super::launch::LaunchBasics {
+            image,
+            type_name,
+            itype,
+            count,
+        } = self.check_launch_basics(caller, input)?;
         let refused: [(bool, &str); 11] = [
             (
                 !input.block_device_mappings.is_empty(),
