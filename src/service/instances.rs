@@ -182,3 +182,20 @@ pub(crate) fn check_instance_ids(ids_: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// EC2's answer when ids named in a request are not the caller's
+/// instances (one id or several: the wording differs); `Ok` when none is
+/// missing.
+fn instances_missing(missing: &[String]) -> Result<()> {
+    match missing {
+        [] => Ok(()),
+        [one] => Err(Error::new(
+            ErrorCode::InvalidInstanceIdNotFound,
+            format!("The instance ID '{one}' does not exist"),
+        )),
+        many => Err(Error::new(
+            ErrorCode::InvalidInstanceIdNotFound,
+            format!("The instance IDs '{}' do not exist", many.join(", ")),
+        )),
+    }
+}

@@ -526,17 +526,8 @@ impl Service {
                 _ => missing.push(id.clone()),
             }
         }
-        match missing.as_slice() {
-            [] => Ok(out),
-            [one] => Err(Error::new(
-                ErrorCode::InvalidInstanceIdNotFound,
-                format!("The instance ID '{one}' does not exist"),
-            )),
-            many => Err(Error::new(
-                ErrorCode::InvalidInstanceIdNotFound,
-                format!("The instance IDs '{}' do not exist", many.join(", ")),
-            )),
-        }
+        super::instances_missing(&missing)?;
+        Ok(out)
     }
 
     /// `DescribeInstances` in a region on a backend.
