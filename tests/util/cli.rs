@@ -341,7 +341,11 @@ impl Env {
 }
 
 impl Drop for Env {
-    /// Instances must not outlive their test: kill every supervisor (QEMU dies with it).
+    /// Instances must not outlive their test: kill every supervisor (QEMU
+    /// dies with it), then take down the VPC networks they leave (dnsmasq,
+    /// the gateway leg), as recovery's sweep would at the next open. A
+    /// killed supervisor's membership lock is released a moment after it
+    /// dies, so the sweep is repeated until nothing is left (10 s at most).
     fn drop(&mut self) {
         for dir in files_in(&self.home().join("instances")) {
             if let Ok(pid) = std::fs::read_to_string(dir.join("supervisor.pid")) {
@@ -349,6 +353,15 @@ impl Drop for Env {
                     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 }
             }
+        }
+        let networks = self.dir.path().join("runtime").join("vpc");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while networks.exists() && !files_in(&networks).is_empty() {
+            amirun::network::vpc::sweep(&networks);
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 }
