@@ -351,6 +351,21 @@ impl Drop for CloudCleanup {
     }
 }
 
+/// The tiny x86_64 AMI as amirun describes it in `region`.
+fn tiny_ami(env: &Env, region: &str) -> Value {
+    amirun(
+        env,
+        region,
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=amirun/tiny-x86_64",
+            "--query",
+            "Images[0].ImageId",
+        ],
+    )
+}
+
 fn decoded_console(env: &Env, region: &str, id: &str) -> String {
     let v = amirun(env, region, &["get-console-output", "--instance-id", id]);
     v["Output"].as_str().unwrap_or_default().to_string()
@@ -383,17 +398,7 @@ fn amirun_region_on_openstack_runs_the_tiny_ami_with_ec2s_lifecycle() {
         groups: Vec::new(),
         region: REGION.into(),
     };
-    let ami = amirun(
-        &env,
-        REGION,
-        &[
-            "describe-images",
-            "--filters",
-            "Name=name,Values=amirun/tiny-x86_64",
-            "--query",
-            "Images[0].ImageId",
-        ],
-    );
+    let ami = tiny_ami(&env, REGION);
     let ami = ami
         .as_str()
         .expect("the tiny AMI in the bound region")
@@ -501,17 +506,7 @@ fn forty_instances_spread_over_the_fake_hosts() {
         groups: Vec::new(),
         region: REGION.into(),
     };
-    let ami = amirun(
-        &env,
-        REGION,
-        &[
-            "describe-images",
-            "--filters",
-            "Name=name,Values=amirun/tiny-x86_64",
-            "--query",
-            "Images[0].ImageId",
-        ],
-    );
+    let ami = tiny_ami(&env, REGION);
     let ami = ami.as_str().unwrap().to_string();
     let launched = amirun(
         &env,

@@ -173,6 +173,7 @@ impl Service {
                         })
                         .collect::<std::result::Result<_, _>>()?;
                     let region = &caller.region;
+                    let shown = render_interface(db, e, region)?;
                     let keep = filter::matches(&req.filters, |name| {
                         let one = |s: &str| vec![s.to_string()];
                         match name {
@@ -209,14 +210,12 @@ impl Service {
                             n => filter::tag_values(&tags, n).unwrap_or_else(|| {
                                 // `addresses.*` is the shape's PrivateIpAddresses.
                                 let n = n.replacen("addresses.", "private-ip-addresses.", 1);
-                                render_interface(db, e, region)
-                                    .map(|v| filter::shown_values(&v, &n))
-                                    .unwrap_or_default()
+                                filter::shown_values(&shown, &n)
                             }),
                         }
                     });
                     if keep {
-                        out.push(render_interface(db, e, &caller.region)?);
+                        out.push(shown);
                     }
                 }
                 let (network_interfaces, next_token) =

@@ -223,6 +223,7 @@ impl Service {
                     continue;
                 }
                 let tags = db.tags_of(&v.vpc_id)?;
+                let shown = render_vpc(db, &v)?;
                 let keep = filter::matches(&req.filters, |name| match name {
                     "cidr" | "cidr-block-association.cidr-block" => vec![v.cidr_block.clone()],
                     "cidr-block-association.state" | "state" => {
@@ -233,20 +234,15 @@ impl Service {
                         }
                         .into()]
                     }
-                    "dhcp-options-id" => vec![render_vpc(db, &v)
-                        .map(|r| r.dhcp_options_id)
-                        .unwrap_or_default()],
+                    "dhcp-options-id" => vec![shown.dhcp_options_id.clone()],
                     "is-default" | "isDefault" => vec![v.is_default.to_string()],
                     "owner-id" => vec![v.owner_id.clone()],
                     "vpc-id" => vec![v.vpc_id.clone()],
-                    n => filter::tag_values(&tags, n).unwrap_or_else(|| {
-                        render_vpc(db, &v)
-                            .map(|r| filter::shown_values(&r, n))
-                            .unwrap_or_default()
-                    }),
+                    n => filter::tag_values(&tags, n)
+                        .unwrap_or_else(|| filter::shown_values(&shown, n)),
                 });
                 if keep {
-                    vpcs.push(render_vpc(db, &v)?);
+                    vpcs.push(shown);
                 }
             }
             let (vpcs, next_token) = crate::service::paging::page(vpcs, &paging, 5, 1000)?;
