@@ -341,6 +341,7 @@ pub(super) fn shown_values(
         "state-reason-code" => "StateReason.Code".into(),
         "state-reason-message" => "StateReason.Message".into(),
         "monitoring-state" => "Monitoring.State".into(),
+        "availability-zone" => "Placement.AvailabilityZone".into(),
         "tenancy" => "Placement.Tenancy".into(),
         "affinity" => "Placement.Affinity".into(),
         "host-id" => "Placement.HostId".into(),
@@ -463,13 +464,10 @@ impl Service {
             }
             if !filters.is_empty() {
                 let shown = serde_json::to_value(&shape).expect("instances serialize");
-                let keep = filter::matches(filters, |name| match name {
-                    "availability-zone" => vec![format!("{}a", i.region)],
-                    n => crate::service::network_interfaces::instance_filter_values(
-                        net, &i.region, n,
-                    )
-                    .or_else(|| filter::tag_values(&tags, n))
-                    .unwrap_or_else(|| shown_values(&shown, &i.owner_id, &i.reservation_id, n)),
+                let keep = filter::matches(filters, |n| {
+                    crate::service::network_interfaces::instance_filter_values(net, &i.region, n)
+                        .or_else(|| filter::tag_values(&tags, n))
+                        .unwrap_or_else(|| shown_values(&shown, &i.owner_id, &i.reservation_id, n))
                 });
                 if !keep {
                     continue;
@@ -766,13 +764,14 @@ mod tests {
                 {"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-1", "DeleteOnTermination": true}},
                 {"DeviceName": "/dev/sdf", "Ebs": {"VolumeId": "vol-2", "DeleteOnTermination": false}}
             ],
-            "Placement": {"GroupName": "", "Tenancy": "default"},
+            "Placement": {"GroupName": "", "Tenancy": "default", "AvailabilityZone": "us-east-1a"},
             "AmiLaunchIndex": 3,
             "EbsOptimized": false,
             "NetworkInterfaces": [{"PrivateIpAddresses": [{"Association": {"PublicIp": "127.0.0.9"}}]}]
         });
         let v = |n: &str| super::shown_values(&shown, "123456789012", "r-1", n);
         assert_eq!(v("instance-state-code"), ["48"]);
+        assert_eq!(v("availability-zone"), ["us-east-1a"]);
         assert_eq!(v("state-reason-code"), ["Client.UserInitiatedShutdown"]);
         assert_eq!(v("metadata-options.http-tokens"), ["required"]);
         assert_eq!(v("metadata-options.http-put-response-hop-limit"), ["1"]);

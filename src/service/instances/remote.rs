@@ -552,24 +552,17 @@ impl Service {
         let mut selected: Vec<(String, Instance)> = Vec::new();
         for r in wanted {
             let tags = self.store.read(|db| db.tags_of(&r.instance_id))?;
-            let zone = r.zone.clone().unwrap_or_default();
-            let keep = filter::matches(&input.filters, |name| match name {
-                "architecture" => vec![r.architecture.to_string()],
-                "availability-zone" => vec![zone.clone()],
-                "image-id" => vec![r.image_id.clone()],
-                "instance-id" => vec![r.instance_id.clone()],
-                "instance-state-code" => vec![r.state.code().to_string()],
-                "instance-state-name" => vec![r.state.to_string()],
-                "instance-type" => vec![r.instance_type.clone()],
-                "key-name" => r.key_name.iter().cloned().collect(),
-                "reservation-id" => vec![r.reservation_id.clone()],
-                "root-device-type" => vec![r.root_device_type.to_string()],
-                n => filter::tag_values(&tags, n).unwrap_or_default(),
+            // The same filter answers as locally: from the instance as shown.
+            let shape = self.render_remote(&r, &tags, backend)?;
+            let shown = serde_json::to_value(&shape).expect("instances serialize");
+            let keep = filter::matches(&input.filters, |n| {
+                filter::tag_values(&tags, n).unwrap_or_else(|| {
+                    super::describe::shown_values(&shown, &r.owner_id, &r.reservation_id, n)
+                })
             });
             if !keep {
                 continue;
             }
-            let shape = self.render_remote(&r, &tags, backend)?;
             selected.push((r.reservation_id.clone(), shape));
         }
         super::describe::paged_reservations(caller, selected, input)
