@@ -46,7 +46,7 @@ FAKE_HOSTS=${AIO_FAKE_HOSTS:-3}
 
 PACKAGES=(mariadb-server python3-pymysql rabbitmq-server keystone glance placement-api
 	nova-api nova-conductor nova-scheduler nova-compute-qemu neutron-api python3-openstackclient
-	qemu-system-x86 qemu-utils uwsgi-plugin-python3)
+	qemu-system-x86 qemu-utils uwsgi-plugin-python3 genisoimage)
 
 log() { printf 'openstack-aio: %s\n' "$*" >&2; }
 die() {

@@ -78,6 +78,8 @@ pub struct PublishedImage {
     pub id: String,
     /// Data uploaded and usable.
     pub ready: bool,
+    /// The upload or snapshot ended without data, with the backend's word.
+    pub failed: Option<String>,
 }
 
 /// The size of a machine (an EC2 instance type, by name).
@@ -133,6 +135,8 @@ pub struct ServerFacts {
     /// The compute host, when the backend tells.
     pub host: Option<String>,
     pub zone: Option<String>,
+    /// A task (a snapshot, a power change) is under way on it.
+    pub busy: bool,
 }
 
 /// What to do to a server.
@@ -151,12 +155,28 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// Images held under `key` (normally one).
     fn find_images(&self, key: &str) -> Result<Vec<PublishedImage>>;
+    /// The image with this id, None when it is gone.
+    fn image(&self, id: &str) -> Result<Option<PublishedImage>>;
     /// Upload an image; returns its id once usable.
     fn publish_image(&self, spec: &ImageSpec) -> Result<String>;
     /// Remove an image.
     fn delete_image(&self, id: &str) -> Result<()>;
+    /// The tenant (project) this connection acts in: what images are shared with.
+    fn tenant(&self) -> Result<String>;
+    /// Let `tenant` launch image `id` (idempotent).
+    fn share_image(&self, id: &str, tenant: &str) -> Result<()>;
+    /// Stop letting `tenant` launch image `id` (idempotent).
+    fn unshare_image(&self, id: &str, tenant: &str) -> Result<()>;
+    /// As the tenant an image was shared with: take the share.
+    fn accept_image(&self, id: &str) -> Result<()>;
+    /// Make sure servers of this size can be launched (needs the rights
+    /// to define sizes; launches by other tenants then find it).
+    fn prepare_size(&self, size: &MachineSize) -> Result<()>;
     /// Launch servers (the call returns once the backend took them).
     fn launch(&self, spec: &LaunchSpec) -> Result<()>;
+    /// Start an image of the server's disk, named `key`; returns the
+    /// image's id at once (it becomes ready later, see [`Backend::image`]).
+    fn snapshot(&self, server_id: &str, key: &str) -> Result<String>;
     /// Every server amirun launched there (any group).
     fn servers(&self) -> Result<Vec<ServerFacts>>;
     /// Power a server off or on, reboot or delete it.
@@ -169,10 +189,14 @@ pub trait Backend: Send + Sync {
 ///
 /// ```json
 /// {"region": "eu-west-1", "backend": "openstack", "cloud": "amirun-aio",
-///  "clouds_yaml": "/etc/openstack/clouds.yaml"}
+///  "clouds_yaml": "/etc/openstack/clouds.yaml",
+///  "accounts": {"222222222222": "amirun-aio-demo"}}
 /// ```
 ///
 /// `clouds_yaml` is optional (the `openstack` CLI's search path otherwise).
+/// `accounts` gives an EC2 account its own cloud entry (its own project);
+/// every other account acts through `cloud`, which also defines the
+/// instance types' sizes (it needs the rights to).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RegionBindingConfig {
@@ -183,14 +207,20 @@ pub struct RegionBindingConfig {
     pub cloud: String,
     #[serde(default)]
     pub clouds_yaml: Option<PathBuf>,
+    /// 12-digit account id → cloud name.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, String>,
 }
 
 /// Where a bound region's instances run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegionBackend {
     OpenStack {
+        /// The region's own cloud entry (and every unlisted account's).
         cloud: String,
         clouds_yaml: Option<PathBuf>,
+        /// Accounts with their own cloud entry.
+        accounts: BTreeMap<String, String>,
     },
 }
 
@@ -247,11 +277,20 @@ impl RegionBindings {
         if c.cloud.is_empty() {
             return Err("\"cloud\" is empty".into());
         }
+        for (account, cloud) in &c.accounts {
+            if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("account {account:?} is not 12 digits"));
+            }
+            if cloud.is_empty() {
+                return Err(format!("the cloud of account {account} is empty"));
+            }
+        }
         Ok((
             c.region,
             RegionBackend::OpenStack {
                 cloud: c.cloud,
                 clouds_yaml: c.clouds_yaml,
+                accounts: c.accounts,
             },
         ))
     }
@@ -268,10 +307,21 @@ impl RegionBindings {
 }
 
 impl RegionBackend {
-    /// Connect to the backend.
-    pub fn connect(&self) -> Result<Box<dyn Backend>> {
+    /// The cloud entry `account` acts through (None: the region's own).
+    pub fn cloud_of(&self, account: Option<&str>) -> &str {
         match self {
-            RegionBackend::OpenStack { cloud, clouds_yaml } => Ok(Box::new(
+            RegionBackend::OpenStack { cloud, accounts, .. } => account
+                .and_then(|a| accounts.get(a))
+                .unwrap_or(cloud)
+                .as_str(),
+        }
+    }
+
+    /// Connect as `account` (None: the region's own cloud entry).
+    pub fn connect(&self, account: Option<&str>) -> Result<Box<dyn Backend>> {
+        let cloud = self.cloud_of(account);
+        match self {
+            RegionBackend::OpenStack { clouds_yaml, .. } => Ok(Box::new(
                 openstack::OpenStackBackend::connect(cloud, clouds_yaml.as_deref())?,
             )),
         }
@@ -300,7 +350,8 @@ mod tests {
             b.get("eu-west-1"),
             Some(&RegionBackend::OpenStack {
                 cloud: "amirun-aio".into(),
-                clouds_yaml: None
+                clouds_yaml: None,
+                accounts: BTreeMap::new(),
             })
         );
         assert_eq!(b.get("us-east-1"), None);
@@ -324,5 +375,22 @@ mod tests {
         )
         .unwrap();
         assert!(RegionBindings::load(dir.path()).is_err());
+        std::fs::write(
+            dir.path().join("x.json"),
+            r#"{"region": "r", "backend": "openstack", "cloud": "c", "accounts": {"12": "d"}}"#,
+        )
+        .unwrap();
+        let e = RegionBindings::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not 12 digits"), "{e}");
+        std::fs::write(
+            dir.path().join("x.json"),
+            r#"{"region": "r", "backend": "openstack", "cloud": "c", "accounts": {"222222222222": "d"}}"#,
+        )
+        .unwrap();
+        let b = RegionBindings::load(dir.path()).unwrap();
+        let r = b.get("r").unwrap();
+        assert_eq!(r.cloud_of(Some("222222222222")), "d");
+        assert_eq!(r.cloud_of(Some("333333333333")), "c");
+        assert_eq!(r.cloud_of(None), "c");
     }
 }

@@ -13,7 +13,7 @@ TINY_ROOT_MIB=128
 # reports free blocks, which QEMU then drops from its RSS. It loads first, so
 # that its first report (2 s after it starts) comes as early as it can.
 tiny_modules() {
-	local m="virtio_pci virtio_balloon virtio_blk virtio_net virtio_rng isofs vfat nls_ascii nls_cp437 nls_utf8 evdev"
+	local m="virtio_pci virtio_balloon virtio_blk virtio_net virtio_rng virtio_scsi sr_mod isofs vfat nls_ascii nls_cp437 nls_utf8 evdev"
 	[ "$1" = x86_64 ] && m="$m button"
 	echo "$m"
 }

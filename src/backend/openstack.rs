@@ -1,16 +1,22 @@
 //! The OpenStack backend: images in Glance, servers in Nova, through
 //! [`crate::openstack`]'s blocking client.
 //!
-//! - An image is a private qcow2 Glance image named by its key, with the
+//! - An image is a `shared` qcow2 Glance image named by its key (seen only
+//!   by its project and the projects made its members), with the
 //!   properties Nova's libvirt driver reads (`architecture`,
-//!   `hw_firmware_type`, `hw_disk_bus`).
+//!   `hw_firmware_type`, `hw_disk_bus`, and a virtio-scsi CD-ROM bus for the
+//!   config drive). Sharing is Glance membership, accepted by the member.
+//! - A snapshot is Nova's createImage of the server; Nova copies the
+//!   image's properties onto it.
 //! - A machine size is a flavor `amirun-<name>-<disk>g`, made on first use
 //!   (needs an admin cloud); a key is a Nova key pair, imported on first
 //!   use and replaced when its public key changed.
 //! - A launch is one create of `count` servers (Nova's multi-create), all
 //!   named after the group and carrying it as metadata `amirun:group`;
-//!   each server's index is Nova's `launch_index`. Servers get no network
-//!   (`networks: none`): the all-in-one cloud has no Neutron agents.
+//!   each server's index is Nova's `launch_index` (admins see it), else
+//!   the `-N` suffix Nova gives the names of a multi-create. User data
+//!   goes on a config drive. Servers get no network (`networks: none`):
+//!   the all-in-one cloud has no Neutron agents.
 //! - Root disks are the compute host's local disks (no Cinder yet): they
 //!   survive stop and start, and go with the server.
 
@@ -109,6 +115,33 @@ impl OpenStackBackend {
     }
 }
 
+/// What a backend knows of a Glance image.
+fn published(i: crate::openstack::image::Image) -> PublishedImage {
+    let failed = match i.status.as_str() {
+        "killed" | "deleted" | "deactivated" | "pending_delete" => {
+            Some(format!("the image is {}", i.status))
+        }
+        _ => None,
+    };
+    PublishedImage {
+        ready: i.status == "active",
+        failed,
+        id: i.id,
+    }
+}
+
+/// A server's index in its launch group: Nova's launch index, else the
+/// `-N` (1-based) that a multi-create appends to the group's name.
+fn index_of(server: &Server, group: &str) -> Option<u32> {
+    server.launch_index.or_else(|| {
+        if server.name == group {
+            return Some(0);
+        }
+        let n: u32 = server.name.strip_prefix(group)?.strip_prefix('-')?.parse().ok()?;
+        n.checked_sub(1)
+    })
+}
+
 fn failed(backend: &str, source: OpenStackError) -> BackendError {
     BackendError::Failed {
         backend: backend.to_string(),
@@ -157,11 +190,60 @@ impl Backend for OpenStackBackend {
         Ok(images
             .into_iter()
             .filter(|i| i.name.as_deref() == Some(key))
-            .map(|i| PublishedImage {
-                ready: i.status == "active",
-                id: i.id,
-            })
+            .map(published)
             .collect())
+    }
+
+    fn image(&self, id: &str) -> Result<Option<PublishedImage>> {
+        match Glance(&self.session).show(id) {
+            Ok(i) => Ok(Some(published(i))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    fn tenant(&self) -> Result<String> {
+        self.session.project_id().map_err(|e| self.err(e))
+    }
+
+    fn share_image(&self, id: &str, tenant: &str) -> Result<()> {
+        let glance = Glance(&self.session);
+        let image = glance.show(id).map_err(|e| self.err(e))?;
+        if image.visibility == "private" {
+            glance
+                .set_visibility(id, "shared")
+                .map_err(|e| self.err(e))?;
+        }
+        match glance.add_member(id, tenant) {
+            // A member already.
+            Err(e) if e.status() == Some(409) => Ok(()),
+            other => other.map(|_| ()).map_err(|e| self.err(e)),
+        }
+    }
+
+    fn unshare_image(&self, id: &str, tenant: &str) -> Result<()> {
+        match Glance(&self.session).remove_member(id, tenant) {
+            Err(e) if !e.is_not_found() => Err(self.err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn accept_image(&self, id: &str) -> Result<()> {
+        let tenant = self.tenant()?;
+        Glance(&self.session)
+            .set_member_status(id, &tenant, "accepted")
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn prepare_size(&self, size: &super::MachineSize) -> Result<()> {
+        self.flavor(size).map(|_| ())
+    }
+
+    fn snapshot(&self, server_id: &str, key: &str) -> Result<String> {
+        Nova(&self.session)
+            .create_image(server_id, key, &Default::default())
+            .map_err(|e| self.err(e))
     }
 
     fn publish_image(&self, spec: &ImageSpec) -> Result<String> {
@@ -172,10 +254,15 @@ impl Backend for OpenStackBackend {
         };
         let image = glance
             .create(
-                &NewImage::qcow2(&spec.key)
-                    .property("architecture", &spec.architecture)
-                    .property("hw_firmware_type", firmware)
-                    .property("hw_disk_bus", "virtio"),
+                &NewImage {
+                    visibility: "shared".into(),
+                    ..NewImage::qcow2(&spec.key)
+                }
+                .property("architecture", &spec.architecture)
+                .property("hw_firmware_type", firmware)
+                .property("hw_disk_bus", "virtio")
+                .property("hw_cdrom_bus", "scsi")
+                .property("hw_scsi_model", "virtio-scsi"),
             )
             .map_err(|e| self.err(e))?;
         glance
@@ -232,6 +319,7 @@ impl Backend for OpenStackBackend {
             metadata: [(GROUP_KEY.to_string(), spec.group.clone())].into(),
             count: spec.count,
             availability_zone: spec.zone.clone(),
+            config_drive: spec.user_data.is_some(),
             ..NewServer::default()
         };
         Nova(&self.session)
@@ -248,9 +336,10 @@ impl Backend for OpenStackBackend {
                 let group = s.metadata.get(GROUP_KEY)?.clone();
                 Some(ServerFacts {
                     power: power_of(&s),
+                    index: index_of(&s, &group),
+                    busy: s.task_state.is_some(),
                     id: s.id,
                     group,
-                    index: s.launch_index,
                     host: s.host,
                     zone: s.availability_zone,
                 })
@@ -314,5 +403,17 @@ mod tests {
         let s = server("ACTIVE", None);
         assert_eq!(s.launch_index, Some(3));
         assert_eq!(s.availability_zone.as_deref(), Some("fake"));
+    }
+
+    #[test]
+    fn a_servers_index_comes_from_nova_or_from_its_name() {
+        let mut s = server("ACTIVE", None);
+        assert_eq!(index_of(&s, "g"), Some(3));
+        s.launch_index = None;
+        assert_eq!(index_of(&s, "g"), Some(0));
+        for (name, want) in [("g-1", Some(0)), ("g-12", Some(11)), ("g-0", None), ("h-1", None), ("g-x", None)] {
+            s.name = name.into();
+            assert_eq!(index_of(&s, "g"), want, "{name}");
+        }
     }
 }

@@ -123,6 +123,9 @@ impl Service {
         caller: &Caller,
         input: CreateImageRequest,
     ) -> Result<CreateImageResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            return self.remote_create_image(caller, &*backend, &input);
+        }
         self.create_image_as(caller, &input, None)
     }
 

@@ -83,6 +83,12 @@ impl Service {
         caller: &Caller,
         input: CreateImageRequest,
     ) -> Result<CreateImageResult> {
+        if let Some(backend) = self.remote_backend(caller)? {
+            let made = self.remote_create_image(caller, &*backend, &input)?;
+            return Ok(CreateImageResult {
+                image_id: made.image_id,
+            });
+        }
         check_name(&input.name)?;
         let id = input.instance_id.clone();
         let instance = self

@@ -79,6 +79,15 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// Forget an AMI's published image in a region.
+    pub fn delete_remote_image(&self, image_id: &str, region: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM remote_images WHERE image_id = ?1 AND region = ?2",
+            params![image_id, region],
+        )?;
+        Ok(())
+    }
+
     /// The published-image row of an AMI in a region.
     pub fn remote_image(&self, image_id: &str, region: &str) -> Result<Option<RemoteImageState>> {
         Ok(self

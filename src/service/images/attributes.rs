@@ -165,7 +165,14 @@ impl Service {
                     }
                     db.put_image(&image)?;
                     Ok(())
-                })
+                })?;
+                if self.is_remote_region(&caller.region) {
+                    let users = |ps: &[LaunchPermission]| -> Vec<String> {
+                        ps.iter().filter_map(|p| p.user_id.clone()).collect()
+                    };
+                    self.remote_share(caller, &image, &users(&add), &users(&remove))?;
+                }
+                Ok(())
             }
             "description" => {
                 let d = input
@@ -241,10 +248,15 @@ impl Service {
             )));
         }
         image.public = false;
+        let users = self.store.read(|db| db.launch_users(image_id))?;
         self.store.write(|db| -> Result<()> {
             db.clear_launch_users(image_id)?;
             db.put_image(&image)?;
             Ok(())
-        })
+        })?;
+        if self.is_remote_region(&caller.region) {
+            self.remote_share(caller, &image, &[], &users)?;
+        }
+        Ok(())
     }
 }

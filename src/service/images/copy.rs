@@ -223,6 +223,9 @@ impl Service {
         let image_id = input.image_id.as_str();
         let delete_associated_snapshots = input.delete_associated_snapshots.unwrap_or(false);
         let image = self.owned_image(caller, image_id)?;
+        if self.is_remote_region(&caller.region) {
+            self.remote_deregister(caller, image_id)?;
+        }
         let mut results = Vec::new();
         let mut files = Vec::new();
         // Snapshots a real file still builds on stay, whatever the records say.

@@ -248,6 +248,9 @@ impl Service {
             check_image_id(id)?;
         }
         filter::check_names(&input.filters, IMAGE_FILTERS)?;
+        if self.is_remote_region(&caller.region) {
+            self.refresh_remote_images(caller)?;
+        }
         for u in &input.executable_users {
             if u != "self" && u != "all" && !AccountId::is_valid(u) {
                 return Err(Error::invalid_value(format!(

@@ -32,14 +32,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod images;
+
 /// How long a launch waits for the backend to list the servers it took.
 const BIND_WITHIN: Duration = Duration::from_secs(120);
 
-/// The bound regions and their connections (made on first use).
+/// The bound regions and their connections (made on first use), by
+/// region and cloud entry.
 #[derive(Default)]
 pub(crate) struct RemoteRegions {
     bindings: RegionBindings,
-    connected: BTreeMap<String, Arc<dyn Backend>>,
+    connected: BTreeMap<(String, String), Arc<dyn Backend>>,
 }
 
 impl RemoteRegions {
@@ -88,6 +91,25 @@ fn unsupported(what: &str, region: &str) -> Error {
     )
 }
 
+/// The name an AMI's image has in a region's backend (found again by it).
+fn remote_image_key(image_id: &str, region: &str) -> String {
+    format!("amirun-{image_id}-{region}")
+}
+
+/// An AMI the backend made (by CreateImage in a bound region) has no local
+/// data: its root size is in its mapping. None for every other AMI.
+fn made_remotely(image: &ImageState) -> Option<u64> {
+    if image.root_source.is_some() || !image.snapshot_ids().is_empty() {
+        return None;
+    }
+    image
+        .block_device_mappings
+        .iter()
+        .find(|m| m.device_name == image.root_device_name)
+        .and_then(|m| m.ebs.as_ref())
+        .and_then(|e| e.volume_size)
+}
+
 /// A Nova-safe key pair name for an account's EC2 key pair.
 fn backend_key_name(account: &str, key_name: &str) -> String {
     let safe: String = key_name
@@ -110,21 +132,44 @@ impl Service {
         &mut self,
         caller: &Caller,
     ) -> Result<Option<Arc<dyn Backend>>> {
-        let Some(binding) = self.remote.bindings.get(&caller.region).cloned() else {
+        self.backend_as(&caller.region, Some(&caller.account.to_string()))
+    }
+
+    /// The backend of `region` as `account` acts there (None: as the
+    /// region's own cloud entry); None when the region is local.
+    pub(in crate::service) fn backend_as(
+        &mut self,
+        region: &str,
+        account: Option<&str>,
+    ) -> Result<Option<Arc<dyn Backend>>> {
+        let Some(binding) = self.remote.bindings.get(region).cloned() else {
             return Ok(None);
         };
-        if let Some(b) = self.remote.connected.get(&caller.region) {
+        let key = (region.to_string(), binding.cloud_of(account).to_string());
+        if let Some(b) = self.remote.connected.get(&key) {
             return Ok(Some(b.clone()));
         }
-        let b: Arc<dyn Backend> = Arc::from(binding.connect().map_err(backend_error)?);
-        self.remote
-            .connected
-            .insert(caller.region.clone(), b.clone());
+        let b: Arc<dyn Backend> = Arc::from(binding.connect(account).map_err(backend_error)?);
+        self.remote.connected.insert(key, b.clone());
         Ok(Some(b))
     }
 
+    /// Whether two accounts act through the same cloud entry in `region`.
+    pub(in crate::service) fn same_tenant(&self, region: &str, a: &str, b: &str) -> bool {
+        self.remote
+            .bindings
+            .get(region)
+            .is_none_or(|r| r.cloud_of(Some(a)) == r.cloud_of(Some(b)))
+    }
+
+    /// True when `region` runs on a remote backend.
+    pub(in crate::service) fn is_remote_region(&self, region: &str) -> bool {
+        self.remote.bindings.get(region).is_some()
+    }
+
     /// The backend's image of an AMI in the caller's region, published
-    /// first if needed; and the AMI's root disk size in GiB.
+    /// first if needed (in the tenant of the AMI's owner, shared with the
+    /// caller's when that is another); and the AMI's root disk size in GiB.
     fn published_image(
         &mut self,
         caller: &Caller,
@@ -132,6 +177,37 @@ impl Service {
         image: &ImageState,
     ) -> Result<(String, u64)> {
         let _lock = object_lock::lock(&self.paths, &image.image_id)?;
+        let owner = self
+            .backend_as(&caller.region, Some(&image.owner_id))?
+            .ok_or_else(|| Error::internal(format!("Region {} is not bound", caller.region)))?;
+        let (id, root_gib) = self.publish_as(caller, &*owner, image)?;
+        if !self.same_tenant(&caller.region, &image.owner_id, &caller.account.to_string()) {
+            let tenant = backend.tenant().map_err(backend_error)?;
+            owner.share_image(&id, &tenant).map_err(backend_error)?;
+            backend.accept_image(&id).map_err(backend_error)?;
+        }
+        Ok((id, root_gib))
+    }
+
+    /// Publish an AMI's root disk through `publisher` unless it is already
+    /// (the caller holds the AMI's lock).
+    fn publish_as(
+        &mut self,
+        caller: &Caller,
+        publisher: &dyn Backend,
+        image: &ImageState,
+    ) -> Result<(String, u64)> {
+        let key = remote_image_key(&image.image_id, &caller.region);
+        let row = self
+            .store
+            .read(|db| db.remote_image(&image.image_id, &caller.region))?;
+        if let (Some(id), Some(gib)) = (
+            row.as_ref().and_then(|r| r.backend_image_id.clone()),
+            made_remotely(image),
+        ) {
+            // An AMI the backend made (CreateImage there): no local data.
+            return Ok((id, gib));
+        }
         let fetched = self.fetch_image(caller, &image.image_id)?;
         let root = fetched
             .iter()
@@ -141,21 +217,17 @@ impl Service {
                 Error::internal(format!("Image {} has no root disk data", image.image_id))
             })?;
         let root_gib = root.virtual_size.div_ceil(1 << 30).max(1);
-        let key = format!("amirun-{}-{}", image.image_id, caller.region);
-        let row = self
-            .store
-            .read(|db| db.remote_image(&image.image_id, &caller.region))?;
         if let Some(id) = row.as_ref().and_then(|r| r.backend_image_id.clone()) {
             return Ok((id, root_gib));
         }
         if row.is_some() {
             // An upload was interrupted (we hold the lock: its writer is gone).
-            for left in backend.find_images(&key).map_err(backend_error)? {
+            for left in publisher.find_images(&key).map_err(backend_error)? {
                 if left.ready {
                     self.record_published(image, &caller.region, Some(left.id.clone()))?;
                     return Ok((left.id, root_gib));
                 }
-                backend.delete_image(&left.id).map_err(backend_error)?;
+                publisher.delete_image(&left.id).map_err(backend_error)?;
             }
         }
         // Intent first: a killed upload leaves this row for the next launch.
@@ -166,7 +238,7 @@ impl Service {
                 .map_err(io_error(format!("Cannot create {}", dir.display())))?;
         }
         crate::disk::convert(std::path::Path::new(&root.path), None, &file, "qcow2")?;
-        let published = backend.publish_image(&ImageSpec {
+        let published = publisher.publish_image(&ImageSpec {
             key: key.clone(),
             file: file.clone(),
             architecture: match image.architecture {
@@ -183,9 +255,9 @@ impl Service {
             Ok(id) => id,
             Err(e) => {
                 // Remove what the failed upload left; the row stays for the next try.
-                if let Ok(left) = backend.find_images(&key) {
+                if let Ok(left) = publisher.find_images(&key) {
                     for l in left {
-                        let _ = backend.delete_image(&l.id);
+                        let _ = publisher.delete_image(&l.id);
                     }
                 }
                 return Err(backend_error(e));
@@ -304,6 +376,17 @@ impl Service {
         };
         let tags = crate::service::images::tags_for(&input.tag_specifications, "instance")?;
         let (backend_image, root_gib) = self.published_image(caller, backend, &image)?;
+        // Sizes are defined by the region's own cloud entry (an account's
+        // may not have the rights); the launch then finds it.
+        let size = MachineSize {
+            name: type_name.clone(),
+            vcpus: itype.vcpus,
+            memory_mib: itype.memory_mib,
+            disk_gib: root_gib,
+        };
+        if let Some(region_backend) = self.backend_as(region, None)? {
+            region_backend.prepare_size(&size).map_err(backend_error)?;
+        }
 
         // Intent: the records, under their locks, before the backend is asked.
         let group = format!("amirun-{reservation_id}");
@@ -350,12 +433,7 @@ impl Service {
         let launched = backend.launch(&LaunchSpec {
             group: group.clone(),
             image_id: backend_image,
-            size: MachineSize {
-                name: type_name.clone(),
-                vcpus: itype.vcpus,
-                memory_mib: itype.memory_mib,
-                disk_gib: root_gib,
-            },
+            size,
             count,
             user_data: input.user_data.as_ref().map(|u| u.bytes().to_vec()),
             key,
@@ -426,11 +504,16 @@ impl Service {
             .ok_or_else(|| Error::internal(format!("Reservation {reservation_id} is not shown")))
     }
 
-    /// Reconcile the region's remote instances with the backend's servers.
+    /// Reconcile the region's remote instances of the caller's tenant with
+    /// the backend's servers (it lists only that tenant's).
     fn refresh_remote(&mut self, caller: &Caller, backend: &dyn Backend) -> Result<()> {
-        let rows = self
+        let account = caller.account.to_string();
+        let rows: Vec<RemoteInstanceState> = self
             .store
-            .read(|db| db.remote_instances_in_region(&caller.region))?;
+            .read(|db| db.remote_instances_in_region(&caller.region))?
+            .into_iter()
+            .filter(|r| self.same_tenant(&caller.region, &r.owner_id, &account))
+            .collect();
         if rows
             .iter()
             .all(|r| r.state == InstanceStateName::Terminated)
