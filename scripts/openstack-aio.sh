@@ -17,7 +17,11 @@
 #   (uwsgi), Neutron API :9696 (uwsgi), Nova API :8774 (uwsgi) + conductor
 #   + scheduler + compute (libvirt, virt_type=qemu: TCG guests), libvirtd +
 #   virtlogd (unix sockets only; libvirt's default NAT network is off).
-# Not yet: Cinder (volumes, boot from volume).
+# Config drives (user data for guests without a network) need genisoimage.
+# No Cinder: its LVM driver needs the kernel's device-mapper, and its iSCSI
+# or NVMe-oF targets need configfs and kernel modules; these machines'
+# kernel has none of them (no /dev/mapper/control, `modprobe dm_mod` finds
+# no module, lvcreate: "Required device-mapper target(s) not detected").
 # Measured here (2 cores, loaded): packages ~11 min; first configuration
 # ~1.5 min (up to 8 min under heavy load); a second run ~2-4 s.
 # Networking: the Neutron API server alone (ML2, no agents, no networks),

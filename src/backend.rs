@@ -17,6 +17,7 @@ pub mod openstack;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
@@ -310,20 +311,38 @@ impl RegionBackend {
     /// The cloud entry `account` acts through (None: the region's own).
     pub fn cloud_of(&self, account: Option<&str>) -> &str {
         match self {
-            RegionBackend::OpenStack { cloud, accounts, .. } => account
+            RegionBackend::OpenStack {
+                cloud, accounts, ..
+            } => account
                 .and_then(|a| accounts.get(a))
                 .unwrap_or(cloud)
                 .as_str(),
         }
     }
 
-    /// Connect as `account` (None: the region's own cloud entry).
-    pub fn connect(&self, account: Option<&str>) -> Result<Box<dyn Backend>> {
+    /// Connect as `account` (None: the region's own cloud entry). A
+    /// connection is kept for the life of the process and shared: `amirun
+    /// serve` opens its service for each request, and a login for each
+    /// would cost seconds (the session renews its token itself).
+    pub fn connect(&self, account: Option<&str>) -> Result<Arc<dyn Backend>> {
+        /// A cloud entry: its name and clouds.yaml.
+        type Entry = (String, Option<PathBuf>);
+        static CONNECTED: Mutex<BTreeMap<Entry, Arc<dyn Backend>>> = Mutex::new(BTreeMap::new());
         let cloud = self.cloud_of(account);
         match self {
-            RegionBackend::OpenStack { clouds_yaml, .. } => Ok(Box::new(
-                openstack::OpenStackBackend::connect(cloud, clouds_yaml.as_deref())?,
-            )),
+            RegionBackend::OpenStack { clouds_yaml, .. } => {
+                let mut connected = CONNECTED.lock().unwrap_or_else(|p| p.into_inner());
+                let key = (cloud.to_string(), clouds_yaml.clone());
+                if let Some(b) = connected.get(&key) {
+                    return Ok(b.clone());
+                }
+                let b: Arc<dyn Backend> = Arc::new(openstack::OpenStackBackend::connect(
+                    cloud,
+                    clouds_yaml.as_deref(),
+                )?);
+                connected.insert(key, b.clone());
+                Ok(b)
+            }
         }
     }
 }

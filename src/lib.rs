@@ -102,11 +102,14 @@
 //! - [`backend`] is where instances run and image data live when a region
 //!   is not this machine: a region bound in `$AMIRUN_HOME/regions.d` runs
 //!   on a [`backend::Backend`] ([`backend::openstack`]: Glance images, Nova
-//!   servers); the service dispatches RunInstances, DescribeInstances,
-//!   Stop/Start/Reboot/TerminateInstances and GetConsoleOutput of such a
-//!   region there at the top of each method (`service::instances::remote`
-//!   keeps EC2's ids, states and rules; the store maps ids to the
-//!   backend's). Local regions never reach it.
+//!   servers, image sharing as Glance members, snapshots); the service
+//!   dispatches RunInstances, DescribeInstances,
+//!   Stop/Start/Reboot/TerminateInstances, GetConsoleOutput and CreateImage
+//!   of such a region there at the top of each method, and settles its
+//!   images' states, launch permissions and deregistering there
+//!   (`service::instances::remote` keeps EC2's ids, states and rules; the
+//!   store maps ids to the backend's; each account may act in its own
+//!   tenant). Local regions never reach it.
 //! - [`openstack`] is a blocking client of the OpenStack APIs (Keystone v3,
 //!   Glance v2, Nova) that [`backend::openstack`] speaks through.
 //! - [`paths`] is the only module that knows file names on disk.

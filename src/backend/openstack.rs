@@ -137,7 +137,12 @@ fn index_of(server: &Server, group: &str) -> Option<u32> {
         if server.name == group {
             return Some(0);
         }
-        let n: u32 = server.name.strip_prefix(group)?.strip_prefix('-')?.parse().ok()?;
+        let n: u32 = server
+            .name
+            .strip_prefix(group)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()?;
         n.checked_sub(1)
     })
 }
@@ -411,7 +416,13 @@ mod tests {
         assert_eq!(index_of(&s, "g"), Some(3));
         s.launch_index = None;
         assert_eq!(index_of(&s, "g"), Some(0));
-        for (name, want) in [("g-1", Some(0)), ("g-12", Some(11)), ("g-0", None), ("h-1", None), ("g-x", None)] {
+        for (name, want) in [
+            ("g-1", Some(0)),
+            ("g-12", Some(11)),
+            ("g-0", None),
+            ("h-1", None),
+            ("g-x", None),
+        ] {
             s.name = name.into();
             assert_eq!(index_of(&s, "g"), want, "{name}");
         }

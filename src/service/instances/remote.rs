@@ -4,7 +4,15 @@
 //! backend runs. Each of those service methods asks [`Service::remote_backend`]
 //! first and comes here for a bound region; local regions never do.
 //!
-//! - An AMI is published to the backend on its first launch there: its root
+//! Each account acts in the backend through its own tenant when the
+//! region's binding gives it one ([`Service::backend_as`]); the backend's
+//! lists are per tenant, so each reader reconciles only its tenant's
+//! instances. AMIs there (CreateImage, sharing, deregistering) are the
+//! [`images`] room's.
+//!
+//! - An AMI is published to the backend on its first launch there, in the
+//!   tenant of its owner (shared with the launching account's tenant when
+//!   that is another): its root
 //!   disk made local as for a local launch, flattened by `disk` (backends
 //!   refuse backing files), uploaded. The AMI's object lock is held while
 //!   publishing; a row without the backend's id means an upload was
@@ -37,12 +45,10 @@ mod images;
 /// How long a launch waits for the backend to list the servers it took.
 const BIND_WITHIN: Duration = Duration::from_secs(120);
 
-/// The bound regions and their connections (made on first use), by
-/// region and cloud entry.
+/// The bound regions (their connections are kept by [`crate::backend`]).
 #[derive(Default)]
 pub(crate) struct RemoteRegions {
     bindings: RegionBindings,
-    connected: BTreeMap<(String, String), Arc<dyn Backend>>,
 }
 
 impl RemoteRegions {
@@ -50,10 +56,7 @@ impl RemoteRegions {
     pub(crate) fn load(paths: &crate::paths::Paths) -> Result<RemoteRegions> {
         let bindings = RegionBindings::load(&paths.regions_dir())
             .map_err(|e| Error::invalid_value(e.to_string()))?;
-        Ok(RemoteRegions {
-            bindings,
-            connected: BTreeMap::new(),
-        })
+        Ok(RemoteRegions { bindings })
     }
 }
 
@@ -142,16 +145,10 @@ impl Service {
         region: &str,
         account: Option<&str>,
     ) -> Result<Option<Arc<dyn Backend>>> {
-        let Some(binding) = self.remote.bindings.get(region).cloned() else {
-            return Ok(None);
-        };
-        let key = (region.to_string(), binding.cloud_of(account).to_string());
-        if let Some(b) = self.remote.connected.get(&key) {
-            return Ok(Some(b.clone()));
+        match self.remote.bindings.get(region) {
+            Some(binding) => Ok(Some(binding.connect(account).map_err(backend_error)?)),
+            None => Ok(None),
         }
-        let b: Arc<dyn Backend> = Arc::from(binding.connect(account).map_err(backend_error)?);
-        self.remote.connected.insert(key, b.clone());
-        Ok(Some(b))
     }
 
     /// Whether two accounts act through the same cloud entry in `region`.
@@ -883,6 +880,7 @@ mod tests {
             power: ServerPower::Building,
             host: None,
             zone: None,
+            busy: false,
         };
         let (a, b) = (facts("a", Some(0)), facts("b", Some(1)));
         let mut r = RemoteInstanceState {

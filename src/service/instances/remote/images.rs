@@ -15,8 +15,8 @@
 //!   another permitted account acts through the same tenant.
 
 use super::*;
-use crate::service::baking::{CreateImageReport, CreateImageRequest, CreateImageResult};
 use crate::domain::ImageStateName;
+use crate::service::baking::{CreateImageReport, CreateImageRequest, CreateImageResult};
 use crate::store::{BlockDeviceMapping, EbsBlockDevice};
 
 /// How long a stop or a snapshot of a server may take.
@@ -138,8 +138,11 @@ impl Service {
         })();
         let restarted = if reboot {
             // Started again whatever happened, once the backend is done with it.
-            wait_server(backend, &server, "idle", |s| !s.busy)
-                .and_then(|_| backend.power(&server, PowerAction::Start).map_err(backend_error))
+            wait_server(backend, &server, "idle", |s| !s.busy).and_then(|_| {
+                backend
+                    .power(&server, PowerAction::Start)
+                    .map_err(backend_error)
+            })
         } else {
             Ok(())
         };
@@ -250,7 +253,11 @@ impl Service {
 
     /// DeregisterImage in a bound region: the AMI's image there goes too
     /// (the caller owns the AMI and holds nothing else of it).
-    pub(in crate::service) fn remote_deregister(&mut self, caller: &Caller, image_id: &str) -> Result<()> {
+    pub(in crate::service) fn remote_deregister(
+        &mut self,
+        caller: &Caller,
+        image_id: &str,
+    ) -> Result<()> {
         let Some(row) = self
             .store
             .read(|db| db.remote_image(image_id, &caller.region))?
@@ -315,9 +322,7 @@ impl Service {
         }
         for account in removed {
             if self.same_tenant(&region, &image.owner_id, account)
-                || still
-                    .iter()
-                    .any(|u| self.same_tenant(&region, u, account))
+                || still.iter().any(|u| self.same_tenant(&region, u, account))
             {
                 continue;
             }
