@@ -479,7 +479,55 @@ fn amirun_region_on_openstack_runs_the_tiny_ami_with_ec2s_lifecycle() {
     assert_eq!(i["KeyName"], "os-key");
     assert_eq!(i["Tags"][0]["Value"], "on-nova");
     assert_eq!(i["Placement"]["AvailabilityZone"], "aio");
-    step(t0, "running");
+    // Tags are amirun's, on the remote instance as on a local one.
+    amirun(
+        &env,
+        REGION,
+        &[
+            "create-tags",
+            "--resources",
+            &id,
+            "--tags",
+            "Key=stage,Value=test",
+        ],
+    );
+    let tagged = amirun(
+        &env,
+        REGION,
+        &[
+            "describe-instances",
+            "--filters",
+            "Name=tag:stage,Values=test",
+            "--query",
+            "Reservations[].Instances[].InstanceId",
+        ],
+    );
+    assert_eq!(tagged, serde_json::json!([id]));
+    // What needs the local engine is refused there, not answered from local state.
+    let r = env.fails(
+        &[
+            "--region",
+            REGION,
+            "describe-instance-status",
+            "--instance-ids",
+            &id,
+        ],
+        "UnsupportedOperation",
+    );
+    assert!(r.stderr.contains(REGION), "{}", r.stderr);
+    env.fails(
+        &[
+            "--region",
+            REGION,
+            "create-volume",
+            "--size",
+            "1",
+            "--availability-zone",
+            "aio",
+        ],
+        "UnsupportedOperation",
+    );
+    step(t0, "running; tagged; volumes and instance status refused");
 
     // Nova has the server, with the key pair amirun imported.
     let admin = connect("amirun-aio").unwrap_or_else(|e| panic!("{SETUP} first: {e}"));

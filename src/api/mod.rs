@@ -339,6 +339,16 @@ pub fn invoke(c: &mut Context, action: &str, input: &Value) -> Result<Option<Val
             format!("The action {action} is not valid for this web service."),
         ));
     };
+    if c.service.is_remote_region(&c.caller.region) && !REMOTE_REGION_ACTIONS.contains(&action) {
+        return Err(Error::new(
+            ErrorCode::UnsupportedOperation,
+            format!(
+                "{action} is not supported in region {}, whose instances run on a remote backend; \
+                 it serves instances, images, snapshots of AMIs, key pairs, tags and launch templates",
+                c.caller.region
+            ),
+        ));
+    }
     let mut input = input.clone();
     if let Some(o) = input.as_object_mut() {
         match o.remove("DryRun") {
@@ -353,6 +363,52 @@ pub fn invoke(c: &mut Context, action: &str, input: &Value) -> Result<Option<Val
     }
     h(c, &input)
 }
+
+/// What a region bound to a remote backend ([`crate::backend`]) serves:
+/// the instance and image lifecycle there, and amirun's own records (key
+/// pairs, tags, launch templates, AMIs' snapshots, types, regions).
+/// Everything else (VPCs, security groups, network interfaces, volumes,
+/// instance attributes and status, zones) needs the local engine: it is
+/// refused there with `UnsupportedOperation`, never answered from local state.
+const REMOTE_REGION_ACTIONS: &[&str] = &[
+    "RunInstances",
+    "DescribeInstances",
+    "StartInstances",
+    "StopInstances",
+    "RebootInstances",
+    "TerminateInstances",
+    "GetConsoleOutput",
+    "CreateImage",
+    "DescribeImages",
+    "ImportImage",
+    "RegisterImage",
+    "DeregisterImage",
+    "CopyImage",
+    "ModifyImageAttribute",
+    "DescribeImageAttribute",
+    "ResetImageAttribute",
+    "DescribeSnapshots",
+    "DeleteSnapshot",
+    "CopySnapshot",
+    "DescribeSnapshotAttribute",
+    "ModifySnapshotAttribute",
+    "ResetSnapshotAttribute",
+    "CreateTags",
+    "DeleteTags",
+    "DescribeTags",
+    "CreateKeyPair",
+    "ImportKeyPair",
+    "DescribeKeyPairs",
+    "DeleteKeyPair",
+    "CreateLaunchTemplate",
+    "CreateLaunchTemplateVersion",
+    "DescribeLaunchTemplates",
+    "DescribeLaunchTemplateVersions",
+    "ModifyLaunchTemplate",
+    "DeleteLaunchTemplate",
+    "DescribeRegions",
+    "DescribeInstanceTypes",
+];
 
 /// Operations in `ec2_model.json` that have no handler yet (in model order).
 /// ExportImage stays here: EC2 exports to S3, amirun to a local file.
@@ -379,6 +435,13 @@ mod tests {
     struct ProbePlacement {
         #[serde(default)]
         availability_zone: Option<String>,
+    }
+
+    #[test]
+    fn actions_of_remote_regions_are_served_actions() {
+        for a in REMOTE_REGION_ACTIONS {
+            assert!(handler(a).is_some(), "{a} is not an action");
+        }
     }
 
     /// A request type refuses what it does not know and names what is missing.

@@ -112,9 +112,14 @@ fn check_owned(db: &Db, caller: &Caller, id: &str) -> Result<()> {
         "snapshot" => db
             .snapshot(id)?
             .is_some_and(|s| s.region == caller.region && s.owner_id == caller.account),
-        "instance" => db
-            .instance(id)?
-            .is_some_and(|i| i.region == caller.region && i.owner_id == caller.account),
+        "instance" => {
+            db.instance(id)?
+                .is_some_and(|i| i.region == caller.region && i.owner_id == caller.account)
+                // An instance of a region on a remote backend.
+                || db.remote_instance(id)?.is_some_and(|i| {
+                    i.region == caller.region && i.owner_id == caller.account
+                })
+        }
         "volume" => db
             .volume(id)?
             .is_some_and(|v| v.region == caller.region && v.owner_id == caller.account),

@@ -160,7 +160,7 @@ impl Service {
     }
 
     /// True when `region` runs on a remote backend.
-    pub(in crate::service) fn is_remote_region(&self, region: &str) -> bool {
+    pub fn is_remote_region(&self, region: &str) -> bool {
         self.remote.bindings.get(region).is_some()
     }
 
