@@ -22,6 +22,7 @@
 # or NVMe-oF targets need configfs and kernel modules; these machines'
 # kernel has none of them (no /dev/mapper/control, `modprobe dm_mod` finds
 # no module, lvcreate: "Required device-mapper target(s) not detected").
+# (Ceph RBD, all userspace, could back it; not built.)
 # Measured here (2 cores, loaded): packages ~11 min; first configuration
 # ~1.5 min (up to 8 min under heavy load); a second run ~2-4 s.
 # Networking: the Neutron API server alone (ML2, no agents, no networks),
