@@ -201,7 +201,7 @@ stop_all() {
 }
 
 case "$ACTION" in
-up) ;;
+up) UP_STARTED=$(date -u '+%F %T') ;;
 down)
 	stop_all
 	exit 0
@@ -719,6 +719,18 @@ for project in ("admin", "demo"):
 PY
 }
 once quotas "v1" quotas
+
+# Every run: the scheduler places only on compute services that reported
+# since they (re)started; until then a launch gets "No valid host".
+compute_reporting() {
+	local i=0 want=$((FAKE_HOSTS + 1))
+	until [ "$(mysql -N -e "SELECT COUNT(*) FROM nova.services WHERE topic='compute' AND deleted=0 AND disabled=0 AND updated_at > '$UP_STARTED'")" -ge "$want" ]; do
+		i=$((i + 1))
+		[ $i -lt 100 ] || die "not all $want nova-compute services reported (see $AIO_LOG/nova-compute*.log)"
+		sleep 2
+	done
+}
+compute_reporting
 
 cat <<EOT
 openstack-aio: ready.  Point a client at it with

@@ -1073,3 +1073,169 @@ fn boto3_through_amirun_serve_does_the_same_in_a_bound_region() {
     }
     server.stop();
 }
+
+/// `amirun --region R ARGS…` killed at `failpoint` (as by `kill -9`).
+fn amirun_killed_at(env: &Env, region: &str, failpoint: &str, args: &[&str]) {
+    let out = env
+        .cmd()
+        .env("AMIRUN_FAILPOINTS", failpoint)
+        .args(["--region", region])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{args:?} survived failpoint {failpoint}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The one instance (or AMI) whose id the query answers, in `region`.
+fn only_id(env: &Env, region: &str, args: &[&str]) -> String {
+    let v = amirun(env, region, args);
+    let ids = v.as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(ids.len(), 1, "{v}");
+    ids[0].as_str().unwrap().to_string()
+}
+
+#[test]
+#[ignore = "needs an OpenStack cloud: scripts/openstack-aio.sh, then cargo test --test openstack -- --ignored"]
+fn launches_and_images_killed_midway_are_settled_from_the_cloud() {
+    const REGION: &str = "ap-south-1";
+    let t0 = Instant::now();
+    let env = bound_env(REGION);
+    let _cleanup = CloudCleanup {
+        env: &env,
+        groups: Vec::new(),
+        region: REGION.into(),
+    };
+    let ami = tiny_ami(&env, REGION).as_str().unwrap().to_string();
+    let run = [
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+    ];
+    let all_ids = [
+        "describe-instances",
+        "--query",
+        "Reservations[].Instances[].InstanceId",
+    ];
+
+    // Killed after the records, before Nova was asked: terminated, nothing made.
+    amirun_killed_at(&env, REGION, "run-instances:remote-recorded", &run);
+    let lost = only_id(&env, REGION, &all_ids);
+    let v = amirun(
+        &env,
+        REGION,
+        &["describe-instances", "--instance-ids", &lost],
+    );
+    let i = &v["Reservations"][0]["Instances"][0];
+    assert_eq!(i["State"]["Name"], "terminated", "{v}");
+    assert_eq!(i["StateReason"]["Code"], "Server.InternalError", "{v}");
+    step(
+        t0,
+        "killed before Nova was asked: terminated, Server.InternalError",
+    );
+
+    // Killed once Nova took the server: the next reader binds it.
+    amirun_killed_at(&env, REGION, "run-instances:remote-launched", &run);
+    let id = only_id(
+        &env,
+        REGION,
+        &[
+            "describe-instances",
+            "--filters",
+            "Name=instance-state-name,Values=pending,running",
+            "--query",
+            "Reservations[].Instances[].InstanceId",
+        ],
+    );
+    wait_state(&env, REGION, std::slice::from_ref(&id), "running", 300);
+    wait_console(&env, REGION, &id, "amirun-tiny: boot 1", 300);
+    step(
+        t0,
+        &format!("killed after Nova took it: {id} bound and running"),
+    );
+
+    // CreateImage killed before Nova was asked: the AMI is failed, no image made.
+    let image_args = |name: &'static str| {
+        vec![
+            "create-image",
+            "--instance-id",
+            id.as_str(),
+            "--name",
+            name,
+            "--no-reboot",
+        ]
+    };
+    amirun_killed_at(
+        &env,
+        REGION,
+        "create-image:remote-recorded",
+        &image_args("killed-early"),
+    );
+    let early = only_id(
+        &env,
+        REGION,
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=killed-early",
+            "--query",
+            "Images[].ImageId",
+        ],
+    );
+    let v = amirun(&env, REGION, &["describe-images", "--image-ids", &early]);
+    assert_eq!(v["Images"][0]["State"], "failed", "{v}");
+    assert!(
+        v["Images"][0]["StateReason"]["Message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Server.InternalError")),
+        "{v}"
+    );
+    assert!(glance_image_of(&early, REGION).is_none());
+    step(t0, "create-image killed before Nova was asked: failed");
+
+    // Killed once Nova started the snapshot: the next reader adopts it.
+    amirun_killed_at(
+        &env,
+        REGION,
+        "create-image:remote-snapshot-started",
+        &image_args("killed-late"),
+    );
+    let late = only_id(
+        &env,
+        REGION,
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=killed-late",
+            "--query",
+            "Images[].ImageId",
+        ],
+    );
+    amirun(
+        &env,
+        REGION,
+        &["wait", "image-available", "--image-ids", &late],
+    );
+    assert!(glance_image_of(&late, REGION).is_some());
+    step(
+        t0,
+        "create-image killed after Nova started it: adopted, available",
+    );
+
+    amirun(
+        &env,
+        REGION,
+        &["terminate-instances", "--instance-ids", &id],
+    );
+    wait_state(&env, REGION, std::slice::from_ref(&id), "terminated", 300);
+    for ami in [&early, &late] {
+        amirun(&env, REGION, &["deregister-image", "--image-id", ami]);
+    }
+    assert!(glance_image_of(&late, REGION).is_none());
+    step(t0, "terminated, deregistered: nothing left in the cloud");
+}

@@ -156,6 +156,11 @@ impl Service {
             }
         }
         for i in images {
+            if self.is_remote_region(&i.region) {
+                // Made by a backend: settled from it when its region's
+                // images are read (`instances::remote::images`).
+                continue;
+            }
             let Some(_lock) = try_lock(&self.paths, &i.image_id)? else {
                 continue;
             };

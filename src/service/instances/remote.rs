@@ -215,7 +215,12 @@ impl Service {
             })?;
         let root_gib = root.virtual_size.div_ceil(1 << 30).max(1);
         if let Some(id) = row.as_ref().and_then(|r| r.backend_image_id.clone()) {
-            return Ok((id, root_gib));
+            // Published, unless someone removed it from the cloud since:
+            // then it is published again.
+            match publisher.image(&id).map_err(backend_error)? {
+                Some(p) if p.failed.is_none() => return Ok((id, root_gib)),
+                _ => {}
+            }
         }
         if row.is_some() {
             // An upload was interrupted (we hold the lock: its writer is gone).

@@ -126,6 +126,7 @@ impl Service {
                 })?;
             }
             let snapshot = backend.snapshot(&server, &key).map_err(backend_error)?;
+            failpoint("create-image:remote-snapshot-started")?;
             self.store.write(|db| {
                 db.put_remote_image(&crate::store::RemoteImageState {
                     image_id: image_id.clone(),
