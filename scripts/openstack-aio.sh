@@ -181,7 +181,15 @@ uwsgi_app() {
 }
 
 stop_all() {
-	local name
+	local name dom
+	# Guests first: their QEMU processes would outlive libvirtd (Nova finds
+	# them shut off at the next start).
+	if pid_alive "$AIO_RUN/libvirtd.pid"; then
+		for dom in $(virsh -c qemu:///system list --name 2>/dev/null); do
+			log "stopping guest $dom"
+			virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1 || true
+		done
+	fi
 	for name in "$AIO_RUN"/nova-compute-fake-*.pid; do
 		[ -e "$name" ] && stop_daemon "$(basename "$name" .pid)"
 	done

@@ -17,8 +17,11 @@ scripts/build-images.sh debian-12 x86_64
 # packages install and its services come up in the background, while the
 # code builds and the other tests run (after the image builds: those use apt).
 mkdir -p target
-aio_start=$SECONDS
-scripts/openstack-aio.sh up >target/openstack-aio.log 2>&1 &
+(
+	start=$SECONDS
+	scripts/openstack-aio.sh up
+	echo "openstack-aio.sh up took $((SECONDS - start)) s (in the background)"
+) >target/openstack-aio.log 2>&1 &
 aio=$!
 # Real EC2 clients for tests/http_api.rs and tests/real_tools.rs: boto3,
 # the aws CLI and Ansible (with its amazon.aws collection) from PyPI
@@ -38,7 +41,7 @@ cargo test --no-fail-fast 2>&1 || status=$?
 # Then the OpenStack region's tests (#[ignore]d in a plain `cargo test`:
 # they need the cloud), once the cloud answers.
 if wait "$aio"; then
-	echo "openstack-aio.sh up: done in the background, $((SECONDS - aio_start)) s after it started"
+	tail -n 1 target/openstack-aio.log
 	cargo test --test openstack -- --ignored 2>&1 || status=$?
 else
 	echo "openstack-aio.sh up failed; the end of target/openstack-aio.log:"

@@ -404,15 +404,34 @@ fn tiny_ami(env: &Env, region: &str) -> Value {
     )
 }
 
-fn decoded_console(env: &Env, region: &str, id: &str) -> String {
-    let v = amirun(env, region, &["get-console-output", "--instance-id", id]);
-    v["Output"].as_str().unwrap_or_default().to_string()
+fn wait_console(env: &Env, region: &str, id: &str, needle: &str, secs: u64) -> String {
+    decoded_console_as(env, region, "000000000000", id, needle, secs)
 }
 
-fn wait_console(env: &Env, region: &str, id: &str, needle: &str, secs: u64) -> String {
+/// Poll `account`'s get-console-output of `id` until `needle` and then the
+/// ready line show; the console.
+fn decoded_console_as(
+    env: &Env,
+    region: &str,
+    account: &str,
+    id: &str,
+    needle: &str,
+    secs: u64,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let c = decoded_console(env, region, id);
+        let v = amirun(
+            env,
+            region,
+            &[
+                "--account",
+                account,
+                "get-console-output",
+                "--instance-id",
+                id,
+            ],
+        );
+        let c = v["Output"].as_str().unwrap_or_default().to_string();
         if let Some(at) = c.rfind(needle) {
             if c[at..].contains("amirun-tiny: ready") {
                 return c;
@@ -865,17 +884,20 @@ fn create_image_after_a_change_and_share_it_with_a_second_account() {
         ],
         "InvalidAMIID.NotFound",
     );
-    amirun(
-        &env,
-        REGION,
-        &[
-            "modify-image-attribute",
-            "--image-id",
-            &baked,
-            "--launch-permission",
-            &format!("Add=[{{UserId={OTHER}}}]"),
-        ],
-    );
+    let launch_permission = |op: &str| {
+        amirun(
+            &env,
+            REGION,
+            &[
+                "modify-image-attribute",
+                "--image-id",
+                &baked,
+                "--launch-permission",
+                &format!("{op}=[{{UserId={OTHER}}}]"),
+            ],
+        )
+    };
+    launch_permission("Add");
     // The launch permission is a Glance membership that project demo accepted.
     let demo = connect("amirun-aio-demo").unwrap_or_else(|e| panic!("{SETUP} first: {e}"));
     let demo_project = demo.project_id().unwrap();
@@ -923,17 +945,7 @@ fn create_image_after_a_change_and_share_it_with_a_second_account() {
     );
 
     // Removing the permission ends the membership.
-    amirun(
-        &env,
-        REGION,
-        &[
-            "modify-image-attribute",
-            "--image-id",
-            &baked,
-            "--launch-permission",
-            &format!("Remove=[{{UserId={OTHER}}}]"),
-        ],
-    );
+    launch_permission("Remove");
     let members = Glance(&admin).members(&glance.id).unwrap();
     assert!(
         !members.iter().any(|m| m.member_id == demo_project),
@@ -972,42 +984,6 @@ fn create_image_after_a_change_and_share_it_with_a_second_account() {
         t0,
         "terminated all three (no Nova server left); deregistered (no Glance image left)",
     );
-}
-
-/// Like [`wait_console`], as `account`.
-fn decoded_console_as(
-    env: &Env,
-    region: &str,
-    account: &str,
-    id: &str,
-    needle: &str,
-    secs: u64,
-) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = amirun(
-            env,
-            region,
-            &[
-                "--account",
-                account,
-                "get-console-output",
-                "--instance-id",
-                id,
-            ],
-        );
-        let c = v["Output"].as_str().unwrap_or_default().to_string();
-        if let Some(at) = c.rfind(needle) {
-            if c[at..].contains("amirun-tiny: ready") {
-                return c;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no '{needle}' on {id}'s console within {secs}s:\n{c}"
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
 }
 
 #[test]

@@ -308,22 +308,13 @@ impl Service {
             return Ok(());
         };
         let still = self.store.read(|db| db.launch_users(&image.image_id))?;
-        for account in added {
-            if self.same_tenant(&region, &image.owner_id, account) {
-                continue;
-            }
-            let Some(member) = self.backend_as(&region, Some(account))? else {
-                continue;
-            };
-            let tenant = member.tenant().map_err(backend_error)?;
-            owner
-                .share_image(&backend_image, &tenant)
-                .map_err(backend_error)?;
-            member.accept_image(&backend_image).map_err(backend_error)?;
-        }
-        for account in removed {
+        let changes = added
+            .iter()
+            .map(|a| (a, true))
+            .chain(removed.iter().map(|a| (a, false)));
+        for (account, add) in changes {
             if self.same_tenant(&region, &image.owner_id, account)
-                || still.iter().any(|u| self.same_tenant(&region, u, account))
+                || (!add && still.iter().any(|u| self.same_tenant(&region, u, account)))
             {
                 continue;
             }
@@ -331,9 +322,16 @@ impl Service {
                 continue;
             };
             let tenant = member.tenant().map_err(backend_error)?;
-            owner
-                .unshare_image(&backend_image, &tenant)
-                .map_err(backend_error)?;
+            if add {
+                owner
+                    .share_image(&backend_image, &tenant)
+                    .map_err(backend_error)?;
+                member.accept_image(&backend_image).map_err(backend_error)?;
+            } else {
+                owner
+                    .unshare_image(&backend_image, &tenant)
+                    .map_err(backend_error)?;
+            }
         }
         Ok(())
     }
