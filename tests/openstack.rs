@@ -336,6 +336,16 @@ struct CloudCleanup<'a> {
     region: String,
 }
 
+impl<'a> CloudCleanup<'a> {
+    fn new(env: &'a Env, region: &str) -> CloudCleanup<'a> {
+        CloudCleanup {
+            env,
+            groups: Vec::new(),
+            region: region.to_string(),
+        }
+    }
+}
+
 impl Drop for CloudCleanup<'_> {
     fn drop(&mut self) {
         let mut groups = self.groups.clone();
@@ -451,11 +461,7 @@ fn amirun_region_on_openstack_runs_the_tiny_ami_with_ec2s_lifecycle() {
     const REGION: &str = "eu-west-1";
     let t0 = Instant::now();
     let env = bound_env(REGION);
-    let mut cleanup = CloudCleanup {
-        env: &env,
-        groups: Vec::new(),
-        region: REGION.into(),
-    };
+    let mut cleanup = CloudCleanup::new(&env, REGION);
     let ami = tiny_ami(&env, REGION);
     let ami = ami
         .as_str()
@@ -614,11 +620,7 @@ fn forty_instances_spread_over_the_fake_hosts() {
     const REGION: &str = "eu-west-2";
     let t0 = Instant::now();
     let env = bound_env(REGION);
-    let mut cleanup = CloudCleanup {
-        env: &env,
-        groups: Vec::new(),
-        region: REGION.into(),
-    };
+    let mut cleanup = CloudCleanup::new(&env, REGION);
     let ami = tiny_ami(&env, REGION);
     let ami = ami.as_str().unwrap().to_string();
     let launched = amirun(
@@ -827,11 +829,7 @@ fn create_image_after_a_change_and_share_it_with_a_second_account() {
     const SHOW: &str = "#!/bin/sh\necho \"marker: $(cat /root/marker 2>/dev/null || echo none)\"\n";
     let t0 = Instant::now();
     let env = bound_env(REGION);
-    let mut cleanup = CloudCleanup {
-        env: &env,
-        groups: Vec::new(),
-        region: REGION.into(),
-    };
+    let mut cleanup = CloudCleanup::new(&env, REGION);
     let ami = tiny_ami(&env, REGION).as_str().unwrap().to_string();
     let (first, group) = launch_one(&env, REGION, "000000000000", &ami, MARK);
     cleanup.groups.push(group);
@@ -991,11 +989,7 @@ fn create_image_after_a_change_and_share_it_with_a_second_account() {
 fn boto3_through_amirun_serve_does_the_same_in_a_bound_region() {
     const REGION: &str = "eu-central-1";
     let env = bound_env(REGION);
-    let _cleanup = CloudCleanup {
-        env: &env,
-        groups: Vec::new(),
-        region: REGION.into(),
-    };
+    let _cleanup = CloudCleanup::new(&env, REGION);
     let server = util::Serve::start(&env);
     let out = server.python_script(
         "openstack_region.py",
@@ -1080,11 +1074,7 @@ fn launches_and_images_killed_midway_are_settled_from_the_cloud() {
     const REGION: &str = "ap-south-1";
     let t0 = Instant::now();
     let env = bound_env(REGION);
-    let _cleanup = CloudCleanup {
-        env: &env,
-        groups: Vec::new(),
-        region: REGION.into(),
-    };
+    let _cleanup = CloudCleanup::new(&env, REGION);
     let ami = tiny_ami(&env, REGION).as_str().unwrap().to_string();
     let run = [
         "run-instances",

@@ -309,6 +309,8 @@ impl Service {
             }
             None => ids::new_id(IdKind::Reservation),
         };
+        // An AMI the backend is still making may be ready by now.
+        self.refresh_remote_images(caller)?;
         // Everything is checked before anything is made.
         let super::launch::LaunchBasics {
             image,
